@@ -1,0 +1,1 @@
+"""Relay's wire protocol: typed frames, codec, signatures; Sans-I/O."""

@@ -1,0 +1,268 @@
+"""Field specifications: how each frame field is checked when it comes off the wire.
+
+Frames declare their fields with `wire(...)`/`optional(...)`; the generic
+decoder in `codec` walks them. A field of the wrong type or size is
+`bad_frame`; a body or list above its (configurable) limit is `too_large`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.errors import FrameError, FrameTooLarge
+
+U32_MAX = 2**32 - 1
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits that depend on the server's configuration."""
+
+    max_body_bytes: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeContext:
+    """What a field decoder needs beyond the value: the limits, and whether bytes arrive as text."""
+
+    limits: Limits
+    binary_as_text: bool
+
+
+class Spec:
+    """The check and conversion for one field value."""
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> Any:
+        raise NotImplementedError
+
+    def encode(self, value: Any, binary_as_text: bool) -> Any:
+        return value
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict unpadded base64url: padding, other alphabets and stray bits are refused."""
+    if "=" in text or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("not base64url") from exc
+    if b64url_encode(raw) != text:
+        raise ValueError("non-canonical base64url")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Bin(Spec):
+    """A byte string of `min_len`..`max_len` bytes; `body=True` uses the configured body limit."""
+
+    min_len: int = 1
+    max_len: int | None = None
+    body: bool = False
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> bytes:
+        if ctx.binary_as_text:
+            if not isinstance(value, str):
+                raise FrameError(f"{path} must be a base64url string")
+            try:
+                value = b64url_decode(value)
+            except ValueError as exc:
+                raise FrameError(f"{path} is not unpadded base64url") from exc
+        elif not isinstance(value, bytes):
+            raise FrameError(f"{path} must be a byte string (msgpack bin)")
+        size = len(value)
+        if self.body and size > ctx.limits.max_body_bytes:
+            raise FrameTooLarge(
+                f"{path} is above the body limit of {ctx.limits.max_body_bytes} bytes"
+            )
+        if size < self.min_len or (self.max_len is not None and size > self.max_len):
+            wanted = (
+                f"{self.min_len}"
+                if self.min_len == self.max_len
+                else f"{self.min_len}..{self.max_len}"
+            )
+            raise FrameError(f"{path} must be {wanted} bytes, not {size}")
+        return bytes(value)
+
+    def encode(self, value: Any, binary_as_text: bool) -> Any:
+        return b64url_encode(value) if binary_as_text else value
+
+
+@dataclass(frozen=True, slots=True)
+class Int(Spec):
+    """An integer in [low, high]; booleans and floats are not integers here."""
+
+    low: int = 0
+    high: int = U32_MAX
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> int:
+        if type(value) is not int:
+            raise FrameError(f"{path} must be an integer")
+        if not self.low <= value <= self.high:
+            raise FrameError(f"{path} must lie in {self.low}..{self.high}")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Text(Spec):
+    """A string of at most `max_len` characters; `user_id=True` wants a canonical UUID."""
+
+    max_len: int = 256
+    user_id: bool = False
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> str:
+        if not isinstance(value, str):
+            raise FrameError(f"{path} must be a string")
+        if len(value) > self.max_len:
+            raise FrameError(f"{path} is longer than {self.max_len} characters")
+        if self.user_id and not is_canonical_uuid(value):
+            raise FrameError(f"{path} must be a lower-case canonical UUID")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Flag(Spec):
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise FrameError(f"{path} must be a boolean")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class Choice(Spec):
+    """One value of a string enum."""
+
+    enum_type: type[enum.StrEnum]
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> enum.StrEnum:
+        if not isinstance(value, str):
+            raise FrameError(f"{path} must be a string")
+        try:
+            return self.enum_type(value)
+        except ValueError as exc:
+            names = ", ".join(m.value for m in self.enum_type)
+            raise FrameError(f"{path} must be one of {names}") from exc
+
+    def encode(self, value: Any, binary_as_text: bool) -> Any:
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Nested(Spec):
+    """A map decoded into another frame-like dataclass."""
+
+    cls: type[Any]
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> Any:
+        return decode_fields(self.cls, value, ctx, path)
+
+    def encode(self, value: Any, binary_as_text: bool) -> Any:
+        return encode_fields(value, binary_as_text)
+
+
+@dataclass(frozen=True, slots=True)
+class Many(Spec):
+    """A list of at most `max_len` items; a longer one is `too_large`."""
+
+    item: Spec
+    max_len: int
+
+    def decode(self, value: Any, ctx: DecodeContext, path: str) -> tuple[Any, ...]:
+        if not isinstance(value, list | tuple):
+            raise FrameError(f"{path} must be a list")
+        if len(value) > self.max_len:
+            raise FrameTooLarge(f"{path} has more than {self.max_len} entries")
+        return tuple(self.item.decode(v, ctx, f"{path}[{i}]") for i, v in enumerate(value))
+
+    def encode(self, value: Any, binary_as_text: bool) -> Any:
+        return [self.item.encode(v, binary_as_text) for v in value]
+
+
+def is_canonical_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def wire(spec: Spec, *, name: str | None = None) -> Any:
+    """A required field; `name` when the wire key differs from the attribute (`from`)."""
+    return dataclasses.field(metadata={"spec": spec, "name": name})
+
+
+def optional(spec: Spec, *, name: str | None = None, default: Any = None) -> Any:
+    """An optional field: absent on the wire when it holds its default."""
+    return dataclasses.field(
+        default=default, metadata={"spec": spec, "name": name, "optional": True}
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldPlan:
+    attr: str
+    key: str
+    spec: Spec
+    optional: bool
+    default: Any
+
+
+_PLANS: dict[type[Any], tuple[_FieldPlan, ...]] = {}
+
+
+def field_plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
+    """The wire fields of a frame class, computed once per class."""
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = tuple(
+            _FieldPlan(
+                attr=f.name,
+                key=f.metadata.get("name") or f.name,
+                spec=f.metadata["spec"],
+                optional=bool(f.metadata.get("optional")),
+                default=f.default,
+            )
+            for f in dataclasses.fields(cls)
+            if "spec" in f.metadata
+        )
+        _PLANS[cls] = plan
+    return plan
+
+
+def decode_fields(cls: type[Any], value: Any, ctx: DecodeContext, path: str) -> Any:
+    """Build `cls` from a wire map, checking every field; unknown keys are ignored."""
+    if not isinstance(value, Mapping):
+        raise FrameError(f"{path or 'frame'} must be a map")
+    kwargs: dict[str, Any] = {}
+    for f in field_plan(cls):
+        where = f"{path}.{f.key}" if path else f.key
+        if f.key in value:
+            kwargs[f.attr] = f.spec.decode(value[f.key], ctx, where)
+        elif not f.optional:
+            raise FrameError(f"{where} is missing")
+    obj = cls(**kwargs)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def encode_fields(obj: Any, binary_as_text: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in field_plan(type(obj)):
+        value = getattr(obj, f.attr)
+        if f.optional and value == f.default:
+            continue
+        out[f.key] = f.spec.encode(value, binary_as_text)
+    return out

@@ -1,0 +1,346 @@
+"""Every frame of protocol v1 as a frozen dataclass.
+
+Decoding happens once, in `codec`, into these types; nothing after the codec
+touches a raw map. Each class names its wire type in `T` and declares its
+fields with the checks of `fields`. A `check()` method holds the rules that
+span fields (scheme-dependent key sizes, a device named twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from protocol.errors import ErrorCode, FrameError
+from protocol.fields import I64_MAX, I64_MIN, Bin, Choice, Flag, Int, Many, Nested, Text
+from protocol.fields import optional as opt
+from protocol.fields import wire as req
+from protocol.signatures import IDENTITY_KEY_LENGTH, KeyScheme
+
+MESSAGE_ID_BYTES = 16
+MESSAGE_NONCE_BYTES = 24
+CHALLENGE_NONCE_BYTES = 32
+SIGNATURE_BYTES = 64
+MAX_PQ_KEY_BYTES = 2048
+MAX_KEYS_PER_UPLOAD = 100
+MAX_ACK_IDS = 1000
+MAX_DEVICE_ENTRIES = 127
+MAX_TOKEN_CHARS = 256
+
+_ID = Bin(MESSAGE_ID_BYTES, MESSAGE_ID_BYTES)
+_SIG = Bin(SIGNATURE_BYTES, SIGNATURE_BYTES)
+_USER = Text(36, user_id=True)
+_U32 = Int()
+_TS = Int(I64_MIN, I64_MAX)
+
+
+def check_ec_public_key(key: bytes, path: str) -> None:
+    """Pre-key public keys are 32 bytes, or 33 starting with 0x05 (libsignal's form)."""
+    if not (len(key) == 32 or (len(key) == 33 and key[0] == 0x05)):
+        raise FrameError(f"{path} must be 32 bytes, or 33 starting with 0x05")
+
+
+# --- keys -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreKey:
+    id: int = req(_U32)
+    key: bytes = req(Bin(32, 33))
+
+    def check(self) -> None:
+        check_ec_public_key(self.key, "key")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedPreKey:
+    id: int = req(_U32)
+    key: bytes = req(Bin(32, 33))
+    signature: bytes = req(_SIG)
+
+    def check(self) -> None:
+        check_ec_public_key(self.key, "key")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PqPreKey:
+    """A post-quantum (KEM) pre-key: opaque bytes, signed by the identity key."""
+
+    id: int = req(_U32)
+    key: bytes = req(Bin(1, MAX_PQ_KEY_BYTES))
+    signature: bytes = req(_SIG)
+
+
+# --- client to server --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Link:
+    device: int = req(_U32)
+    signature: bytes = req(_SIG)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Register:
+    T: ClassVar[str] = "register"
+    rid: int = req(_U32)
+    identity_key: bytes = req(Bin(32, 33))
+    key_scheme: KeyScheme = req(Choice(KeyScheme))
+    signature: bytes = req(_SIG)
+    registration_id: int | None = opt(_U32)
+    token: str | None = opt(Text(MAX_TOKEN_CHARS))
+    user: str | None = opt(_USER)
+    link: Link | None = opt(Nested(Link))
+
+    def check(self) -> None:
+        if len(self.identity_key) != IDENTITY_KEY_LENGTH[self.key_scheme]:
+            raise FrameError(f"identity_key has the wrong size for {self.key_scheme}")
+        if self.key_scheme is KeyScheme.XEDDSA and self.identity_key[0] != 0x05:
+            raise FrameError("an xeddsa identity_key starts with 0x05")
+        if (self.user is None) != (self.link is None):
+            raise FrameError("user and link go together")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Auth:
+    T: ClassVar[str] = "auth"
+    rid: int = req(_U32)
+    user: str = req(_USER)
+    device: int = req(_U32)
+    signature: bytes = req(_SIG)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceMessage:
+    """One recipient device's copy of a message: its own ciphertext."""
+
+    device: int = req(_U32)
+    type: int = req(Int(0, 255))
+    body: bytes = req(Bin(1, body=True))
+    registration_id: int | None = opt(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    T: ClassVar[str] = "send"
+    rid: int = req(_U32)
+    id: bytes = req(_ID)
+    to: str = req(_USER)
+    ts: int = req(_TS)
+    nonce: bytes = req(Bin(MESSAGE_NONCE_BYTES, MESSAGE_NONCE_BYTES))
+    devices: tuple[DeviceMessage, ...] = req(Many(Nested(DeviceMessage), MAX_DEVICE_ENTRIES))
+    online: bool = opt(Flag(), default=False)
+
+    def check(self) -> None:
+        seen = {d.device for d in self.devices}
+        if len(seen) != len(self.devices):
+            raise FrameError("devices names a device twice")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    T: ClassVar[str] = "ack"
+    ids: tuple[bytes, ...] = req(Many(_ID, MAX_ACK_IDS))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysUpload:
+    T: ClassVar[str] = "keys.upload"
+    rid: int = req(_U32)
+    signed_prekey: SignedPreKey | None = opt(Nested(SignedPreKey))
+    prekeys: tuple[PreKey, ...] | None = opt(Many(Nested(PreKey), MAX_KEYS_PER_UPLOAD))
+    pq_prekeys: tuple[PqPreKey, ...] | None = opt(Many(Nested(PqPreKey), MAX_KEYS_PER_UPLOAD))
+    pq_last_resort: PqPreKey | None = opt(Nested(PqPreKey))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysFetch:
+    T: ClassVar[str] = "keys.fetch"
+    rid: int = req(_U32)
+    user: str = req(_USER)
+    device: int | None = opt(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysCount:
+    T: ClassVar[str] = "keys.count"
+    rid: int = req(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DevicesList:
+    T: ClassVar[str] = "devices.list"
+    rid: int = req(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DevicesRemove:
+    T: ClassVar[str] = "devices.remove"
+    rid: int = req(_U32)
+    device: int = req(_U32)
+
+
+Request = Register | Auth | Send | KeysUpload | KeysFetch | KeysCount | DevicesList | DevicesRemove
+ClientFrame = Request | Ack
+
+CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
+    cls.T: cls
+    for cls in (
+        Register,
+        Auth,
+        Send,
+        Ack,
+        KeysUpload,
+        KeysFetch,
+        KeysCount,
+        DevicesList,
+        DevicesRemove,
+    )
+}
+
+# --- server to client --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Challenge:
+    T: ClassVar[str] = "challenge"
+    nonce: bytes = req(Bin(CHALLENGE_NONCE_BYTES, CHALLENGE_NONCE_BYTES))
+    server_time: int = req(_TS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Error:
+    T: ClassVar[str] = "error"
+    code: ErrorCode = req(Choice(ErrorCode))
+    message: str = req(Text(4096))
+    rid: int | None = opt(_U32)
+    retry_after_ms: int | None = opt(Int(0, I64_MAX))
+    missing: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
+    extra: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
+    stale: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    user: str = req(_USER)
+    device: int = req(_U32)
+    queued: int = req(_U32)
+    prekeys: int = req(_U32)
+    pq_prekeys: int = req(_U32)
+    rotate_signed_prekey: bool = req(Flag())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    id: bytes = req(_ID)
+    delivered: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+    stored: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysUploadOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    prekeys: int = req(_U32)
+    pq_prekeys: int = req(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bundle:
+    """One device's pre-key bundle, as `keys.fetch` hands it out."""
+
+    device: int = req(_U32)
+    registration_id: int = req(_U32)
+    identity_key: bytes = req(Bin(32, 33))
+    key_scheme: KeyScheme = req(Choice(KeyScheme))
+    signed_prekey: SignedPreKey = req(Nested(SignedPreKey))
+    prekey: PreKey | None = opt(Nested(PreKey))
+    pq_prekey: PqPreKey | None = opt(Nested(PqPreKey))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysFetchOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    user: str = req(_USER)
+    devices: tuple[Bundle, ...] = req(Many(Nested(Bundle), MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysCountOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    prekeys: int = req(_U32)
+    pq_prekeys: int = req(_U32)
+    signed_prekey_age_s: int | None = opt(Int(0, I64_MAX))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceInfo:
+    device: int = req(_U32)
+    key_scheme: KeyScheme = req(Choice(KeyScheme))
+    created: int = req(_TS)
+    last_seen: int = req(_TS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DevicesListOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    devices: tuple[DeviceInfo, ...] = req(Many(Nested(DeviceInfo), MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmptyOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Deliver:
+    T: ClassVar[str] = "deliver"
+    id: bytes = req(_ID)
+    from_user: str = req(_USER, name="from")
+    from_device: int = req(_U32)
+    ts: int = req(_TS)
+    server_ts: int = req(_TS)
+    type: int = req(Int(0, 255))
+    body: bytes = req(Bin(1))
+    nonce: bytes = req(Bin(MESSAGE_NONCE_BYTES, MESSAGE_NONCE_BYTES))
+    online: bool = opt(Flag(), default=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueEmpty:
+    T: ClassVar[str] = "queue_empty"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeysLow:
+    T: ClassVar[str] = "keys.low"
+    prekeys: int = req(_U32)
+    pq_prekeys: int = req(_U32)
+
+
+Answer = AuthOk | SendOk | KeysUploadOk | KeysFetchOk | KeysCountOk | DevicesListOk | EmptyOk
+Push = Challenge | Deliver | QueueEmpty | KeysLow
+ServerFrame = Answer | Error | Push
+
+SERVER_PUSHES: dict[str, type[Push | Error]] = {
+    cls.T: cls for cls in (Challenge, Deliver, QueueEmpty, KeysLow, Error)
+}
+
+ANSWER_TYPES: dict[type[Request], type[Answer]] = {
+    Register: AuthOk,
+    Auth: AuthOk,
+    Send: SendOk,
+    KeysUpload: KeysUploadOk,
+    KeysFetch: KeysFetchOk,
+    KeysCount: KeysCountOk,
+    DevicesList: DevicesListOk,
+    DevicesRemove: EmptyOk,
+}

@@ -1,0 +1,1 @@
+"""The relay server: connections, routing, delivery, operations endpoints, command line."""

@@ -1,0 +1,235 @@
+"""One WebSocket from accept to close: challenge, handshake, then the frame loop.
+
+States, as a table: a connection is AWAITING_HANDSHAKE until `register` or
+`auth` succeeds, then AUTHENTICATED until it closes. In AWAITING_HANDSHAKE
+only `register`/`auth` are accepted and every error closes with 1008; once
+AUTHENTICATED, `register`/`auth` are `forbidden` and errors leave the
+connection open (up to the bad-frame budget).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from protocol.codec import WireFormat, decode_client_frame
+from protocol.errors import CloseCode, ErrorCode, FrameError, Refused
+from protocol.frames import (
+    Ack,
+    Auth,
+    AuthOk,
+    Challenge,
+    DevicesList,
+    DevicesRemove,
+    KeysCount,
+    KeysFetch,
+    KeysUpload,
+    Register,
+    Send,
+)
+from relay import devices, handshake, prekeys
+from relay.outbound import Outbound
+from relay.prekeys import signed_prekey_age_s
+from relay.replies import error_frame
+from relay.sending import handle_send
+from relay.services import Services
+from relay.session import Session
+from storage.errors import StorageError
+
+log = logging.getLogger("relay.connection")
+
+Handler = Callable[[Services, Session, Any], Awaitable[None]]
+
+HANDLERS: dict[type[Any], Handler] = {
+    Send: handle_send,
+    KeysUpload: prekeys.upload,
+    KeysFetch: prekeys.fetch,
+    KeysCount: prekeys.count,
+    DevicesList: devices.list_devices,
+    DevicesRemove: devices.remove,
+}
+
+REPLACED_CLOSE_WAIT_S = 5.0
+
+
+class BadFrameBudget:
+    """A token bucket of bad frames: a burst of `burst`, refilled one a second."""
+
+    def __init__(self, burst: int) -> None:
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at))
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
+    svc.metrics.connection_opened()
+    out = Outbound(ws, fmt, limit_bytes=svc.settings.outbound_buffer_bytes, metrics=svc.metrics)
+    writer = asyncio.create_task(out.run())
+    session: Session | None = None
+    try:
+        session = await _handshake(svc, ws, fmt, out)
+        if session is not None:
+            await _frame_loop(svc, ws, fmt, session)
+    except ConnectionClosed:
+        pass
+    finally:
+        svc.metrics.connection_closed()
+        if session is not None:
+            session.end()
+            svc.router.detach(session)
+            svc.metrics.authenticated.dec()
+            session.reader_done.set()
+            with contextlib.suppress(StorageError):
+                await svc.store.devices.touch(session.user, session.device, svc.clock.now_ms())
+        if not out.closing:
+            out.close(CloseCode.NORMAL)
+        try:
+            await asyncio.wait_for(writer, timeout=svc.settings.shutdown_timeout)
+        except TimeoutError:
+            writer.cancel()
+
+
+async def _handshake(
+    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound
+) -> Session | None:
+    challenge = secrets.token_bytes(32)
+    out.write(Challenge(nonce=challenge, server_time=svc.clock.now_ms()))
+    rid: int | None = None
+    try:
+        async with asyncio.timeout(svc.settings.handshake_timeout):
+            data = await ws.recv()
+            svc.metrics.frames_in.labels("handshake").inc()
+            frame = decode_client_frame(data, fmt, svc.limits)
+            if isinstance(frame, Register | Auth):
+                rid = frame.rid
+                if isinstance(frame, Register):
+                    identity = await handshake.register(svc, frame, challenge)
+                else:
+                    identity = await handshake.authenticate(svc, frame, challenge)
+            else:
+                raise Refused(
+                    ErrorCode.UNAUTHENTICATED,
+                    "register or auth first",
+                    rid=None if isinstance(frame, Ack) else frame.rid,
+                )
+            return await _open_session(svc, out, identity, rid)
+    except TimeoutError:
+        svc.metrics.handshakes.labels("timeout").inc()
+        out.close(CloseCode.POLICY, "handshake timeout")
+    except ConnectionClosed:
+        raise
+    except Exception as exc:  # every failure is answered precisely, then 1008
+        error = error_frame(exc, rid if rid is not None else getattr(exc, "rid", None))
+        svc.metrics.handshakes.labels(str(error.code)).inc()
+        svc.metrics.rejections.labels(str(error.code)).inc()
+        out.write(error)
+        out.close(CloseCode.POLICY, "handshake failed")
+    return None
+
+
+async def _open_session(
+    svc: Services, out: Outbound, identity: handshake.Identity, rid: int
+) -> Session:
+    now = svc.clock.now_ms()
+    queued, _ = await svc.store.messages.queue_state(identity.user, identity.device, now_ms=now)
+    counts = await svc.store.keys.counts(identity.user, identity.device)
+    age = signed_prekey_age_s(counts, now)
+    out.write(
+        AuthOk(
+            rid=rid,
+            user=identity.user,
+            device=identity.device,
+            queued=queued,
+            prekeys=counts.prekeys,
+            pq_prekeys=counts.pq_prekeys,
+            rotate_signed_prekey=age is None or age > svc.settings.signed_prekey_rotation,
+        )
+    )
+    session = Session(
+        user=identity.user,
+        device=identity.device,
+        out=out,
+        messages=svc.store.messages,
+        window=svc.settings.delivery_window,
+        now_ms=svc.clock.now_ms,
+    )
+    svc.metrics.handshakes.labels("ok").inc()
+    svc.metrics.authenticated.inc()
+    older = svc.router.attach(session)
+    if older is not None:
+        # The newest connection wins; acks the older one had received are applied first.
+        older.out.close(CloseCode.REPLACED, "replaced by a newer connection")
+        try:
+            await asyncio.wait_for(older.reader_done.wait(), timeout=REPLACED_CLOSE_WAIT_S)
+        except TimeoutError:
+            older.end()
+    await svc.store.devices.touch(identity.user, identity.device, now)
+    return session
+
+
+async def _frame_loop(
+    svc: Services, ws: ServerConnection, fmt: WireFormat, session: Session
+) -> None:
+    pump = asyncio.create_task(session.pump())
+    budget = BadFrameBudget(svc.settings.max_bad_frames)
+    try:
+        async for data in ws:
+            rid: int | None = None
+            try:
+                frame = decode_client_frame(data, fmt, svc.limits)
+                svc.metrics.frames_in.labels(frame.T).inc()
+                if isinstance(frame, Ack):
+                    await session.on_ack(frame.ids)
+                    continue
+                rid = frame.rid
+                if isinstance(frame, Register | Auth):
+                    raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
+                if not isinstance(frame, Send):
+                    await _general_rate_limit(svc, session)
+                await HANDLERS[type(frame)](svc, session, frame)
+            except FrameError as exc:
+                svc.metrics.frames_in.labels("invalid").inc()
+                svc.metrics.rejections.labels(str(exc.code)).inc()
+                session.out.write(error_frame(exc, exc.rid))
+                if not budget.spend():
+                    session.out.close(CloseCode.POLICY, "too many bad frames")
+                    return
+            except ConnectionClosed:
+                raise
+            except Exception as exc:  # every failure becomes a precise error frame
+                error = error_frame(exc, rid)
+                svc.metrics.rejections.labels(str(error.code)).inc()
+                session.out.write(error)
+            if session.out.closing:
+                return
+    finally:
+        pump.cancel()
+
+
+async def _general_rate_limit(svc: Services, session: Session) -> None:
+    decision = await svc.store.rate_limiter.hit(
+        f"req:{session.user}:{session.device}",
+        rate_per_s=svc.settings.rate_requests,
+        burst=svc.settings.rate_requests_burst,
+    )
+    if not decision.allowed:
+        raise Refused(
+            ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=decision.retry_after_ms
+        )

@@ -1,0 +1,160 @@
+"""`keys.upload`, `keys.fetch`, `keys.count`: pre-key bundles for X3DH/PQXDH session set-up."""
+
+from __future__ import annotations
+
+from protocol.errors import ErrorCode, Refused
+from protocol.frames import (
+    Bundle,
+    KeysCount,
+    KeysCountOk,
+    KeysFetch,
+    KeysFetchOk,
+    KeysLow,
+    KeysUpload,
+    KeysUploadOk,
+    PqPreKey,
+    PreKey,
+    SignedPreKey,
+)
+from protocol.signatures import KeyScheme, verify_signature
+from relay.services import Services
+from relay.session import Session
+from storage.errors import KeyIdConflict, TooManyPreKeys
+from storage.records import KeyCounts, KeyUpload, OneTimeKey, SignedKey
+
+FETCH_TARGET_PERIOD_S = 600.0
+
+
+async def upload(svc: Services, session: Session, frame: KeysUpload) -> None:
+    """Every signature is checked before anything is stored; the upload is all or nothing."""
+    device = await svc.store.devices.get_device(session.user, session.device)
+    if device is None:
+        raise Refused(ErrorCode.FORBIDDEN, "this device is not active")
+    scheme = KeyScheme(device.key_scheme)
+    signed: list[SignedPreKey | PqPreKey] = [
+        *([frame.signed_prekey] if frame.signed_prekey else []),
+        *(frame.pq_prekeys or ()),
+        *([frame.pq_last_resort] if frame.pq_last_resort else []),
+    ]
+    for key in signed:
+        if not verify_signature(scheme, device.identity_key, key.key, key.signature):
+            raise Refused(ErrorCode.BAD_SIGNATURE, f"the signature of key {key.id} does not verify")
+    batch = KeyUpload(
+        signed_prekey=_signed(frame.signed_prekey),
+        prekeys=tuple(OneTimeKey(id=k.id, key=k.key) for k in frame.prekeys or ()),
+        pq_prekeys=tuple(SignedKey(k.id, k.key, k.signature) for k in frame.pq_prekeys or ()),
+        pq_last_resort=_signed(frame.pq_last_resort),
+    )
+    try:
+        counts = await svc.store.keys.upload(
+            session.user,
+            session.device,
+            batch,
+            now_ms=svc.clock.now_ms(),
+            max_stored=svc.settings.max_stored_prekeys,
+        )
+    except KeyIdConflict as exc:
+        raise Refused(ErrorCode.CONFLICT, "a key id is already stored with another key") from exc
+    except TooManyPreKeys as exc:
+        raise Refused(
+            ErrorCode.TOO_LARGE,
+            f"more than {svc.settings.max_stored_prekeys} one-time pre-keys of one kind",
+        ) from exc
+    session.out.write(
+        KeysUploadOk(rid=frame.rid, prekeys=counts.prekeys, pq_prekeys=counts.pq_prekeys)
+    )
+
+
+async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
+    """Hand each one-time key out at most once; rate-limited against pre-key draining."""
+    settings = svc.settings
+    limiter = svc.store.rate_limiter
+    requester = f"{session.user}:{session.device}"
+    for key, rate, burst in (
+        (
+            f"fetch:{requester}",
+            settings.rate_fetch_per_minute / 60.0,
+            settings.rate_fetch_per_minute,
+        ),
+        (
+            f"fetch:{requester}:{frame.user}",
+            settings.rate_fetch_per_target / FETCH_TARGET_PERIOD_S,
+            settings.rate_fetch_per_target,
+        ),
+    ):
+        decision = await limiter.hit(key, rate_per_s=rate, burst=burst)
+        if not decision.allowed:
+            raise Refused(
+                ErrorCode.RATE_LIMITED,
+                "too many key fetches",
+                retry_after_ms=decision.retry_after_ms,
+            )
+    devices = await svc.store.devices.list_devices(frame.user)
+    if devices is None:
+        raise Refused(ErrorCode.UNKNOWN_USER, "no such user")
+    if frame.device is not None:
+        devices = [d for d in devices if d.device == frame.device]
+        if not devices:
+            raise Refused(ErrorCode.UNKNOWN_DEVICE, "no such active device")
+    bundles: list[Bundle] = []
+    for device in devices:
+        claimed = await svc.store.keys.claim(
+            frame.user, device.device, low_water=settings.prekey_low_water
+        )
+        if claimed.fell_below_low_water:
+            svc.router.push(
+                frame.user,
+                device.device,
+                KeysLow(prekeys=claimed.counts.prekeys, pq_prekeys=claimed.counts.pq_prekeys),
+            )
+        if claimed.signed_prekey is None:
+            continue  # no bundle without a signed pre-key
+        bundles.append(
+            Bundle(
+                device=device.device,
+                registration_id=device.registration_id,
+                identity_key=device.identity_key,
+                key_scheme=KeyScheme(device.key_scheme),
+                signed_prekey=_signed_frame(claimed.signed_prekey),
+                prekey=(
+                    None
+                    if claimed.prekey is None
+                    else PreKey(id=claimed.prekey.id, key=claimed.prekey.key)
+                ),
+                pq_prekey=(
+                    None
+                    if claimed.pq_prekey is None
+                    else PqPreKey(
+                        id=claimed.pq_prekey.id,
+                        key=claimed.pq_prekey.key,
+                        signature=claimed.pq_prekey.signature,
+                    )
+                ),
+            )
+        )
+    session.out.write(KeysFetchOk(rid=frame.rid, user=frame.user, devices=tuple(bundles)))
+
+
+async def count(svc: Services, session: Session, frame: KeysCount) -> None:
+    counts = await svc.store.keys.counts(session.user, session.device)
+    session.out.write(
+        KeysCountOk(
+            rid=frame.rid,
+            prekeys=counts.prekeys,
+            pq_prekeys=counts.pq_prekeys,
+            signed_prekey_age_s=signed_prekey_age_s(counts, svc.clock.now_ms()),
+        )
+    )
+
+
+def signed_prekey_age_s(counts: KeyCounts, now_ms: int) -> int | None:
+    uploaded = counts.signed_prekey_uploaded_ms
+    return None if uploaded is None else max(0, (now_ms - uploaded) // 1000)
+
+
+def _signed(key: SignedPreKey | PqPreKey | None) -> SignedKey | None:
+    return None if key is None else SignedKey(id=key.id, key=key.key, signature=key.signature)
+
+
+def _signed_frame(key: SignedKey) -> SignedPreKey:
+    return SignedPreKey(id=key.id, key=key.key, signature=key.signature)

@@ -1,0 +1,238 @@
+"""`send`: the checks in the spec's order, the two-phase replay guard, routing, the outcome.
+
+The checks and the nonce claim run in the connection's frame order; routing
+and the wait for acks run in a background task, so one slow recipient never
+holds up the sender's later frames. The answer is written when the outcome
+(delivered or durable for every device) is reached, and that outcome is kept
+under the nonce so a retry is answered the same without a second delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from protocol.errors import ErrorCode, Refused
+from protocol.frames import Send, SendOk
+from relay.replies import error_frame
+from relay.services import Services
+from relay.session import Origin, Session
+from storage.errors import StorageError
+from storage.records import DeviceRecord, Envelope, ReplayRecord, ReplayScope, SendOutcome
+
+log = logging.getLogger("relay.send")
+
+MAX_CLAIM_ATTEMPTS = 3
+
+
+async def handle_send(svc: Services, session: Session, frame: Send) -> None:
+    """Check and claim now; route and answer in the background."""
+    scope = ReplayScope(session.user, session.device, frame.to)
+    replay = svc.store.replay
+    for _ in range(MAX_CLAIM_ATTEMPTS):
+        record = await replay.lookup(scope, frame.nonce)
+        if record is not None:
+            _answer_from_record(svc, session, frame, scope, record)
+            return
+        devices = await _check(svc, session, frame)
+        taken = await replay.claim(
+            scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
+        )
+        if taken is None:
+            svc.spawn(_route(svc, session, frame, scope, devices))
+            return
+        # Another copy of this send won the race for the nonce: answer as it is answered.
+        _answer_from_record(svc, session, frame, scope, taken)
+        return
+    raise Refused(ErrorCode.UNAVAILABLE, "could not claim the nonce; retry")
+
+
+def _answer_from_record(
+    svc: Services, session: Session, frame: Send, scope: ReplayScope, record: ReplayRecord
+) -> None:
+    if record.message_id != frame.id:
+        raise Refused(ErrorCode.REPLAY, "nonce already used by another message", rid=frame.rid)
+    if record.outcome is not None:
+        session.out.write(_ok(frame, record.outcome))
+        return
+    svc.spawn(_answer_when_done(svc, session, frame, scope))
+
+
+async def _answer_when_done(
+    svc: Services, session: Session, frame: Send, scope: ReplayScope
+) -> None:
+    """A copy that arrived while the first was in flight gets the first one's answer."""
+    try:
+        record = await svc.store.replay.wait_outcome(
+            scope, frame.nonce, timeout_s=svc.settings.replay_pending_ttl
+        )
+        if record is not None and record.outcome is not None and record.message_id == frame.id:
+            session.out.write(_ok(frame, record.outcome))
+            return
+        # The first attempt was given up (refused, or its node died): process this one anew.
+        await handle_send(svc, session, frame)
+    except Exception as exc:  # every failure becomes the precise error frame
+        session.out.write(error_frame(exc, frame.rid))
+
+
+async def _check(svc: Services, session: Session, frame: Send) -> list[DeviceRecord]:
+    """unknown_user, stale_timestamp, rate_limited, conflict, mismatched_devices, stale_devices."""
+    settings = svc.settings
+    devices = await svc.store.devices.list_devices(frame.to)
+    if devices is None:
+        raise Refused(ErrorCode.UNKNOWN_USER, "no such user")
+    skew_ms = settings.clock_skew * 1000
+    if abs(svc.clock.now_ms() - frame.ts) > skew_ms:
+        raise Refused(ErrorCode.STALE_TIMESTAMP, "ts is outside the allowed clock skew")
+    decision = await svc.store.rate_limiter.hit(
+        f"req:{session.user}:{session.device}",
+        rate_per_s=settings.rate_requests,
+        burst=settings.rate_requests_burst,
+    )
+    if not decision.allowed:
+        raise Refused(
+            ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=decision.retry_after_ms
+        )
+    await _check_conflict(svc, session, frame)
+    addressable = {
+        d.device: d
+        for d in devices
+        if not (frame.to == session.user and d.device == session.device)
+    }
+    named = {m.device for m in frame.devices}
+    missing = tuple(sorted(addressable.keys() - named))
+    extra = tuple(sorted(named - addressable.keys()))
+    if missing or extra:
+        raise Refused(
+            ErrorCode.MISMATCHED_DEVICES,
+            "devices do not match the recipient's devices",
+            missing=missing,
+            extra=extra,
+        )
+    stale = tuple(
+        sorted(
+            m.device
+            for m in frame.devices
+            if m.registration_id is not None
+            and m.registration_id != addressable[m.device].registration_id
+        )
+    )
+    if stale:
+        raise Refused(ErrorCode.STALE_DEVICES, "registration ids changed", stale=stale)
+    return [addressable[m.device] for m in frame.devices]
+
+
+async def _check_conflict(svc: Services, session: Session, frame: Send) -> None:
+    """The id must not be pending for a target device from another sender or send."""
+    mine = Origin(session.user, session.device, frame.nonce)
+    for message in frame.devices:
+        target = svc.router.get(frame.to, message.device)
+        origin = None if target is None else target.origin_of(frame.id)
+        if origin is not None and origin != mine:
+            raise Refused(ErrorCode.CONFLICT, "this message id is pending from another sender")
+    if frame.online:
+        return  # an online message is never stored, so only live deliveries can clash
+    stored = await svc.store.messages.pending_origins(
+        frame.to, [m.device for m in frame.devices], frame.id
+    )
+    for origin_row in stored:
+        if Origin(origin_row.sender_user, origin_row.sender_device, origin_row.nonce) != mine:
+            raise Refused(ErrorCode.CONFLICT, "this message id is pending from another sender")
+
+
+async def _route(
+    svc: Services, session: Session, frame: Send, scope: ReplayScope, devices: list[DeviceRecord]
+) -> None:
+    """Push to connected devices, store for the others and for those whose ack is late."""
+    settings = svc.settings
+    now = svc.clock.now_ms()
+    origin = Origin(session.user, session.device, frame.nonce)
+    expires = now + int(settings.retention * 1000)
+    waiting: list[tuple[Session, Envelope, asyncio.Future[bool]]] = []
+    to_store: list[Envelope] = []
+    for message in frame.devices:
+        env = Envelope(
+            id=frame.id,
+            recipient_user=frame.to,
+            recipient_device=message.device,
+            sender_user=session.user,
+            sender_device=session.device,
+            ts=frame.ts,
+            server_ts=now,
+            type=message.type,
+            body=message.body,
+            nonce=frame.nonce,
+            expires_ms=expires,
+        )
+        target = svc.router.get(frame.to, message.device)
+        acked = None if target is None else target.push_live(env, origin, online=frame.online)
+        if acked is not None and target is not None:
+            waiting.append((target, env, acked))
+            acked.add_done_callback(_latency_observer(svc, asyncio.get_running_loop().time()))
+        elif not frame.online:
+            to_store.append(env)
+    svc.metrics.envelopes.labels("accepted").inc(len(frame.devices))
+    try:
+        stored_now = asyncio.ensure_future(_store(svc, to_store))
+        if waiting:
+            await asyncio.wait([f for _, _, f in waiting], timeout=settings.ack_timeout)
+        delivered: list[int] = []
+        late: list[Envelope] = []
+        for target, env, acked in waiting:
+            if acked.done() and acked.result():
+                delivered.append(env.recipient_device)
+            elif frame.online:
+                svc.metrics.envelopes.labels("dropped_online").inc()
+            else:
+                target.mark_durable(env.id)
+                late.append(env)
+        # mark_durable above and the store call below run with no await between them, so an
+        # ack that arrives now is applied after the insert (the store runs jobs in order).
+        await _store(svc, late)
+        await stored_now
+    except StorageError as exc:
+        await _give_up(svc, scope, frame)
+        session.out.write(error_frame(exc, frame.rid))
+        return
+    stored = [e.recipient_device for e in (*to_store, *late)]
+    outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
+    svc.metrics.envelopes.labels("delivered").inc(len(delivered))
+    svc.metrics.envelopes.labels("stored").inc(len(stored))
+    try:
+        await svc.store.replay.complete(
+            scope, frame.nonce, frame.id, outcome, window_s=settings.replay_window
+        )
+    except StorageError:
+        # The envelopes are durable or acknowledged already, so the answer stands; a retry
+        # finds the stored copies from the same origin and stores nothing twice.
+        log.warning("could not record a send's outcome in the replay guard")
+    session.out.write(_ok(frame, outcome))
+
+
+def _latency_observer(svc: Services, pushed_at: float) -> Callable[[asyncio.Future[bool]], None]:
+    def observe(acked: asyncio.Future[bool]) -> None:
+        if not acked.cancelled() and acked.result():
+            svc.metrics.delivery_latency.observe(asyncio.get_running_loop().time() - pushed_at)
+
+    return observe
+
+
+async def _store(svc: Services, envelopes: list[Envelope]) -> None:
+    if not envelopes:
+        return
+    await svc.store.messages.store(envelopes)
+    for env in envelopes:
+        svc.router.notify_stored(env.recipient_user, env.recipient_device)
+
+
+async def _give_up(svc: Services, scope: ReplayScope, frame: Send) -> None:
+    """Nothing was accepted: free the nonce so the sender can retry with it."""
+    try:
+        await svc.store.replay.release(scope, frame.nonce, frame.id)
+    except StorageError:
+        log.warning("could not release a nonce; it frees itself when the claim expires")
+
+
+def _ok(frame: Send, outcome: SendOutcome) -> SendOk:
+    return SendOk(rid=frame.rid, id=frame.id, delivered=outcome.delivered, stored=outcome.stored)

@@ -1,0 +1,84 @@
+"""Wires the websockets library to the relay: sub-protocol choice, HTTP paths, connection limits."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import NegotiationError
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from protocol.codec import SUBPROTOCOLS, WireFormat, select_format
+from protocol.errors import CloseCode
+from relay.connection import serve_connection
+from relay.http import OperationsEndpoints
+from relay.services import Services
+
+log = logging.getLogger("relay.server")
+
+CLOSE_TIMEOUT_S = 5.0
+WRITE_HIGH_WATER = 256 * 1024
+
+
+def choose_subprotocol(
+    connection: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """The client's first preference wins; none offered means msgpack; only unknown ones: 400."""
+    fmt = select_format(list(offered))
+    if fmt is None:
+        raise NegotiationError("no supported subprotocol; offer " + ", ".join(SUBPROTOCOLS))
+    return Subprotocol(fmt.value) if offered else None
+
+
+class RelayServer:
+    def __init__(self, svc: Services, endpoints: OperationsEndpoints) -> None:
+        self._svc = svc
+        self._endpoints = endpoints
+        self._per_address: Counter[str] = Counter()
+        self.server: Server | None = None
+
+    async def start(self) -> Server:
+        settings = self._svc.settings
+        self.server = await serve(
+            self._handle,
+            settings.host,
+            settings.port,
+            process_request=self._process_request,
+            select_subprotocol=choose_subprotocol,
+            subprotocols=[Subprotocol(p.value) for p in SUBPROTOCOLS],
+            max_size=settings.max_frame_bytes,
+            compression=None,
+            close_timeout=CLOSE_TIMEOUT_S,
+            write_limit=WRITE_HIGH_WATER,
+            server_header="relay",
+        )
+        return self.server
+
+    def port(self) -> int:
+        assert self.server is not None
+        for sock in self.server.sockets:
+            port: int = sock.getsockname()[1]
+            return port
+        raise RuntimeError("the server has no socket")
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        return await self._endpoints.handle(request)
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        address = str(ws.remote_address[0]) if ws.remote_address else "?"
+        if self._per_address[address] >= self._svc.settings.max_connections_per_address:
+            await ws.close(int(CloseCode.TRY_AGAIN_LATER), "too many connections from this address")
+            return
+        self._per_address[address] += 1
+        try:
+            fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
+            await serve_connection(self._svc, ws, fmt)
+        finally:
+            self._per_address[address] -= 1
+            if self._per_address[address] <= 0:
+                del self._per_address[address]

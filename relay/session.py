@@ -1,0 +1,173 @@
+"""One authenticated device connection: its in-flight window, acks, and the stored-message pump.
+
+A delivery is in flight from its push until its ack (or the connection's
+end). The window bounds how many are in flight; the pump fills free slots
+with stored messages, oldest first, and sends `queue_empty` the first time
+it has caught up with the store. Live pushes from senders share the window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from protocol.errors import CloseCode
+from protocol.frames import Deliver, QueueEmpty
+from relay.outbound import Outbound
+from storage.errors import StorageError
+from storage.interfaces import MessageQueue
+from storage.records import Envelope
+
+log = logging.getLogger("relay.session")
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Who sent a message: a second send with the same id is a retry only from the same origin."""
+
+    sender_user: str
+    sender_device: int
+    nonce: bytes
+
+
+@dataclass(slots=True)
+class InFlight:
+    origin: Origin
+    acked: asyncio.Future[bool]
+    pushed_at: float
+    durable: bool = False  # stored (pumped from the store, or stored after the ack timeout)
+
+
+def to_deliver(env: Envelope, *, online: bool = False) -> Deliver:
+    return Deliver(
+        id=env.id,
+        from_user=env.sender_user,
+        from_device=env.sender_device,
+        ts=env.ts,
+        server_ts=env.server_ts,
+        type=env.type,
+        body=env.body,
+        nonce=env.nonce,
+        online=online,
+    )
+
+
+@dataclass(eq=False)
+class Session:
+    user: str
+    device: int
+    out: Outbound
+    messages: MessageQueue
+    window: int
+    now_ms: Callable[[], int]
+    inflight: dict[bytes, InFlight] = field(default_factory=dict)
+    reader_done: asyncio.Event = field(default_factory=asyncio.Event)
+    _pump_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _cursor: int = 0
+    _queue_empty_due: bool = True
+    _ended: bool = False
+
+    # --- live pushes ---------------------------------------------------------
+
+    def push_live(
+        self, env: Envelope, origin: Origin, *, online: bool
+    ) -> asyncio.Future[bool] | None:
+        """Push now if the window has room; the future says whether the ack came.
+        None: no room, or the id is already in flight here (the caller stores it)."""
+        if self._ended or self.out.closing or len(self.inflight) >= self.window:
+            return None
+        if env.id in self.inflight:
+            return None
+        loop = asyncio.get_running_loop()
+        entry = InFlight(origin=origin, acked=loop.create_future(), pushed_at=loop.time())
+        self.inflight[env.id] = entry
+        self.out.write(to_deliver(env, online=online))
+        return entry.acked
+
+    def mark_durable(self, message_id: bytes) -> None:
+        """The sender gave up waiting and is storing it; a later ack must delete it."""
+        entry = self.inflight.get(message_id)
+        if entry is not None:
+            entry.durable = True
+
+    def origin_of(self, message_id: bytes) -> Origin | None:
+        entry = self.inflight.get(message_id)
+        return None if entry is None else entry.origin
+
+    # --- acks --------------------------------------------------------------------
+
+    async def on_ack(self, ids: tuple[bytes, ...]) -> None:
+        """Resolve the waiting senders, free window slots, delete what was stored."""
+        to_delete: list[bytes] = []
+        freed = False
+        for message_id in ids:
+            entry = self.inflight.pop(message_id, None)
+            if entry is None:
+                to_delete.append(message_id)  # delivered on an earlier connection, maybe
+                continue
+            freed = True
+            if not entry.acked.done():
+                entry.acked.set_result(True)
+            if entry.durable:
+                to_delete.append(message_id)
+        if freed:
+            self._pump_wake.set()
+        if to_delete:
+            await self.messages.ack(self.user, self.device, to_delete)
+
+    # --- stored messages -------------------------------------------------------
+
+    def wake_pump(self) -> None:
+        self._pump_wake.set()
+
+    async def pump(self) -> None:
+        """Push stored messages into free window slots until the session ends."""
+        try:
+            while not self._ended and not self.out.closing:
+                self._pump_wake.clear()
+                room = self.window - len(self.inflight)
+                if room > 0:
+                    batch = await self.messages.fetch(
+                        self.user,
+                        self.device,
+                        after_seq=self._cursor,
+                        limit=room,
+                        now_ms=self.now_ms(),
+                    )
+                    if self._ended:
+                        return
+                    loop = asyncio.get_running_loop()
+                    for stored in batch:
+                        self._cursor = max(self._cursor, stored.seq)
+                        env = stored.envelope
+                        entry = self.inflight.get(env.id)
+                        if entry is not None:
+                            entry.durable = True  # pushed live already; its ack deletes it
+                            continue
+                        self.inflight[env.id] = InFlight(
+                            origin=Origin(env.sender_user, env.sender_device, env.nonce),
+                            acked=loop.create_future(),
+                            pushed_at=loop.time(),
+                            durable=True,
+                        )
+                        self.out.write(to_deliver(env))
+                    if len(batch) < room and self._queue_empty_due:
+                        self._queue_empty_due = False
+                        self.out.write(QueueEmpty())
+                    if len(batch) == room:
+                        continue  # the window may have room again already
+                await self._pump_wake.wait()
+        except StorageError:
+            log.warning("stored-message pump stopped: store unavailable; closing the connection")
+            self.out.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
+
+    def end(self) -> None:
+        """The connection is gone: senders waiting for acks stop waiting and store instead."""
+        self._ended = True
+        self._pump_wake.set()
+        for entry in self.inflight.values():
+            if not entry.acked.done():
+                entry.acked.set_result(False)
+        self.inflight.clear()

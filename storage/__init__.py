@@ -1,0 +1,1 @@
+"""Storage: small interfaces, domain records, and the backends behind them."""

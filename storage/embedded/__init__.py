@@ -1,0 +1,111 @@
+"""The embedded backend: one SQLite file under a data directory, for a single node.
+
+Everything goes through one `SqliteDatabase` (one connection, one worker thread, jobs in
+submission order, group commit); pending replay claims and rate-limit buckets live in
+memory, because they guard work of this process only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from storage.embedded.database import SqliteDatabase
+from storage.embedded.directory import SqliteDeviceDirectory
+from storage.embedded.keys import SqliteKeyStore
+from storage.embedded.messages import SqliteMessageQueue
+from storage.embedded.replay import SqliteReplayGuard
+from storage.errors import Unavailable
+from storage.interfaces import Store
+from storage.ratelimit import TokenBucketLimiter
+
+__all__ = ["DATABASE_FILE", "EmbeddedStore"]
+
+DATABASE_FILE: Final = "relay.sqlite3"
+READY_TIMEOUT_S: Final = 2.0  # a worker stuck on a lock counts as not ready
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EmbeddedStore:
+    """The `Store` of the embedded backend. Open it with `EmbeddedStore.open`."""
+
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        *,
+        now_ms: Callable[[], int],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._db = db
+        self._devices = SqliteDeviceDirectory(db, now_ms=now_ms)
+        self._keys = SqliteKeyStore(db)
+        self._messages = SqliteMessageQueue(db)
+        self._replay = SqliteReplayGuard(db, now_ms=now_ms, monotonic=monotonic)
+        self._rate_limiter = TokenBucketLimiter(clock=monotonic)
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        now_ms: Callable[[], int] = _wall_ms,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> EmbeddedStore:
+        """Open (creating if need be) `data_dir/relay.sqlite3`. Raises Unavailable.
+
+        The clocks are injectable for tests: `now_ms` (wall clock, ms since the epoch)
+        dates what must outlive the process, `monotonic` (seconds) times what does not.
+        """
+        try:
+            await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Unavailable(f"cannot create the data directory {data_dir}: {exc}") from exc
+        db = await SqliteDatabase.open(data_dir / DATABASE_FILE)
+        return cls(db, now_ms=now_ms, monotonic=monotonic)
+
+    @property
+    def devices(self) -> SqliteDeviceDirectory:
+        return self._devices
+
+    @property
+    def keys(self) -> SqliteKeyStore:
+        return self._keys
+
+    @property
+    def messages(self) -> SqliteMessageQueue:
+        return self._messages
+
+    @property
+    def replay(self) -> SqliteReplayGuard:
+        return self._replay
+
+    @property
+    def rate_limiter(self) -> TokenBucketLimiter:
+        return self._rate_limiter
+
+    async def ready(self) -> dict[str, bool]:
+        def ping(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute("SELECT 1").fetchone() == (1,))
+
+        try:
+            ok = await asyncio.wait_for(self._db.run(ping), READY_TIMEOUT_S)
+        except (Unavailable, TimeoutError):
+            ok = False
+        return {"sqlite": ok}
+
+    async def close(self) -> None:
+        await self._db.close()
+
+
+if TYPE_CHECKING:
+
+    def _is_a_store(store: EmbeddedStore) -> Store:
+        """mypy checks here that EmbeddedStore implements every interface."""
+        return store

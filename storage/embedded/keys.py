@@ -1,0 +1,191 @@
+"""Pre-keys in SQLite (the KeyStore interface).
+
+Each upload and each claim is one job on the database's single writer thread. That is the
+whole concurrency argument: a claim's SELECT of the oldest one-time key and its DELETE run
+with no other job in between, so no two claims can hand out the same key, and an upload's
+checks and inserts see no other upload half done. A refused upload raises inside its job,
+whose savepoint is rolled back: nothing of it is stored.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any, Final
+
+from storage.embedded.database import SqliteDatabase
+from storage.errors import KeyIdConflict, TooManyPreKeys
+from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, SignedKey
+
+_EC: Final = "one_time_prekeys"
+_PQ: Final = "one_time_pq_prekeys"
+
+
+class SqliteKeyStore:
+    def __init__(self, db: SqliteDatabase) -> None:
+        self._db = db
+
+    async def upload(
+        self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
+    ) -> KeyCounts:
+        def job(conn: sqlite3.Connection) -> KeyCounts:
+            if not _is_active(conn, user, device):
+                # Removal deleted this device's keys; an upload racing it stores none.
+                return KeyCounts(prekeys=0, pq_prekeys=0, signed_prekey_uploaded_ms=None)
+            new_ec = _new_keys(
+                conn, _EC, user, device, ((k.id, k.key, None) for k in upload.prekeys)
+            )
+            new_pq = _new_keys(
+                conn, _PQ, user, device, ((k.id, k.key, k.signature) for k in upload.pq_prekeys)
+            )
+            for table, new in ((_EC, new_ec), (_PQ, new_pq)):
+                if _count(conn, table, user, device) + len(new) > max_stored:
+                    raise TooManyPreKeys(f"more than {max_stored} keys in {table}")
+            conn.executemany(
+                f"INSERT INTO {_EC} (user, device, key_id, key) VALUES (?, ?, ?, ?)",
+                [(user, device, key_id, key) for key_id, key, _ in new_ec],
+            )
+            conn.executemany(
+                f"INSERT INTO {_PQ} (user, device, key_id, key, signature) VALUES (?, ?, ?, ?, ?)",
+                [(user, device, key_id, key, sig) for key_id, key, sig in new_pq],
+            )
+            for table, signed in (
+                ("signed_prekeys", upload.signed_prekey),
+                ("pq_last_resort_keys", upload.pq_last_resort),
+            ):
+                if signed is not None:
+                    # Rotation: the new key replaces the previous one.
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {table}"
+                        " (user, device, key_id, key, signature, uploaded_ms)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (user, device, signed.id, signed.key, signed.signature, now_ms),
+                    )
+            return _counts(conn, user, device)
+
+        return await self._db.run(job)
+
+    async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
+        def job(conn: sqlite3.Connection) -> ClaimedKeys:
+            before = _counts(conn, user, device)
+            signed = _signed(conn, "signed_prekeys", user, device)
+            if signed is None:
+                # No bundle can be made without a signed pre-key: take nothing.
+                return ClaimedKeys(None, None, None, before, False)
+            ec_row = _take_oldest(conn, _EC, "key_id, key", user, device)
+            prekey = None if ec_row is None else OneTimeKey(id=int(ec_row[0]), key=bytes(ec_row[1]))
+            pq_row = _take_oldest(conn, _PQ, "key_id, key, signature", user, device)
+            if pq_row is None:
+                # No one-time PQ key left: the last-resort key is handed out, and kept.
+                pq_prekey = _signed(conn, "pq_last_resort_keys", user, device)
+            else:
+                key_id, key, signature = pq_row
+                pq_prekey = SignedKey(id=int(key_id), key=bytes(key), signature=bytes(signature))
+            after = KeyCounts(
+                prekeys=before.prekeys - (prekey is not None),
+                pq_prekeys=before.pq_prekeys - (pq_row is not None),
+                signed_prekey_uploaded_ms=before.signed_prekey_uploaded_ms,
+            )
+            fell = low_water > 0 and any(
+                old == low_water and new < low_water
+                for old, new in (
+                    (before.prekeys, after.prekeys),
+                    (before.pq_prekeys, after.pq_prekeys),
+                )
+            )
+            return ClaimedKeys(
+                signed_prekey=signed,
+                prekey=prekey,
+                pq_prekey=pq_prekey,
+                counts=after,
+                fell_below_low_water=fell,
+            )
+
+        return await self._db.run(job)
+
+    async def counts(self, user: str, device: int) -> KeyCounts:
+        return await self._db.run(lambda conn: _counts(conn, user, device))
+
+
+def _is_active(conn: sqlite3.Connection, user: str, device: int) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS NULL",
+        (user, device),
+    ).fetchone()
+    return row is not None
+
+
+def _new_keys(
+    conn: sqlite3.Connection,
+    table: str,
+    user: str,
+    device: int,
+    keys: Iterable[tuple[int, bytes, bytes | None]],
+) -> list[tuple[int, bytes, bytes | None]]:
+    """The keys of one list of an upload that are not stored yet, in upload order.
+
+    An id stored (or earlier in the same list) with the same key is a no-op; with another
+    key it is a conflict. Keys are compared, signatures are not: the first one is kept.
+    """
+    new: dict[int, tuple[int, bytes, bytes | None]] = {}
+    for key_id, key, signature in keys:
+        seen = new.get(key_id)
+        if seen is None:
+            row = conn.execute(
+                f"SELECT key FROM {table} WHERE user = ? AND device = ? AND key_id = ?",
+                (user, device, key_id),
+            ).fetchone()
+            if row is None:
+                new[key_id] = (key_id, key, signature)
+                continue
+            stored = bytes(row[0])
+        else:
+            stored = seen[1]
+        if stored != key:
+            raise KeyIdConflict(f"key id {key_id} is stored with another key")
+    return list(new.values())
+
+
+def _take_oldest(
+    conn: sqlite3.Connection, table: str, columns: str, user: str, device: int
+) -> tuple[Any, ...] | None:
+    """Delete and return the device's oldest one-time key of `table`.
+
+    SELECT then DELETE is safe here only because jobs are serialised on one connection.
+    """
+    row = conn.execute(
+        f"SELECT seq, {columns} FROM {table} WHERE user = ? AND device = ? ORDER BY seq LIMIT 1",
+        (user, device),
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute(f"DELETE FROM {table} WHERE seq = ?", (row[0],))
+    return tuple(row[1:])
+
+
+def _signed(conn: sqlite3.Connection, table: str, user: str, device: int) -> SignedKey | None:
+    row = conn.execute(
+        f"SELECT key_id, key, signature FROM {table} WHERE user = ? AND device = ?",
+        (user, device),
+    ).fetchone()
+    if row is None:
+        return None
+    return SignedKey(id=int(row[0]), key=bytes(row[1]), signature=bytes(row[2]))
+
+
+def _count(conn: sqlite3.Connection, table: str, user: str, device: int) -> int:
+    (count,) = conn.execute(
+        f"SELECT COUNT(*) FROM {table} WHERE user = ? AND device = ?", (user, device)
+    ).fetchone()
+    return int(count)
+
+
+def _counts(conn: sqlite3.Connection, user: str, device: int) -> KeyCounts:
+    row = conn.execute(
+        "SELECT uploaded_ms FROM signed_prekeys WHERE user = ? AND device = ?", (user, device)
+    ).fetchone()
+    return KeyCounts(
+        prekeys=_count(conn, _EC, user, device),
+        pq_prekeys=_count(conn, _PQ, user, device),
+        signed_prekey_uploaded_ms=None if row is None else int(row[0]),
+    )

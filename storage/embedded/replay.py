@@ -1,0 +1,187 @@
+"""The replay guard of a single node: pending claims in memory, outcomes in SQLite.
+
+A pending claim guards a send in flight in this very process, so it lives and dies with
+the process: after a restart the retry is processed again (at-least-once, clients drop
+duplicates). A completed record is the first answer, kept for the replay window; it is in
+SQLite so that a restart does not reopen the window.
+
+Atomicity of claim: the event loop runs one task at a time, so a check of the pending dict
+followed by a set with no await in between cannot interleave with another claim. The
+SQLite lookup needs an await, so the dict is checked again after it. Could a claim that
+was completed meanwhile slip through (its row written after our lookup read, its pending
+entry gone before we look again)? No: its holder set the entry after our first check, so
+its completing write is a job submitted after our lookup; jobs are answered in submission
+order, and the holder drops its entry only once its write is answered, so our second check
+runs first and still sees the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from storage.embedded.database import SqliteDatabase
+from storage.records import ReplayRecord, ReplayScope, SendOutcome
+
+PURGE_INTERVAL_S: Final = 60.0  # expired completed rows, and expired pending claims
+
+_Key = tuple[ReplayScope, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    message_id: bytes
+    deadline: float  # on the monotonic clock
+    settled: asyncio.Event  # set when the claim is completed, released or expires
+
+
+class SqliteReplayGuard:
+    def __init__(
+        self,
+        db: SqliteDatabase,
+        *,
+        now_ms: Callable[[], int],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self._db = db
+        self._now_ms = now_ms  # completed rows outlive the process: wall-clock expiry
+        self._monotonic = monotonic  # pending claims do not: monotonic deadlines
+        self._pending: dict[_Key, _Pending] = {}
+        self._next_purge = monotonic()
+        self._next_sweep = monotonic() + PURGE_INTERVAL_S
+
+    async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
+        held = self._held((scope, nonce))
+        if held is not None:
+            return held
+        return await self._completed(scope, nonce)
+
+    async def claim(
+        self, scope: ReplayScope, nonce: bytes, message_id: bytes, *, pending_ttl_s: float
+    ) -> ReplayRecord | None:
+        key = (scope, nonce)
+        held = self._held(key)
+        if held is not None:
+            return held
+        done = await self._completed(scope, nonce)
+        if done is not None:
+            return done
+        # Check again after the await; from here to the set there is no await (see above).
+        held = self._held(key)
+        if held is not None:
+            return held
+        deadline = self._monotonic() + pending_ttl_s
+        self._pending[key] = _Pending(message_id, deadline, asyncio.Event())
+        self._sweep()
+        return None
+
+    async def complete(
+        self,
+        scope: ReplayScope,
+        nonce: bytes,
+        message_id: bytes,
+        outcome: SendOutcome,
+        *,
+        window_s: float,
+    ) -> None:
+        now_ms = self._now_ms()
+        row = (
+            scope.sender_user,
+            scope.sender_device,
+            scope.recipient_user,
+            nonce,
+            message_id,
+            json.dumps(list(outcome.delivered)),
+            json.dumps(list(outcome.stored)),
+            now_ms + round(window_s * 1000),
+        )
+        purge = self._monotonic() >= self._next_purge
+        if purge:
+            self._next_purge = self._monotonic() + PURGE_INTERVAL_S
+
+        def job(conn: sqlite3.Connection) -> None:
+            if purge:
+                conn.execute("DELETE FROM replay WHERE expires_ms <= ?", (now_ms,))
+            # The first answer is kept for the window: an unexpired row is never replaced.
+            conn.execute(
+                "INSERT INTO replay (sender_user, sender_device, recipient_user, nonce,"
+                " message_id, delivered, stored, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (sender_user, sender_device, recipient_user, nonce) DO UPDATE"
+                " SET message_id = excluded.message_id, delivered = excluded.delivered,"
+                " stored = excluded.stored, expires_ms = excluded.expires_ms"
+                " WHERE replay.expires_ms <= ?",
+                (*row, now_ms),
+            )
+
+        await self._db.run(job)
+        # Only now, with the outcome committed, may the pending entry go (see above).
+        self._drop_if_held((scope, nonce), message_id)
+
+    async def release(self, scope: ReplayScope, nonce: bytes, message_id: bytes) -> None:
+        self._drop_if_held((scope, nonce), message_id)
+
+    async def wait_outcome(
+        self, scope: ReplayScope, nonce: bytes, *, timeout_s: float
+    ) -> ReplayRecord | None:
+        entry = self._pending.get((scope, nonce))
+        if entry is not None:
+            remaining = min(timeout_s, entry.deadline - self._monotonic())
+            if remaining > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(entry.settled.wait(), remaining)
+        return await self.lookup(scope, nonce)
+
+    def _held(self, key: _Key) -> ReplayRecord | None:
+        """The unexpired pending claim on `key` as a record; an expired one is dropped."""
+        entry = self._pending.get(key)
+        if entry is None:
+            return None
+        if entry.deadline <= self._monotonic():
+            self._drop(key, entry)
+            return None
+        return ReplayRecord(message_id=entry.message_id, outcome=None)
+
+    def _drop_if_held(self, key: _Key, message_id: bytes) -> None:
+        entry = self._pending.get(key)
+        if entry is not None and entry.message_id == message_id:
+            self._drop(key, entry)
+
+    def _drop(self, key: _Key, entry: _Pending) -> None:
+        del self._pending[key]
+        entry.settled.set()
+
+    def _sweep(self) -> None:
+        """Drop expired pending claims now and then, so that abandoned ones cannot pile up."""
+        now = self._monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + PURGE_INTERVAL_S
+        for key, entry in list(self._pending.items()):
+            if entry.deadline <= now:
+                self._drop(key, entry)
+
+    async def _completed(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
+        now_ms = self._now_ms()
+
+        def job(conn: sqlite3.Connection) -> ReplayRecord | None:
+            row = conn.execute(
+                "SELECT message_id, delivered, stored FROM replay"
+                " WHERE sender_user = ? AND sender_device = ? AND recipient_user = ?"
+                " AND nonce = ? AND expires_ms > ?",
+                (scope.sender_user, scope.sender_device, scope.recipient_user, nonce, now_ms),
+            ).fetchone()
+            if row is None:
+                return None
+            message_id, delivered, stored = row
+            outcome = SendOutcome(
+                delivered=tuple(int(d) for d in json.loads(delivered)),
+                stored=tuple(int(d) for d in json.loads(stored)),
+            )
+            return ReplayRecord(message_id=bytes(message_id), outcome=outcome)
+
+        return await self._db.run(job)

@@ -1,0 +1,165 @@
+"""The storage interfaces the relay depends on; each backend implements all of them.
+
+Every method may raise `storage.errors.Unavailable`; the relay answers
+`unavailable` and nothing is half done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from storage.records import (
+    ClaimedKeys,
+    DeviceRecord,
+    Envelope,
+    KeyCounts,
+    KeyUpload,
+    NewDevice,
+    PendingOrigin,
+    RateDecision,
+    ReplayRecord,
+    ReplayScope,
+    SendOutcome,
+    StoredEnvelope,
+)
+
+
+class DeviceDirectory(Protocol):
+    async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
+        """A new user whose device 1 is `device`. Raises IdentityKeyInUse or IdentityKeyRetired."""
+        ...
+
+    async def add_device(self, user: str, device: NewDevice, *, max_devices: int) -> DeviceRecord:
+        """The user's next device number. Raises UnknownUser, DeviceLimitReached,
+        DeviceNumbersExhausted, IdentityKeyInUse or IdentityKeyRetired."""
+        ...
+
+    async def get_device(self, user: str, device: int) -> DeviceRecord | None:
+        """An active device, or None."""
+        ...
+
+    async def list_devices(self, user: str) -> list[DeviceRecord] | None:
+        """The user's active devices in device order; None when the user does not exist."""
+        ...
+
+    async def remove_device(self, user: str, device: int) -> bool:
+        """Retire the device and its identity key for good, deleting its keys and stored
+        messages in the same transaction. False when it was not active."""
+        ...
+
+    async def touch(self, user: str, device: int, now_ms: int) -> None:
+        """Record that the device was seen now."""
+        ...
+
+
+class KeyStore(Protocol):
+    async def upload(
+        self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
+    ) -> KeyCounts:
+        """Store the keys all or nothing. Raises KeyIdConflict or TooManyPreKeys."""
+        ...
+
+    async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
+        """Take one EC and one PQ one-time key (or the PQ last-resort key); each one-time key
+        is handed out at most once, also under concurrent claims. A device without a signed
+        pre-key has no bundle: nothing is taken and every key field is None."""
+        ...
+
+    async def counts(self, user: str, device: int) -> KeyCounts: ...
+
+
+class MessageQueue(Protocol):
+    async def store(self, envelopes: Sequence[Envelope]) -> None:
+        """Durable (committed) when it returns. A (recipient device, id) already stored is kept
+        as is, so a retried store is a no-op; envelopes for a device that is not active are
+        dropped."""
+        ...
+
+    async def fetch(
+        self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int
+    ) -> list[StoredEnvelope]:
+        """Unexpired stored envelopes with seq > after_seq, oldest first."""
+        ...
+
+    async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
+        """Remove acknowledged envelopes; ids not stored are ignored."""
+        ...
+
+    async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
+        """(number of unexpired stored envelopes, highest seq present or 0)."""
+        ...
+
+    async def pending_origins(
+        self, user: str, devices: Sequence[int], message_id: bytes
+    ) -> list[PendingOrigin]:
+        """Who sent the stored envelopes named `message_id` for these devices."""
+        ...
+
+    async def purge_expired(self, now_ms: int) -> int:
+        """Delete expired envelopes; the number deleted."""
+        ...
+
+
+class ReplayGuard(Protocol):
+    async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None: ...
+
+    async def claim(
+        self, scope: ReplayScope, nonce: bytes, message_id: bytes, *, pending_ttl_s: float
+    ) -> ReplayRecord | None:
+        """Take the nonce for `message_id` as pending; None when taken, else the record that
+        holds it. A pending claim expires after `pending_ttl_s` (its holder died)."""
+        ...
+
+    async def complete(
+        self,
+        scope: ReplayScope,
+        nonce: bytes,
+        message_id: bytes,
+        outcome: SendOutcome,
+        *,
+        window_s: float,
+    ) -> None:
+        """Replace the pending claim by the outcome, kept for the replay window."""
+        ...
+
+    async def release(self, scope: ReplayScope, nonce: bytes, message_id: bytes) -> None:
+        """Give a pending claim up (the send was refused after all), so the nonce is free again."""
+        ...
+
+    async def wait_outcome(
+        self, scope: ReplayScope, nonce: bytes, *, timeout_s: float
+    ) -> ReplayRecord | None:
+        """Wait until the pending claim reaches an outcome or goes away; the record then."""
+        ...
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, *, rate_per_s: float, burst: int) -> RateDecision:
+        """Take one token from the bucket `key` (refilled at `rate_per_s`, holding `burst`)."""
+        ...
+
+
+class Store(Protocol):
+    """All the interfaces of one backend, and its lifecycle."""
+
+    @property
+    def devices(self) -> DeviceDirectory: ...
+
+    @property
+    def keys(self) -> KeyStore: ...
+
+    @property
+    def messages(self) -> MessageQueue: ...
+
+    @property
+    def replay(self) -> ReplayGuard: ...
+
+    @property
+    def rate_limiter(self) -> RateLimiter: ...
+
+    async def ready(self) -> dict[str, bool]:
+        """Each backend's name and whether it answers now."""
+        ...
+
+    async def close(self) -> None: ...

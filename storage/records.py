@@ -1,0 +1,132 @@
+"""Domain records that cross the storage boundary. Times are milliseconds since the epoch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
+
+
+@dataclass(frozen=True, slots=True)
+class NewDevice:
+    identity_key: bytes
+    key_scheme: str
+    identity_x25519: bytes  # the key's X25519 form: one key pair is one identity in either scheme
+    registration_id: int
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    user: str
+    device: int
+    identity_key: bytes
+    key_scheme: str
+    registration_id: int
+    created_ms: int
+    last_seen_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OneTimeKey:
+    id: int
+    key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedKey:
+    """A signed pre-key, PQ one-time key or PQ last-resort key, byte for byte as uploaded."""
+
+    id: int
+    key: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUpload:
+    signed_prekey: SignedKey | None = None
+    prekeys: tuple[OneTimeKey, ...] = ()
+    pq_prekeys: tuple[SignedKey, ...] = ()
+    pq_last_resort: SignedKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCounts:
+    prekeys: int
+    pq_prekeys: int
+    signed_prekey_uploaded_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedKeys:
+    """What one bundle fetch took from a device: the one-time keys are gone from the store."""
+
+    signed_prekey: SignedKey | None
+    prekey: OneTimeKey | None
+    pq_prekey: SignedKey | None  # a one-time PQ key, else the last-resort key
+    counts: KeyCounts  # after the claim
+    fell_below_low_water: bool  # a count just went from the low-water mark to below it
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One device's copy of a message, as stored and as delivered."""
+
+    id: bytes
+    recipient_user: str
+    recipient_device: int
+    sender_user: str
+    sender_device: int
+    ts: int
+    server_ts: int
+    type: int
+    body: bytes
+    nonce: bytes
+    expires_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvelope:
+    seq: int  # order of storage for this device; drains go by it
+    envelope: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOrigin:
+    """Who sent a message that is pending (stored, unacknowledged) for a device."""
+
+    device: int
+    sender_user: str
+    sender_device: int
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayScope:
+    """A nonce is used once per (sender user, sender device, recipient user)."""
+
+    sender_user: str
+    sender_device: int
+    recipient_user: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """The first answer to a send, kept for the replay window so a retry gets it again."""
+
+    delivered: tuple[int, ...]
+    stored: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRecord:
+    """The nonce is taken by `message_id`; `outcome` is None while that send is in flight."""
+
+    message_id: bytes
+    outcome: SendOutcome | None
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    retry_after_ms: int

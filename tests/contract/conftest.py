@@ -1,0 +1,33 @@
+"""The contract suite: every test runs against every storage backend.
+
+A backend joins by adding its name to BACKENDS and a branch in `support.Backend._open_store`.
+Tests reach time through `backend.clock` (a FakeClock the backend is given), and reach a
+restart through `backend.open()` (a new store on the same data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from storage.interfaces import Store
+
+from .support import Backend
+
+BACKENDS = ["embedded"]
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    opened = Backend(str(request.param), tmp_path / "data")
+    try:
+        yield opened
+    finally:
+        await opened.close_all()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.open()

@@ -1,0 +1,111 @@
+"""Helpers shared by the contract tests: a fake clock and record factories."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+from storage.embedded import EmbeddedStore
+from storage.interfaces import Store
+from storage.records import Envelope, NewDevice
+
+START_MS = 1_700_000_000_000
+DAY_MS = 86_400_000
+
+
+class FakeClock:
+    """Wall clock and monotonic clock that move only when told to."""
+
+    def __init__(self) -> None:
+        self.wall_ms = START_MS
+        self.mono = 1_000.0
+
+    def now_ms(self) -> int:
+        return self.wall_ms
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        self.wall_ms += round(seconds * 1000)
+        self.mono += seconds
+
+
+def new_user() -> str:
+    return str(uuid.uuid4())
+
+
+def new_device(*, registration_id: int = 0, created_ms: int = START_MS) -> NewDevice:
+    """A device with an identity key of its own."""
+    x25519 = os.urandom(32)
+    return NewDevice(
+        identity_key=b"\x05" + x25519,
+        key_scheme="xeddsa",
+        identity_x25519=x25519,
+        registration_id=registration_id,
+        created_ms=created_ms,
+    )
+
+
+async def make_user(store: Store, devices: int = 1) -> str:
+    """A new user with devices 1..`devices`."""
+    user = new_user()
+    await store.devices.create_user(user, new_device())
+    for _ in range(devices - 1):
+        await store.devices.add_device(user, new_device(), max_devices=127)
+    return user
+
+
+def envelope(
+    user: str,
+    device: int,
+    *,
+    id: bytes | None = None,
+    body: bytes = b"ciphertext",
+    sender_user: str = "00000000-0000-4000-8000-000000000001",
+    sender_device: int = 1,
+    nonce: bytes | None = None,
+    expires_ms: int = START_MS + 30 * DAY_MS,
+) -> Envelope:
+    return Envelope(
+        id=os.urandom(16) if id is None else id,
+        recipient_user=user,
+        recipient_device=device,
+        sender_user=sender_user,
+        sender_device=sender_device,
+        ts=START_MS - 5,
+        server_ts=START_MS,
+        type=2,
+        body=body,
+        nonce=os.urandom(24) if nonce is None else nonce,
+        expires_ms=expires_ms,
+    )
+
+
+class Backend:
+    """Opens stores of one backend on the same data; closes them all at the end."""
+
+    def __init__(self, name: str, data_dir: Path) -> None:
+        self.name = name
+        self.clock = FakeClock()
+        # The embedded guard keeps pending claims in memory; a shared one (Redis) would not.
+        self.pending_claims_survive_restart = name != "embedded"
+        self._data_dir = data_dir
+        self._opened: list[Store] = []
+
+    async def open(self) -> Store:
+        store = await self._open_store()
+        self._opened.append(store)
+        return store
+
+    async def _open_store(self) -> Store:
+        if self.name == "embedded":
+            return await EmbeddedStore.open(
+                self._data_dir, now_ms=self.clock.now_ms, monotonic=self.clock.monotonic
+            )
+        raise AssertionError(f"unknown backend {self.name!r}")
+
+    async def close_all(self) -> None:
+        for store in reversed(self._opened):
+            await store.close()

@@ -1,0 +1,60 @@
+"""Fixtures of the end-to-end suite: real relay processes on fresh data dirs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from .support import RelayProcess
+
+StartRelay = Callable[..., RelayProcess]
+
+
+def _finish(relays: list[RelayProcess]) -> None:
+    problems = []
+    for r in relays:
+        if r.proc is None:
+            continue
+        crashed = r.proc.poll() is not None and r.proc.returncode not in (0, -9)
+        try:
+            r.stop()
+        except RuntimeError as exc:
+            problems.append(str(exc))
+        if crashed:
+            problems.append(f"relay exited by itself with {r.proc.returncode}\n{r.stderr_tail()}")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def relay_factory(tmp_path: Path) -> Iterator[StartRelay]:
+    """Start relays with given options (``ack_timeout=0.5`` -> ``--ack-timeout 0.5``)."""
+    relays: list[RelayProcess] = []
+
+    def start(**options: Any) -> RelayProcess:
+        r = RelayProcess(tmp_path / f"relay-{len(relays)}", options)
+        relays.append(r)
+        return r.start()
+
+    yield start
+    _finish(relays)
+
+
+@pytest.fixture(scope="module")
+def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    """One relay with default options, shared by the tests of a module."""
+    r = RelayProcess(tmp_path_factory.mktemp("relay") / "data", {})
+    r.start()
+    yield r
+    _finish([r])
+
+
+@pytest_asyncio.fixture
+async def relay(shared_relay: RelayProcess) -> AsyncIterator[RelayProcess]:
+    """The module's relay, checked to be still running before each test."""
+    assert shared_relay.running(), f"shared relay died\n{shared_relay.stderr_tail()}"
+    yield shared_relay
