@@ -45,6 +45,7 @@ class Settings:
     rate_fetch_per_target: int = 10
     max_bad_frames: int = 100
     outbound_buffer_bytes: int = 4 * 1024 * 1024
+    slow_reader_timeout: float = 5.0
     max_connections_per_address: int = 10_000
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
@@ -69,6 +70,7 @@ class Settings:
             "rate_fetch_per_target",
             "max_bad_frames",
             "outbound_buffer_bytes",
+            "slow_reader_timeout",
             "max_connections_per_address",
             "purge_interval",
             "shutdown_timeout",
@@ -116,7 +118,8 @@ _HELP: dict[str, str] = {
     "rate_fetch_per_minute": "keys.fetch a minute per requesting device (and burst)",
     "rate_fetch_per_target": "keys.fetch per 10 minutes per (requesting device, user) (and burst)",
     "max_bad_frames": "bad frames allowed in a burst (refilled 1/s) before closing with 1008",
-    "outbound_buffer_bytes": "bytes queued to a client before it is closed with 1013",
+    "outbound_buffer_bytes": "bytes queued to a client before deliveries wait",
+    "slow_reader_timeout": "seconds the outbound buffer may stay full before closing with 1013",
     "max_connections_per_address": "concurrent connections per client address",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",

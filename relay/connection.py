@@ -80,7 +80,13 @@ class BadFrameBudget:
 
 async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
     svc.metrics.connection_opened()
-    out = Outbound(ws, fmt, limit_bytes=svc.settings.outbound_buffer_bytes, metrics=svc.metrics)
+    out = Outbound(
+        ws,
+        fmt,
+        limit_bytes=svc.settings.outbound_buffer_bytes,
+        stall_s=svc.settings.slow_reader_timeout,
+        metrics=svc.metrics,
+    )
     writer = asyncio.create_task(out.run())
     session: Session | None = None
     try:
@@ -147,6 +153,35 @@ async def _handshake(
 async def _open_session(
     svc: Services, out: Outbound, identity: handshake.Identity, rid: int
 ) -> Session:
+    session = Session(
+        user=identity.user,
+        device=identity.device,
+        out=out,
+        messages=svc.store.messages,
+        window=svc.settings.delivery_window,
+        now_ms=svc.clock.now_ms,
+    )
+    older = svc.router.attach(session)
+    try:
+        return await _finish_handshake(svc, out, session, older, rid)
+    except BaseException:
+        session.end()
+        svc.router.detach(session)
+        raise
+
+
+async def _finish_handshake(
+    svc: Services, out: Outbound, session: Session, older: Session | None, rid: int
+) -> Session:
+    identity = session
+    if older is not None:
+        # The newest connection wins. Every frame the older one had received (its acks above
+        # all) takes effect before this one counts and drains the queue.
+        older.out.close(CloseCode.REPLACED, "replaced by a newer connection")
+        try:
+            await asyncio.wait_for(older.reader_done.wait(), timeout=REPLACED_CLOSE_WAIT_S)
+        except TimeoutError:
+            older.end()
     now = svc.clock.now_ms()
     queued, _ = await svc.store.messages.queue_state(identity.user, identity.device, now_ms=now)
     counts = await svc.store.keys.counts(identity.user, identity.device)
@@ -162,24 +197,9 @@ async def _open_session(
             rotate_signed_prekey=age is None or age > svc.settings.signed_prekey_rotation,
         )
     )
-    session = Session(
-        user=identity.user,
-        device=identity.device,
-        out=out,
-        messages=svc.store.messages,
-        window=svc.settings.delivery_window,
-        now_ms=svc.clock.now_ms,
-    )
+    session.ready = True
     svc.metrics.handshakes.labels("ok").inc()
     svc.metrics.authenticated.inc()
-    older = svc.router.attach(session)
-    if older is not None:
-        # The newest connection wins; acks the older one had received are applied first.
-        older.out.close(CloseCode.REPLACED, "replaced by a newer connection")
-        try:
-            await asyncio.wait_for(older.reader_done.wait(), timeout=REPLACED_CLOSE_WAIT_S)
-        except TimeoutError:
-            older.end()
     await svc.store.devices.touch(identity.user, identity.device, now)
     return session
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import time
+from importlib import resources
 
 import orjson
 from websockets.datastructures import Headers
@@ -13,6 +15,12 @@ from websockets.http11 import Request, Response
 from relay.services import Services
 
 READY_TIMEOUT_S = 4.0
+
+
+@functools.cache
+def _dashboard_page() -> bytes:
+    """The self-contained page (no CDN): it polls /v1/stats and draws SVG charts."""
+    return (resources.files("relay") / "static" / "dashboard.html").read_bytes()
 
 
 def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
@@ -59,6 +67,8 @@ class OperationsEndpoints:
             )
         if path == "/v1/stats":
             return json_response(self.stats())
+        if path == "/dashboard":
+            return _response(http.HTTPStatus.OK, _dashboard_page(), "text/html; charset=utf-8")
         return text_response("not found\n", http.HTTPStatus.NOT_FOUND)
 
     async def _ready(self) -> Response:

@@ -1,9 +1,11 @@
 """The outbound side of one WebSocket: an ordered queue of encoded frames and a writer task.
 
 Frames are queued without waiting, so a handler never blocks on a slow
-reader; a client whose queue grows past the limit is closed with 1013 and
-its messages stay stored. A close is queued like a frame, so an error frame
-always reaches the client before the close that follows it.
+reader. The stored-message pump waits for room in the buffer; a live
+delivery that finds it full, or a buffer that stays full for the
+slow-reader timeout, means the client stopped reading: it is closed with
+1013 and its messages stay stored. A close is queued like a frame, so an error
+frame always reaches the client before the close that follows it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ class _Close:
 
 class Outbound:
     def __init__(
-        self, ws: ServerConnection, fmt: WireFormat, *, limit_bytes: int, metrics: Metrics
+        self,
+        ws: ServerConnection,
+        fmt: WireFormat,
+        *,
+        limit_bytes: int,
+        stall_s: float,
+        metrics: Metrics,
     ) -> None:
         self._ws = ws
         self._fmt = fmt
@@ -41,8 +49,13 @@ class Outbound:
         self._queue: deque[bytes | str | _Close] = deque()
         self._queued_bytes = 0
         self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._stall_s = stall_s
+        self._watchdog: asyncio.Task[None] | None = None
         self.closing = False
         self.close_code: CloseCode | None = None
+        self._closer: asyncio.Task[None] | None = None
 
     def write(self, frame: ServerFrame | ClientFrame) -> None:
         if self.closing:
@@ -52,8 +65,17 @@ class Outbound:
         self._queued_bytes += len(data)
         self._metrics.frames_out.labels(frame.T).inc()
         self._wake.set()
-        if self._queued_bytes > self._limit:
-            self._overflow()
+        if self._queued_bytes >= self._limit:
+            self._room.clear()
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.create_task(self._watch_stall())
+
+    def has_room(self) -> bool:
+        """Whether a delivery may be queued now (bytes queued and unsent are below the limit)."""
+        return not self.closing and self._queued_bytes < self._limit
+
+    async def wait_room(self) -> None:
+        await self._room.wait()
 
     def close(self, code: CloseCode, reason: str = "") -> None:
         """Close after every frame queued so far has been written."""
@@ -64,11 +86,26 @@ class Outbound:
         self._queue.append(_Close(code, reason))
         self._wake.set()
 
-    def _overflow(self) -> None:
-        # The client stopped reading: drop what is queued (it stays stored) and close now.
+    async def _watch_stall(self) -> None:
+        try:
+            await asyncio.wait_for(self._room.wait(), self._stall_s)
+        except TimeoutError:
+            self.overflow()
+
+    def overflow(self) -> None:
+        """The client stopped reading: drop what is queued (it stays stored) and close now,
+        behind the bytes already handed to the socket."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = CloseCode.TRY_AGAIN_LATER
         self._queue.clear()
-        self._queued_bytes = 0
-        self.close(CloseCode.TRY_AGAIN_LATER, "slow reader")
+        log.info("closing a slow reader: its outbound buffer is full")
+        self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()
+        self._closer = asyncio.create_task(
+            self._ws.close(int(CloseCode.TRY_AGAIN_LATER), "slow reader")
+        )
+        self._room.set()  # release waiters; has_room() is False from now on
 
     async def run(self) -> None:
         try:
@@ -81,7 +118,11 @@ class Outbound:
                         self._metrics.closes.labels(str(int(item.code))).inc()
                         await self._ws.close(int(item.code), item.reason)
                         return
-                    self._queued_bytes -= len(item)
                     await self._ws.send(item)
+                    # Counted until written: a frame stuck behind a full socket still fills
+                    # the buffer.
+                    self._queued_bytes -= len(item)
+                    if self._queued_bytes < self._limit:
+                        self._room.set()
         except ConnectionClosed:
             return

@@ -70,16 +70,18 @@ async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
     settings = svc.settings
     limiter = svc.store.rate_limiter
     requester = f"{session.user}:{session.device}"
+    # The narrower (requester, target) bucket goes first, so a fetch it refuses does not use
+    # up the requester's overall budget.
     for key, rate, burst in (
-        (
-            f"fetch:{requester}",
-            settings.rate_fetch_per_minute / 60.0,
-            settings.rate_fetch_per_minute,
-        ),
         (
             f"fetch:{requester}:{frame.user}",
             settings.rate_fetch_per_target / FETCH_TARGET_PERIOD_S,
             settings.rate_fetch_per_target,
+        ),
+        (
+            f"fetch:{requester}",
+            settings.rate_fetch_per_minute / 60.0,
+            settings.rate_fetch_per_minute,
         ),
     ):
         decision = await limiter.hit(key, rate_per_s=rate, burst=burst)

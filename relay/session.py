@@ -68,6 +68,7 @@ class Session:
     _cursor: int = 0
     _queue_empty_due: bool = True
     _ended: bool = False
+    ready: bool = False  # set once the handshake answer is written: deliveries come after it
 
     # --- live pushes ---------------------------------------------------------
 
@@ -76,7 +77,10 @@ class Session:
     ) -> asyncio.Future[bool] | None:
         """Push now if the window has room; the future says whether the ack came.
         None: no room, or the id is already in flight here (the caller stores it)."""
-        if self._ended or self.out.closing or len(self.inflight) >= self.window:
+        if not self.ready or self._ended or len(self.inflight) >= self.window:
+            return None
+        if not self.out.has_room():
+            self.out.overflow()  # the client stopped reading; the sender stores this one
             return None
         if env.id in self.inflight:
             return None
@@ -140,6 +144,10 @@ class Session:
                         return
                     loop = asyncio.get_running_loop()
                     for stored in batch:
+                        if not self.out.has_room():
+                            await self.out.wait_room()
+                            if self._ended or self.out.closing:
+                                return
                         self._cursor = max(self._cursor, stored.seq)
                         env = stored.envelope
                         entry = self.inflight.get(env.id)

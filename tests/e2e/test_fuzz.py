@@ -87,7 +87,7 @@ def random_scalar(rng: random.Random) -> Any:
     if kind == 6:
         return str(uuid.UUID(int=rng.getrandbits(128)))
     if kind == 7:
-        return rng.choice(TYPES + ["", "ok", "error", "deliver", "x" * 300])
+        return rng.choice([*TYPES, "", "ok", "error", "deliver", "x" * 300])
     if kind == 8:
         return "\u00e9\u4e2d\U0001f600" * rng.randrange(5)
     if kind == 9:
@@ -339,7 +339,7 @@ async def test_fuzz_before_handshake(relay_factory, proto):
         check_server_frames(frames, message)
         errors = [f for f in frames if f["t"] == "error"]
         assert len(errors) == 1, (n, frames, message)
-        assert code in (1008, 1009), (n, code, message)
+        assert code == 1008, (n, code, message)
     healthy = await new_user(r.url, proto=proto)
     assert (await healthy.sync())["t"] == "ok"
     await healthy.close()
