@@ -75,6 +75,7 @@ async def test_claim_hands_keys_out_oldest_first_and_once(store: Store) -> None:
 
 async def test_claim_gives_the_last_resort_key_when_pq_keys_run_out(store: Store) -> None:
     user = await make_user(store)
+    await upload(store, user, KeyUpload(signed_prekey=signed(1)))
     await upload(store, user, KeyUpload(pq_prekeys=(pq(1),), pq_last_resort=pq(50)))
     assert (await store.keys.claim(user, 1, low_water=0)).pq_prekey == pq(1)
     for _ in range(3):  # the last-resort key is handed out again and again, never deleted
@@ -108,8 +109,20 @@ async def test_signed_and_last_resort_keys_are_replaced(store: Store) -> None:
     assert claimed.pq_prekey == pq(2, fill=7)
 
 
+async def test_a_device_without_signed_prekey_gives_no_bundle_and_keeps_its_keys(
+    store: Store,
+) -> None:
+    user = await make_user(store)
+    await upload(store, user, KeyUpload(prekeys=(ec(1),), pq_prekeys=(pq(1),)))
+    claimed = await store.keys.claim(user, 1, low_water=0)
+    assert (claimed.signed_prekey, claimed.prekey, claimed.pq_prekey) == (None, None, None)
+    counts = await store.keys.counts(user, 1)
+    assert (counts.prekeys, counts.pq_prekeys) == (1, 1)
+
+
 async def test_same_id_with_the_same_key_is_a_no_op(store: Store) -> None:
     user = await make_user(store)
+    await upload(store, user, KeyUpload(signed_prekey=signed(1)))
     await upload(store, user, KeyUpload(prekeys=(ec(1), ec(2)), pq_prekeys=(pq(1),)))
     again = await store.keys.upload(
         user,
@@ -189,6 +202,7 @@ async def test_too_many_stored_keys(store: Store, kind: str) -> None:
 
 async def test_a_handed_out_id_may_be_uploaded_again_with_a_new_key(store: Store) -> None:
     user = await make_user(store)
+    await upload(store, user, KeyUpload(signed_prekey=signed(1)))
     await upload(store, user, KeyUpload(prekeys=(ec(1),), pq_prekeys=(pq(1),)))
     claimed = await store.keys.claim(user, 1, low_water=0)
     assert (claimed.prekey, claimed.pq_prekey) == (ec(1), pq(1))
@@ -199,6 +213,10 @@ async def test_a_handed_out_id_may_be_uploaded_again_with_a_new_key(store: Store
 
 async def test_devices_have_their_own_keys(store: Store) -> None:
     user = await make_user(store, devices=2)
+    for device in (1, 2):
+        await store.keys.upload(
+            user, device, KeyUpload(signed_prekey=signed(1)), now_ms=START_MS, max_stored=1000
+        )
     await upload(store, user, KeyUpload(prekeys=(ec(1),)))
     assert (await store.keys.claim(user, 2, low_water=0)).prekey is None
     assert (await store.keys.counts(user, 1)).prekeys == 1
@@ -212,6 +230,7 @@ async def test_devices_have_their_own_keys(store: Store) -> None:
 @pytest.mark.parametrize("kind", ["prekeys", "pq_prekeys"])
 async def test_fell_below_low_water_once(store: Store, kind: str) -> None:
     user = await make_user(store)
+    await upload(store, user, KeyUpload(signed_prekey=signed(1)))
     if kind == "prekeys":
         await upload(store, user, KeyUpload(prekeys=tuple(ec(i) for i in range(1, 5))))
     else:
@@ -223,6 +242,7 @@ async def test_fell_below_low_water_once(store: Store, kind: str) -> None:
 
 async def test_low_water_zero_never_fires(store: Store) -> None:
     user = await make_user(store)
+    await upload(store, user, KeyUpload(signed_prekey=signed(1)))
     await upload(store, user, KeyUpload(prekeys=(ec(1),), pq_prekeys=(pq(1),)))
     claimed = await store.keys.claim(user, 1, low_water=0)
     assert claimed.prekey == ec(1)
@@ -231,6 +251,7 @@ async def test_low_water_zero_never_fires(store: Store) -> None:
 
 async def test_concurrent_claims_hand_each_key_out_once(store: Store) -> None:
     user = await make_user(store)
+    await upload(store, user, KeyUpload(signed_prekey=signed(1)))
     for ids in (range(1, 26), range(26, 51)):
         await upload(
             store,

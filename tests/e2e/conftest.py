@@ -35,8 +35,8 @@ def relay_factory(tmp_path: Path) -> Iterator[StartRelay]:
     """Start relays with given options (``ack_timeout=0.5`` -> ``--ack-timeout 0.5``)."""
     relays: list[RelayProcess] = []
 
-    def start(**options: Any) -> RelayProcess:
-        r = RelayProcess(tmp_path / f"relay-{len(relays)}", options)
+    def start(*, env: dict[str, str] | None = None, **options: Any) -> RelayProcess:
+        r = RelayProcess(tmp_path / f"relay-{len(relays)}", options, env=env)
         relays.append(r)
         return r.start()
 

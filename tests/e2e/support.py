@@ -108,8 +108,10 @@ class RelayProcess:
         data_dir: Path,
         options: Mapping[str, Any] | None = None,
         *,
+        env: Mapping[str, str] | None = None,
         start_timeout: float = 30.0,
     ) -> None:
+        self.extra_env = dict(env or {})
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.options = dict(options or {})
@@ -169,6 +171,7 @@ class RelayProcess:
         for key in list(env):
             if key.startswith("RELAY_"):
                 del env[key]
+        env.update(self.extra_env)
         stderr = open(self._stderr_path, "a", encoding="utf-8")  # noqa: SIM115
         stderr.write(f"\n===== start #{self._starts}: {' '.join(self.argv())}\n")
         stderr.flush()

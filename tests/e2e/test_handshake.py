@@ -167,6 +167,29 @@ async def test_register_bad_signature(relay, proto, scheme):
     await handshake_error(dev, frame, "auth_failed")
 
 
+@pytest.mark.parametrize("bits", [0x20, 0x40, 0x60], ids=["S+2^253", "S+2^254", "S+both"])
+async def test_xeddsa_signature_with_large_s_rejected(relay, bits):
+    """libsignal refuses an XEdDSA signature whose S is 2^253 or more."""
+    dev = Device(relay.url, scheme=KeyScheme.XEDDSA)
+    await dev.connect()
+    frame = dev.register_frame()
+    sig = bytearray(frame["signature"])
+    sig[63] |= bits
+    frame["signature"] = bytes(sig)
+    await handshake_error(dev, frame, "auth_failed")
+
+
+async def test_xeddsa_signature_with_flipped_sign_bit_rejected(relay):
+    dev = await new_user(relay.url, scheme=KeyScheme.XEDDSA)
+    await dev.close()
+    await dev.connect()
+    frame = dev.auth_frame()
+    sig = bytearray(frame["signature"])
+    sig[63] ^= 0x80
+    frame["signature"] = bytes(sig)
+    await handshake_error(dev, frame, "auth_failed")
+
+
 async def test_register_signature_over_another_challenge(relay):
     dev = Device(relay.url)
     await dev.connect()
@@ -556,6 +579,20 @@ async def test_registration_token(relay_factory):
     assert (await dev.reconnect())["device"] == 1
     await dev.close()
     await second.close()
+
+
+async def test_options_from_environment(relay_factory):
+    """Every option can also be given as RELAY_<NAME>."""
+    r = relay_factory(env={"RELAY_REGISTRATION_TOKEN": "env-token", "RELAY_MAX_DEVICES": "1"})
+    dev = Device(r.url)
+    await dev.connect()
+    await handshake_error(dev, dev.register_frame(), "forbidden")
+    dev = Device(r.url)
+    await dev.register(token="env-token")
+    extra = Device(r.url)
+    await extra.connect()
+    await handshake_error(extra, extra.register_frame(link_by=dev, token="env-token"), "forbidden")
+    await dev.close()
 
 
 async def test_handshake_timeout(relay_factory):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -18,6 +19,7 @@ from .support import (
 )
 
 PROTOS = ["msgpack", "json"]
+CLOSE_1013_SAMPLE = re.compile(r'^relay_\w+\{[^}]*"1013"[^}]*\} ([0-9.e+]+)$', re.MULTILINE)
 
 
 async def send_many(sender: Device, to: Device, n: int, **kw) -> list[bytes]:
@@ -417,6 +419,14 @@ async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
         answers += batch
     ids = {x["id"] for x in answers}
     assert all(x["stored"] == [1] for x in answers), "nothing was acked"
+
+    # The server may give a stalled reader some grace before closing it. Without reading,
+    # the close cannot be seen on the socket itself; /metrics (Prometheus text) counts it.
+    async def closed_1013() -> bool:
+        _, _, body = await r.ahttp_get("/metrics")
+        return any(float(m.group(1)) >= 1 for m in CLOSE_1013_SAMPLE.finditer(body.decode()))
+
+    await wait_until(closed_1013, timeout=30, what="a 1013 close counted in /metrics")
     # Read again: the buffered frames, then the close.
     with contextlib.suppress(ConnectionClosed):
         async for _ in b.ws:

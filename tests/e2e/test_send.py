@@ -601,3 +601,41 @@ async def test_online_message_goes_through_every_check(relay):
     assert (await a.send_message(b, online=True, nonce=nonce))["t"] == "ok"
     error_of(await a.send_message(b, online=True, nonce=nonce), "replay")
     await close_all(a, b)
+
+
+# --------------------------------------------------------------------------- concurrency
+
+
+async def test_many_senders_ledger(relay):
+    """Concurrent senders, one online and one offline device: every `ok` is honoured."""
+    recipient = await new_user(relay.url, auto_ack=True)
+    offline = await link_device(recipient)
+    await offline.close()
+    await recipient.next_push("queue_empty")
+    senders = await asyncio.gather(*(new_user(relay.url, proto=p) for p in PROTOS * 3))
+
+    async def burst(sender: Device, n: int) -> list[dict]:
+        return await asyncio.gather(
+            *(
+                sender.send_message(recipient.user, [1, 2], body=f"{sender.user}/{i}".encode())
+                for i in range(n)
+            )
+        )
+
+    results = await asyncio.gather(*(burst(s, 30) for s in senders))
+    answers = [a for batch in results for a in batch]
+    assert all(a["t"] == "ok" for a in answers), [a for a in answers if a["t"] != "ok"][:3]
+    for a in answers:
+        assert sorted(a["delivered"] + a["stored"]) == [1, 2], a
+        assert 2 in a["stored"], a
+    want = {a["id"] for a in answers}
+    # The online device received every one (acked as it came).
+    seen: set[bytes] = set()
+    while not want <= seen:
+        seen.add((await recipient.next_push("deliver"))["id"])
+    # The offline device finds every one stored.
+    auth = await offline.reconnect()
+    assert auth["queued"] == len(want)
+    got = await offline.drain(ack=True, timeout=30)
+    assert {d["id"] for d in got} == want
+    await close_all(recipient, offline, *senders)

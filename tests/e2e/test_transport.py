@@ -247,6 +247,18 @@ async def test_answers_match_by_rid_when_pipelined(relay):
     await a.close()
 
 
+@pytest.mark.parametrize("proto", PROTOS)
+async def test_earlier_frames_take_effect_before_a_later_answer(relay, proto):
+    """Once the answer to a request arrives, every frame sent earlier has taken effect."""
+    a = await new_user(relay.url, proto=proto)
+    keys = [{"id": i, "key": bytes([5]) + bytes([i]) * 32} for i in range(20)]
+    await a.send_raw({"t": "keys.upload", "rid": 1, "prekeys": keys[:10]})
+    await a.send_raw({"t": "keys.upload", "rid": 2, "prekeys": keys[10:]})
+    count = await a.request({"t": "keys.count", "rid": 3})
+    assert count["prekeys"] == 20, count
+    await a.close()
+
+
 async def test_rid_range_is_u32(relay):
     a = await new_user(relay.url)
     for rid in (0, 1, 2**32 - 1):
