@@ -1,0 +1,198 @@
+"""Throughput of the online path (recipient connected, acks) and the stored path (recipient
+offline, then drained), against a relay started here on a fresh data directory.
+
+    python benchmarks/send_paths.py --pairs 20 --messages 500 --size 1024 --runs 3
+
+Prints messages per second for each path, the median over the runs, and the ratio
+stored/online. A benchmark, not a test: figures vary with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from protocol.codec import WireFormat, decode_server_frame, encode
+from protocol.frames import (
+    ANSWER_TYPES,
+    Ack,
+    Auth,
+    AuthOk,
+    Deliver,
+    DeviceMessage,
+    QueueEmpty,
+    Register,
+    Send,
+    SendOk,
+)
+from protocol.payloads import auth_payload, register_payload
+from protocol.signatures import IdentityKeyPair, KeyScheme
+
+FMT = WireFormat.MSGPACK
+
+
+def start_relay(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            "--rate-requests",
+            "1000000",
+            "--rate-requests-burst",
+            "1000000",
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    return proc, line.rsplit(" ", 1)[-1].strip()
+
+
+async def register(url: str) -> tuple[ClientConnection, str, IdentityKeyPair]:
+    ws = await connect(url, max_size=None)
+    challenge = decode_server_frame(await ws.recv(), FMT, lambda rid: None)
+    key = IdentityKeyPair.generate(KeyScheme.ED25519)
+    nonce = challenge.nonce
+    frame = Register(
+        rid=1,
+        identity_key=key.public_key,
+        key_scheme=KeyScheme.ED25519,
+        signature=key.sign(register_payload(nonce, key.public_key)),
+    )
+    await ws.send(encode(frame, FMT))
+    answer = decode_server_frame(await ws.recv(), FMT, lambda rid: AuthOk)
+    assert isinstance(answer, AuthOk)
+    return ws, answer.user, key
+
+
+async def receiver(ws: ClientConnection, count: int) -> None:
+    """Read deliveries and ack them in batches until `count` have arrived."""
+    seen = 0
+    while seen < count:
+        frame = decode_server_frame(await ws.recv(), FMT, lambda rid: None)
+        if isinstance(frame, Deliver):
+            seen += 1
+            await ws.send(encode(Ack(ids=(frame.id,)), FMT))
+        elif isinstance(frame, QueueEmpty):
+            continue
+
+
+async def sender(ws: ClientConnection, to: str, count: int, size: int, window: int) -> None:
+    """Keep `window` sends outstanding until `count` are answered ok."""
+    body = os.urandom(size)
+    answered = 0
+    sent = 0
+    while answered < count:
+        while sent < count and sent - answered < window:
+            sent += 1
+            frame = Send(
+                rid=sent,
+                id=uuid.uuid4().bytes,
+                to=to,
+                ts=int(time.time() * 1000),
+                nonce=os.urandom(24),
+                devices=(DeviceMessage(device=1, type=2, body=body),),
+            )
+            await ws.send(encode(frame, FMT))
+        reply = decode_server_frame(await ws.recv(), FMT, lambda rid: ANSWER_TYPES[Send])
+        if isinstance(reply, SendOk):
+            answered += 1
+        elif not isinstance(reply, QueueEmpty):
+            raise RuntimeError(f"unexpected {reply}")
+
+
+async def one_run(url: str, pairs: int, messages: int, size: int) -> tuple[float, float, float]:
+    senders = [await register(url) for _ in range(pairs)]
+    receivers = [await register(url) for _ in range(pairs)]
+    for ws, _, _ in receivers:
+        await ws.recv()  # queue_empty
+    total = pairs * messages
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
+        *(receiver(r[0], messages) for r in receivers),
+    )
+    online = total / (time.perf_counter() - start)
+    # Stored path: receivers offline.
+    offline_ids = []
+    for ws, user, key in receivers:
+        offline_ids.append((user, key))
+        await ws.close()
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True))
+    )
+    stored = total / (time.perf_counter() - start)
+
+    # Drain: reconnect and read everything.
+    async def drain(user: str, key: IdentityKeyPair) -> None:
+        ws = await connect(url, max_size=None)
+        challenge = decode_server_frame(await ws.recv(), FMT, lambda rid: None)
+        nonce = challenge.nonce
+        await ws.send(
+            encode(
+                Auth(rid=1, user=user, device=1, signature=key.sign(auth_payload(nonce, user, 1))),
+                FMT,
+            )
+        )
+        decode_server_frame(await ws.recv(), FMT, lambda rid: AuthOk)
+        await receiver(ws, messages)
+        await ws.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(drain(u, k) for u, k in offline_ids))
+    drained = total / (time.perf_counter() - start)
+    for ws, _, _ in senders:
+        await ws.close()
+    return online, stored, drained
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--messages", type=int, default=500, help="per pair and path")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    results = []
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            proc, url = start_relay(Path(tmp))
+            try:
+                results.append(asyncio.run(one_run(url, args.pairs, args.messages, args.size)))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        online, stored, drained = results[-1]
+        print(
+            f"run {run + 1}: online {online:,.0f} msg/s  stored {stored:,.0f} msg/s  "
+            f"drain {drained:,.0f} msg/s"
+        )
+    med = [statistics.median(r[i] for r in results) for i in range(3)]
+    print(
+        f"median of {args.runs}: online {med[0]:,.0f} msg/s  stored {med[1]:,.0f} msg/s  "
+        f"drain {med[2]:,.0f} msg/s  stored/online {med[1] / med[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
