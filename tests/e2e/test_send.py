@@ -17,6 +17,7 @@ from .support import (
     new_user,
     now_ms,
     offline_user,
+    wait_until,
 )
 
 PROTOS = ["msgpack", "json"]
@@ -639,3 +640,31 @@ async def test_many_senders_ledger(relay):
     got = await offline.drain(ack=True, timeout=30)
     assert {d["id"] for d in got} == want
     await close_all(recipient, offline, *senders)
+
+
+async def test_nonce_reusable_after_replay_window(relay_factory):
+    r = relay_factory(replay_window=1, rate_requests=100000, rate_requests_burst=100000)
+    a = await new_user(r.url)
+    (b,) = await offline_user(r.url)
+    nonce = new_nonce()
+    assert (await a.send_message(b, nonce=nonce))["t"] == "ok"
+    error_of(await a.send_message(b, nonce=nonce), "replay")
+
+    async def accepted() -> bool:
+        answer = await a.send_message(b, nonce=nonce)
+        assert answer["t"] == "ok" or answer.get("code") == "replay", answer
+        return answer["t"] == "ok"
+
+    await wait_until(accepted, timeout=20, what="the nonce to leave the replay window")
+    await a.close()
+
+
+async def test_frame_and_body_limits_configurable(relay_factory):
+    r = relay_factory(max_body_bytes=1024, max_frame_bytes=65536)
+    a = await new_user(r.url)
+    (b,) = await offline_user(r.url)
+    assert (await a.send_message(b, body=b"x" * 1024))["t"] == "ok"
+    error_of(await a.send_message(b, body=b"x" * 1025), "too_large")
+    # Many devices times small bodies can still exceed the frame limit: 1009.
+    await a.send_raw(a.send_frame(b, [1], body=b"x" * 70_000))
+    assert await a.closed_code() == 1009
