@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +35,7 @@ from protocol.frames import (
     Send,
 )
 from relay import devices, handshake, prekeys
+from relay.buckets import TokenBucket
 from relay.outbound import Outbound
 from relay.prekeys import signed_prekey_age_s
 from relay.replies import error_frame
@@ -58,24 +58,6 @@ HANDLERS: dict[type[Any], Handler] = {
 }
 
 REPLACED_CLOSE_WAIT_S = 5.0
-
-
-class BadFrameBudget:
-    """A token bucket of bad frames: a burst of `burst`, refilled one a second."""
-
-    def __init__(self, burst: int) -> None:
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._at = time.monotonic()
-
-    def spend(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._at))
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
 
 
 async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
@@ -160,6 +142,11 @@ async def _open_session(
         messages=svc.store.messages,
         window=svc.settings.delivery_window,
         now_ms=svc.clock.now_ms,
+        requests=TokenBucket(
+            rate_per_s=svc.settings.rate_requests,
+            burst=svc.settings.rate_requests_burst,
+            clock=svc.clock.monotonic,
+        ),
     )
     older = svc.router.attach(session)
     try:
@@ -208,7 +195,9 @@ async def _frame_loop(
     svc: Services, ws: ServerConnection, fmt: WireFormat, session: Session
 ) -> None:
     pump = asyncio.create_task(session.pump())
-    budget = BadFrameBudget(svc.settings.max_bad_frames)
+    bad_frames = TokenBucket(
+        rate_per_s=1.0, burst=svc.settings.max_bad_frames, clock=svc.clock.monotonic
+    )
     try:
         async for data in ws:
             rid: int | None = None
@@ -222,13 +211,13 @@ async def _frame_loop(
                 if isinstance(frame, Register | Auth):
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
                 if not isinstance(frame, Send):
-                    await _general_rate_limit(svc, session)
+                    session.check_rate()
                 await HANDLERS[type(frame)](svc, session, frame)
             except FrameError as exc:
                 svc.metrics.frames_in.labels("invalid").inc()
                 svc.metrics.rejections.labels(str(exc.code)).inc()
                 session.out.write(error_frame(exc, exc.rid))
-                if not budget.spend():
+                if bad_frames.take():
                     session.out.close(CloseCode.POLICY, "too many bad frames")
                     return
             except ConnectionClosed:
@@ -241,15 +230,3 @@ async def _frame_loop(
                 return
     finally:
         pump.cancel()
-
-
-async def _general_rate_limit(svc: Services, session: Session) -> None:
-    decision = await svc.store.rate_limiter.hit(
-        f"req:{session.user}:{session.device}",
-        rate_per_s=svc.settings.rate_requests,
-        burst=svc.settings.rate_requests_burst,
-    )
-    if not decision.allowed:
-        raise Refused(
-            ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=decision.retry_after_ms
-        )

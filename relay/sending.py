@@ -85,15 +85,7 @@ async def _check(svc: Services, session: Session, frame: Send) -> list[DeviceRec
     skew_ms = settings.clock_skew * 1000
     if abs(svc.clock.now_ms() - frame.ts) > skew_ms:
         raise Refused(ErrorCode.STALE_TIMESTAMP, "ts is outside the allowed clock skew")
-    decision = await svc.store.rate_limiter.hit(
-        f"req:{session.user}:{session.device}",
-        rate_per_s=settings.rate_requests,
-        burst=settings.rate_requests_burst,
-    )
-    if not decision.allowed:
-        raise Refused(
-            ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=decision.retry_after_ms
-        )
+    session.check_rate()
     await _check_conflict(svc, session, frame)
     addressable = {
         d.device: d

@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from protocol.errors import CloseCode
+from protocol.errors import CloseCode, ErrorCode, Refused
 from protocol.frames import Deliver, QueueEmpty
+from relay.buckets import TokenBucket
 from relay.outbound import Outbound
 from storage.errors import StorageError
 from storage.interfaces import MessageQueue
@@ -62,6 +63,7 @@ class Session:
     messages: MessageQueue
     window: int
     now_ms: Callable[[], int]
+    requests: TokenBucket  # the device's request rate limit
     inflight: dict[bytes, InFlight] = field(default_factory=dict)
     reader_done: asyncio.Event = field(default_factory=asyncio.Event)
     _pump_wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -69,6 +71,14 @@ class Session:
     _queue_empty_due: bool = True
     _ended: bool = False
     ready: bool = False  # set once the handshake answer is written: deliveries come after it
+
+    def check_rate(self) -> None:
+        """The per-device request limit; `rate_limited` with the wait when it is spent."""
+        retry_after_ms = self.requests.take()
+        if retry_after_ms:
+            raise Refused(
+                ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=retry_after_ms
+            )
 
     # --- live pushes ---------------------------------------------------------
 
