@@ -19,7 +19,14 @@ from relay.replies import error_frame
 from relay.services import Services
 from relay.session import Origin, Session
 from storage.errors import StorageError
-from storage.records import DeviceRecord, Envelope, ReplayRecord, ReplayScope, SendOutcome
+from storage.records import (
+    DeviceRecord,
+    Envelope,
+    PendingOrigin,
+    ReplayRecord,
+    ReplayScope,
+    SendOutcome,
+)
 
 log = logging.getLogger("relay.send")
 
@@ -31,11 +38,17 @@ async def handle_send(svc: Services, session: Session, frame: Send) -> None:
     scope = ReplayScope(session.user, session.device, frame.to)
     replay = svc.store.replay
     for _ in range(MAX_CLAIM_ATTEMPTS):
-        record = await replay.lookup(scope, frame.nonce)
+        # The three reads are independent: issue them together (one store round trip, or one
+        # batch), then judge their results in the spec's order.
+        record, recipient_devices, stored_origins = await asyncio.gather(
+            replay.lookup(scope, frame.nonce),
+            svc.store.devices.list_devices(frame.to),
+            _stored_origins(svc, frame),
+        )
         if record is not None:
             _answer_from_record(svc, session, frame, scope, record)
             return
-        devices = await _check(svc, session, frame)
+        devices = _check(svc, session, frame, recipient_devices, stored_origins)
         taken = await replay.claim(
             scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
         )
@@ -76,17 +89,22 @@ async def _answer_when_done(
         session.out.write(error_frame(exc, frame.rid))
 
 
-async def _check(svc: Services, session: Session, frame: Send) -> list[DeviceRecord]:
+def _check(
+    svc: Services,
+    session: Session,
+    frame: Send,
+    devices: list[DeviceRecord] | None,
+    stored_origins: list[PendingOrigin],
+) -> list[DeviceRecord]:
     """unknown_user, stale_timestamp, rate_limited, conflict, mismatched_devices, stale_devices."""
     settings = svc.settings
-    devices = await svc.store.devices.list_devices(frame.to)
     if devices is None:
         raise Refused(ErrorCode.UNKNOWN_USER, "no such user")
     skew_ms = settings.clock_skew * 1000
     if abs(svc.clock.now_ms() - frame.ts) > skew_ms:
         raise Refused(ErrorCode.STALE_TIMESTAMP, "ts is outside the allowed clock skew")
     session.check_rate()
-    await _check_conflict(svc, session, frame)
+    _check_conflict(svc, session, frame, stored_origins)
     addressable = {
         d.device: d
         for d in devices
@@ -115,7 +133,18 @@ async def _check(svc: Services, session: Session, frame: Send) -> list[DeviceRec
     return [addressable[m.device] for m in frame.devices]
 
 
-async def _check_conflict(svc: Services, session: Session, frame: Send) -> None:
+async def _stored_origins(svc: Services, frame: Send) -> list[PendingOrigin]:
+    """Who sent the stored envelopes with this id (an online message is never stored)."""
+    if frame.online:
+        return []
+    return await svc.store.messages.pending_origins(
+        frame.to, [m.device for m in frame.devices], frame.id
+    )
+
+
+def _check_conflict(
+    svc: Services, session: Session, frame: Send, stored_origins: list[PendingOrigin]
+) -> None:
     """The id must not be pending for a target device from another sender or send."""
     mine = Origin(session.user, session.device, frame.nonce)
     for message in frame.devices:
@@ -123,12 +152,7 @@ async def _check_conflict(svc: Services, session: Session, frame: Send) -> None:
         origin = None if target is None else target.origin_of(frame.id)
         if origin is not None and origin != mine:
             raise Refused(ErrorCode.CONFLICT, "this message id is pending from another sender")
-    if frame.online:
-        return  # an online message is never stored, so only live deliveries can clash
-    stored = await svc.store.messages.pending_origins(
-        frame.to, [m.device for m in frame.devices], frame.id
-    )
-    for origin_row in stored:
+    for origin_row in stored_origins:
         if Origin(origin_row.sender_user, origin_row.sender_device, origin_row.nonce) != mine:
             raise Refused(ErrorCode.CONFLICT, "this message id is pending from another sender")
 
