@@ -2,22 +2,29 @@
 offline, then drained), against a relay started here on a fresh data directory.
 
     python benchmarks/send_paths.py --pairs 20 --messages 500 --size 1024 --runs 3
+    python benchmarks/send_paths.py --admin-dsn postgresql://postgres@127.0.0.1:5432/postgres \
+        --redis-url redis://127.0.0.1:6379/0      # production mode: a fresh database per run
 
-Prints messages per second for each path, the median over the runs, and the ratio
-stored/online. A benchmark, not a test: figures vary with the machine's load.
+Prints messages per second for each path, the median over the runs, the ratio
+stored/online, and (production mode) the average number of envelopes per group commit.
+A benchmark, not a test: figures vary with the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -41,7 +48,7 @@ from protocol.signatures import IdentityKeyPair, KeyScheme
 FMT = WireFormat.MSGPACK
 
 
-def start_relay(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_relay(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -61,6 +68,7 @@ def start_relay(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **env},
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -166,26 +174,82 @@ async def one_run(url: str, pairs: int, messages: int, size: int) -> tuple[float
     return online, stored, drained
 
 
+@contextlib.contextmanager
+def production_env(args: argparse.Namespace) -> Iterator[dict[str, str]]:
+    """A fresh, migrated database and Redis prefix for one run; dropped afterwards."""
+    if not args.admin_dsn:
+        yield {}
+        return
+    import asyncpg
+    import redis
+
+    tag = uuid.uuid4().hex[:12]
+    name = f"relay_bench_{tag}"
+    url = f"{args.admin_dsn.rpartition('/')[0]}/{name}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(args.admin_dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    prefix = f"relaybench:{tag}:"
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "relay", "migrate", "--database-url", url],
+            check=True,
+            capture_output=True,
+        )
+        yield {
+            "RELAY_DATABASE_URL": url,
+            "RELAY_REDIS_URL": args.redis_url,
+            "RELAY_REDIS_PREFIX": prefix,
+        }
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        client = redis.Redis.from_url(args.redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def group_commit_figure(ws_url: str) -> str:
+    """The store's group-commit counters from /v1/stats, when it keeps them."""
+    http_url = ws_url.replace("ws://", "http://").replace("/v1/ws", "/v1/stats")
+    with urllib.request.urlopen(http_url, timeout=10) as response:
+        stats = json.load(response)
+    commits = stats.get("group_commit")
+    if not commits or not commits.get("batches"):
+        return ""
+    return f"  envelopes/commit {commits['envelopes'] / commits['batches']:.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--messages", type=int, default=500, help="per pair and path")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--admin-dsn", help="PostgreSQL URL to create run databases with")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     results = []
     for run in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp:
-            proc, url = start_relay(Path(tmp))
+        with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
+            proc, url = start_relay(Path(tmp), env)
             try:
                 results.append(asyncio.run(one_run(url, args.pairs, args.messages, args.size)))
+                commits = group_commit_figure(url)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
         online, stored, drained = results[-1]
         print(
             f"run {run + 1}: online {online:,.0f} msg/s  stored {stored:,.0f} msg/s  "
-            f"drain {drained:,.0f} msg/s"
+            f"drain {drained:,.0f} msg/s{commits}"
         )
     med = [statistics.median(r[i] for r in results) for i in range(3)]
     print(

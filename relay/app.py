@@ -25,8 +25,18 @@ log = logging.getLogger("relay")
 
 
 async def open_store(settings: Settings) -> tuple[Store, str]:
-    store = await EmbeddedStore.open(settings.data_dir)
-    return store, f"embedded ({settings.data_dir})"
+    """PostgreSQL and Redis when both URLs are set; the embedded store otherwise."""
+    if settings.database_url is not None and settings.redis_url is not None:
+        from storage.production import ProductionStore
+
+        store: Store = await ProductionStore.open(
+            database_url=settings.database_url,
+            redis_url=settings.redis_url,
+            redis_prefix=settings.redis_prefix,
+            timeout_s=settings.backend_timeout,
+        )
+        return store, "postgresql+redis"
+    return await EmbeddedStore.open(settings.data_dir), f"embedded ({settings.data_dir})"
 
 
 async def run(settings: Settings, *, clock: Clock | None = None) -> int:

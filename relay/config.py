@@ -25,6 +25,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8765
     data_dir: Path = Path("relay-data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "relay:"
     handshake_timeout: float = 10.0
     ack_timeout: float = 2.0
     backend_timeout: float = 2.0
@@ -88,6 +91,24 @@ class Settings:
             raise ConfigError("max_body_bytes must be smaller than max_frame_bytes")
         if self.registration_token == "":
             raise ConfigError("registration_token must not be empty when set")
+        if (self.database_url is None) != (self.redis_url is None):
+            raise ConfigError(
+                "database_url and redis_url go together: set both for production mode, "
+                "or neither for the embedded store"
+            )
+        if self.database_url is not None and not self.database_url.startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ConfigError("database_url must be a postgresql:// URL")
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
+
+    @property
+    def production(self) -> bool:
+        """PostgreSQL and Redis instead of the embedded store."""
+        return self.database_url is not None
 
     @property
     def replay_pending_ttl(self) -> float:
@@ -99,6 +120,9 @@ _HELP: dict[str, str] = {
     "host": "address to listen on",
     "port": "port to listen on (0 picks a free one)",
     "data_dir": "directory of the embedded store",
+    "database_url": "PostgreSQL URL (production mode, with --redis-url)",
+    "redis_url": "Redis URL (production mode, with --database-url)",
+    "redis_prefix": "prefix of every Redis key this relay writes",
     "handshake_timeout": "seconds a new connection has to authenticate",
     "ack_timeout": "seconds to wait for a connected device's ack before storing",
     "backend_timeout": "seconds a store call may take before it counts as unavailable",

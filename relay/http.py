@@ -105,4 +105,14 @@ class OperationsEndpoints:
                 for outcome in ("accepted", "delivered", "stored", "dropped_online")
             },
             "sends_in_progress": len(svc.background),
+            "group_commit": self._group_commit(),
         }
+
+    def _group_commit(self) -> dict[str, int] | None:
+        """Batches and envelopes committed by a store that batches its writes."""
+        messages = self._svc.store.messages
+        batches = getattr(messages, "batches_committed", None)
+        envelopes = getattr(messages, "envelopes_committed", None)
+        if isinstance(batches, int) and isinstance(envelopes, int):
+            return {"batches": batches, "envelopes": envelopes}
+        return None

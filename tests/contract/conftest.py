@@ -16,7 +16,7 @@ from storage.interfaces import Store
 
 from .support import Backend
 
-BACKENDS = ["embedded"]
+BACKENDS = ["embedded", "production"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -31,3 +31,13 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 @pytest.fixture
 async def store(backend: Backend) -> Store:
     return await backend.open()
+
+
+@pytest.fixture
+async def production(tmp_path: Path) -> AsyncIterator[Backend]:
+    """The production backend alone, for the tests of its own promises."""
+    opened = Backend("production", tmp_path / "data")
+    try:
+        yield opened
+    finally:
+        await opened.close_all()

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from pathlib import Path
 
+import asyncpg
+
 from storage.embedded import EmbeddedStore
 from storage.interfaces import Store
+from storage.postgres.migrate import migrate
+from storage.production import ProductionStore
 from storage.records import Envelope, NewDevice
+from storage.redis_store import RedisClient
+
+# The services of the production backend (CI starts them; the suite never skips them).
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 START_MS = 1_700_000_000_000
 DAY_MS = 86_400_000
@@ -93,6 +105,10 @@ class Backend:
         self.pending_claims_survive_restart = name != "embedded"
         self._data_dir = data_dir
         self._opened: list[Store] = []
+        # Production: a fresh database and Redis prefix per test, made at the first open.
+        self.database_url: str | None = None
+        self.redis_prefix = f"relaytest:{secrets.token_hex(8)}:"
+        self._database_name = f"relay_test_{secrets.token_hex(8)}"
 
     async def open(self) -> Store:
         store = await self._open_store()
@@ -104,8 +120,55 @@ class Backend:
             return await EmbeddedStore.open(
                 self._data_dir, now_ms=self.clock.now_ms, monotonic=self.clock.monotonic
             )
+        if self.name == "production":
+            if self.database_url is None:
+                self.database_url = await create_database(self._database_name)
+                await migrate(self.database_url)
+            return await ProductionStore.open(
+                database_url=self.database_url,
+                redis_url=REDIS_URL,
+                redis_prefix=self.redis_prefix,
+                clock=self.clock.now_ms,
+            )
         raise AssertionError(f"unknown backend {self.name!r}")
 
     async def close_all(self) -> None:
-        for store in reversed(self._opened):
-            await store.close()
+        try:
+            for store in reversed(self._opened):
+                await store.close()
+        finally:
+            if self.name == "production":
+                await delete_redis_prefix(self.redis_prefix)
+                if self.database_url is not None:
+                    await drop_database(self._database_name)
+
+
+def database_url(name: str) -> str:
+    """The URL of database `name` on the test server."""
+    base, _, _ = POSTGRES_ADMIN_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def create_database(name: str) -> str:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return database_url(name)
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def delete_redis_prefix(prefix: str) -> None:
+    client = RedisClient(REDIS_URL, prefix=prefix)
+    try:
+        await client.delete_prefixed()
+    finally:
+        await client.close()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from .stores import MODES, StoreProvisioner
 from .support import RelayProcess
 
 StartRelay = Callable[..., RelayProcess]
@@ -30,13 +31,22 @@ def _finish(relays: list[RelayProcess]) -> None:
         pytest.fail("\n".join(problems), pytrace=False)
 
 
+@pytest.fixture(scope="session", params=MODES)
+def stores(request: pytest.FixtureRequest) -> Iterator[StoreProvisioner]:
+    """Every end-to-end test runs once per store: embedded, and PostgreSQL + Redis."""
+    provisioner = StoreProvisioner(request.param)
+    yield provisioner
+    provisioner.cleanup()
+
+
 @pytest.fixture
-def relay_factory(tmp_path: Path) -> Iterator[StartRelay]:
+def relay_factory(tmp_path: Path, stores: StoreProvisioner) -> Iterator[StartRelay]:
     """Start relays with given options (``ack_timeout=0.5`` -> ``--ack-timeout 0.5``)."""
     relays: list[RelayProcess] = []
 
     def start(*, env: dict[str, str] | None = None, **options: Any) -> RelayProcess:
-        r = RelayProcess(tmp_path / f"relay-{len(relays)}", options, env=env)
+        merged = {**stores.new_store_env(), **(env or {})}
+        r = RelayProcess(tmp_path / f"relay-{len(relays)}", options, env=merged)
         relays.append(r)
         return r.start()
 
@@ -45,9 +55,11 @@ def relay_factory(tmp_path: Path) -> Iterator[StartRelay]:
 
 
 @pytest.fixture(scope="module")
-def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+def shared_relay(
+    tmp_path_factory: pytest.TempPathFactory, stores: StoreProvisioner
+) -> Iterator[RelayProcess]:
     """One relay with default options, shared by the tests of a module."""
-    r = RelayProcess(tmp_path_factory.mktemp("relay") / "data", {})
+    r = RelayProcess(tmp_path_factory.mktemp("relay") / "data", {}, env=stores.new_store_env())
     r.start()
     yield r
     _finish([r])

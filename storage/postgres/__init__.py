@@ -1,0 +1,24 @@
+"""The PostgreSQL backend (asyncpg): users, devices, pre-keys and stored messages.
+
+`database` wraps asyncpg in typed functions and turns its errors into ours; `directory`,
+`keys` and `messages` implement the interfaces; `migrate` owns the versioned schema (the
+numbered SQL files in `migrations/`).
+"""
+
+from __future__ import annotations
+
+from storage.postgres.database import Database
+from storage.postgres.directory import PostgresDeviceDirectory
+from storage.postgres.keys import PostgresKeyStore
+from storage.postgres.messages import PostgresMessageQueue
+from storage.postgres.migrate import check, latest_version, migrate
+
+__all__ = [
+    "Database",
+    "PostgresDeviceDirectory",
+    "PostgresKeyStore",
+    "PostgresMessageQueue",
+    "check",
+    "latest_version",
+    "migrate",
+]

@@ -1,0 +1,161 @@
+"""A typed face on asyncpg: one connection pool, and driver errors turned into ours.
+
+asyncpg ships without complete types, so nothing outside this module touches it directly:
+the stores get `Connection` (a thin typed wrapper) from `Database.connection()` or
+`Database.transaction()`, and every asyncpg exception that escapes a `translated()` block
+becomes `storage.errors.Unavailable` (connection lost, server down, timeout, any other
+server error). Errors a store wants to interpret (a unique violation) are caught inside the
+block, as `UniqueViolation`, which this module re-exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from typing import Any, Final
+
+import asyncpg
+
+from storage.errors import StorageError, Unavailable
+
+__all__ = [
+    "Connection",
+    "Database",
+    "DeadlockDetected",
+    "Row",
+    "UniqueViolation",
+    "is_connection_failure",
+    "translated",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_POOL_SIZE: Final = 10
+
+# Re-exported so the stores can catch what they interpret without importing asyncpg.
+UniqueViolation: type[Exception] = asyncpg.UniqueViolationError
+DeadlockDetected: type[Exception] = asyncpg.DeadlockDetectedError
+
+# A row as asyncpg returns it: indexable by position or column name.
+Row = Any
+
+
+@contextlib.contextmanager
+def translated(what: str = "postgresql") -> Iterator[None]:
+    """Turn every driver error raised in the block into Unavailable.
+
+    Our own StorageErrors pass through; so do cancellation and programming errors of ours.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # PostgresConnectionError, AdminShutdown, CannotConnectNow, query_canceled, ...
+        raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except (OSError, TimeoutError) as exc:  # refused, reset, unreachable, command_timeout
+        raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+class Connection:
+    """One pooled connection, typed. Obtain it from `Database`; never keep it."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    async def execute(self, query: str, *args: object) -> str:
+        return str(await self._conn.execute(query, *args))
+
+    async def executemany(self, query: str, args: Iterable[Sequence[object]]) -> None:
+        await self._conn.executemany(query, args)
+
+    async def fetch(self, query: str, *args: object) -> list[Row]:
+        return list(await self._conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: object) -> Row | None:
+        return await self._conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: object) -> object:
+        return await self._conn.fetchval(query, *args)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        async with self._conn.transaction():
+            yield
+
+
+class Database:
+    """The pool. `open` connects lazily: a server down at startup is no error yet."""
+
+    def __init__(self, pool: Any, *, timeout_s: float) -> None:
+        self._pool = pool
+        self.timeout_s = timeout_s
+
+    @classmethod
+    async def open(
+        cls, dsn: str, *, timeout_s: float = 2.0, max_size: int = MAX_POOL_SIZE
+    ) -> Database:
+        with translated():
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=0,  # no connection at open: the pool connects on first use
+                max_size=max_size,
+                timeout=timeout_s,  # connect timeout
+                command_timeout=timeout_s * 5,  # a statement; group commits may be large
+                max_inactive_connection_lifetime=300.0,
+                # Explicit: a store() returns only once its commit is flushed to disk.
+                server_settings={"synchronous_commit": "on", "application_name": "relay"},
+            )
+        return cls(pool, timeout_s=timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection, errors translated. Released even when cancelled."""
+        with translated():
+            conn = await self._pool.acquire(timeout=self.timeout_s)
+            try:
+                yield Connection(conn)
+            finally:
+                # Shielded: a cancelled caller must not leak the connection.
+                await asyncio.shield(self._pool.release(conn))
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A pooled connection inside one transaction (committed when the block ends)."""
+        async with self.connection() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self, timeout_s: float) -> bool:
+        """One real round trip within `timeout_s`."""
+        try:
+            async with asyncio.timeout(timeout_s), self.connection() as conn:
+                return await conn.fetchval("SELECT 1") == 1
+        except (Unavailable, TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._pool.close(), self.timeout_s * 5)
+            return
+        self._pool.terminate()
+
+
+def is_connection_failure(exc: BaseException) -> bool:
+    """True when `exc` (an Unavailable, or what caused it) means the server is out of reach,
+    as opposed to one statement being refused."""
+    cause = exc.__cause__ if isinstance(exc, Unavailable) else exc
+    return isinstance(
+        cause,
+        (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
+        ),
+    )

@@ -1,0 +1,369 @@
+"""Stored envelopes in PostgreSQL (the MessageQueue interface), written by group commit.
+
+Every `store` and `ack` is queued for one writer task, which takes every call waiting at
+that moment (up to MAX_BATCH_ROWS envelopes and ids) and applies them IN SUBMISSION ORDER
+in one transaction (consecutive stores as one executemany, consecutive acks as another),
+commits once (synchronous_commit on), then answers each caller. So one fsync serves many
+callers, and an ack issued after a store of the same envelope is applied after it.
+
+If a batch fails on something other than the connection (one bad row, a deadlock with
+another node), each of its calls is applied again alone, so one call's failure is its own.
+
+Reads (`fetch`, `queue_state`, `pending_origins`) first wait for the writes to the same
+device queued before them, so an ack issued before a fetch is applied before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+from storage.errors import Unavailable
+from storage.postgres.database import Connection, Database, Row, is_connection_failure
+from storage.records import Envelope, PendingOrigin, StoredEnvelope
+
+MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
+PURGE_CHUNK: Final = 5000  # expired rows per statement, so a big purge holds few locks
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = (
+    "id, recipient_user, recipient_device, sender_user, sender_device,"
+    " ts, server_ts, type, body, nonce, expires_ms"
+)
+
+# Concurrency argument of the insert:
+# * Only for an active device: FOR KEY SHARE on its row conflicts with the FOR UPDATE lock
+#   that remove_device takes first. If the removal got there first, the lock waits for its
+#   commit, re-checks `removed_ms IS NULL` on the new row version, finds it false and
+#   inserts nothing; if we got there first, the removal waits for our commit and its DELETE
+#   then sees (and deletes) our rows. KEY SHARE does not conflict with touch() or uploads.
+# * A (device, id) already stored is kept as is (a retried store is a no-op), also when
+#   two nodes store it at once: the unique index makes the second wait for the first and
+#   then do nothing. Only that uniqueness conflict is ignored.
+_INSERT = f"""
+INSERT INTO messages ({_COLUMNS})
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+WHERE EXISTS (
+    SELECT 1 FROM devices
+    WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
+    FOR KEY SHARE
+)
+ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
+"""
+
+# Every device a batch touches is locked for the rest of the transaction, in one global
+# order (sorted keys), so batches of several processes never deadlock on each other, and
+# the stores of one device commit in the order their seq values were drawn: a drain that
+# has read up to seq N will never later see a row with a seq below N appear.
+_LOCK_DEVICES = """
+SELECT pg_advisory_xact_lock(k)
+FROM (
+    SELECT DISTINCT hashtextextended(u || '/' || d::text, 0) AS k
+    FROM unnest($1::text[], $2::int[]) AS t(u, d)
+    ORDER BY k
+) AS keys
+"""
+
+_ACK = (
+    "DELETE FROM messages"
+    " WHERE recipient_user = $1 AND recipient_device = $2 AND id = ANY($3::bytea[])"
+)
+
+_Device = tuple[str, int]
+_InsertRow = tuple[bytes, str, int, str, int, int, int, int, bytes, bytes, int]
+
+
+@dataclass(slots=True)
+class _Op:
+    """One store() or ack() call."""
+
+    future: asyncio.Future[None]
+    inserts: list[_InsertRow] = field(default_factory=list)
+    ack: tuple[str, int, list[bytes]] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.inserts) + (0 if self.ack is None else len(self.ack[2]))
+
+    def devices(self) -> set[_Device]:
+        found = {(row[1], row[2]) for row in self.inserts}
+        if self.ack is not None:
+            found.add((self.ack[0], self.ack[1]))
+        return found
+
+
+class PostgresMessageQueue:
+    def __init__(self, db: Database, *, max_batch_rows: int = MAX_BATCH_ROWS) -> None:
+        self._db = db
+        self._max_batch_rows = max_batch_rows
+        self._queue: deque[_Op] = deque()
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        # The newest write queued for each device, for reads to wait on.
+        self._last_write: dict[_Device, asyncio.Future[None]] = {}
+        # Group commit figures: envelopes_committed / batches_committed is the mean group.
+        self.batches_committed = 0
+        self.envelopes_committed = 0
+        self.acks_committed = 0
+
+    async def store(self, envelopes: Sequence[Envelope]) -> None:
+        if not envelopes:
+            return
+        inserts = [
+            (
+                e.id,
+                e.recipient_user,
+                e.recipient_device,
+                e.sender_user,
+                e.sender_device,
+                e.ts,
+                e.server_ts,
+                e.type,
+                e.body,
+                e.nonce,
+                e.expires_ms,
+            )
+            for e in envelopes
+        ]
+        await self._submit(_Op(self._new_future(), inserts=inserts))
+
+    async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
+        if not ids:
+            return
+        unique = list(dict.fromkeys(ids))
+        await self._submit(_Op(self._new_future(), ack=(user, device, unique)))
+
+    async def fetch(
+        self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int
+    ) -> list[StoredEnvelope]:
+        await self._writes_before((user, device))
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT seq, {_COLUMNS} FROM messages"
+                " WHERE recipient_user = $1 AND recipient_device = $2 AND seq > $3"
+                " AND expires_ms > $4 ORDER BY seq LIMIT $5",
+                user,
+                device,
+                after_seq,
+                now_ms,
+                limit,
+            )
+        return [_stored(row) for row in rows]
+
+    async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
+        await self._writes_before((user, device))
+        async with self._db.connection() as conn:
+            row = await conn.fetchrow(
+                "SELECT count(*) FILTER (WHERE expires_ms > $3) AS n,"
+                " COALESCE(max(seq), 0) AS highest"
+                " FROM messages WHERE recipient_user = $1 AND recipient_device = $2",
+                user,
+                device,
+                now_ms,
+            )
+        assert row is not None
+        return int(row["n"]), int(row["highest"])
+
+    async def pending_origins(
+        self, user: str, devices: Sequence[int], message_id: bytes
+    ) -> list[PendingOrigin]:
+        if not devices:
+            return []
+        wanted = sorted(set(devices))
+        for device in wanted:
+            await self._writes_before((user, device))
+        async with self._db.connection() as conn:
+            rows = await conn.fetch(
+                "SELECT recipient_device, sender_user, sender_device, nonce FROM messages"
+                " WHERE recipient_user = $1 AND id = $2 AND recipient_device = ANY($3::int[])"
+                " ORDER BY recipient_device",
+                user,
+                message_id,
+                wanted,
+            )
+        return [
+            PendingOrigin(
+                device=int(row["recipient_device"]),
+                sender_user=str(row["sender_user"]),
+                sender_device=int(row["sender_device"]),
+                nonce=bytes(row["nonce"]),
+            )
+            for row in rows
+        ]
+
+    async def purge_expired(self, now_ms: int) -> int:
+        # SKIP LOCKED: rows that a batch is deleting (acks) are left to it; the purge never
+        # waits on a row lock, so it cannot deadlock with the writers.
+        total = 0
+        while True:
+            async with self._db.connection() as conn:
+                status = await conn.execute(
+                    "DELETE FROM messages WHERE seq = ANY(ARRAY("
+                    " SELECT seq FROM messages WHERE expires_ms <= $1"
+                    " LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                    now_ms,
+                    PURGE_CHUNK,
+                )
+            deleted = int(status.rsplit(" ", 1)[-1])
+            total += deleted
+            if deleted < PURGE_CHUNK:
+                return total
+
+    async def close(self) -> None:
+        """Apply the calls already queued, then refuse new ones."""
+        self._closed = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    # The writer.
+
+    def _new_future(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _submit(self, op: _Op) -> None:
+        """Queue now (at call time, so the order of calls is the order applied), then wait."""
+        if self._closed:
+            raise Unavailable("the message queue is closed")
+        self._queue.append(op)
+        for device in op.devices():
+            self._last_write[device] = op.future
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_loop(), name="relay-postgres-writer"
+            )
+        self._wakeup.set()
+        try:
+            # Shielded: a cancelled caller does not cancel the write (it may still commit).
+            await asyncio.shield(op.future)
+        except asyncio.CancelledError:
+            op.future.add_done_callback(_consume)
+            raise
+
+    async def _writes_before(self, device: _Device) -> None:
+        pending = self._last_write.get(device)
+        if pending is not None and not pending.done():
+            await asyncio.wait([pending])
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._take_batch()
+                try:
+                    await self._commit(batch)
+                except BaseException as exc:  # cancelled: nobody may wait forever
+                    for op in batch:
+                        _settle(op.future, Unavailable(f"the writer stopped: {exc!r}"))
+                    self._fail_queued()
+                    raise
+                finally:
+                    for op in batch:
+                        for device in op.devices():
+                            if self._last_write.get(device) is op.future:
+                                del self._last_write[device]
+            if self._closed:
+                return
+
+    def _take_batch(self) -> list[_Op]:
+        batch = [self._queue.popleft()]
+        rows = batch[0].size
+        while self._queue and rows + self._queue[0].size <= self._max_batch_rows:
+            op = self._queue.popleft()
+            rows += op.size
+            batch.append(op)
+        return batch
+
+    def _fail_queued(self) -> None:
+        while self._queue:
+            _settle(self._queue.popleft().future, Unavailable("the writer stopped"))
+
+    async def _commit(self, batch: list[_Op]) -> None:
+        try:
+            await self._apply_in_one_transaction(batch)
+        except Unavailable as exc:
+            if len(batch) == 1 or is_connection_failure(exc):
+                log.warning("group commit of %d calls failed: %s", len(batch), exc)
+                for op in batch:
+                    _settle(op.future, exc)
+                return
+            log.warning("group commit failed (%s); applying its %d calls alone", exc, len(batch))
+            for op in batch:
+                try:
+                    await self._apply_in_one_transaction([op])
+                except Unavailable as alone:
+                    _settle(op.future, alone)
+                else:
+                    _settle(op.future, None)
+            return
+        for op in batch:
+            _settle(op.future, None)
+
+    async def _apply_in_one_transaction(self, batch: list[_Op]) -> None:
+        devices = sorted(set().union(*(op.devices() for op in batch)))
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                _LOCK_DEVICES, [user for user, _ in devices], [device for _, device in devices]
+            )
+            # Runs of consecutive stores, and of consecutive acks, in submission order.
+            start = 0
+            while start < len(batch):
+                is_store = batch[start].ack is None
+                end = start
+                while end < len(batch) and (batch[end].ack is None) == is_store:
+                    end += 1
+                await _apply_run(conn, batch[start:end], is_store=is_store)
+                start = end
+        # Committed (synchronous_commit on): durable from here.
+        self.batches_committed += 1
+        self.envelopes_committed += sum(len(op.inserts) for op in batch)
+        self.acks_committed += sum(0 if op.ack is None else len(op.ack[2]) for op in batch)
+
+
+async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> None:
+    if is_store:
+        await conn.executemany(_INSERT, [row for op in run for row in op.inserts])
+    else:
+        await conn.executemany(_ACK, [op.ack for op in run if op.ack is not None])
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _consume(future: asyncio.Future[None]) -> None:
+    """Retrieve the outcome nobody waits for any more (its caller was cancelled)."""
+    with contextlib.suppress(BaseException):
+        future.exception()
+
+
+def _stored(row: Row) -> StoredEnvelope:
+    return StoredEnvelope(
+        seq=int(row["seq"]),
+        envelope=Envelope(
+            id=bytes(row["id"]),
+            recipient_user=str(row["recipient_user"]),
+            recipient_device=int(row["recipient_device"]),
+            sender_user=str(row["sender_user"]),
+            sender_device=int(row["sender_device"]),
+            ts=int(row["ts"]),
+            server_ts=int(row["server_ts"]),
+            type=int(row["type"]),
+            body=bytes(row["body"]),
+            nonce=bytes(row["nonce"]),
+            expires_ms=int(row["expires_ms"]),
+        ),
+    )

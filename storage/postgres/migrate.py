@@ -1,0 +1,184 @@
+"""Versioned schema migrations for the PostgreSQL store (what `relay migrate` calls).
+
+Migrations are numbered SQL files in `migrations/`: `NNNN_name.up.sql` brings the schema
+from version NNNN-1 to NNNN, `NNNN_name.down.sql` takes it back. The versions applied are
+rows of `schema_migrations`. Each step runs in its own transaction together with its
+bookkeeping row, so a failed step leaves the schema at the previous version; a session
+advisory lock makes two migrators (two nodes starting at once) take turns.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import secrets
+from dataclasses import dataclass
+from typing import Any, Final
+
+import asyncpg
+
+from storage.errors import Unavailable
+from storage.postgres.database import translated
+
+__all__ = ["Migration", "check", "latest_version", "migrate", "migrations"]
+
+# pg_advisory_lock key of the migrator: "relay" + "migr" as hex, any fixed number works.
+_LOCK_KEY: Final = 0x72656C61796D6967
+
+_CREATE_BOOKKEEPING = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    up: str
+    down: str
+
+
+def migrations() -> list[Migration]:
+    """Every migration of the package, in version order. Raises RuntimeError when the
+    files are not numbered 1..n or a version lacks its up or down file."""
+    folder = importlib.resources.files("storage.postgres").joinpath("migrations")
+    found: dict[tuple[int, str], dict[str, str]] = {}
+    for entry in folder.iterdir():
+        name = entry.name
+        for direction in ("up", "down"):
+            suffix = f".{direction}.sql"
+            if name.endswith(suffix):
+                number, _, title = name.removesuffix(suffix).partition("_")
+                found.setdefault((int(number), title), {})[direction] = entry.read_text("utf-8")
+    result = []
+    for (version, title), scripts in sorted(found.items()):
+        if set(scripts) != {"up", "down"}:
+            raise RuntimeError(f"migration {version:04d}_{title} lacks an up or down file")
+        result.append(Migration(version, f"{version:04d}_{title}", scripts["up"], scripts["down"]))
+    if [m.version for m in result] != list(range(1, len(result) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..n: {[m.version for m in result]}")
+    return result
+
+
+def latest_version() -> int:
+    return len(migrations())
+
+
+async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
+    """Bring the schema to version `to` (default: the latest), up or down. Returns the
+    steps taken, e.g. ["up 0001_initial"]; [] when already there. Raises Unavailable
+    (server unreachable or a step failed) or ValueError (no such version)."""
+    steps = migrations()
+    target = len(steps) if to is None else to
+    if not 0 <= target <= len(steps):
+        raise ValueError(f"no schema version {target}: versions are 0..{len(steps)}")
+    done: list[str] = []
+    conn = await _connect(dsn)
+    try:
+        with translated("migrate"):
+            await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+            try:
+                await conn.execute(_CREATE_BOOKKEEPING)
+                current = await _applied_version(conn)
+                if current > len(steps):
+                    raise Unavailable(
+                        f"schema version {current} is newer than this relay knows ({len(steps)})"
+                    )
+                for step in steps[current:target]:
+                    async with conn.transaction():
+                        await conn.execute(step.up)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                            step.version,
+                            step.name,
+                        )
+                    done.append(f"up {step.name}")
+                for step in reversed(steps[target:current]):
+                    async with conn.transaction():
+                        await conn.execute(step.down)
+                        await conn.execute(
+                            "DELETE FROM schema_migrations WHERE version = $1", step.version
+                        )
+                    done.append(f"down {step.name}")
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()
+    return done
+
+
+async def check(dsn: str) -> tuple[bool, str]:
+    """Whether the live schema matches the migration files: the applied version is the
+    latest, and every table and column the migrations create exists with its type.
+    The message says what differs. Raises Unavailable when the server is unreachable."""
+    steps = migrations()
+    conn = await _connect(dsn)
+    try:
+        with translated("check"):
+            exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            current = await _applied_version(conn) if exists else 0
+            expected = await _expected_columns(conn, steps)
+            live = await _columns(conn, "current_schema()")
+    finally:
+        await conn.close()
+    problems = []
+    if current != len(steps):
+        problems.append(f"schema version is {current}, the latest is {len(steps)}")
+    for table, columns in sorted(expected.items()):
+        if table not in live:
+            problems.append(f"table {table} is missing")
+            continue
+        for column, data_type in sorted(columns.items()):
+            found = live[table].get(column)
+            if found is None:
+                problems.append(f"column {table}.{column} is missing")
+            elif found != data_type:
+                problems.append(f"column {table}.{column} is {found}, expected {data_type}")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"schema version {current} is the latest and matches the migration files"
+
+
+async def _connect(dsn: str) -> Any:
+    with translated("connect"):
+        return await asyncpg.connect(dsn, timeout=10)
+
+
+async def _applied_version(conn: Any) -> int:
+    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
+
+
+async def _columns(conn: Any, schema: str) -> dict[str, dict[str, str]]:
+    """{table: {column: data type}} of the base tables of one schema."""
+    rows = await conn.fetch(
+        "SELECT c.table_name, c.column_name, c.data_type"
+        " FROM information_schema.columns c JOIN information_schema.tables t"
+        " ON t.table_schema = c.table_schema AND t.table_name = c.table_name"
+        f" WHERE c.table_schema = {schema} AND t.table_type = 'BASE TABLE'"
+    )
+    tables: dict[str, dict[str, str]] = {}
+    for row in rows:
+        tables.setdefault(str(row["table_name"]), {})[str(row["column_name"])] = str(
+            row["data_type"]
+        )
+    return tables
+
+
+async def _expected_columns(conn: Any, steps: list[Migration]) -> dict[str, dict[str, str]]:
+    """What the migration files create, found by running them in a scratch schema inside
+    a transaction that is rolled back: the files are the one source of truth."""
+    scratch = f"relay_check_{secrets.token_hex(6)}"
+    tx = conn.transaction()
+    await tx.start()
+    try:
+        await conn.execute(f"CREATE SCHEMA {scratch}")
+        await conn.execute(f"SET LOCAL search_path = {scratch}")
+        for step in steps:
+            await conn.execute(step.up)
+        expected = await _columns(conn, f"'{scratch}'")
+    finally:
+        await tx.rollback()
+    return expected

@@ -1,0 +1,129 @@
+"""The production store: devices, keys and messages in PostgreSQL; the replay guard and the
+rate limiter in Redis. Several relay nodes share one of each.
+
+Opening connects to neither server: both pools connect on first use, so a node starts while
+a backend is down, answers `unavailable` meanwhile (and `ready()` says which backend is
+missing), and recovers by itself when the server comes back. The schema is not migrated
+here: that is `relay migrate` (storage.postgres.migrate), run once per deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from storage.interfaces import Store
+from storage.postgres import (
+    Database,
+    PostgresDeviceDirectory,
+    PostgresKeyStore,
+    PostgresMessageQueue,
+)
+from storage.redis_store import RedisClient, RedisRateLimiter, RedisReplayGuard
+
+__all__ = ["ProductionStore"]
+
+READY_TIMEOUT_S: Final = 1.0  # /readyz must answer within 5 s of an outage
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class ProductionStore:
+    """The `Store` of the production backend. Open it with `ProductionStore.open`."""
+
+    def __init__(
+        self, db: Database, redis: RedisClient, *, clock: Callable[[], int] | None
+    ) -> None:
+        self._db = db
+        self._redis = redis
+        self._devices = PostgresDeviceDirectory(db, now_ms=clock or _wall_ms)
+        self._keys = PostgresKeyStore(db)
+        self._messages = PostgresMessageQueue(db)
+        self._replay = RedisReplayGuard(redis, now_ms=clock)
+        self._rate_limiter = RedisRateLimiter(redis, now_ms=clock)
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        database_url: str,
+        redis_url: str,
+        redis_prefix: str = "relay:",
+        timeout_s: float = 2.0,
+        clock: Callable[[], int] | None = None,
+    ) -> ProductionStore:
+        """Set up both connection pools (connecting lazily). Raises Unavailable only for a
+        URL the drivers cannot use.
+
+        `clock` (ms since the epoch) is for tests: it replaces the Redis server's clock for
+        replay and rate-limit expiry, and dates device removals. Leave it None.
+        """
+        db = await Database.open(database_url, timeout_s=timeout_s)
+        try:
+            redis = RedisClient(redis_url, prefix=redis_prefix, timeout_s=timeout_s)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, redis, clock=clock)
+
+    @property
+    def devices(self) -> PostgresDeviceDirectory:
+        return self._devices
+
+    @property
+    def keys(self) -> PostgresKeyStore:
+        return self._keys
+
+    @property
+    def messages(self) -> PostgresMessageQueue:
+        return self._messages
+
+    @property
+    def replay(self) -> RedisReplayGuard:
+        return self._replay
+
+    @property
+    def rate_limiter(self) -> RedisRateLimiter:
+        return self._rate_limiter
+
+    @property
+    def database(self) -> Database:
+        return self._db
+
+    @property
+    def redis(self) -> RedisClient:
+        return self._redis
+
+    async def ready(self) -> dict[str, bool]:
+        """One real round trip to each, side by side, each within READY_TIMEOUT_S."""
+        if self._closed:
+            return {"postgresql": False, "redis": False}
+        postgresql, redis = await asyncio.gather(
+            self._db.ping(READY_TIMEOUT_S), self._redis.ping(READY_TIMEOUT_S)
+        )
+        return {"postgresql": postgresql, "redis": redis}
+
+    async def close(self) -> None:
+        """Finish the queued writes, then close both pools. Twice is fine."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._messages.close()
+            await self._replay.close()
+            await self._rate_limiter.close()
+        finally:
+            await self._redis.close()
+            await self._db.close()
+
+
+if TYPE_CHECKING:
+
+    def _is_a_store(store: ProductionStore) -> Store:
+        """mypy checks here that ProductionStore implements every interface."""
+        return store

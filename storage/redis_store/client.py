@@ -1,0 +1,235 @@
+"""A typed face on redis.asyncio: one client, Lua scripts by EVALSHA, errors turned into ours.
+
+Every Redis error or timeout becomes `storage.errors.Unavailable`. Socket timeouts (connect
+and read) bound each call, and an overall `asyncio.timeout` bounds the whole call, so an
+unreachable Redis fails within `timeout_s`. The client does not retry by itself: a script
+whose answer was lost may have run, and running it twice would change its answer (a
+claim would find its own pending record); the caller hears `unavailable` and retries.
+
+`ScriptBatcher` is the batching: the calls of one script made in the same event-loop turn
+(and those made while the previous batch is on the wire) go to Redis as ONE EVALSHA, one
+key per call, applied by the script one after the other in the order of the calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from storage.errors import Unavailable
+
+__all__ = ["Arg", "RedisClient", "Script", "ScriptBatcher"]
+
+MAX_CALLS_PER_SCRIPT: Final = 512  # bounds how long one script blocks the Redis server
+
+Arg = str | bytes | int | float
+Reply = object
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise Unavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+    except (OSError, TimeoutError) as exc:
+        raise Unavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script and its SHA1, which is how EVALSHA names it."""
+
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
+
+
+class RedisClient:
+    """One redis.asyncio client (a connection pool) and the key prefix."""
+
+    def __init__(self, url: str, *, prefix: str, timeout_s: float = 2.0) -> None:
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.round_trips = 0  # commands sent (a batch is one)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=30,
+            decode_responses=False,
+        )
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
+        """Run the script by its SHA1, loading it once when Redis does not know it (first
+        use, or Redis restarted or flushed its script cache)."""
+        with translated():
+            async with asyncio.timeout(self.timeout_s):
+                self.round_trips += 1
+                try:
+                    return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+                except NoScriptError:
+                    self.round_trips += 2
+                    await self._redis.script_load(script.source)
+                    return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def ping(self, timeout_s: float) -> bool:
+        try:
+            with translated():
+                async with asyncio.timeout(timeout_s):
+                    return bool(await self._redis.ping())
+        except Unavailable:
+            return False
+
+    async def delete_prefixed(self) -> int:
+        """Delete every key under the prefix (SCAN + DEL). For tests and teardown."""
+        deleted = 0
+        with translated():
+            batch: list[bytes] = []
+            async for key in self._redis.scan_iter(
+                match=_glob_escape(self.prefix) + "*", count=500
+            ):
+                batch.append(key)
+                if len(batch) >= 500:
+                    deleted += int(await self._redis.delete(*batch))
+                    batch = []
+            if batch:
+                deleted += int(await self._redis.delete(*batch))
+        return deleted
+
+    async def keys_prefixed(self) -> list[bytes]:
+        """Every key under the prefix (SCAN). For tests."""
+        with translated():
+            return [k async for k in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*")]
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+@dataclass(slots=True)
+class _Call:
+    key: str
+    args: tuple[Arg, ...]
+    future: asyncio.Future[Reply]
+
+
+class ScriptBatcher:
+    """Collects calls of one batch script and sends them as one EVALSHA.
+
+    The script gets KEYS = one key per call and ARGV = [now, then `width` arguments per
+    call], and returns one reply per call, in order. `now` is the injected clock in ms, or
+    "" to let the script read the Redis server's clock (one clock for every node).
+    One batch is on the wire at a time: calls made meanwhile form the next one, so the calls
+    reach Redis in the order they were made.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        script: Script,
+        *,
+        width: int,
+        now_ms: Callable[[], int] | None = None,
+        max_calls: int = MAX_CALLS_PER_SCRIPT,
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._width = width
+        self._now_ms = now_ms
+        self._max_calls = max_calls
+        self._pending: list[_Call] = []
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.batches_sent = 0
+        self.calls_sent = 0
+
+    async def call(self, key: str, *args: Arg) -> Reply:
+        if len(args) != self._width:
+            raise ValueError(f"expected {self._width} arguments, got {len(args)}")
+        if self._closed:
+            raise Unavailable("the redis store is closed")
+        loop = asyncio.get_running_loop()
+        call = _Call(key, args, loop.create_future())
+        self._pending.append(call)
+        if self._worker is None:
+            self._worker = loop.create_task(self._run(), name="relay-redis-batcher")
+        self._wakeup.set()
+        return await call.future
+
+    async def close(self) -> None:
+        """Send what is queued, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._worker is not None:
+            await asyncio.shield(self._worker)
+
+    async def _run(self) -> None:
+        while True:
+            # Woken by the first call; runs after the calls of that event-loop turn are in.
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_calls]
+                del self._pending[: self._max_calls]
+                try:
+                    await self._send(batch)
+                except BaseException as exc:  # cancelled: nobody may wait forever
+                    for call in [*batch, *self._pending]:
+                        _settle(call.future, error=Unavailable(f"redis batcher stopped: {exc!r}"))
+                    self._pending.clear()
+                    raise
+            if self._closed:
+                return
+
+    async def _send(self, batch: list[_Call]) -> None:
+        now = "" if self._now_ms is None else str(int(self._now_ms()))
+        args: list[Arg] = [now]
+        for call in batch:
+            args.extend(call.args)
+        self.batches_sent += 1
+        self.calls_sent += len(batch)
+        try:
+            replies = await self._client.evalsha(self._script, [c.key for c in batch], args)
+        except Unavailable as exc:
+            for call in batch:
+                _settle(call.future, error=exc)
+            return
+        if not isinstance(replies, list) or len(replies) != len(batch):
+            error = Unavailable(f"redis: unexpected script reply {replies!r:.100}")
+            for call in batch:
+                _settle(call.future, error=error)
+            return
+        for call, reply in zip(batch, replies, strict=True):
+            _settle(call.future, value=reply)
+
+
+def _settle(
+    future: asyncio.Future[Reply], *, value: Reply = None, error: BaseException | None = None
+) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)

@@ -1,0 +1,84 @@
+"""Where the relays of the end-to-end suite keep their data: the embedded store, or a fresh
+PostgreSQL database and Redis key prefix of their own (production mode), dropped afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import subprocess
+import sys
+
+import asyncpg
+import redis
+
+ADMIN_DSN = os.environ.get("RELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+MODES = ("embedded", "production")
+
+
+def _database_url(name: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin_async(sql: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _admin(sql: str) -> None:
+    """Run one admin statement; from its own thread, since tests call this inside a loop."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, _admin_async(sql)).result(timeout=60)
+
+
+class StoreProvisioner:
+    """Hands each relay the environment of its store and cleans every store up at the end."""
+
+    def __init__(self, mode: str) -> None:
+        assert mode in MODES, mode
+        self.mode = mode
+        self._databases: list[str] = []
+        self._prefixes: list[str] = []
+
+    def new_store_env(self) -> dict[str, str]:
+        """Environment variables for one relay (and its restarts): its own database and prefix."""
+        if self.mode == "embedded":
+            return {}
+        tag = secrets.token_hex(6)
+        name = f"relay_e2e_{tag}"
+        _admin(f'CREATE DATABASE "{name}"')
+        self._databases.append(name)
+        url = _database_url(name)
+        subprocess.run(
+            [sys.executable, "-m", "relay", "migrate", "--database-url", url],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        prefix = f"relaye2e:{tag}:"
+        self._prefixes.append(prefix)
+        return {
+            "RELAY_DATABASE_URL": url,
+            "RELAY_REDIS_URL": REDIS_URL,
+            "RELAY_REDIS_PREFIX": prefix,
+        }
+
+    def cleanup(self) -> None:
+        for name in self._databases:
+            _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            for prefix in self._prefixes:
+                keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+                if keys:
+                    client.delete(*keys)
+        finally:
+            client.close()
+        self._databases.clear()
+        self._prefixes.clear()
