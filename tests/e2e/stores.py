@@ -13,8 +13,8 @@ import sys
 import asyncpg
 import redis
 
-ADMIN_DSN = os.environ.get("RELAY_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("RELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ADMIN_DSN = os.environ.get("RELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("RELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 MODES = ("embedded", "production")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from .stores import REDIS_URL
 from .support import (
     Device,
     RelayProcess,
@@ -180,7 +181,7 @@ async def test_postgres_cluster_stopped_immediate_loses_nothing_acknowledged(
         await asyncio.to_thread(migrate, cluster.url)
         env = {
             "RELAY_DATABASE_URL": cluster.url,
-            "RELAY_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "RELAY_REDIS_URL": REDIS_URL,
             "RELAY_REDIS_PREFIX": machine.new_prefix(),
         }
         r = relays.start(env, backend_timeout=1, **HIGH_RATES)
