@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import redis.asyncio as aioredis
+import redis.asyncio as redis_asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
@@ -28,6 +29,8 @@ from redis.exceptions import NoScriptError, RedisError
 from storage.errors import Unavailable
 
 __all__ = ["Arg", "RedisClient", "Script", "ScriptBatcher"]
+
+log = logging.getLogger(__name__)
 
 MAX_CALLS_PER_SCRIPT: Final = 512  # bounds how long one script blocks the Redis server
 
@@ -63,7 +66,8 @@ class RedisClient:
         self.prefix = prefix
         self.timeout_s = timeout_s
         self.round_trips = 0  # commands sent (a batch is one)
-        self._redis = aioredis.Redis.from_url(
+        self._reachable = True  # logged on each change, not on each failed call
+        self._redis = redis_asyncio.Redis.from_url(
             url,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
@@ -78,6 +82,19 @@ class RedisClient:
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         """Run the script by its SHA1, loading it once when Redis does not know it (first
         use, or Redis restarted or flushed its script cache)."""
+        try:
+            reply = await self._evalsha(script, keys, args)
+        except Unavailable as exc:
+            if self._reachable:
+                self._reachable = False
+                log.warning("redis is unavailable; sends fail closed until it returns: %s", exc)
+            raise
+        if not self._reachable:
+            self._reachable = True
+            log.warning("redis is reachable again")
+        return reply
+
+    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         with translated():
             async with asyncio.timeout(self.timeout_s):
                 self.round_trips += 1
