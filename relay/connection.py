@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -43,6 +43,7 @@ from relay.sending import handle_send
 from relay.services import Services
 from relay.session import Session
 from storage.errors import StorageError
+from storage.errors import Unavailable as StorageUnavailable
 
 log = logging.getLogger("relay.connection")
 
@@ -58,6 +59,7 @@ HANDLERS: dict[type[Any], Handler] = {
 }
 
 REPLACED_CLOSE_WAIT_S = 5.0
+REQUEST_TIMEOUT_FACTOR = 10  # a request may make several store calls in a row
 
 
 async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
@@ -205,14 +207,16 @@ async def _frame_loop(
                 frame = decode_client_frame(data, fmt, svc.limits)
                 svc.metrics.frames_in.labels(frame.T).inc()
                 if isinstance(frame, Ack):
-                    await session.on_ack(frame.ids)
+                    async with _bounded(svc):
+                        await session.on_ack(frame.ids)
                     continue
                 rid = frame.rid
                 if isinstance(frame, Register | Auth):
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
                 if not isinstance(frame, Send):
                     session.check_rate()
-                await HANDLERS[type(frame)](svc, session, frame)
+                async with _bounded(svc):
+                    await HANDLERS[type(frame)](svc, session, frame)
             except FrameError as exc:
                 svc.metrics.frames_in.labels("invalid").inc()
                 svc.metrics.rejections.labels(str(exc.code)).inc()
@@ -230,3 +234,14 @@ async def _frame_loop(
                 return
     finally:
         pump.cancel()
+
+
+@contextlib.asynccontextmanager
+async def _bounded(svc: Services) -> AsyncIterator[None]:
+    """No frame holds its connection longer than a few backend timeouts: a store that hangs
+    instead of failing is answered `unavailable`, and the connection goes on."""
+    try:
+        async with asyncio.timeout(svc.settings.backend_timeout * REQUEST_TIMEOUT_FACTOR):
+            yield
+    except TimeoutError as exc:
+        raise StorageUnavailable("the store did not answer in time") from exc

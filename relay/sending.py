@@ -18,7 +18,7 @@ from protocol.frames import Send, SendOk
 from relay.replies import error_frame
 from relay.services import Services
 from relay.session import Origin, Session
-from storage.errors import StorageError
+from storage.errors import StorageError, Unavailable
 from storage.records import (
     DeviceRecord,
     Envelope,
@@ -31,6 +31,7 @@ from storage.records import (
 log = logging.getLogger("relay.send")
 
 MAX_CLAIM_ATTEMPTS = 3
+STORE_TIMEOUT_FACTOR = 10  # a group commit may carry many sends
 
 
 async def handle_send(svc: Services, session: Session, frame: Send) -> None:
@@ -205,9 +206,15 @@ async def _route(
                 late.append(env)
         # mark_durable above and the store call below run with no await between them, so an
         # ack that arrives now is applied after the insert (the store runs jobs in order).
-        await _store(svc, late)
-        await stored_now
-    except StorageError as exc:
+        # Bounded: a store that hangs instead of failing is given up (a copy that commits
+        # later is kept once; the sender's retry finds it from the same origin).
+        async with asyncio.timeout(settings.backend_timeout * STORE_TIMEOUT_FACTOR):
+            await _store(svc, late)
+            await stored_now
+    except (StorageError, TimeoutError) as exc:
+        if isinstance(exc, TimeoutError):
+            stored_now.cancel()
+            exc = Unavailable("the store did not answer in time")
         await _give_up(svc, scope, frame)
         session.out.write(error_frame(exc, frame.rid))
         return

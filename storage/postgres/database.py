@@ -52,10 +52,10 @@ def translated(what: str = "postgresql") -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError) as exc:
         # PostgresConnectionError, AdminShutdown, CannotConnectNow, query_canceled, ...
         raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
-    except (OSError, TimeoutError) as exc:  # refused, reset, unreachable, command_timeout
+    except (OSError, TimeoutError, EOFError) as exc:  # refused, reset, cut off, timed out
         raise Unavailable(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -235,7 +235,8 @@ class PostgresMessageQueue:
         self._queue.append(op)
         for device in op.devices():
             self._last_write[device] = op.future
-        if self._writer is None:
+        if self._writer is None or self._writer.done():
+            # First use, or the writer ended: nothing queued may wait for a writer that is gone.
             self._writer = asyncio.get_running_loop().create_task(
                 self._write_loop(), name="relay-postgres-writer"
             )
@@ -260,11 +261,17 @@ class PostgresMessageQueue:
                 batch = self._take_batch()
                 try:
                     await self._commit(batch)
-                except BaseException as exc:  # cancelled: nobody may wait forever
+                except asyncio.CancelledError as exc:  # nobody may wait forever
                     for op in batch:
                         _settle(op.future, Unavailable(f"the writer stopped: {exc!r}"))
                     self._fail_queued()
                     raise
+                except Exception as exc:
+                    # Whatever went wrong with this batch, the writer goes on with the next:
+                    # a dead writer would leave every later store and ack waiting forever.
+                    log.exception("group commit failed unexpectedly")
+                    for op in batch:
+                        _settle(op.future, Unavailable(f"postgresql: {type(exc).__name__}"))
                 finally:
                     for op in batch:
                         for device in op.devices():
