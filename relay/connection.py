@@ -162,7 +162,6 @@ async def _open_session(
 async def _finish_handshake(
     svc: Services, out: Outbound, session: Session, older: Session | None, rid: int
 ) -> Session:
-    identity = session
     if older is not None:
         # The newest connection wins. Every frame the older one had received (its acks above
         # all) takes effect before this one counts and drains the queue.
@@ -172,14 +171,14 @@ async def _finish_handshake(
         except TimeoutError:
             older.end()
     now = svc.clock.now_ms()
-    queued, _ = await svc.store.messages.queue_state(identity.user, identity.device, now_ms=now)
-    counts = await svc.store.keys.counts(identity.user, identity.device)
+    queued, _ = await svc.store.messages.queue_state(session.user, session.device, now_ms=now)
+    counts = await svc.store.keys.counts(session.user, session.device)
     age = signed_prekey_age_s(counts, now)
     out.write(
         AuthOk(
             rid=rid,
-            user=identity.user,
-            device=identity.device,
+            user=session.user,
+            device=session.device,
             queued=queued,
             prekeys=counts.prekeys,
             pq_prekeys=counts.pq_prekeys,
@@ -189,7 +188,7 @@ async def _finish_handshake(
     session.ready = True
     svc.metrics.handshakes.labels("ok").inc()
     svc.metrics.authenticated.inc()
-    await svc.store.devices.touch(identity.user, identity.device, now)
+    await svc.store.devices.touch(session.user, session.device, now)
     return session
 
 

@@ -37,7 +37,6 @@ class Origin:
 class InFlight:
     origin: Origin
     acked: asyncio.Future[bool]
-    pushed_at: float
     durable: bool = False  # stored (pumped from the store, or stored after the ack timeout)
 
 
@@ -95,7 +94,7 @@ class Session:
         if env.id in self.inflight:
             return None
         loop = asyncio.get_running_loop()
-        entry = InFlight(origin=origin, acked=loop.create_future(), pushed_at=loop.time())
+        entry = InFlight(origin=origin, acked=loop.create_future())
         self.inflight[env.id] = entry
         self.out.write(to_deliver(env, online=online))
         return entry.acked
@@ -167,7 +166,6 @@ class Session:
                         self.inflight[env.id] = InFlight(
                             origin=Origin(env.sender_user, env.sender_device, env.nonce),
                             acked=loop.create_future(),
-                            pushed_at=loop.time(),
                             durable=True,
                         )
                         self.out.write(to_deliver(env))

@@ -10,23 +10,13 @@ import pytest
 import pytest_asyncio
 
 from .stores import MODES, StoreProvisioner
-from .support import RelayProcess
+from .support import RelayProcess, stop_relays
 
 StartRelay = Callable[..., RelayProcess]
 
 
 def _finish(relays: list[RelayProcess]) -> None:
-    problems = []
-    for r in relays:
-        if r.proc is None:
-            continue
-        crashed = r.proc.poll() is not None and r.proc.returncode not in (0, -9)
-        try:
-            r.stop()
-        except RuntimeError as exc:
-            problems.append(str(exc))
-        if crashed:
-            problems.append(f"relay exited by itself with {r.proc.returncode}\n{r.stderr_tail()}")
+    problems = stop_relays(relays)
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

@@ -100,6 +100,22 @@ READY_LINE = re.compile(r"^relay: serving on ws://127\.0\.0\.1:(\d+)/v1/ws$")
 # --------------------------------------------------------------------------- relay process
 
 
+def stop_relays(relays: list[RelayProcess]) -> list[str]:
+    """Stop every relay; the problems found (a relay that exited by itself, a stop that failed)."""
+    problems: list[str] = []
+    for r in relays:
+        if r.proc is None:
+            continue
+        crashed = r.proc.poll() is not None and r.proc.returncode not in (0, -9)
+        try:
+            r.stop()
+        except RuntimeError as exc:
+            problems.append(str(exc))
+        if crashed:
+            problems.append(f"relay exited by itself with {r.proc.returncode}\n{r.stderr_tail()}")
+    return problems
+
+
 class RelayProcess:
     """A relay server subprocess (`python -m relay serve`) on a port it picks itself."""
 

@@ -26,6 +26,7 @@ from .support import (
     pq_prekey,
     prekey,
     signed_prekey,
+    stop_relays,
 )
 from .throwaway import MachineStores, PgCluster, RedisServer, migrate
 
@@ -50,17 +51,7 @@ class Relays:
 
     def finish(self) -> None:
         """Stop every relay (idempotent); a relay that died by itself is a problem."""
-        problems = self.problems
-        for r in self.started:
-            if r.proc is None:
-                continue
-            crashed = r.proc.poll() is not None and r.proc.returncode not in (0, -9)
-            try:
-                r.stop()
-            except RuntimeError as exc:
-                problems.append(str(exc))
-            if crashed:
-                problems.append(f"relay exited by itself with {r.proc.returncode}")
+        self.problems += stop_relays(self.started)
         self.started.clear()
 
 
