@@ -52,6 +52,7 @@ class Settings:
     max_connections_per_address: int = 10_000
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
+    node_id: str | None = None
 
     def __post_init__(self) -> None:
         positive = (
@@ -147,6 +148,7 @@ _HELP: dict[str, str] = {
     "max_connections_per_address": "concurrent connections per client address",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
+    "node_id": "name of this node among several sharing Redis (default: random)",
 }
 
 
