@@ -16,8 +16,8 @@ run: $(STAMP)
 	$(BIN)/relay serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol storage relay loadtest client tests benchmarks
-	$(BIN)/ruff format --check protocol storage relay loadtest client tests benchmarks
+	$(BIN)/ruff check protocol storage relay loadtest tests benchmarks
+	$(BIN)/ruff format --check protocol storage relay loadtest tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict

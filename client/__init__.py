@@ -1,1 +1,0 @@
-"""The device client SDK: an asyncio client that speaks the relay protocol and encrypts end to end."""
