@@ -6,9 +6,10 @@ Every method may raise `storage.errors.Unavailable`; the relay answers
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from storage.cluster import BusMessage, Holder, NodeInfo, Refresh
 from storage.records import (
     ClaimedKeys,
     DeviceRecord,
@@ -23,6 +24,11 @@ from storage.records import (
     SendOutcome,
     StoredEnvelope,
 )
+
+BackendObserver = Callable[[str, str, float], None]
+"""`observe(backend, operation, seconds)`: a backend call ("postgresql", "redis", "sqlite"),
+named by a fixed operation name (never an identifier), and how long it took. Given to a
+store when it opens, for the relay's metrics; it must not block."""
 
 
 class DeviceDirectory(Protocol):
@@ -100,6 +106,11 @@ class MessageQueue(Protocol):
         """Delete expired envelopes; the number deleted."""
         ...
 
+    async def stored_count(self) -> int:
+        """Envelopes in the store, for every device (expired ones count until purged): the
+        queue depth an operator watches. One cheap query; not for the hot path."""
+        ...
+
 
 class ReplayGuard(Protocol):
     async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None: ...
@@ -138,6 +149,59 @@ class RateLimiter(Protocol):
     async def hit(self, key: str, *, rate_per_s: float, burst: int) -> RateDecision:
         """Take one token from the bucket `key` (refilled at `rate_per_s`, holding `burst`)."""
         ...
+
+
+class Presence(Protocol):
+    """Which node holds each device's connection (`device -> node`), shared by every node.
+    Entries expire unless refreshed, so a dead node's entries vanish by themselves."""
+
+    async def claim(self, user: str, device: int, token: str) -> Holder | None:
+        """This node's connection `token` now holds the device; the previous holder, if any."""
+        ...
+
+    async def release(self, user: str, device: int, token: str) -> None:
+        """Drop the entry only if connection `token` of this node still holds it."""
+        ...
+
+    async def locate(self, devices: Sequence[tuple[str, int]]) -> list[str | None]:
+        """The node holding each device (None: not connected anywhere), in one round trip."""
+        ...
+
+    async def refresh(self, entries: Sequence[tuple[str, int, str]]) -> list[Refresh]:
+        """Extend this node's entries `(user, device, token)`; write back expired ones."""
+        ...
+
+    async def heartbeat(self, connections: int) -> None:
+        """Record in the node registry that this node is alive with `connections`."""
+        ...
+
+    async def nodes(self) -> list[NodeInfo]:
+        """The live nodes (heartbeat within the presence expiry), by node id."""
+        ...
+
+    async def leave(self) -> None:
+        """Remove this node from the registry (graceful shutdown)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class NodeBus(Protocol):
+    """At-most-once messages between nodes: one channel per node. Nothing relies on a
+    message arriving; a lost one only delays work until a timeout or a refresh."""
+
+    def start(
+        self, on_message: Callable[[BusMessage], None], on_resync: Callable[[], None]
+    ) -> None:
+        """Listen on this node's channel. `on_resync` runs after the listener (re)connects:
+        messages may have been lost meanwhile."""
+        ...
+
+    async def publish(self, node: str, message: BusMessage) -> bool:
+        """Send to `node`; False when it was not sent or nobody listens there."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 class Store(Protocol):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from storage.interfaces import Store
+from storage.interfaces import BackendObserver, Store
 from storage.postgres import (
     Database,
     PostgresDeviceDirectory,
@@ -56,16 +56,20 @@ class ProductionStore:
         redis_prefix: str = "relay:",
         timeout_s: float = 2.0,
         clock: Callable[[], int] | None = None,
+        observe: BackendObserver | None = None,
     ) -> ProductionStore:
         """Set up both connection pools (connecting lazily). Raises Unavailable only for a
         URL the drivers cannot use.
 
         `clock` (ms since the epoch) is for tests: it replaces the Redis server's clock for
         replay and rate-limit expiry, and dates device removals. Leave it None.
+        `observe` hears the duration of every PostgreSQL and Redis call (for metrics).
         """
-        db = await Database.open(database_url, timeout_s=timeout_s)
+        db = await Database.open(database_url, timeout_s=timeout_s, observe=observe)
         try:
-            redis = RedisClient(redis_url, prefix=redis_prefix, timeout_s=timeout_s)
+            redis = RedisClient(
+                redis_url, prefix=redis_prefix, timeout_s=timeout_s, observe=observe
+            )
         except BaseException:
             await db.close()
             raise

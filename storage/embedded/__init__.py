@@ -20,7 +20,7 @@ from storage.embedded.keys import SqliteKeyStore
 from storage.embedded.messages import SqliteMessageQueue
 from storage.embedded.replay import SqliteReplayGuard
 from storage.errors import Unavailable
-from storage.interfaces import Store
+from storage.interfaces import BackendObserver, Store
 from storage.ratelimit import TokenBucketLimiter
 
 __all__ = ["DATABASE_FILE", "EmbeddedStore"]
@@ -57,17 +57,19 @@ class EmbeddedStore:
         *,
         now_ms: Callable[[], int] = _wall_ms,
         monotonic: Callable[[], float] = time.monotonic,
+        observe: BackendObserver | None = None,
     ) -> EmbeddedStore:
         """Open (creating if need be) `data_dir/relay.sqlite3`. Raises Unavailable.
 
         The clocks are injectable for tests: `now_ms` (wall clock, ms since the epoch)
         dates what must outlive the process, `monotonic` (seconds) times what does not.
+        `observe` hears the time of each group-commit transaction (for metrics).
         """
         try:
             await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise Unavailable(f"cannot create the data directory {data_dir}: {exc}") from exc
-        db = await SqliteDatabase.open(data_dir / DATABASE_FILE)
+        db = await SqliteDatabase.open(data_dir / DATABASE_FILE, observe=observe)
         return cls(db, now_ms=now_ms, monotonic=monotonic)
 
     @property

@@ -26,12 +26,14 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from storage.errors import Unavailable
+from storage.interfaces import BackendObserver
 
 T = TypeVar("T")
 
@@ -57,9 +59,16 @@ class _Outcome:
 class SqliteDatabase:
     """The one connection to one SQLite file; `run` jobs on it, `close` it once."""
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        observe: BackendObserver | None = None,
+    ) -> None:
         self._path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self._observe = observe  # hears each batch's transaction time, from the worker thread
         # None is the stop sentinel: everything queued before it still runs.
         self._queue: queue.SimpleQueue[_Submitted | None] = queue.SimpleQueue()
         self._closed = False
@@ -68,9 +77,15 @@ class SqliteDatabase:
         self._started: asyncio.Future[None] | None = None
 
     @classmethod
-    async def open(cls, path: Path, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> SqliteDatabase:
+    async def open(
+        cls,
+        path: Path,
+        *,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        observe: BackendObserver | None = None,
+    ) -> SqliteDatabase:
         """Connect, set the pragmas and bring the schema up to date. Raises Unavailable."""
-        db = cls(path, busy_timeout_ms=busy_timeout_ms)
+        db = cls(path, busy_timeout_ms=busy_timeout_ms, observe=observe)
         loop = asyncio.get_running_loop()
         db._started = loop.create_future()
         db._thread.start()
@@ -147,6 +162,7 @@ class SqliteDatabase:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Submitted]) -> None:
         outcomes: list[_Outcome] = []
+        started = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             outcomes = [_run_job(conn, item.job) for item in batch]
@@ -162,6 +178,8 @@ class SqliteDatabase:
             for item in batch:
                 _settle_threadsafe(item.loop, item.future, _Outcome(error=_unavailable(exc)))
             raise
+        if self._observe is not None:
+            self._observe("sqlite", "batch", time.perf_counter() - started)
         for item, outcome in zip(batch, outcomes, strict=True):
             _settle_threadsafe(item.loop, item.future, outcome)
 

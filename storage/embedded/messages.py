@@ -153,6 +153,13 @@ class SqliteMessageQueue:
             if deleted < PURGE_CHUNK:
                 return total
 
+    async def stored_count(self) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            (count,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
+            return int(count)
+
+        return await self._db.run(job)
+
 
 def _stored(row: tuple[Any, ...]) -> StoredEnvelope:
     seq, id_, r_user, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp = row

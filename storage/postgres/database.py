@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 import asyncpg
 
 from storage.errors import StorageError, Unavailable
+from storage.interfaces import BackendObserver
 
 __all__ = [
     "Connection",
@@ -91,13 +93,21 @@ class Connection:
 class Database:
     """The pool. `open` connects lazily: a server down at startup is no error yet."""
 
-    def __init__(self, pool: Any, *, timeout_s: float) -> None:
+    def __init__(
+        self, pool: Any, *, timeout_s: float, observe: BackendObserver | None = None
+    ) -> None:
         self._pool = pool
         self.timeout_s = timeout_s
+        self._observe = observe
 
     @classmethod
     async def open(
-        cls, dsn: str, *, timeout_s: float = 2.0, max_size: int = MAX_POOL_SIZE
+        cls,
+        dsn: str,
+        *,
+        timeout_s: float = 2.0,
+        max_size: int = MAX_POOL_SIZE,
+        observe: BackendObserver | None = None,
     ) -> Database:
         with translated():
             pool = await asyncpg.create_pool(
@@ -110,29 +120,37 @@ class Database:
                 # Explicit: a store() returns only once its commit is flushed to disk.
                 server_settings={"synchronous_commit": "on", "application_name": "relay"},
             )
-        return cls(pool, timeout_s=timeout_s)
+        return cls(pool, timeout_s=timeout_s, observe=observe)
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """A pooled connection, errors translated. Released even when cancelled."""
-        with translated():
-            conn = await self._pool.acquire(timeout=self.timeout_s)
-            try:
-                yield Connection(conn)
-            finally:
-                # Shielded: a cancelled caller must not leak the connection.
-                await asyncio.shield(self._pool.release(conn))
+    async def connection(self, operation: str = "query") -> AsyncIterator[Connection]:
+        """A pooled connection, errors translated. Released even when cancelled.
+
+        `operation` names the call for the observer (a fixed name, never an identifier),
+        which hears how long it held the connection, the pool wait included."""
+        started = time.perf_counter()
+        try:
+            with translated():
+                conn = await self._pool.acquire(timeout=self.timeout_s)
+                try:
+                    yield Connection(conn)
+                finally:
+                    # Shielded: a cancelled caller must not leak the connection.
+                    await asyncio.shield(self._pool.release(conn))
+        finally:
+            if self._observe is not None:
+                self._observe("postgresql", operation, time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Connection]:
+    async def transaction(self, operation: str = "transaction") -> AsyncIterator[Connection]:
         """A pooled connection inside one transaction (committed when the block ends)."""
-        async with self.connection() as conn, conn.transaction():
+        async with self.connection(operation) as conn, conn.transaction():
             yield conn
 
     async def ping(self, timeout_s: float) -> bool:
         """One real round trip within `timeout_s`."""
         try:
-            async with asyncio.timeout(timeout_s), self.connection() as conn:
+            async with asyncio.timeout(timeout_s), self.connection("ping") as conn:
                 return await conn.fetchval("SELECT 1") == 1
         except (Unavailable, TimeoutError):
             return False

@@ -27,7 +27,7 @@ class PostgresDeviceDirectory:
         self._now_ms = now_ms  # only for the removal time, which is kept for the record
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
-        async with self._db.transaction() as conn:
+        async with self._db.transaction("create_user") as conn:
             await _check_identity_free(conn, device.identity_x25519)
             # A user id that exists already is a driver error (Unavailable), as in the
             # embedded store: ids are fresh random UUIDs.
@@ -39,7 +39,7 @@ class PostgresDeviceDirectory:
             return record
 
     async def add_device(self, user: str, device: NewDevice, *, max_devices: int) -> DeviceRecord:
-        async with self._db.transaction() as conn:
+        async with self._db.transaction("add_device") as conn:
             # Concurrency: the user's row lock serialises every add_device of this user until
             # commit, so the count and MAX below cannot be computed by two adds at once (the
             # primary key (user_id, device) would refuse a duplicate number anyway). NO KEY
@@ -67,7 +67,7 @@ class PostgresDeviceDirectory:
             return record
 
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
-        async with self._db.connection() as conn:
+        async with self._db.connection("get_device") as conn:
             row = await conn.fetchrow(
                 f"SELECT {_DEVICE_COLUMNS} FROM devices"
                 " WHERE user_id = $1 AND device = $2 AND removed_ms IS NULL",
@@ -77,7 +77,7 @@ class PostgresDeviceDirectory:
         return None if row is None else _record(row)
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:
-        async with self._db.connection() as conn:
+        async with self._db.connection("list_devices") as conn:
             # One statement, one snapshot: the user row and its devices together.
             rows = await conn.fetch(
                 "SELECT u.user_id AS known, d.user_id, d.device, d.identity_key, d.key_scheme,"
@@ -93,7 +93,7 @@ class PostgresDeviceDirectory:
 
     async def remove_device(self, user: str, device: int) -> bool:
         now_ms = self._now_ms()
-        async with self._db.transaction() as conn:
+        async with self._db.transaction("remove_device") as conn:
             # Concurrency: FOR UPDATE conflicts with the FOR KEY SHARE lock that every stored
             # message and the FOR NO KEY UPDATE lock that every key upload takes on this row.
             # A store or upload that got its lock first commits before we go on, and the
@@ -136,7 +136,7 @@ class PostgresDeviceDirectory:
             return True
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
-        async with self._db.connection() as conn:
+        async with self._db.connection("touch_device") as conn:
             # GREATEST: two connections of one device may report out of order; never go back.
             await conn.execute(
                 "UPDATE devices SET last_seen_ms = GREATEST(last_seen_ms, $3)"

@@ -105,7 +105,7 @@ class PostgresKeyStore:
     async def upload(
         self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
     ) -> KeyCounts:
-        async with self._db.transaction() as conn:
+        async with self._db.transaction("upload_keys") as conn:
             # Concurrency: the device row lock serialises the uploads of one device (the
             # "already stored?" and cap checks below see no other upload half done), and
             # orders uploads with removal (see PostgresDeviceDirectory.remove_device): an
@@ -215,7 +215,7 @@ class PostgresKeyStore:
             )
 
     async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
-        async with self._db.connection() as conn:
+        async with self._db.connection("claim_prekeys") as conn:
             row = await conn.fetchrow(_CLAIM, user, device)
         assert row is not None  # `taken` always has its one row
         after = KeyCounts(
@@ -248,7 +248,7 @@ class PostgresKeyStore:
         )
 
     async def counts(self, user: str, device: int) -> KeyCounts:
-        async with self._db.connection() as conn:
+        async with self._db.connection("key_counts") as conn:
             row = await conn.fetchrow(_COUNTS, user, device)
         assert row is not None
         return KeyCounts(

@@ -144,7 +144,7 @@ class PostgresMessageQueue:
         self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int
     ) -> list[StoredEnvelope]:
         await self._writes_before((user, device))
-        async with self._db.connection() as conn:
+        async with self._db.connection("fetch_messages") as conn:
             rows = await conn.fetch(
                 f"SELECT seq, {_COLUMNS} FROM messages"
                 " WHERE recipient_user = $1 AND recipient_device = $2 AND seq > $3"
@@ -159,7 +159,7 @@ class PostgresMessageQueue:
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
         await self._writes_before((user, device))
-        async with self._db.connection() as conn:
+        async with self._db.connection("queue_state") as conn:
             row = await conn.fetchrow(
                 "SELECT count(*) FILTER (WHERE expires_ms > $3) AS n,"
                 " COALESCE(max(seq), 0) AS highest"
@@ -179,7 +179,7 @@ class PostgresMessageQueue:
         wanted = sorted(set(devices))
         for device in wanted:
             await self._writes_before((user, device))
-        async with self._db.connection() as conn:
+        async with self._db.connection("pending_origins") as conn:
             rows = await conn.fetch(
                 "SELECT recipient_device, sender_user, sender_device, nonce FROM messages"
                 " WHERE recipient_user = $1 AND id = $2 AND recipient_device = ANY($3::int[])"
@@ -203,7 +203,7 @@ class PostgresMessageQueue:
         # waits on a row lock, so it cannot deadlock with the writers.
         total = 0
         while True:
-            async with self._db.connection() as conn:
+            async with self._db.connection("purge_expired") as conn:
                 status = await conn.execute(
                     "DELETE FROM messages WHERE seq = ANY(ARRAY("
                     " SELECT seq FROM messages WHERE expires_ms <= $1"
@@ -215,6 +215,12 @@ class PostgresMessageQueue:
             total += deleted
             if deleted < PURGE_CHUNK:
                 return total
+
+    async def stored_count(self) -> int:
+        async with self._db.connection("stored_count") as conn:
+            count = await conn.fetchval("SELECT count(*) FROM messages")
+        assert isinstance(count, int)
+        return count
 
     async def close(self) -> None:
         """Apply the calls already queued, then refuse new ones."""
@@ -316,7 +322,7 @@ class PostgresMessageQueue:
 
     async def _apply_in_one_transaction(self, batch: list[_Op]) -> None:
         devices = sorted(set().union(*(op.devices() for op in batch)))
-        async with self._db.transaction() as conn:
+        async with self._db.transaction("write_batch") as conn:
             await conn.execute(
                 _LOCK_DEVICES, [user for user, _ in devices], [device for _, device in devices]
             )

@@ -51,7 +51,8 @@ for i, key in ipairs(KEYS) do
     end
 end
 return out
-"""
+""",
+    name="rate_limit",
 )
 
 

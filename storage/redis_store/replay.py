@@ -94,7 +94,8 @@ for i, key in ipairs(KEYS) do
     end
 end
 return out
-"""
+""",
+    name="replay",
 )
 
 

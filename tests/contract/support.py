@@ -105,6 +105,8 @@ class Backend:
         self.pending_claims_survive_restart = name != "embedded"
         self._data_dir = data_dir
         self._opened: list[Store] = []
+        # (backend, operation) of every call the stores report to their observer hook.
+        self.observed: list[tuple[str, str, float]] = []
         # Production: a fresh database and Redis prefix per test, made at the first open.
         self.database_url: str | None = None
         self.redis_prefix = f"relaytest:{secrets.token_hex(8)}:"
@@ -118,7 +120,10 @@ class Backend:
     async def _open_store(self) -> Store:
         if self.name == "embedded":
             return await EmbeddedStore.open(
-                self._data_dir, now_ms=self.clock.now_ms, monotonic=self.clock.monotonic
+                self._data_dir,
+                now_ms=self.clock.now_ms,
+                monotonic=self.clock.monotonic,
+                observe=self._observe,
             )
         if self.name == "production":
             if self.database_url is None:
@@ -129,8 +134,12 @@ class Backend:
                 redis_url=REDIS_URL,
                 redis_prefix=self.redis_prefix,
                 clock=self.clock.now_ms,
+                observe=self._observe,
             )
         raise AssertionError(f"unknown backend {self.name!r}")
+
+    def _observe(self, backend: str, operation: str, seconds: float) -> None:
+        self.observed.append((backend, operation, seconds))
 
     async def close_all(self) -> None:
         try:

@@ -192,3 +192,14 @@ async def test_messages_survive_reopen(backend: Backend, store: Store) -> None:
     after = await reopened.messages.fetch(user, 1, after_seq=0, limit=10, now_ms=START_MS)
     assert after == before
     assert [s.envelope for s in after] == envelopes[1:]
+
+
+async def test_stored_count_counts_every_device(store: Store) -> None:
+    assert await store.messages.stored_count() == 0
+    first, second = await make_user(store, devices=2), await make_user(store)
+    await store.messages.store([envelope(first, 1), envelope(first, 2), envelope(second, 1)])
+    await store.messages.store([envelope(second, 1)])
+    assert await store.messages.stored_count() == 4
+    (acked,) = await store.messages.fetch(first, 2, after_seq=0, limit=10, now_ms=START_MS)
+    await store.messages.ack(first, 2, [acked.envelope.id])
+    assert await store.messages.stored_count() == 3
