@@ -8,23 +8,32 @@ import logging
 import signal
 import time
 
+from websockets.asyncio.server import Server
+
 from protocol.errors import CloseCode
 from protocol.fields import Limits
 from relay.clock import Clock, SystemClock
+from relay.cluster import open_cluster
 from relay.config import Settings
 from relay.http import OperationsEndpoints
+from relay.looplag import LoopLagMonitor
 from relay.metrics import Metrics
+from relay.queuedepth import refresh_forever
 from relay.router import Router
 from relay.server import RelayServer
 from relay.services import Services
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
-from storage.interfaces import Store
+from storage.interfaces import BackendObserver, Store
 
 log = logging.getLogger("relay")
 
+SHUTDOWN_REASON = "server shutting down"
 
-async def open_store(settings: Settings) -> tuple[Store, str]:
+
+async def open_store(
+    settings: Settings, *, observe: BackendObserver | None = None
+) -> tuple[Store, str]:
     """PostgreSQL and Redis when both URLs are set; the embedded store otherwise."""
     if settings.database_url is not None and settings.redis_url is not None:
         from storage.production import ProductionStore
@@ -34,27 +43,41 @@ async def open_store(settings: Settings) -> tuple[Store, str]:
             redis_url=settings.redis_url,
             redis_prefix=settings.redis_prefix,
             timeout_s=settings.backend_timeout,
+            observe=observe,
         )
         return store, "postgresql+redis"
-    return await EmbeddedStore.open(settings.data_dir), f"embedded ({settings.data_dir})"
+    embedded = await EmbeddedStore.open(settings.data_dir, observe=observe)
+    return embedded, f"embedded ({settings.data_dir})"
 
 
 async def run(settings: Settings, *, clock: Clock | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code."""
-    store, store_kind = await open_store(settings)
+    metrics = Metrics()
+    store, store_kind = await open_store(settings, observe=metrics.observe_backend)
+    router = Router()
+    cluster = open_cluster(
+        settings,
+        router=router,
+        messages=store.messages,
+        spawn=lambda work: svc.spawn(work),
+        observe=metrics.observe_backend,
+    )
     svc = Services(
         settings=settings,
         store=store,
-        router=Router(),
-        metrics=Metrics(),
+        router=router,
+        metrics=metrics,
         clock=clock or SystemClock(),
         limits=Limits(max_body_bytes=settings.max_body_bytes),
+        cluster=cluster,
     )
     endpoints = OperationsEndpoints(svc, started=time.monotonic(), store_kind=store_kind)
     relay_server = RelayServer(svc, endpoints)
     server = await relay_server.start()
     port = relay_server.port()
+    cluster.start()
     print(f"relay: serving on ws://{settings.host}:{port}/v1/ws", flush=True)
+    log.info("node id %s (%s)", cluster.node_id, "shared" if cluster.shared else "alone")
     log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
 
     stop = asyncio.Event()
@@ -62,20 +85,49 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     purger = asyncio.create_task(_purge_forever(svc))
+    queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
+    loop_lag = LoopLagMonitor(metrics)
+    loop_lag.start()
     try:
         await stop.wait()
     finally:
         log.info("shutting down")
+        begun = loop.time()
+        deadline = begun + settings.shutdown_timeout
         purger.cancel()
-        server.close(close_connections=False)  # stop accepting
-        for session in svc.router.sessions():
-            session.out.close(CloseCode.GOING_AWAY, "server shutting down")
-        server.close(close_connections=True)  # the rest (still in their handshake)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), settings.shutdown_timeout)
-        await svc.drain_background(settings.shutdown_timeout)
-        await store.close()
+        queue_depth.cancel()
+        loop_lag.stop()
+        await _close_connections(server, svc, deadline)
+        await svc.drain_background(max(0.0, deadline - loop.time()))
+        await cluster.stop()  # leaves the node registry; the presence entries are released
+        await store.close()  # applies the writes already queued (group-commit batches)
+        log.info("stopped", extra={"fields": {"duration_s": round(loop.time() - begun, 3)}})
     return 0
+
+
+async def _close_connections(server: Server, svc: Services, deadline: float) -> None:
+    """Stop accepting, then close every client with 1001 so it reconnects elsewhere: sessions
+    after the frames already queued for them, the connections still in their handshake after
+    that. Bounded by the shutdown deadline (loop time); sessions that do not close in half the
+    time (a client that stopped reading) are closed directly with the rest."""
+    loop = asyncio.get_running_loop()
+    server.close(close_connections=False)  # stop accepting; websockets acts on the first call
+    sessions = svc.router.sessions()
+    for session in sessions:
+        session.out.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON)
+    if sessions:
+        waits = [asyncio.ensure_future(s.reader_done.wait()) for s in sessions]
+        _, pending = await asyncio.wait(waits, timeout=max(0.0, deadline - loop.time()) / 2)
+        for waiting in pending:
+            waiting.cancel()
+    closers = [
+        asyncio.create_task(ws.close(CloseCode.GOING_AWAY, SHUTDOWN_REASON))
+        for ws in server.connections
+    ]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(server.wait_closed(), max(0.0, deadline - loop.time()))
+    for closer in closers:
+        closer.cancel()
 
 
 async def _purge_forever(svc: Services) -> None:

@@ -1,32 +1,51 @@
-"""The `relay` command line: serve, migrate, purge."""
+"""The `relay` command line: serve, migrate, purge, config show, stats, devices.
+
+Exit codes: 0 done, 1 the command could not do its job (a node or store out of
+reach, an unknown user), 2 a bad setting or argument (`relay: bad setting: ...`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
-from relay.config import ConfigError, Settings, add_settings_arguments, settings_from
+from relay.admin import (
+    DEFAULT_STATS_URL,
+    AdminError,
+    fetch_stats,
+    list_devices,
+    purge,
+    render_devices,
+    render_settings,
+    render_stats,
+)
+from relay.config import ConfigError
+from relay.config_sources import LoadedSettings, add_settings_arguments, load_settings
+
+STATS_TIMEOUT_S = 5.0
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="relay", description="End-to-end-encrypted messaging relay."
+        prog="relay",
+        description="End-to-end-encrypted messaging relay.",
+        epilog="Settings come from flags, RELAY_* environment variables and a TOML file "
+        "(--config), in that order of precedence. See docs/operations.md.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the relay server")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="run the relay server",
+        description="Run the relay until SIGTERM or SIGINT, then shut down gracefully.",
+    )
     add_settings_arguments(serve)
-    serve.add_argument(
-        "--log-level",
-        default=os.environ.get("RELAY_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="log level (env RELAY_LOG_LEVEL; default INFO)",
-    )
     migrate = commands.add_parser(
-        "migrate", help="apply (or roll back) the PostgreSQL schema migrations"
+        "migrate",
+        help="apply (or roll back) the PostgreSQL schema migrations",
+        description="Apply the PostgreSQL schema migrations (production mode only).",
     )
     migrate.add_argument(
         "--database-url",
@@ -42,8 +61,56 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="exit 0 when the live schema matches the migrations, 1 otherwise",
     )
-    purge = commands.add_parser("purge", help="delete expired stored messages now")
-    add_settings_arguments(purge)
+    purge_cmd = commands.add_parser(
+        "purge",
+        help="delete expired stored messages now",
+        description="Delete the expired stored messages of the configured store now "
+        "(a running relay also does so every --purge-interval seconds). Takes the same "
+        "settings as serve; only the store settings matter.",
+    )
+    add_settings_arguments(purge_cmd)
+    config = commands.add_parser(
+        "config",
+        help="show the effective settings",
+        description="Inspect the settings that `relay serve` would use.",
+    )
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser(
+        "show",
+        help="print every effective setting and where it came from",
+        description="Print every effective setting and its source (default, file, env, flag); "
+        "passwords in URLs and the registration token are masked.",
+    )
+    show.add_argument(
+        "--format", choices=["toml", "json"], default="toml", help="output format (default toml)"
+    )
+    add_settings_arguments(show)
+    stats = commands.add_parser(
+        "stats",
+        help="print a running node's /v1/stats",
+        description="Read GET /v1/stats from a running relay and print it.",
+    )
+    stats.add_argument(
+        "--url",
+        default=DEFAULT_STATS_URL,
+        help=f"the node's HTTP address (default {DEFAULT_STATS_URL})",
+    )
+    stats.add_argument("--json", action="store_true", help="print the JSON as received")
+    stats.add_argument(
+        "--timeout",
+        type=float,
+        default=STATS_TIMEOUT_S,
+        help=f"seconds to wait for the node (default {STATS_TIMEOUT_S:g})",
+    )
+    devices = commands.add_parser(
+        "devices",
+        help="list a user's devices from the store",
+        description="List a user's active devices from the configured store. Takes the same "
+        "settings as serve; only the store settings matter.",
+    )
+    devices.add_argument("user", metavar="USER", help="the user id (a canonical UUID)")
+    devices.add_argument("--json", action="store_true", help="print JSON")
+    add_settings_arguments(devices)
     return parser
 
 
@@ -60,24 +127,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "migrate":
         return _migrate(args)
+    if args.command == "stats":
+        return _stats(args)
     try:
-        settings = settings_from(args, os.environ)
+        loaded = load_settings(args, os.environ)
     except ConfigError as exc:
         print(f"relay: bad setting: {exc}", file=sys.stderr)
         return 2
-    if args.command == "purge":
-        return asyncio.run(_purge(settings))
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.root.level))
-    from relay.app import run
+    try:
+        if args.command == "config":
+            print(render_settings(loaded, args.format))
+            return 0
+        if args.command == "purge":
+            from relay.clock import SystemClock
 
+            print(asyncio.run(purge(loaded.settings, SystemClock().now_ms())))
+            return 0
+        if args.command == "devices":
+            rows = asyncio.run(list_devices(loaded.settings, args.user))
+            print(render_devices(args.user, rows, "json" if args.json else "text"))
+            return 0
+    except AdminError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.code
+    return _serve(loaded)
+
+
+def _serve(loaded: LoadedSettings) -> int:
+    from relay.app import run
+    from relay.logs import setup_logging
+
+    settings = loaded.settings
+    setup_logging(settings.log_level, settings.log_format)
     _install_uvloop()
     try:
         return asyncio.run(run(settings))
     except KeyboardInterrupt:
         return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    try:
+        stats = fetch_stats(args.url, args.timeout)
+    except AdminError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.code
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(stats, option=orjson.OPT_INDENT_2).decode("utf-8"))
+    else:
+        print(render_stats(stats))
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -97,17 +198,4 @@ def _migrate(args: argparse.Namespace) -> int:
     except StorageError as exc:
         print(f"relay: migrate failed: {exc}", file=sys.stderr)
         return 1
-    return 0
-
-
-async def _purge(settings: Settings) -> int:
-    from relay.app import open_store
-    from relay.clock import SystemClock
-
-    store, kind = await open_store(settings)
-    try:
-        deleted = await store.messages.purge_expired(SystemClock().now_ms())
-    finally:
-        await store.close()
-    print(f"purged {deleted} expired messages from the {kind} store")
     return 0

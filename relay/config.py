@@ -1,23 +1,33 @@
-"""One frozen, validated settings object, built from flags with environment-variable fallbacks.
+"""One frozen, validated settings object: every setting, its default, its checks, its help.
 
-Every flag `--some-name` can also be given as `RELAY_SOME_NAME`; a flag wins
-over the environment. Nothing here reads the environment at import time.
+Where the values come from (flags, environment, TOML file) is `relay.config_sources`.
+Every check names the setting it failed on, so the loader can say where the value came from.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-from collections.abc import Callable, Mapping, Sequence
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 DAY = 86400.0
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+SECRET_SETTINGS = frozenset({"registration_token"})
+URL_SETTINGS = frozenset({"database_url", "redis_url"})
+MASK = "***"
 
 
 class ConfigError(ValueError):
     """A setting that cannot work, named so the operator can fix it."""
+
+    def __init__(
+        self, message: str, *, setting: str | None = None, related: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.related = related  # other settings the check involves
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,8 +63,15 @@ class Settings:
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
     node_id: str | None = None
+    presence_ttl: float = 30.0
+    log_level: str = "INFO"
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number", setting=f.name)
         positive = (
             "handshake_timeout",
             "ack_timeout",
@@ -78,33 +95,64 @@ class Settings:
             "max_connections_per_address",
             "purge_interval",
             "shutdown_timeout",
+            "presence_ttl",
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be greater than 0, not {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name} must be greater than 0, not {getattr(self, name)!r}", setting=name
+                )
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must lie in 0..65535, not {self.port}")
+            raise ConfigError(f"port must lie in 0..65535, not {self.port}", setting="port")
+        if not self.host:
+            raise ConfigError("host must not be empty", setting="host")
         if self.max_devices > 127:
-            raise ConfigError("max_devices cannot exceed 127 (device numbers are 1..127)")
+            raise ConfigError(
+                "max_devices cannot exceed 127 (device numbers are 1..127)", setting="max_devices"
+            )
         if self.prekey_low_water < 0:
-            raise ConfigError("prekey_low_water must be 0 or more")
+            raise ConfigError("prekey_low_water must be 0 or more", setting="prekey_low_water")
         if self.max_body_bytes >= self.max_frame_bytes:
-            raise ConfigError("max_body_bytes must be smaller than max_frame_bytes")
+            raise ConfigError(
+                "max_body_bytes must be smaller than max_frame_bytes",
+                setting="max_body_bytes",
+                related=("max_frame_bytes",),
+            )
         if self.registration_token == "":
-            raise ConfigError("registration_token must not be empty when set")
+            raise ConfigError(
+                "registration_token must not be empty when set", setting="registration_token"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log_level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}",
+                setting="log_level",
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log_format must be one of {', '.join(LOG_FORMATS)}, not {self.log_format!r}",
+                setting="log_format",
+            )
+        if self.node_id is not None and not (
+            0 < len(self.node_id) <= 64
+            and all(c.isascii() and (c.isalnum() or c in "._-") for c in self.node_id)
+        ):
+            raise ConfigError(
+                "node_id must be 1-64 letters, digits, '.', '_' or '-'", setting="node_id"
+            )
+        self._check_urls()
+
+    def _check_urls(self) -> None:
         if (self.database_url is None) != (self.redis_url is None):
             raise ConfigError(
                 "database_url and redis_url go together: set both for production mode, "
-                "or neither for the embedded store"
+                "or neither for the embedded store",
+                setting="database_url" if self.database_url is not None else "redis_url",
+                related=("redis_url",) if self.database_url is not None else ("database_url",),
             )
-        if self.database_url is not None and not self.database_url.startswith(
-            ("postgresql://", "postgres://")
-        ):
-            raise ConfigError("database_url must be a postgresql:// URL")
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ConfigError("redis_url must be a redis://, rediss:// or unix:// URL")
+        if self.database_url is not None:
+            _check_url("database_url", self.database_url, ("postgresql", "postgres"))
+        if self.redis_url is not None:
+            _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
 
     @property
     def production(self) -> bool:
@@ -117,7 +165,21 @@ class Settings:
         return self.ack_timeout + 4 * self.backend_timeout + 10.0
 
 
-_HELP: dict[str, str] = {
+def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
+    """The scheme, and a host and port that parse; the URL itself stays out of the message."""
+    wanted = " or ".join(f"{s}://" for s in schemes)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port that is not a number 0..65535)
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid {wanted} URL", setting=name) from None
+    if parts.scheme not in schemes:
+        raise ConfigError(f"{name} must be a {wanted} URL", setting=name)
+    if parts.scheme != "unix" and not parts.hostname and not parts.path.strip("/"):
+        raise ConfigError(f"{name} names no host", setting=name)
+
+
+SETTING_HELP: dict[str, str] = {
     "host": "address to listen on",
     "port": "port to listen on (0 picks a free one)",
     "data_dir": "directory of the embedded store",
@@ -149,60 +211,48 @@ _HELP: dict[str, str] = {
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
     "node_id": "name of this node among several sharing Redis (default: random)",
+    "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
+    "log_level": "log level: " + ", ".join(LOG_LEVELS),
+    "log_format": "log format: text (for people) or json (one JSON object a line)",
 }
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+# --- showing settings without their secrets ----------------------------------------------
 
 
-def _env(name: str) -> str:
-    return "RELAY_" + name.upper()
+_PASSWORD_PARAMS = frozenset({"password", "sslpassword"})
 
 
-def _converter(default: Any) -> Callable[[str], Any]:
-    if isinstance(default, bool):
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    if isinstance(default, Path):
-        return Path
-    return str
+def mask_url(url: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; a password given
+    as a query parameter (`?password=...`) is masked too."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+        query = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return MASK
+    if password is not None:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:{MASK}@{hostinfo}")
+    if any(key.lower() in _PASSWORD_PARAMS for key, _ in query):
+        masked = [(k, MASK if k.lower() in _PASSWORD_PARAMS else v) for k, v in query]
+        parts = parts._replace(query=urlencode(masked, safe="*"))
+    shown = urlunsplit(parts)
+    if not parts.netloc and url.startswith(f"{parts.scheme}://"):  # unix:///path keeps its //
+        shown = f"{parts.scheme}://{shown[len(parts.scheme) + 1 :]}"
+    return shown
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting; defaults stay None so the environment can fill the gaps."""
-    for f in fields(Settings):
-        default = f.default
-        parser.add_argument(
-            _flag(f.name),
-            dest=f.name,
-            default=None,
-            type=_converter(default) if default is not None else str,
-            metavar=f.name.upper(),
-            help=f"{_HELP.get(f.name, f.name)} (env {_env(f.name)}; default {default})",
-        )
-
-
-def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Flags first, then RELAY_* variables, then the defaults; validated."""
-    values: dict[str, Any] = {}
-    for f in fields(Settings):
-        given = getattr(args, f.name, None)
-        if given is None and _env(f.name) in environ:
-            raw = environ[_env(f.name)]
-            try:
-                given = _converter(f.default if f.default is not None else "")(raw)
-            except ValueError as exc:
-                raise ConfigError(f"{_env(f.name)}={raw!r} is not a valid {f.name}") from exc
-        if given is not None:
-            values[f.name] = given
-    return Settings(**values)
-
-
-def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
-    parser = argparse.ArgumentParser(prog="relay serve")
-    add_settings_arguments(parser)
-    return settings_from(parser.parse_args(list(argv)), os.environ if environ is None else environ)
+def shown_value(name: str, value: object) -> object:
+    """A setting's value as it may be printed: passwords and tokens masked, paths as text."""
+    if value is None:
+        return None
+    if name in SECRET_SETTINGS:
+        return MASK
+    if name in URL_SETTINGS and isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value

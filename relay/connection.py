@@ -36,6 +36,7 @@ from protocol.frames import (
 )
 from relay import devices, handshake, prekeys
 from relay.buckets import TokenBucket
+from relay.connlog import ConnectionLog
 from relay.outbound import Outbound
 from relay.prekeys import signed_prekey_age_s
 from relay.replies import error_frame
@@ -64,6 +65,7 @@ REQUEST_TIMEOUT_FACTOR = 10  # a request may make several store calls in a row
 
 async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
     svc.metrics.connection_opened()
+    conn_log = ConnectionLog.opened(ws, fmt)
     out = Outbound(
         ws,
         fmt,
@@ -84,6 +86,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
         if session is not None:
             session.end()
             svc.router.detach(session)
+            svc.cluster.detached(session)
             svc.metrics.authenticated.dec()
             session.reader_done.set()
             with contextlib.suppress(StorageError):
@@ -94,6 +97,11 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
             await asyncio.wait_for(writer, timeout=svc.settings.shutdown_timeout)
         except TimeoutError:
             writer.cancel()
+        conn_log.closed(
+            ws,
+            session.user if session is not None else None,
+            session.device if session is not None else None,
+        )
 
 
 async def _handshake(
@@ -149,6 +157,7 @@ async def _open_session(
             burst=svc.settings.rate_requests_burst,
             clock=svc.clock.monotonic,
         ),
+        link=svc.cluster,
     )
     older = svc.router.attach(session)
     try:
@@ -156,6 +165,7 @@ async def _open_session(
     except BaseException:
         session.end()
         svc.router.detach(session)
+        svc.cluster.detached(session)
         raise
 
 
@@ -170,6 +180,9 @@ async def _finish_handshake(
             await asyncio.wait_for(older.reader_done.wait(), timeout=REPLACED_CLOSE_WAIT_S)
         except TimeoutError:
             older.end()
+    # Presence says this node holds the device now; a connection on another node is closed
+    # with 4001 and waited for the same way (handshake.take_over).
+    await handshake.take_over(svc, session)
     now = svc.clock.now_ms()
     queued, _ = await svc.store.messages.queue_state(session.user, session.device, now_ms=now)
     counts = await svc.store.keys.counts(session.user, session.device)
@@ -228,6 +241,8 @@ async def _frame_loop(
             except Exception as exc:  # every failure becomes a precise error frame
                 error = error_frame(exc, rid)
                 svc.metrics.rejections.labels(str(error.code)).inc()
+                if rid is not None and isinstance(frame, Send):  # this frame's: rid is reset
+                    svc.metrics.envelopes_rejected.labels(str(error.code)).inc()
                 session.out.write(error)
             if session.out.closing:
                 return

@@ -28,10 +28,11 @@ async def list_devices(svc: Services, session: Session, frame: DevicesList) -> N
 
 
 async def remove(svc: Services, session: Session, frame: DevicesRemove) -> None:
-    """Only device 1 or the device itself may remove a device; its connection closes with 4002."""
+    """Only device 1 or the device itself may remove a device; its connection closes with 4002,
+    on whichever node holds it."""
     if session.device != 1 and frame.device != session.device:
         raise Refused(ErrorCode.FORBIDDEN, "only device 1 or the device itself may remove it")
     if not await svc.store.devices.remove_device(session.user, frame.device):
         raise Refused(ErrorCode.UNKNOWN_DEVICE, "no such active device")
     session.out.write(EmptyOk(rid=frame.rid))
-    svc.router.close_device(session.user, frame.device, CloseCode.REMOVED, "device removed")
+    await svc.cluster.close_device(session.user, frame.device, CloseCode.REMOVED, "device removed")

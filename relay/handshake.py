@@ -19,6 +19,7 @@ from protocol.frames import Auth, Register
 from protocol.payloads import auth_payload, link_payload, register_payload
 from protocol.signatures import KeyScheme, identity_key_x25519, verify_signature
 from relay.services import Services
+from relay.session import Session
 from storage.errors import (
     DeviceLimitReached,
     DeviceNumbersExhausted,
@@ -104,3 +105,10 @@ async def authenticate(svc: Services, frame: Auth, challenge: bytes) -> Identity
     ):
         raise Refused(ErrorCode.AUTH_FAILED, "signature does not verify")
     return Identity(record.user, record.device)
+
+
+async def take_over(svc: Services, session: Session) -> None:
+    """The newest connection wins on every node: publish this node as the device's holder,
+    close an older connection on another node with 4001, and wait (at most 5 s) until the
+    frames it had received took effect, so `queued` never counts an acknowledged message."""
+    await svc.cluster.attached(session)

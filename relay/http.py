@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import http
-import time
 from importlib import resources
 
 import orjson
@@ -13,6 +12,7 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from relay.services import Services
+from relay.stats import Stats, collect, node_registry
 
 READY_TIMEOUT_S = 4.0
 
@@ -66,7 +66,7 @@ class OperationsEndpoints:
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         if path == "/v1/stats":
-            return json_response(self.stats())
+            return json_response(await self.stats())
         if path == "/dashboard":
             return _response(http.HTTPStatus.OK, _dashboard_page(), "text/html; charset=utf-8")
         return text_response("not found\n", http.HTTPStatus.NOT_FOUND)
@@ -80,39 +80,8 @@ class OperationsEndpoints:
         status = http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE
         return json_response({"ready": ok, "backends": backends}, status)
 
-    def stats(self) -> dict[str, object]:
-        svc = self._svc
-        sessions = svc.router.sessions()
-
-        def total(counter_name: str, label: str) -> float:
-            for metric in svc.metrics.registry.collect():
-                if metric.name == counter_name:
-                    return sum(
-                        s.value
-                        for s in metric.samples
-                        if s.name.endswith("_total") and label in s.labels.values()
-                    )
-            return 0.0
-
-        return {
-            "uptime_s": round(time.monotonic() - self._started, 3),
-            "store": self._store_kind,
-            "connections": svc.metrics.open_connections,
-            "authenticated": len(sessions),
-            "in_flight": sum(len(s.inflight) for s in sessions),
-            "envelopes": {
-                outcome: int(total("relay_envelopes", outcome))
-                for outcome in ("accepted", "delivered", "stored", "dropped_online")
-            },
-            "sends_in_progress": len(svc.background),
-            "group_commit": self._group_commit(),
-        }
-
-    def _group_commit(self) -> dict[str, int] | None:
-        """Batches and envelopes committed by a store that batches its writes."""
-        messages = self._svc.store.messages
-        batches = getattr(messages, "batches_committed", None)
-        envelopes = getattr(messages, "envelopes_committed", None)
-        if isinstance(batches, int) and isinstance(envelopes, int):
-            return {"batches": batches, "envelopes": envelopes}
-        return None
+    async def stats(self) -> Stats:
+        registry = await node_registry(self._svc)
+        return collect(
+            self._svc, started=self._started, store_kind=self._store_kind, registry=registry
+        )

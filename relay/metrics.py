@@ -1,6 +1,20 @@
-"""Prometheus metrics of one relay process, in a registry of its own (no module singletons)."""
+"""Prometheus metrics of one relay process, in a registry of its own (no module singletons).
+
+Names follow Prometheus conventions: the `relay_` prefix, base units (`_seconds`, `_bytes`)
+and `_total` for counters. Label values are fixed vocabularies (frame types, error codes,
+outcomes, backend operation names): never a user or device identifier.
+
+Besides the registry, a small rolling window of recent delivery latencies feeds the
+p50/p99 of `/v1/stats` (a histogram's buckets are too coarse for a live chart).
+"""
 
 from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,6 +27,89 @@ from prometheus_client import (
     process_collector,
 )
 
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BACKEND_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+RECENT_WINDOW_S = 60.0  # the /v1/stats percentiles cover the last minute of deliveries
+RECENT_MAX = 4096  # ... or its last RECENT_MAX deliveries, whichever is fewer
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySummary:
+    """Percentiles of the recent live deliveries (None when there were none)."""
+
+    window_s: float
+    count: int
+    p50_s: float | None
+    p99_s: float | None
+
+
+class RecentLatencies:
+    """The last minute of latencies, bounded in size, for percentiles on demand."""
+
+    def __init__(
+        self,
+        *,
+        window_s: float = RECENT_WINDOW_S,
+        max_samples: int = RECENT_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
+
+    def add(self, seconds: float) -> None:
+        self._samples.append((self._clock(), seconds))
+
+    def summary(self) -> LatencySummary:
+        horizon = self._clock() - self._window_s
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
+        values = sorted(v for _, v in self._samples)
+        if not values:
+            return LatencySummary(window_s=self._window_s, count=0, p50_s=None, p99_s=None)
+        return LatencySummary(
+            window_s=self._window_s,
+            count=len(values),
+            p50_s=_percentile(values, 0.50),
+            p99_s=_percentile(values, 0.99),
+        )
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of a sorted, non-empty list."""
+    rank = max(1, math.ceil(q * len(ordered)))
+    return ordered[rank - 1]
+
+
+class DeliveryLatency:
+    """Accept → ack of live deliveries: the Prometheus histogram and the recent window."""
+
+    def __init__(self, histogram: Histogram, recent: RecentLatencies) -> None:
+        self._histogram = histogram
+        self.recent = recent
+
+    def observe(self, seconds: float) -> None:
+        self._histogram.observe(seconds)
+        self.recent.add(seconds)
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -22,6 +119,9 @@ class Metrics:
         gc_collector.GCCollector(registry=self.registry)
         r = self.registry
         self.connections = Gauge("relay_connections", "Open WebSocket connections.", registry=r)
+        self.connections_opened = Counter(
+            "relay_connections_opened_total", "WebSocket connections accepted.", registry=r
+        )
         self.authenticated = Gauge(
             "relay_authenticated_connections", "Connections past the handshake.", registry=r
         )
@@ -40,16 +140,67 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.envelopes_rejected = Counter(
+            "relay_envelopes_rejected_total",
+            "Sends refused before acceptance, by reason (the error code), one per send frame.",
+            ["reason"],
+            registry=r,
+        )
         self.rejections = Counter(
             "relay_requests_rejected_total",
             "Requests answered with an error, by code.",
             ["code"],
             registry=r,
         )
-        self.delivery_latency = Histogram(
+        self._delivery_histogram = Histogram(
             "relay_delivery_latency_seconds",
             "From accepting a live envelope to its ack.",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_latency = DeliveryLatency(self._delivery_histogram, RecentLatencies())
+        self.ack_wait = Histogram(
+            "relay_ack_wait_seconds",
+            "How long a send waited for the acks of its live deliveries (up to the ack timeout).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ack_timeouts = Counter(
+            "relay_ack_timeouts_total",
+            "Live deliveries whose ack did not come within the ack timeout (then stored).",
+            registry=r,
+        )
+        self.replay_rejections = Counter(
+            "relay_replay_rejections_total",
+            "Sends refused because their nonce was used by another message.",
+            registry=r,
+        )
+        self.prekey_low_water = Counter(
+            "relay_prekey_low_water_total",
+            "Devices whose one-time pre-keys fell below the low-water mark (keys.low events).",
+            registry=r,
+        )
+        self.stored_messages = Gauge(
+            "relay_stored_messages",
+            "Envelopes waiting in the store for their device's ack (refreshed periodically).",
+            registry=r,
+        )
+        self.backend_latency = Histogram(
+            "relay_backend_call_duration_seconds",
+            "Calls to a storage backend (postgresql, redis, sqlite) by operation.",
+            ["backend", "operation"],
+            buckets=BACKEND_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "relay_event_loop_lag_seconds",
+            "How late a periodic event-loop timer fired.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_last = Gauge(
+            "relay_event_loop_lag_last_seconds",
+            "The event-loop lag measured most recently.",
             registry=r,
         )
         self.closes = Counter(
@@ -58,16 +209,50 @@ class Metrics:
             ["code"],
             registry=r,
         )
-
+        self.stored_messages.set(0)
+        self.loop_lag_last.set(0)
         self.open_connections = 0
 
     def connection_opened(self) -> None:
         self.open_connections += 1
         self.connections.inc()
+        self.connections_opened.inc()
 
     def connection_closed(self) -> None:
         self.open_connections -= 1
         self.connections.dec()
 
+    def observe_backend(self, backend: str, operation: str, seconds: float) -> None:
+        """The store's observer hook (see BackendObserver). Thread-safe: the embedded store
+        reports from its worker thread."""
+        self.backend_latency.labels(backend, operation).observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
+        self.loop_lag_last.set(seconds)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    # Totals for /v1/stats, read from the metrics themselves (one source of truth).
+
+    def totals(self, counter: Counter) -> dict[str, float]:
+        """A labelled counter's `_total` samples by their (single) label value."""
+        found: dict[str, float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    key = next(iter(sample.labels.values()), "")
+                    found[key] = found.get(key, 0.0) + sample.value
+        return found
+
+    def total(self, counter: Counter) -> float:
+        return sum(self.totals(counter).values())
+
+    @staticmethod
+    def value(gauge: Gauge) -> float:
+        """An unlabelled gauge's current value."""
+        for family in gauge.collect():
+            for sample in family.samples:
+                return float(sample.value)
+        return 0.0

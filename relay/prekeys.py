@@ -104,7 +104,8 @@ async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
             frame.user, device.device, low_water=settings.prekey_low_water
         )
         if claimed.fell_below_low_water:
-            svc.router.push(
+            svc.metrics.prekey_low_water.inc()
+            svc.cluster.keys_low(
                 frame.user,
                 device.device,
                 KeysLow(prekeys=claimed.counts.prekeys, pq_prekeys=claimed.counts.pq_prekeys),

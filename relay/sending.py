@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from protocol.errors import ErrorCode, Refused
 from protocol.frames import Send, SendOk
@@ -66,6 +68,7 @@ def _answer_from_record(
     svc: Services, session: Session, frame: Send, scope: ReplayScope, record: ReplayRecord
 ) -> None:
     if record.message_id != frame.id:
+        svc.metrics.replay_rejections.inc()
         raise Refused(ErrorCode.REPLAY, "nonce already used by another message", rid=frame.rid)
     if record.outcome is not None:
         session.out.write(_ok(frame, record.outcome))
@@ -166,8 +169,9 @@ async def _route(
     now = svc.clock.now_ms()
     origin = Origin(session.user, session.device, frame.nonce)
     expires = now + int(settings.retention * 1000)
-    waiting: list[tuple[Session, Envelope, asyncio.Future[bool]]] = []
+    waiting: list[_Waiting] = []
     to_store: list[Envelope] = []
+    elsewhere: list[Envelope] = []  # not connected here: maybe on another node
     for message in frame.devices:
         env = Envelope(
             id=frame.id,
@@ -183,29 +187,50 @@ async def _route(
             expires_ms=expires,
         )
         target = svc.router.get(frame.to, message.device)
-        acked = None if target is None else target.push_live(env, origin, online=frame.online)
-        if acked is not None and target is not None:
-            waiting.append((target, env, acked))
-            acked.add_done_callback(_latency_observer(svc, asyncio.get_running_loop().time()))
+        if target is None:
+            elsewhere.append(env)
+            continue
+        acked = target.push_live(env, origin, online=frame.online)
+        if acked is not None:
+            waiting.append(_Waiting(env, acked, target=target))
+            acked.add_done_callback(_latency_observer(svc, time.perf_counter()))
         elif not frame.online:
             to_store.append(env)
     svc.metrics.envelopes.labels("accepted").inc(len(frame.devices))
+    if elsewhere:
+        # One presence lookup (one batch) for every device not connected to this node.
+        nodes = await svc.cluster.locate(
+            [(e.recipient_user, e.recipient_device) for e in elsewhere]
+        )
+        for env, node in zip(elsewhere, nodes, strict=True):
+            if node is not None:
+                ref, acked = svc.cluster.push_remote(node, env, online=frame.online)
+                waiting.append(_Waiting(env, acked, ref=ref))
+                acked.add_done_callback(_latency_observer(svc, time.perf_counter()))
+            elif not frame.online:
+                to_store.append(env)
     try:
         stored_now = asyncio.ensure_future(_store(svc, to_store))
         if waiting:
-            await asyncio.wait([f for _, _, f in waiting], timeout=settings.ack_timeout)
+            wait_started = time.perf_counter()  # uvloop's loop.time() has ms resolution
+            await asyncio.wait([w.acked for w in waiting], timeout=settings.ack_timeout)
+            svc.metrics.ack_wait.observe(time.perf_counter() - wait_started)
         delivered: list[int] = []
         late: list[Envelope] = []
-        for target, env, acked in waiting:
-            if acked.done() and acked.result():
-                delivered.append(env.recipient_device)
+        for w in waiting:
+            if w.acked.done() and w.acked.result():
+                delivered.append(w.env.recipient_device)
+                w.settle(svc, stored=False)
             elif frame.online:
                 svc.metrics.envelopes.labels("dropped_online").inc()
+                w.settle(svc, stored=False)
             else:
-                target.mark_durable(env.id)
-                late.append(env)
-        # mark_durable above and the store call below run with no await between them, so an
-        # ack that arrives now is applied after the insert (the store runs jobs in order).
+                w.settle(svc, stored=True)
+                late.append(w.env)
+                svc.metrics.ack_timeouts.inc()
+        # settle() above (mark_durable, or the origin's note for a remote delivery) and the
+        # store call below run with no await between them, so an ack that arrives now is
+        # applied after the insert (the store runs jobs in order).
         # Bounded: a store that hangs instead of failing is given up (a copy that commits
         # later is kept once; the sender's retry finds it from the same origin).
         async with asyncio.timeout(settings.backend_timeout * STORE_TIMEOUT_FACTOR):
@@ -215,6 +240,8 @@ async def _route(
         if isinstance(exc, TimeoutError):
             stored_now.cancel()
             exc = Unavailable("the store did not answer in time")
+        for w in waiting:
+            w.settle(svc, stored=False)
         await _give_up(svc, scope, frame)
         session.out.write(error_frame(exc, frame.rid))
         return
@@ -236,9 +263,26 @@ async def _route(
 def _latency_observer(svc: Services, pushed_at: float) -> Callable[[asyncio.Future[bool]], None]:
     def observe(acked: asyncio.Future[bool]) -> None:
         if not acked.cancelled() and acked.result():
-            svc.metrics.delivery_latency.observe(asyncio.get_running_loop().time() - pushed_at)
+            svc.metrics.delivery_latency.observe(time.perf_counter() - pushed_at)
 
     return observe
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A delivery pushed to a device here (`target`) or on another node (`ref`)."""
+
+    env: Envelope
+    acked: asyncio.Future[bool]
+    target: Session | None = None
+    ref: int | None = None
+
+    def settle(self, svc: Services, *, stored: bool) -> None:
+        if self.target is not None:
+            if stored:
+                self.target.mark_durable(self.env.id)
+        elif self.ref is not None:
+            svc.cluster.settle(self.ref, stored=stored)
 
 
 async def _store(svc: Services, envelopes: list[Envelope]) -> None:
@@ -247,6 +291,10 @@ async def _store(svc: Services, envelopes: list[Envelope]) -> None:
     await svc.store.messages.store(envelopes)
     for env in envelopes:
         svc.router.notify_stored(env.recipient_user, env.recipient_device)
+    if svc.cluster.shared:
+        # Devices connected to other nodes pump them now; located after the commit, so a
+        # device that connected meanwhile is found. Not awaited: no part of the answer.
+        svc.spawn(svc.cluster.announce_stored(envelopes))
 
 
 async def _give_up(svc: Services, scope: ReplayScope, frame: Send) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from protocol.fields import Limits
 from relay.clock import Clock
+from relay.cluster import Cluster
 from relay.config import Settings
 from relay.metrics import Metrics
 from relay.router import Router
@@ -26,6 +27,7 @@ class Services:
     metrics: Metrics
     clock: Clock
     limits: Limits
+    cluster: Cluster  # presence and the node bus: devices connected to other nodes
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -1,0 +1,210 @@
+"""The operator's commands besides `serve`: show the settings, read a node's stats, list a
+user's devices, purge expired messages. Each returns the process exit code and prints for
+people by default, or JSON for scripts."""
+
+from __future__ import annotations
+
+import datetime
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+
+from protocol.fields import is_canonical_uuid
+from relay.config import Settings, shown_value
+from relay.config_sources import LoadedSettings
+from storage.errors import StorageError
+from storage.interfaces import Store
+from storage.records import DeviceRecord
+
+DEFAULT_STATS_URL = "http://127.0.0.1:8765"
+STATS_PATH = "/v1/stats"
+MAX_STATS_BYTES = 4 * 1024 * 1024
+
+
+class AdminError(Exception):
+    """A command that cannot do its job; the message says why, the code is the exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --- relay config show ------------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return orjson.dumps(str(value)).decode("utf-8")  # a valid TOML basic string
+
+
+def render_settings(loaded: LoadedSettings, fmt: str) -> str:
+    """Every effective setting and where it came from; secrets masked."""
+    rows = [
+        (f.name, shown_value(f.name, getattr(loaded.settings, f.name)), loaded.sources[f.name])
+        for f in fields(Settings)
+    ]
+    if fmt == "json":
+        document = {
+            "config_file": None if loaded.config_file is None else str(loaded.config_file),
+            "settings": {name: {"value": value, "source": str(src)} for name, value, src in rows},
+        }
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8")
+    lines = ["# effective settings; after each `#`, where the value came from"]
+    for name, value, source in rows:
+        if value is None:
+            lines.append(f"# {name} is not set  # {source}")
+        else:
+            lines.append(f"{name} = {_toml_value(value)}  # {source}")
+    return "\n".join(lines)
+
+
+# --- relay stats -------------------------------------------------------------------------
+
+
+def stats_url(base: str) -> str:
+    base = base.rstrip("/")
+    return base if base.endswith(STATS_PATH) else base + STATS_PATH
+
+
+def fetch_stats(base: str, timeout_s: float) -> dict[str, Any]:
+    """GET /v1/stats of a running node; AdminError when it cannot be read."""
+    url = stats_url(base)
+    if not url.startswith(("http://", "https://")):
+        raise AdminError(f"--url must be an http:// or https:// URL, not {base!r}", code=2)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            body = response.read(MAX_STATS_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise AdminError(f"{url} answered HTTP {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AdminError(f"cannot reach a relay at {url}: {reason}") from None
+    if len(body) > MAX_STATS_BYTES:
+        raise AdminError(f"{url} answered more than {MAX_STATS_BYTES} bytes")
+    try:
+        stats = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise AdminError(f"{url} did not answer JSON: is it a relay?") from None
+    if not isinstance(stats, dict):
+        raise AdminError(f"{url} did not answer a JSON object: is it a relay?")
+    return stats
+
+
+def _flatten(value: object, prefix: str = "") -> Iterator[tuple[str, str]]:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            yield from _flatten(inner, f"{prefix}.{key}" if prefix else str(key))
+    elif value is None:
+        yield prefix, "-"
+    elif isinstance(value, list):
+        yield prefix, orjson.dumps(value).decode("utf-8")
+    else:
+        yield prefix, str(value)
+
+
+def render_stats(stats: Mapping[str, Any]) -> str:
+    """A two-column table, nested objects as dotted names."""
+    rows = list(_flatten(stats))
+    width = max((len(name) for name, _ in rows), default=0)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+# --- relay devices USER ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRow:
+    device: int
+    key_scheme: str
+    registration_id: int
+    created: str
+    last_seen: str
+
+
+def _utc(ms: int) -> str:
+    moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def device_rows(records: Sequence[DeviceRecord]) -> list[DeviceRow]:
+    return [
+        DeviceRow(
+            device=r.device,
+            key_scheme=r.key_scheme,
+            registration_id=r.registration_id,
+            created=_utc(r.created_ms),
+            last_seen=_utc(r.last_seen_ms),
+        )
+        for r in records
+    ]
+
+
+def render_devices(user: str, rows: Sequence[DeviceRow], fmt: str) -> str:
+    if fmt == "json":
+        document = {"user": user, "devices": [_row_dict(r) for r in rows]}
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8")
+    header = ("device", "key scheme", "registration id", "created (UTC)", "last seen (UTC)")
+    table = [header] + [
+        (str(r.device), r.key_scheme, str(r.registration_id), r.created, r.last_seen) for r in rows
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [f"user {user}: {len(rows)} active device{'s' if len(rows) != 1 else ''}"]
+    lines += [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    ]
+    return "\n".join(lines)
+
+
+def _row_dict(row: DeviceRow) -> dict[str, object]:
+    return {f.name: getattr(row, f.name) for f in fields(DeviceRow)}
+
+
+async def _open_existing_store(settings: Settings) -> tuple[Store, str]:
+    """The configured store; an embedded one must exist already (no empty store is made)."""
+    from relay.app import open_store
+    from storage.embedded import DATABASE_FILE
+
+    if not settings.production and not (settings.data_dir / DATABASE_FILE).is_file():
+        raise AdminError(f"no embedded store in {settings.data_dir} (see --data-dir)")
+    try:
+        store, kind = await open_store(settings)
+    except StorageError as exc:
+        raise AdminError(f"cannot open the store: {exc}") from None
+    return store, kind
+
+
+async def list_devices(settings: Settings, user: str) -> list[DeviceRow]:
+    if not is_canonical_uuid(user):
+        raise AdminError(f"USER must be a lower-case canonical UUID, not {user!r}", code=2)
+    store, _ = await _open_existing_store(settings)
+    try:
+        records = await store.devices.list_devices(user)
+    except StorageError as exc:
+        raise AdminError(f"the store did not answer: {exc}") from None
+    finally:
+        await store.close()
+    if records is None:
+        raise AdminError(f"no user {user} in the store")
+    return device_rows(records)
+
+
+# --- relay purge -------------------------------------------------------------------------
+
+
+async def purge(settings: Settings, now_ms: int) -> str:
+    store, kind = await _open_existing_store(settings)
+    try:
+        deleted = await store.messages.purge_expired(now_ms)
+    except StorageError as exc:
+        raise AdminError(f"the store did not answer: {exc}") from None
+    finally:
+        await store.close()
+    return f"purged {deleted} expired messages from the {kind} store"

@@ -1,0 +1,258 @@
+"""Where settings come from: flags, `RELAY_*` environment variables and a TOML file.
+
+Every setting `some_name` is a flag `--some-name`, an environment variable
+`RELAY_SOME_NAME` and a key `some_name` of the optional TOML file named by
+`--config` (or `RELAY_CONFIG`). A flag wins over the environment, the
+environment over the file, the file over the default. Every error names the
+setting and where its value came from, so the operator knows what to fix.
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from relay.config import MASK, SECRET_SETTINGS, SETTING_HELP, URL_SETTINGS, ConfigError, Settings
+
+# --- where a value came from ----------------------------------------------------------
+
+
+class Origin(Enum):
+    DEFAULT = "default"
+    FILE = "file"
+    ENV = "env"
+    FLAG = "flag"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where one setting's value came from: `flag --port`, `env RELAY_PORT`, `file x.toml:port`."""
+
+    origin: Origin
+    where: str = ""
+
+    def __str__(self) -> str:
+        return self.origin.value if not self.where else f"{self.origin.value} {self.where}"
+
+
+DEFAULT_SOURCE = Source(Origin.DEFAULT)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """The effective settings, where each one came from, and the file read (if any)."""
+
+    settings: Settings
+    sources: Mapping[str, Source]
+    config_file: Path | None
+
+
+# --- the type of each setting, and how text and TOML values become it ------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    name: str  # for messages: "an integer", "a number", ...
+    from_text: Callable[[str], Any]
+    from_toml: Callable[[object], Any]  # raises TypeError on a value of the wrong TOML type
+
+
+def _int_text(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _float_text(raw: str) -> float:
+    return float(raw.strip())
+
+
+def _bool_text(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _toml_of(*types: type) -> Callable[[object], Any]:
+    def check(value: object) -> Any:
+        if isinstance(value, bool) and bool not in types:
+            raise TypeError
+        if not isinstance(value, types):
+            raise TypeError
+        return value
+
+    return check
+
+
+_KINDS: dict[str, _Kind] = {
+    "int": _Kind("an integer", _int_text, _toml_of(int)),
+    "float": _Kind("a number", _float_text, lambda v: float(_toml_of(int, float)(v))),
+    "bool": _Kind("a boolean", _bool_text, _toml_of(bool)),
+    "str": _Kind("a string", str, _toml_of(str)),
+    "str | None": _Kind("a string", str, _toml_of(str)),
+    "Path": _Kind("a path (string)", Path, lambda v: Path(_toml_of(str)(v))),
+}
+_KINDS |= {f"{name} | None": kind for name, kind in list(_KINDS.items()) if "None" not in name}
+_FIELDS = {f.name: f for f in fields(Settings)}
+for _f in _FIELDS.values():
+    if str(_f.type) not in _KINDS:
+        raise TypeError(f"setting {_f.name} has a type config.py cannot read: {_f.type}")
+
+
+def _kind(name: str) -> _Kind:
+    return _KINDS[str(_FIELDS[name].type)]
+
+
+_TOML_TYPES: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
+
+
+def _toml_type(value: object) -> str:
+    for t, name in _TOML_TYPES.items():
+        if isinstance(value, t):
+            return name
+    return "a date or time"
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def env_name(name: str) -> str:
+    return "RELAY_" + name.upper()
+
+
+# --- building the settings ---------------------------------------------------------------
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config` and one flag per setting; flags keep their raw text so that a bad value gets
+    the same message whatever its source."""
+    parser.add_argument(
+        "--config",
+        dest="config",
+        default=None,
+        metavar="FILE",
+        help="TOML file of settings, keys as below without the dashes (env RELAY_CONFIG)",
+    )
+    for f in fields(Settings):
+        meaning = SETTING_HELP.get(f.name, f.name.replace("_", " "))
+        parser.add_argument(
+            flag_name(f.name),
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{meaning} (env {env_name(f.name)}; default {f.default})",
+        )
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> LoadedSettings:
+    """Flags, then RELAY_* variables, then the TOML file, then the defaults; validated."""
+    values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
+    config_file = _config_path(args, environ)
+    if config_file is not None:
+        for name, value in _read_toml(config_file).items():
+            values[name] = value
+            sources[name] = Source(Origin.FILE, f"{config_file}:{name}")
+    for name in _FIELDS:
+        raw = environ.get(env_name(name))
+        if raw:  # an empty variable counts as unset
+            values[name] = _from_text(name, raw, Source(Origin.ENV, env_name(name)))
+            sources[name] = Source(Origin.ENV, env_name(name))
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = _from_text(name, given, Source(Origin.FLAG, flag_name(name)))
+            sources[name] = Source(Origin.FLAG, flag_name(name))
+    if isinstance(values.get("log_level"), str):
+        values["log_level"] = values["log_level"].upper()
+    try:
+        settings = Settings(**values)
+    except ConfigError as exc:
+        source = sources.get(exc.setting or "", DEFAULT_SOURCE)
+        where = f"from {source}"
+        if exc.related:
+            where = ", ".join(
+                f"{name} from {sources.get(name, DEFAULT_SOURCE)}"
+                for name in (exc.setting or "", *exc.related)
+            )
+        raise ConfigError(f"{exc} ({where})", setting=exc.setting) from None
+    return LoadedSettings(
+        settings=settings,
+        sources={name: sources.get(name, DEFAULT_SOURCE) for name in _FIELDS},
+        config_file=config_file,
+    )
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    return load_settings(args, environ).settings
+
+
+def parse_settings(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="relay serve")
+    add_settings_arguments(parser)
+    return settings_from(parser.parse_args(list(argv)), os.environ if environ is None else environ)
+
+
+def _config_path(args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+    given = getattr(args, "config", None) or environ.get("RELAY_CONFIG") or None
+    return None if given is None else Path(given)
+
+
+def _from_text(name: str, raw: str, source: Source) -> Any:
+    kind = _kind(name)
+    try:
+        return kind.from_text(raw)
+    except ValueError:
+        shown = MASK if name in SECRET_SETTINGS | URL_SETTINGS else repr(raw)
+        raise ConfigError(
+            f"{name} must be {kind.name}, not {shown} (from {source})", setting=name
+        ) from None
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The settings of a TOML file, each checked for its name and type."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        document = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        if key not in _FIELDS:
+            close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"config file {path}: unknown setting {key!r}{hint}", setting=key)
+        kind = _kind(key)
+        try:
+            values[key] = kind.from_toml(value)
+        except TypeError:
+            raise ConfigError(
+                f"{key} must be {kind.name}, not {_toml_type(value)} (from file {path}:{key})",
+                setting=key,
+            ) from None
+    return values
