@@ -1,0 +1,50 @@
+"""The client SDK: an asyncio device that talks to the relay, with end-to-end encryption.
+
+See docs/client.md. The entry point is :meth:`Client.open`.
+"""
+
+from protocol.client.client import Client, MessageHandler
+from protocol.client.errors import (
+    ClientError,
+    ClientStopped,
+    ConnectionLost,
+    NotRegistered,
+    RequestRefused,
+    SendFailed,
+    StoreError,
+    StoreLocked,
+    WrongPassphrase,
+)
+from protocol.client.messages import (
+    Backoff,
+    ClientOptions,
+    ClientStats,
+    IncomingMessage,
+    LinkTicket,
+    SendReceipt,
+)
+from protocol.client.peers import IdentityChange
+from protocol.client.store import KdfLimits, LocalStore
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "ClientError",
+    "ClientOptions",
+    "ClientStats",
+    "ClientStopped",
+    "ConnectionLost",
+    "IdentityChange",
+    "IncomingMessage",
+    "KdfLimits",
+    "LinkTicket",
+    "LocalStore",
+    "MessageHandler",
+    "NotRegistered",
+    "RequestRefused",
+    "SendFailed",
+    "SendReceipt",
+    "StoreError",
+    "StoreLocked",
+    "WrongPassphrase",
+]

@@ -1,0 +1,649 @@
+"""The asyncio client of one device: connect, stay connected, send and receive messages.
+
+    async with Client.open(url, "alice-store", passphrase) as alice:
+        if not alice.registered:
+            await alice.register()
+        await alice.send(bob_user_id, b"hello")
+
+Three tasks run while the client is open and registered:
+
+- the **connection loop** connects, authenticates, keeps pre-keys topped up,
+  hands pushes to the receive path in arrival order, and reconnects with
+  exponential backoff and full jitter when the connection ends;
+- the **outbox loop** sends persisted outbox entries one at a time, oldest
+  first, so messages to a user leave in the order they were written;
+- the **release loop** hands on messages that waited too long for an earlier
+  one from the same sender.
+
+A delivery is acknowledged only after the application's handler returned and
+the session state it advanced is written to the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from websockets.uri import parse_uri
+
+from protocol.client.connection import CONNECT_ERRORS, A, Connection, ConnectOptions
+from protocol.client.content import Kind
+from protocol.client.errors import (
+    ClientError,
+    ClientStopped,
+    ConnectionLost,
+    NotRegistered,
+    RequestRefused,
+    SendFailed,
+)
+from protocol.client.inbound import Inbound, MessageHandler
+from protocol.client.keys import KeyKeeper
+from protocol.client.messages import (
+    ClientOptions,
+    ClientStats,
+    IncomingMessage,
+    LinkTicket,
+    SendReceipt,
+)
+from protocol.client.outbox import OutboxSender
+from protocol.client.peers import IdentityChange, Peers
+from protocol.client.state import Account, ClientState, OutboxEntry
+from protocol.client.store import LocalStore
+from protocol.crypto.keys import DeviceKeys
+from protocol.errors import CloseCode, ErrorCode
+from protocol.frames import (
+    Auth,
+    AuthOk,
+    Deliver,
+    DeviceInfo,
+    DevicesList,
+    DevicesListOk,
+    DevicesRemove,
+    EmptyOk,
+    KeysCount,
+    KeysCountOk,
+    KeysLow,
+    Link,
+    QueueEmpty,
+    Register,
+    Request,
+)
+from protocol.payloads import auth_payload, link_payload, register_payload
+from protocol.signatures import KeyScheme
+
+__all__ = ["Client", "MessageHandler"]
+
+log = logging.getLogger("relay.client")
+
+
+IdentityHandler = Callable[[IdentityChange], None]
+
+# Handshake refusals worth another try: the relay's backend is down, or it is busy.
+_TRANSIENT = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED})
+_STABLE_S = 10.0
+_FINAL_CLOSES = {int(CloseCode.REPLACED): "replaced", int(CloseCode.REMOVED): "removed"}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Client:
+    """One device. Use :meth:`open`; everything else is safe to call from the event loop."""
+
+    def __init__(
+        self,
+        url: str,
+        state: ClientState,
+        keys: DeviceKeys,
+        *,
+        on_message: MessageHandler | None,
+        on_identity_change: IdentityHandler | None,
+        options: ClientOptions,
+    ) -> None:
+        self.url = url
+        self.options = options
+        self.state = state
+        self.stats = ClientStats()
+        self._inbox: asyncio.Queue[IncomingMessage] = asyncio.Queue()
+        self._identity_handler = on_identity_change or self._log_identity_change
+        self.peers = Peers(state, keys, self._identity_handler)
+        self._stop = asyncio.Event()
+        self._stopped_because: ClientError | None = None
+        self._conn: Connection | None = None
+        self._connected = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._outbox_wake = asyncio.Event()
+        self._outbox_progress = asyncio.Event()
+        self._waiters: dict[int, asyncio.Future[SendReceipt]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._conn_opts = ConnectOptions(
+            fmt=options.fmt,
+            open_timeout=options.open_timeout,
+            request_timeout=options.request_timeout,
+        )
+        self._sender = OutboxSender(state, self.peers, options, self._sleep)
+        self._keeper = KeyKeeper(state, self.peers, options)
+        self._inbound = Inbound(
+            state,
+            self.peers,
+            options,
+            self.stats,
+            on_message or self._inbox.put,
+            current=lambda: self._conn,
+            sleep=self._sleep,
+            stop_or=self._stop_or,
+        )
+
+    # --- opening and closing ---------------------------------------------------
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(
+        cls,
+        url: str,
+        store_dir: str | Path,
+        passphrase: str,
+        *,
+        on_message: MessageHandler | None = None,
+        on_identity_change: IdentityHandler | None = None,
+        scheme: KeyScheme = KeyScheme.ED25519,
+        options: ClientOptions | None = None,
+    ) -> AsyncIterator[Client]:
+        """Open (or create) the device's store and, once registered, stay connected.
+
+        A new store gets a fresh identity in `scheme` and its pre-keys; call
+        :meth:`register` (new user) or :meth:`register_linked` (new device of a
+        user) once. Without `on_message`, read messages with :meth:`receive`.
+        """
+        options = options or ClientOptions()
+        parse_uri(url)  # a URL that can never work fails here, not in the reconnect loop
+        state, keys = await asyncio.to_thread(
+            _load_or_create, store_dir, passphrase, scheme, options
+        )
+        client = cls(
+            url,
+            state,
+            keys,
+            on_message=on_message,
+            on_identity_change=on_identity_change,
+            options=options,
+        )
+        try:
+            if client.registered:
+                client._start(None)
+            yield client
+        finally:
+            await client.close()
+
+    async def close(self) -> None:
+        """Make sure the acks sent so far landed, close the connection, stop, close the store."""
+        if self._stop.is_set() and not self._tasks:
+            return
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(ClientError, TimeoutError):
+                async with asyncio.timeout(5):
+                    await conn.request(lambda rid: KeysCount(rid=rid), KeysCountOk)
+        self._stop.set()
+        tasks = list(self._tasks)  # finished background tasks remove themselves from the list
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if conn is not None:
+            await conn.close()
+        self._fail_waiters(ClientStopped("the client is closed"))
+        self.state.store.close()
+
+    # --- identity ----------------------------------------------------------------
+
+    @property
+    def registered(self) -> bool:
+        return self.state.account is not None
+
+    @property
+    def user(self) -> str:
+        if self.state.account is None:
+            raise NotRegistered("this device is not registered yet")
+        return self.state.account.user
+
+    @property
+    def device(self) -> int:
+        if self.state.account is None:
+            raise NotRegistered("this device is not registered yet")
+        return self.state.account.device
+
+    @property
+    def identity_key(self) -> bytes:
+        return self.peers.keys.identity.public_key
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # --- registration ----------------------------------------------------------
+
+    async def register(self, *, token: str | None = None) -> str:
+        """Create a new user with this device as device 1; returns the user id."""
+        await self._register(lambda conn, rid: self._register_frame(conn, rid, token=token))
+        return self.user
+
+    async def register_linked(self, ticket: LinkTicket) -> int:
+        """Join the user of `ticket` as a new device (see :meth:`link_device`); its number."""
+        await self._register(
+            lambda conn, rid: self._register_frame(
+                conn,
+                rid,
+                user=ticket.user,
+                link=Link(device=ticket.device, signature=ticket.signature),
+            )
+        )
+        return self.device
+
+    def link_device(self, new_identity_key: bytes) -> LinkTicket:
+        """Consent, as this device, to a new device of the same user (spec §3 link)."""
+        signature = self.peers.keys.identity.sign(link_payload(self.user, new_identity_key))
+        return LinkTicket(self.user, self.device, signature)
+
+    def _register_frame(
+        self,
+        conn: Connection,
+        rid: int,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        link: Link | None = None,
+    ) -> Register:
+        keys = self.peers.keys
+        return Register(
+            rid=rid,
+            identity_key=keys.identity.public_key,
+            key_scheme=keys.identity.scheme,
+            signature=keys.identity.sign(
+                register_payload(conn.challenge.nonce, keys.identity.public_key)
+            ),
+            registration_id=keys.registration_id,
+            token=token,
+            user=user,
+            link=link,
+        )
+
+    async def _register(self, make: Callable[[Connection, int], Register]) -> None:
+        if self.registered:
+            raise ClientError("this device is registered already")
+        conn = await Connection.open(self.url, self._conn_opts)
+        try:
+            ok = await conn.request(lambda rid: make(conn, rid), AuthOk)
+        except BaseException:
+            await conn.close()
+            raise
+        self.state.save_account(Account(ok.user, ok.device))
+        try:
+            uploaded = await self._keeper.upload_all(conn)
+        except (*CONNECT_ERRORS, RequestRefused) as exc:
+            # The account exists: the next connection's top-up uploads what is missing.
+            log.warning("the first pre-key upload did not complete: %s", exc)
+            await conn.close()
+            self._start(None)
+            return
+        # The connection goes on with the counts as they are now: nothing to top up.
+        ok = dataclasses.replace(
+            ok,
+            prekeys=uploaded.prekeys,
+            pq_prekeys=uploaded.pq_prekeys,
+            rotate_signed_prekey=False,
+        )
+        self._start((conn, ok))
+
+    # --- sending -------------------------------------------------------------------
+
+    def queue(self, to: str, plaintext: bytes) -> bytes:
+        """Put a message in the persisted outbox; it is sent (and retried) in the background.
+
+        Returns the message id. A copy for this user's other devices is queued with it.
+        """
+        self._check_running()
+        to = str(uuid.UUID(to))
+        if len(plaintext) > self.options.max_plaintext_bytes:
+            raise ValueError(f"a message is at most {self.options.max_plaintext_bytes} bytes")
+        if len(self.state.outbox) + 2 > self.options.max_outbox:
+            raise ClientError("the outbox is full: the relay has not been reachable for a while")
+        main = self._enqueue(to, Kind.MESSAGE, plaintext, None)
+        if to != self.user:
+            self._enqueue(self.user, Kind.SENT_COPY, plaintext, to)
+        return main.id
+
+    async def send(self, to: str, plaintext: bytes) -> SendReceipt:
+        """Send and wait for the relay's `ok` for every device (the copies included).
+
+        Raises :class:`SendFailed` when the relay refuses the message for good.
+        If the client closes first, the message stays in the outbox and goes
+        out the next time the store is opened.
+        """
+        to = str(uuid.UUID(to))
+        first = self.state.next_local_id
+        message_id = self.queue(to, plaintext)
+        futures = [
+            self._waiters[local_id]
+            for local_id in range(first, self.state.next_local_id)
+            if local_id in self._waiters
+        ]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for result in results[1:]:
+            if isinstance(result, BaseException):
+                log.warning("the copy for this user's other devices failed: %s", result)
+        main = results[0]
+        if isinstance(main, BaseException):
+            raise main
+        assert main.id == message_id
+        return main
+
+    def _enqueue(self, to: str, kind: Kind, body: bytes, sent_to: str | None) -> OutboxEntry:
+        entry = self.state.add_outbox(
+            lambda local_id: OutboxEntry(
+                local_id=local_id,
+                to=to,
+                id=uuid.uuid4().bytes,
+                nonce=secrets.token_bytes(24),
+                kind=kind,
+                body=body,
+                sent_to=sent_to,
+            )
+        )
+        waiter: asyncio.Future[SendReceipt] = asyncio.get_running_loop().create_future()
+        # A message queued without waiting may fail unobserved: that is not an error here.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._waiters[entry.local_id] = waiter
+        self._outbox_wake.set()
+        return entry
+
+    async def flush(self) -> None:
+        """Wait until the outbox is empty: every message answered `ok` or refused for good."""
+        while self.state.outbox:
+            self._check_running()
+            self._outbox_progress.clear()
+            await self._stop_or(self._outbox_progress.wait())
+
+    async def _outbox_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self.state.outbox:
+                self._outbox_wake.clear()
+                await self._stop_or(self._outbox_wake.wait())
+                continue
+            entry = self.state.outbox[0]
+            conn = await self._wait_connection()
+            try:
+                result: SendReceipt | ClientError = await self._sender.deliver(conn, entry)
+            except ConnectionLost:
+                await self._stop_or(conn.wait_closed())
+                continue
+            except SendFailed as exc:
+                log.warning("message %s to %s refused: %s", entry.id.hex(), entry.to, exc)
+                result = exc
+            except ClientStopped:
+                raise
+            except Exception as exc:
+                # A bug or a failing disk: this message fails, the next ones still go.
+                log.exception("message %s to %s could not be sent", entry.id.hex(), entry.to)
+                result = ClientError(f"the message could not be sent: {exc!r}")
+            self.state.remove_outbox(entry)
+            self._outbox_progress.set()
+            waiter = self._waiters.pop(entry.local_id, None)
+            if waiter is not None and not waiter.done():
+                if isinstance(result, ClientError):
+                    waiter.set_exception(result)
+                else:
+                    waiter.set_result(result)
+
+    def _fail_waiters(self, exc: ClientError) -> None:
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self._waiters.clear()
+
+    # --- receiving -----------------------------------------------------------------
+
+    async def receive(self) -> IncomingMessage:
+        """The next message, when the client was opened without `on_message`."""
+        return await self._inbox.get()
+
+    async def caught_up(self) -> None:
+        """Wait until connected and every message the relay held at connect time is handled."""
+        await self._wait_connection()
+        await self._stop_or(self._caught_up.wait())
+        self._check_running()
+
+    async def _dispatch(self, conn: Connection) -> None:
+        while (push := await conn.pushes.get()) is not None:
+            if isinstance(push, Deliver):
+                await self._inbound.on_deliver(conn, push)
+            elif isinstance(push, KeysLow):
+                self._spawn(
+                    self._keeper.top_up(
+                        conn, push.prekeys, push.pq_prekeys, rotate=False, at_connect=False
+                    )
+                )
+            elif isinstance(push, QueueEmpty):
+                self._caught_up.set()
+
+    # --- the connection loop ---------------------------------------------------------
+
+    def _start(self, first: tuple[Connection, AuthOk] | None) -> None:
+        self._tasks.append(asyncio.create_task(self._connection_loop(first), name="relay-conn"))
+        self._tasks.append(asyncio.create_task(self._outbox_loop(), name="relay-outbox"))
+        self._tasks.append(asyncio.create_task(self._inbound.release_loop(), name="relay-release"))
+
+    async def _connection_loop(self, first: tuple[Connection, AuthOk] | None) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            if first is not None:
+                conn, ok = first
+                first = None
+            else:
+                try:
+                    conn, ok = await self._authenticate()
+                except RequestRefused as exc:
+                    if exc.code not in _TRANSIENT:
+                        self._halt(ClientStopped(f"the relay refused this device: {exc}"))
+                        return
+                    attempt += 1
+                    await self._sleep(self.options.backoff.delay(attempt))
+                    continue
+                except CONNECT_ERRORS as exc:
+                    delay = self.options.backoff.delay(attempt)
+                    log.info("cannot reach the relay (%s); next try in %.2fs", exc, delay)
+                    attempt += 1
+                    await self._sleep(delay)
+                    continue
+            started = time.monotonic()
+            self.stats.connects += 1
+            self._caught_up.clear()
+            self._conn = conn
+            self._connected.set()
+            self._spawn(
+                self._keeper.top_up(
+                    conn,
+                    ok.prekeys,
+                    ok.pq_prekeys,
+                    rotate=ok.rotate_signed_prekey,
+                    at_connect=True,
+                )
+            )
+            try:
+                await self._dispatch(conn)
+            except ClientStopped:
+                raise
+            except Exception:
+                # A bug or a failing disk: start afresh; unacked messages come again.
+                log.exception("handling a push from the relay failed; reconnecting")
+                conn.abort()
+            finally:
+                self._connected.clear()
+                self._caught_up.clear()
+                self._conn = None
+                await conn.close()
+            reason = _FINAL_CLOSES.get(conn.close_code or 0)
+            if reason is not None:
+                self._halt(ClientStopped(f"the relay closed this device's connection: {reason}"))
+                return
+            # A connection that ends soon after it began counts as a failed attempt.
+            attempt = 0 if time.monotonic() - started > _STABLE_S else attempt + 1
+            await self._sleep(self.options.backoff.delay(attempt))
+
+    async def _authenticate(self) -> tuple[Connection, AuthOk]:
+        conn = await Connection.open(self.url, self._conn_opts)
+        user, device = self.user, self.device
+        identity = self.peers.keys.identity
+        try:
+            ok = await conn.request(
+                lambda rid: Auth(
+                    rid=rid,
+                    user=user,
+                    device=device,
+                    signature=identity.sign(auth_payload(conn.challenge.nonce, user, device)),
+                ),
+                AuthOk,
+            )
+        except BaseException:
+            await conn.close()
+            raise
+        return conn, ok
+
+    def _halt(self, reason: ClientStopped) -> None:
+        log.warning("%s", reason)
+        self._stopped_because = reason
+        self._stop.set()
+        self._fail_waiters(reason)
+
+    async def stopped(self) -> ClientError:
+        """Wait until the client stops (closed, or ended by the relay); the reason."""
+        await self._stop.wait()
+        return self._stopped_because or ClientStopped("the client is closed")
+
+    def _check_running(self) -> None:
+        if self._stopped_because is not None:
+            raise self._stopped_because
+        if self._stop.is_set():
+            raise ClientStopped("the client is closed")
+
+    async def _wait_connection(self) -> Connection:
+        while True:
+            self._check_running()
+            conn = self._conn
+            if conn is not None and not conn.closed:
+                return conn
+            await self._stop_or(self._connected.wait())
+
+    async def wait_connected(self) -> None:
+        """Wait until the device is connected and authenticated."""
+        await self._wait_connection()
+
+    async def key_counts(self) -> KeysCountOk:
+        """The relay's count of this device's one-time pre-keys, and its signed pre-key's age."""
+        return await self._retrying(lambda rid: KeysCount(rid=rid), KeysCountOk)
+
+    async def devices(self) -> tuple[DeviceInfo, ...]:
+        """This user's active devices."""
+        return (await self._retrying(lambda rid: DevicesList(rid=rid), DevicesListOk)).devices
+
+    async def remove_device(self, device: int) -> None:
+        """Remove a device of this user (device 1 may remove any; others only themselves)."""
+        conn = await self._wait_connection()
+        await conn.request(lambda rid: DevicesRemove(rid=rid, device=device), EmptyOk)
+
+    async def _retrying(self, make: Callable[[int], Request], answer_type: type[A]) -> A:
+        """A request that is safe to repeat, sent again on the next connection if this one ends."""
+        while True:
+            conn = await self._wait_connection()
+            try:
+                return await conn.request(make, answer_type)
+            except ConnectionLost:
+                await self._stop_or(conn.wait_closed())
+
+    def drop_connection(self) -> None:
+        """Abort the socket without a closing handshake, as a network failure would.
+
+        The client reconnects by itself; unanswered sends are sent again.
+        """
+        conn = self._conn
+        self._caught_up.clear()
+        if conn is not None:
+            conn.abort()
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except ClientError as exc:
+                log.info("background request ended: %s", exc)
+            except Exception:
+                log.exception("background request failed")
+
+        task = asyncio.create_task(run())
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _stop_or(self, waitable: Awaitable[object]) -> None:
+        """Wait for `waitable` or for the client to stop, whichever comes first."""
+        inner = asyncio.ensure_future(waitable)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({inner, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (inner, stop):
+                if not fut.done():
+                    fut.cancel()
+        self._check_running()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop_or(asyncio.Event().wait())
+
+    def _log_identity_change(self, change: IdentityChange) -> None:
+        log.warning(
+            "the identity key of %s/%s changed (was %s, now %s)",
+            change.user,
+            change.device,
+            change.old_key.hex(),
+            change.new_key.hex(),
+        )
+
+
+def _load_or_create(
+    store_dir: str | Path, passphrase: str, scheme: KeyScheme, options: ClientOptions
+) -> tuple[ClientState, DeviceKeys]:
+    """Blocking (Argon2id, key generation): run in a thread."""
+    if LocalStore.exists(store_dir):
+        store = LocalStore.open(store_dir, passphrase)
+    else:
+        store = LocalStore.create(store_dir, passphrase, limits=options.kdf)
+    try:
+        state = ClientState(store, seen_capacity=options.seen_capacity)
+        data = state.load_keys()
+        if data is None:
+            keys = DeviceKeys.generate(
+                scheme,
+                prekeys=options.prekey_batch,
+                pq_prekeys=options.prekey_batch,
+                now_ms=_now_ms(),
+            )
+            state.save_keys(keys.to_bytes())
+        else:
+            keys = DeviceKeys.from_bytes(data)
+    except BaseException:
+        store.close()
+        raise
+    return state, keys
