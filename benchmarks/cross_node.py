@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,38 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from send_paths import production_env, receiver, register, sender
-
-
-def start_node(
-    data_dir: Path, node_id: str, env: dict[str, str]
-) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "relay",
-            "serve",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-            "--node-id",
-            node_id,
-            "--rate-requests",
-            "1000000",
-            "--rate-requests-burst",
-            "1000000",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    return proc, line.rsplit(" ", 1)[-1].strip()
+from send_paths import production_env, receiver, register, sender, start_relay
 
 
 async def measure(urls: list[str], pairs: int, messages: int, size: int, cross: bool) -> float:
@@ -88,7 +55,9 @@ def main() -> None:
     same: list[float] = []
     cross: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
-        nodes = [start_node(Path(tmp) / name, name, env) for name in ("bench-a", "bench-b")]
+        nodes = [
+            start_relay(Path(tmp) / name, env, "--node-id", name) for name in ("bench-a", "bench-b")
+        ]
         urls = [url for _, url in nodes]
         try:
             for n in range(args.rounds):

@@ -48,7 +48,10 @@ from protocol.signatures import IdentityKeyPair, KeyScheme
 FMT = WireFormat.MSGPACK
 
 
-def start_relay(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+def start_relay(
+    data_dir: Path, env: dict[str, str], *extra: str
+) -> tuple[subprocess.Popen[str], str]:
+    """A relay on a free port with no request limit; its WebSocket URL."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -65,6 +68,7 @@ def start_relay(data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen[s
             "1000000",
             "--log-level",
             "WARNING",
+            *extra,
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -1,0 +1,279 @@
+"""`relay-loadtest`: run a scenario against a relay (and the bare forwarder), write the report.
+
+    relay-loadtest steady --url ws://127.0.0.1:8765/v1/ws --devices 200 --rate 2000 \\
+        --duration 30 --size 1024 --baseline --out DIR
+    relay-loadtest compare A/report.json B/report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from loadtest import environment, html, report
+from loadtest.baseline import ForwarderProcess
+from loadtest.compare import compare, format_rows
+from loadtest.maxrate import Thresholds, find_max
+from loadtest.probe import MetricsProbe, PidProbe, Probe
+from loadtest.runner import RunFailed, run_workload
+from loadtest.workload import Pairing, Scenario, Workload
+
+DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
+DEFAULT_DURATION = {Scenario.SOAK: 600.0}
+MAX_DEVICES = 100_000
+MAX_RATE = 1_000_000.0
+MAX_BODY = 256 * 1024
+
+
+def _bounded(kind: type[float] | type[int], lo: float, hi: float) -> Any:
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is outside {lo:g}..{hi:g}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="relay-loadtest",
+        description="Load-test harness for the relay (a client like any other).",
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("workload")
+    g.add_argument("--url", default=DEFAULT_URL, help="relay WebSocket URL (%(default)s)")
+    g.add_argument("--devices", type=_bounded(int, 2, MAX_DEVICES), default=200)
+    g.add_argument(
+        "--rate",
+        type=_bounded(float, 0.1, MAX_RATE),
+        default=2000.0,
+        help="target messages per second, all processes together (fanout: group messages)",
+    )
+    g.add_argument("--duration", type=_bounded(float, 0.5, 7 * 86400), help="seconds of traffic")
+    g.add_argument("--size", type=_bounded(int, 1, MAX_BODY), default=1024, help="body bytes")
+    g.add_argument("--pairing", choices=[p.value for p in Pairing], default="pairs")
+    g.add_argument("--group", type=_bounded(int, 1, 1000), default=10, help="fanout group size")
+    g.add_argument(
+        "--queue", type=_bounded(int, 1, 100_000), default=100, help="offline-drain: per device"
+    )
+    g.add_argument(
+        "--connect-rate", type=_bounded(float, 1, 100_000), default=500.0, help="connections/s"
+    )
+    g.add_argument("--hold", type=_bounded(float, 0, 3600), default=5.0, help="connect-storm hold")
+    g.add_argument(
+        "--jitter", type=_bounded(float, 0, 600), default=2.0, help="reconnect-storm jitter (s)"
+    )
+    g.add_argument(
+        "--grace",
+        type=_bounded(float, 0.5, 600),
+        default=10.0,
+        help="seconds to wait for answers and deliveries after the traffic",
+    )
+    g.add_argument("--prekeys", type=_bounded(int, 0, 100), default=5, help="one-time pre-keys")
+    g.add_argument("--json", action="store_true", help="speak relay.v1+json instead of msgpack")
+    g.add_argument(
+        "--e2e",
+        action="store_true",
+        help="bodies are real end-to-end ciphertext (X3DH/PQXDH + Double Ratchet) of --size bytes",
+    )
+    g.add_argument("--bucket", type=_bounded(float, 0.1, 3600), help="seconds per series point")
+    r = common.add_argument_group("run")
+    r.add_argument(
+        "--procs", type=_bounded(int, 1, 64), default=2, help="generator processes (%(default)s)"
+    )
+    r.add_argument("--out", type=Path, default=Path("loadtest-report"), help="report directory")
+    r.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the workload against the bare forwarder and report ratios",
+    )
+    r.add_argument("--find-max", action="store_true", help="step the rate up to find the max")
+    r.add_argument("--max-p99-ms", type=_bounded(float, 0.01, 1e6), default=100.0)
+    r.add_argument("--max-loss", type=_bounded(float, 0, 1), default=0.0)
+    r.add_argument("--step-factor", type=_bounded(float, 1.01, 10), default=1.5)
+    r.add_argument(
+        "--refine", type=_bounded(int, 0, 10), default=2, help="bisection steps after a failure"
+    )
+    r.add_argument("--max-steps", type=_bounded(int, 1, 100), default=12)
+    r.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 unless the relay run is clean: sent = ok = delivered, nothing lost, "
+        "duplicated or refused, no connection error",
+    )
+    for scenario in Scenario:
+        sub.add_parser(scenario.value, parents=[common], help=f"run the {scenario} scenario")
+    cmp = sub.add_parser("compare", help="print the differences between two report.json files")
+    cmp.add_argument("a", type=Path)
+    cmp.add_argument("b", type=Path)
+    return top
+
+
+def _workload(args: argparse.Namespace) -> Workload:
+    scenario = Scenario(args.command)
+    duration = args.duration or DEFAULT_DURATION.get(scenario, 30.0)
+    bucket = args.bucket or max(1.0, round(duration / 300))
+    if args.json and args.baseline:
+        raise SystemExit("the baseline forwarder speaks relay.v1+msgpack only: drop --json")
+    if args.e2e and args.pairing == Pairing.RANDOM:
+        raise SystemExit("--e2e needs --pairing pairs (one session per pair, set up in advance)")
+    if args.e2e and args.group > 100:
+        raise SystemExit(
+            "--e2e: a fanout sender fetches every receiver's keys: --group 100 at most"
+        )
+    if scenario is Scenario.FANOUT and args.devices < args.group + 1:
+        raise SystemExit(f"fanout needs at least --group + 1 = {args.group + 1} devices")
+    return Workload(
+        scenario=scenario,
+        url=args.url,
+        devices=args.devices,
+        rate=args.rate,
+        duration=duration,
+        size=args.size,
+        procs=args.procs,
+        pairing=Pairing(args.pairing),
+        group=args.group,
+        queue=args.queue,
+        connect_rate=args.connect_rate,
+        hold=args.hold,
+        jitter=args.jitter,
+        grace=args.grace,
+        prekeys=args.prekeys,
+        bucket=bucket,
+        subprotocol="relay.v1+json" if args.json else "relay.v1+msgpack",
+        e2e=args.e2e,
+    )
+
+
+def _run_target(
+    w: Workload, probe: Probe | None, name: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    def once(step: Workload) -> dict[str, Any]:
+        label = f"{name} @ {step.rate:g}/s" if args.find_max else name
+        return run_workload(step, probe, target=step.url, label=label)
+
+    if args.find_max:
+        th = Thresholds(
+            max_p99_ms=args.max_p99_ms,
+            max_loss=args.max_loss,
+            factor=args.step_factor,
+            refine=args.refine,
+            max_steps=args.max_steps,
+        )
+        return find_max(w, once, th)
+    return once(w)
+
+
+def _summary(rep: dict[str, Any], console: Console) -> None:
+    table = Table(title=f"relay-loadtest {rep['workload']['scenario']}")
+    table.add_column("figure")
+    runs = rep["runs"]
+    for name in runs:
+        table.add_column(name, justify="right")
+    rows = [
+        ("delivered msg/s", ("throughput", "delivered_per_s")),
+        ("sent / ok / delivered", None),
+        ("lost / duplicated / after ack", None),
+        ("errors", ("counts", "errors")),
+        ("ok p50 / p99 ms", None),
+        ("delivery p50 / p99 / max ms", None),
+        ("handshake p50 / p99 ms", None),
+        ("generator CPU % of a core", ("generator", "cpu_percent_of_one_core")),
+        ("max rate msg/s", ("max_throughput", "max_rate")),
+    ]
+
+    def lat(run: dict[str, Any], kind: str, keys: tuple[str, ...]) -> str:
+        s = run["latency_ms"][kind]
+        return " / ".join(f"{s[k]:.2f}" if k in s else "—" for k in keys)
+
+    for label, path in rows:
+        cells = []
+        for run in runs.values():
+            c = run["counts"]
+            if label == "sent / ok / delivered":
+                cells.append(f"{c['sent']} / {c['ok']} / {c['delivered']}")
+            elif label == "lost / duplicated / after ack":
+                cells.append(f"{c['lost']} / {c['duplicated']} / {c['delivered_after_ack']}")
+            elif label.startswith("ok p50"):
+                cells.append(lat(run, "ok", ("p50", "p99")))
+            elif label.startswith("delivery"):
+                cells.append(lat(run, "delivery", ("p50", "p99", "max")))
+            elif label.startswith("handshake"):
+                cells.append(lat(run, "handshake", ("p50", "p99")))
+            else:
+                assert path is not None
+                v: Any = run
+                for key in path:
+                    v = v.get(key) if isinstance(v, dict) else None
+                cells.append("—" if v is None else f"{v:,.1f}")
+        table.add_row(label, *cells)
+    console.print(table)
+    for name, run in runs.items():
+        for key in (
+            "drain_per_s",
+            "drain_seconds",
+            "recovery_seconds",
+            "connections_peak",
+            "server_rss_per_connection_kb",
+        ):
+            if key in run["throughput"]:
+                console.print(f"{name} {key}: {run['throughput'][key]:,.2f}")
+    for key, value in (rep.get("ratios_to_baseline") or {}).items():
+        console.print(f"relay ÷ baseline {key}: {'—' if value is None else f'{value:.3f}'}")
+
+
+def _clean(run: dict[str, Any]) -> bool:
+    c = run["counts"]
+    return bool(
+        c["sent"] == c["ok"] == c["delivered"] == c["scheduled"]
+        and c["lost"] == c["duplicated"] == c["delivered_after_ack"] == 0
+        and c["unanswered"] == c["errors"] == c["unexpected"] == 0
+        and not c["errors_by_code"]
+        and not run["connection_errors"]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    if args.command == "compare":
+        try:
+            a, b = report.load(args.a), report.load(args.b)
+        except (OSError, ValueError) as exc:
+            console.print(f"relay-loadtest compare: {exc}")
+            return 2
+        print(format_rows(compare(a, b)))
+        return 0
+    w = _workload(args)
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        runs["relay"] = _run_target(w, MetricsProbe(w.url), "relay", args)
+        if args.baseline:
+            with ForwarderProcess() as fw:
+                runs["baseline"] = _run_target(
+                    w.for_url(fw.url), PidProbe(fw.pid), "baseline", args
+                )
+    except (RunFailed, RuntimeError) as exc:
+        console.print(f"[red]relay-loadtest: {exc}[/red]")
+        return 2
+    rep = report.build(
+        environment.describe(),
+        w.as_json(),
+        runs,
+        ["relay-loadtest", *sys.argv[1:]] if argv is None else ["relay-loadtest", *argv],
+    )
+    json_path = report.write(rep, args.out)
+    html_path = html.write(rep, args.out)
+    _summary(rep, console)
+    console.print(f"wrote {json_path} and {html_path}")
+    if args.check and not _clean(runs["relay"]):
+        console.print("[red]the relay run's ledger is not clean[/red]")
+        return 1
+    return 0

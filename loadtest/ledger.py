@@ -1,0 +1,168 @@
+"""The per-message ledger: what happened to every message id this process sent.
+
+Each ledger entry is one `send` frame with exactly one recipient device, so a
+message's fate is fully described by a few counters:
+
+- `sent`: the frame was written to a socket (retries of the same id and nonce
+  after a reconnect do not count again);
+- `ok` / `errors`: the relay answered `ok` / an `error` (by code);
+- `delivered`: the recipient received the id at least once;
+- `duplicated`: deliveries of an id beyond its first;
+- `delivered_after_ack`: deliveries of an id that arrived after the recipient
+  had already acknowledged it (a subset of `duplicated`; the spec forbids them
+  when the ack reached the relay);
+- `lost`: answered `ok` but never delivered by the end of the run;
+- `unanswered`: sent, but neither `ok` nor `error` came by the end;
+- `unexpected`: deliveries of ids this process never sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+NONE, OK, ERROR = 0, 1, 2
+
+
+class Entry:
+    """One message id's record (slots: the ledger of a soak run holds millions)."""
+
+    __slots__ = ("acked", "answer", "deliveries", "scheduled", "sent")
+
+    def __init__(self, scheduled: float) -> None:
+        self.scheduled = scheduled
+        self.sent = False
+        self.answer = NONE
+        self.deliveries = 0
+        self.acked = False
+
+    @property
+    def settled(self) -> bool:
+        return self.answer == ERROR or (self.answer == OK and self.deliveries > 0)
+
+
+@dataclass(slots=True)
+class Counts:
+    """The ledger's totals; `add` merges the counts of several processes."""
+
+    scheduled: int = 0
+    sent: int = 0
+    ok: int = 0
+    errors: int = 0
+    delivered: int = 0
+    duplicated: int = 0
+    delivered_after_ack: int = 0
+    lost: int = 0
+    unanswered: int = 0
+    unexpected: int = 0
+    errors_by_code: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Counts) -> None:
+        for name in (
+            "scheduled",
+            "sent",
+            "ok",
+            "errors",
+            "delivered",
+            "duplicated",
+            "delivered_after_ack",
+            "lost",
+            "unanswered",
+            "unexpected",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        merged = Counter(self.errors_by_code)
+        merged.update(other.errors_by_code)
+        self.errors_by_code = dict(sorted(merged.items()))
+
+
+class Ledger:
+    """Message ids of this process and their fate; `settled` fires when nothing is open."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, Entry] = {}
+        self.errors_by_code: Counter[str] = Counter()
+        self.duplicated = 0
+        self.delivered_after_ack = 0
+        self.unexpected = 0
+        self._open = 0
+        self._closed_for_new = False
+        self.settled = asyncio.Event()
+
+    def schedule(self, msg_id: bytes, scheduled: float) -> Entry:
+        entry = Entry(scheduled)
+        self.entries[msg_id] = entry
+        self._open += 1
+        return entry
+
+    def mark_sent(self, entry: Entry) -> None:
+        entry.sent = True
+
+    def answered(self, msg_id: bytes, ok: bool, code: str = "") -> Entry | None:
+        """Record an answer; returns the entry if this was its first answer."""
+        entry = self.entries.get(msg_id)
+        if entry is None or entry.answer != NONE:
+            return None
+        was = entry.settled
+        entry.answer = OK if ok else ERROR
+        if not ok:
+            self.errors_by_code[code] += 1
+        self._after(entry, was)
+        return entry
+
+    def delivered(self, msg_id: bytes) -> Entry | None:
+        """Record a delivery; returns the entry if this was its first delivery."""
+        entry = self.entries.get(msg_id)
+        if entry is None:
+            self.unexpected += 1
+            return None
+        was = entry.settled
+        entry.deliveries += 1
+        if entry.deliveries > 1:
+            self.duplicated += 1
+            if entry.acked:
+                self.delivered_after_ack += 1
+            return None
+        self._after(entry, was)
+        return entry
+
+    def acked(self, msg_id: bytes) -> None:
+        entry = self.entries.get(msg_id)
+        if entry is not None:
+            entry.acked = True
+
+    def close(self) -> None:
+        """No more entries will be scheduled: `settled` may fire."""
+        self._closed_for_new = True
+        self._check()
+
+    def _after(self, entry: Entry, was_settled: bool) -> None:
+        if entry.settled and not was_settled:
+            self._open -= 1
+            self._check()
+
+    def _check(self) -> None:
+        if self._closed_for_new and self._open == 0:
+            self.settled.set()
+
+    def counts(self) -> Counts:
+        c = Counts(
+            duplicated=self.duplicated,
+            delivered_after_ack=self.delivered_after_ack,
+            unexpected=self.unexpected,
+            errors_by_code=dict(sorted(self.errors_by_code.items())),
+        )
+        for entry in self.entries.values():
+            c.scheduled += 1
+            c.sent += entry.sent
+            if entry.answer == OK:
+                c.ok += 1
+                if entry.deliveries == 0:
+                    c.lost += 1
+            elif entry.answer == ERROR:
+                c.errors += 1
+            elif entry.sent:
+                c.unanswered += 1
+            c.delivered += entry.deliveries > 0
+        return c

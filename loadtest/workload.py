@@ -1,0 +1,102 @@
+"""The workload of one run: what the command line asked for, as one frozen value.
+
+Every generator process receives the same `Workload` and its own share of the
+devices (`Share`), so a run is reproducible from the `workload` section of its
+report.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class Scenario(enum.StrEnum):
+    STEADY = "steady"
+    FANOUT = "fanout"
+    OFFLINE_DRAIN = "offline-drain"
+    CONNECT_STORM = "connect-storm"
+    RECONNECT_STORM = "reconnect-storm"
+    SOAK = "soak"
+
+
+class Pairing(enum.StrEnum):
+    PAIRS = "pairs"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Workload:
+    """Everything that shapes the traffic; the same for the relay and the baseline."""
+
+    scenario: Scenario
+    url: str
+    devices: int
+    rate: float
+    duration: float
+    size: int
+    procs: int
+    pairing: Pairing = Pairing.PAIRS
+    group: int = 10
+    queue: int = 100
+    connect_rate: float = 500.0
+    hold: float = 5.0
+    jitter: float = 2.0
+    grace: float = 10.0
+    prekeys: int = 5
+    setup_concurrency: int = 32
+    bucket: float = 1.0
+    subprotocol: str = "relay.v1+msgpack"
+    e2e: bool = False
+
+    def for_url(self, url: str) -> Workload:
+        """The same workload against another server (the baseline forwarder)."""
+        values = asdict(self)
+        values["url"] = url
+        values["scenario"] = self.scenario
+        values["pairing"] = self.pairing
+        return Workload(**values)
+
+    def with_rate(self, rate: float) -> Workload:
+        values = asdict(self)
+        values["rate"] = rate
+        values["scenario"] = self.scenario
+        values["pairing"] = self.pairing
+        return Workload(**values)
+
+    def as_json(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["scenario"] = str(self.scenario)
+        values["pairing"] = str(self.pairing)
+        return values
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One generator process's part of the run: its devices and its part of the rate."""
+
+    index: int
+    procs: int
+    devices: int
+    rate: float
+
+    def global_index(self, local: int) -> int:
+        """Interleave the processes' devices so a ramp spreads evenly over them."""
+        return local * self.procs + self.index
+
+
+def split(workload: Workload) -> list[Share]:
+    """Divide devices (keeping pairs and groups whole) and rate over the processes."""
+    unit = workload.group + 1 if workload.scenario is Scenario.FANOUT else 2
+    units = max(1, workload.devices // unit)
+    procs = max(1, min(workload.procs, units))
+    shares: list[Share] = []
+    for i in range(procs):
+        n_units = units // procs + (1 if i < units % procs else 0)
+        shares.append(
+            Share(
+                index=i, procs=procs, devices=n_units * unit, rate=workload.rate * n_units / units
+            )
+        )
+    return shares
