@@ -1,29 +1,76 @@
 # The two set-up commands of the README: `make run` and `make test`.
+# Both install from the committed lock files (exact versions and hashes), never from
+# whatever the package index serves today; `make lock` regenerates the locks.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+LOCKS := requirements/runtime.lock requirements/dev.lock
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
+LATEST_VENV := .venv-latest
+SOURCES := protocol storage relay loadtest tests benchmarks requirements
+PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
+PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck check-lock checks lock test-latest clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+check-lock:
+	@$(PYTHON) requirements/lockcheck.py
 
-run: $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The runtime set only: what `relay serve` needs, no linters or test tools.
+$(RUNTIME_STAMP): pyproject.toml $(LOCKS) | check-lock $(BIN)/python
+	$(BIN)/python $(PIP_LOCKED) -r requirements/runtime.lock
+	$(BIN)/python $(PIP_PROJECT)
+	touch $@
+
+$(DEV_STAMP): pyproject.toml $(LOCKS) | check-lock $(BIN)/python
+	$(BIN)/python $(PIP_LOCKED) -r requirements/dev.lock
+	$(BIN)/python $(PIP_PROJECT)
+	touch $@ $(RUNTIME_STAMP)
+
+run: check-lock $(RUNTIME_STAMP)
 	$(BIN)/relay serve
 
-lint: $(STAMP)
-	$(BIN)/ruff check protocol storage relay loadtest tests benchmarks
-	$(BIN)/ruff format --check protocol storage relay loadtest tests benchmarks
+lint: check-lock $(DEV_STAMP)
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
-typecheck: $(STAMP)
+typecheck: check-lock $(DEV_STAMP)
 	$(BIN)/mypy --strict
 
-test: lint typecheck
+test: check-lock $(DEV_STAMP)
+	$(MAKE) --no-print-directory checks BIN=$(BIN)
+
+# Lint, type-check and the whole suite with the tools of $(BIN), installed by the caller.
+checks:
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
+	$(BIN)/mypy --strict
 	$(BIN)/python -m pytest -q
 
+# Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
+lock: | $(BIN)/python
+	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet "uv>=0.5"
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes \
+	    --custom-compile-command "make lock" \
+	    pyproject.toml requirements/build.in -o requirements/runtime.lock
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev \
+	    --custom-compile-command "make lock" \
+	    pyproject.toml requirements/build.in -o requirements/dev.lock
+	$(PYTHON) requirements/lockcheck.py --write
+
+# Not part of the gate: the newest versions pyproject.toml allows, in a venv of their own,
+# so a release that breaks us is seen before the lock is moved to it.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip list --format=freeze > $(LATEST_VENV)/versions.txt
+	$(MAKE) --no-print-directory checks BIN=$(LATEST_VENV)/bin
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -286,7 +286,7 @@ class RedisNodeBus:
                 first = False
             finally:
                 with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 with contextlib.suppress(RedisError, OSError):
                     await conn.aclose()
             await asyncio.sleep(delay)  # backoff before reconnecting, not synchronisation
