@@ -1,14 +1,16 @@
 """relay-chat: a terminal chat between two people through a running relay.
 
-    relay-chat --store alice register           # prints alice's user id
+    relay-chat --store alice register                    # prints alice's user id
     relay-chat --store bob register
-    relay-chat --store alice chat BOB_USER_ID   # type lines; incoming ones are printed
+    relay-chat --store alice contacts add bob BOB_USER_ID
+    relay-chat --store alice chat bob                    # type lines; incoming ones are printed
 
-Each store directory is one device (keys, sessions, unsent messages), encrypted
-with the passphrase from the environment variable named by --passphrase-env
-(RELAY_CHAT_PASSPHRASE by default), or asked for on a terminal. A second
-device joins a user with `identity` (on the new device), `link-ticket KEY`
-(on an existing one) and `link TICKET` (on the new one again).
+Each store directory is one device (keys, sessions, unsent messages, contacts),
+encrypted with the passphrase from the environment variable named by
+--passphrase-env (RELAY_CHAT_PASSPHRASE by default), or asked for on a terminal.
+Only `register` (and `identity`, the first step of linking) create a store. A
+second device joins a user with `identity` (on the new device), `link-ticket
+KEY` (on an existing one) and `link TICKET` (on the new one again).
 """
 
 from __future__ import annotations
@@ -17,26 +19,46 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import importlib.metadata
 import os
 import sys
-import threading
-import time
-import uuid
 from collections.abc import Sequence
 
 from websockets.exceptions import WebSocketException
 
 from protocol.client import (
+    Backoff,
     Client,
     ClientError,
-    IdentityChange,
-    IncomingMessage,
+    ClientOptions,
     LinkTicket,
+    LocalStore,
+    StoreLocked,
+    WrongPassphrase,
 )
+from protocol.terminal.contacts import ContactError, Contacts
+from protocol.terminal.conversation import Conversation
+from protocol.terminal.screen import open_screen
+from protocol.terminal.status import describe_error
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
 PASSPHRASE_ENV = "RELAY_CHAT_PASSPHRASE"
-MAX_LINE_BYTES = 4096
+# Commands that may create the store; every other one needs an existing store.
+CREATING_COMMANDS = frozenset({"register", "identity"})
+# A person waits for the chat to come back: retries stay within ten seconds.
+CHAT_OPTIONS = ClientOptions(backoff=Backoff(base=0.5, cap=10.0))
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A mistake in what was typed on the command line: one line, exit status 2."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("relay")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="relay-chat",
         description="Chat through a relay, end-to-end encrypted, from a terminal.",
     )
+    p.add_argument("--version", action="version", version=f"relay-chat {_version()}")
     p.add_argument(
         "--url",
         default=os.environ.get("RELAY_URL", DEFAULT_URL),
@@ -65,8 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     ticket.add_argument("identity_key", help="the new device's identity key (hex)")
     link = sub.add_parser("link", help="on a new device: join the user that issued TICKET")
     link.add_argument("ticket")
-    chat = sub.add_parser("chat", help="send stdin's lines to PEER; print incoming messages")
-    chat.add_argument("peer", help="the other person's user id")
+    chat = sub.add_parser("chat", help="chat with PEER: type lines, incoming ones are printed")
+    chat.add_argument("peer", help="a contact's name, or a user id")
+    contacts = sub.add_parser("contacts", help="names for user ids (kept in the store)")
+    contact_commands = contacts.add_subparsers(dest="contacts_command", required=True)
+    add = contact_commands.add_parser("add", help="add or rename a contact")
+    add.add_argument("name", help="1 to 32 letters, digits or .'-_")
+    add.add_argument("user_id", help="the contact's user id")
+    contact_commands.add_parser("list", help="print the contacts")
+    remove = contact_commands.add_parser("remove", help="forget a contact")
+    remove.add_argument("name")
     return p
 
 
@@ -76,108 +107,64 @@ def _passphrase(var: str) -> str:
         return value
     if sys.stdin.isatty():
         return getpass.getpass("store passphrase: ")
-    raise SystemExit(f"relay-chat: set {var} to the store's passphrase")
-
-
-def _clock(ms: int) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+    raise UsageError(f"set {var} to the store's passphrase")
 
 
 def _show(text: str) -> None:
     print(text, flush=True)
 
 
-def _printable(data: bytes) -> str:
-    text = data.decode("utf-8", errors="replace")
-    return "".join(c if c.isprintable() else "?" for c in text)
-
-
-class Chat:
-    """Prints what arrives; knows who "you" are so copies from other devices read well."""
-
-    def __init__(self) -> None:
-        self.me: str | None = None
-
-    async def on_message(self, m: IncomingMessage) -> None:
-        when = _clock(m.server_ts)
-        text = _printable(m.plaintext)
-        if m.sent_to is not None:
-            _show(f"[{when}] you (device {m.sender_device}) -> {m.sent_to}: {text}")
-        elif m.sender_user == self.me:
-            _show(f"[{when}] you (device {m.sender_device}): {text}")
+def _contacts_command(args: argparse.Namespace, passphrase: str) -> int:
+    store = LocalStore.open(args.store, passphrase)
+    try:
+        contacts = Contacts(store)
+        if args.contacts_command == "add":
+            contact = contacts.add(args.name, args.user_id)
+            _show(f"{contact.name} = {contact.user}")
+        elif args.contacts_command == "remove":
+            _show(f"removed {contacts.remove(args.name).name}")
         else:
-            _show(f"[{when}] {m.sender_user} (device {m.sender_device}): {text}")
-
-    def on_identity_change(self, change: IdentityChange) -> None:
-        _show(
-            f"*** the identity key of {change.user} device {change.device} changed: "
-            "check with them that they set up a new device"
-        )
-
-
-def _stdin_lines(loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
-    """Lines of stdin from a daemon thread (None at the end): works for ttys, pipes and files."""
-    queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def pump() -> None:
-        for line in sys.stdin:
-            loop.call_soon_threadsafe(queue.put_nowait, line)
-        loop.call_soon_threadsafe(queue.put_nowait, None)
-
-    threading.Thread(target=pump, name="stdin", daemon=True).start()
-    return queue
-
-
-async def _send_line(client: Client, peer: str, text: str) -> None:
-    if not text:
-        return
-    data = text.encode()
-    if len(data) > MAX_LINE_BYTES:
-        _show(f"*** not sent: a line is at most {MAX_LINE_BYTES} bytes")
-        return
-    try:
-        await client.send(peer, data)
-    except ClientError as exc:
-        _show(f"*** not sent: {exc}")
-
-
-async def _chat(client: Client, chat: Chat, peer: str) -> int:
-    chat.me = client.user
-    await client.wait_connected()
-    _show(f"chatting with {peer} as {client.user} (device {client.device}); /quit or EOF ends")
-    lines = _stdin_lines(asyncio.get_running_loop())
-    stopped = asyncio.ensure_future(client.stopped())
-    try:
-        while True:
-            next_line = asyncio.ensure_future(lines.get())
-            await asyncio.wait({next_line, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if stopped.done():
-                next_line.cancel()
-                _show(f"*** {stopped.result()}")
-                return 1
-            line = next_line.result()
-            if line is None or line.rstrip("\n") == "/quit":
-                break
-            await _send_line(client, peer, line.rstrip("\n"))
+            for contact in contacts.all():
+                _show(f"{contact.name}  {contact.user}")
     finally:
-        stopped.cancel()
-    # Before leaving: what was typed is answered, what the relay held for us is shown.
-    await client.flush()
-    await client.caught_up()
+        store.close()
     return 0
 
 
+def _identity_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise UsageError(
+            f"not an identity key: {text[:80]!r} (`identity` prints one, in hex)"
+        ) from None
+    if not 16 <= len(key) <= 4096:
+        raise UsageError(f"not an identity key: {len(key)} bytes")
+    return key
+
+
+def _ticket(text: str) -> LinkTicket:
+    try:
+        return LinkTicket.decode(text)
+    except ValueError:
+        raise UsageError(f"not a link ticket: {text[:80]!r} (`link-ticket` prints one)") from None
+
+
 async def _run(args: argparse.Namespace) -> int:
-    chat = Chat()
     passphrase = _passphrase(args.passphrase_env)
+    command = args.command
+    if command == "contacts":
+        return await asyncio.to_thread(_contacts_command, args, passphrase)
+    conversation = Conversation(args.url) if command == "chat" else None
     async with Client.open(
         args.url,
         args.store,
         passphrase,
-        on_message=chat.on_message,
-        on_identity_change=chat.on_identity_change,
+        on_message=None if conversation is None else conversation.on_message,
+        on_identity_change=None if conversation is None else conversation.on_identity_change,
+        options=CHAT_OPTIONS,
+        on_connection_change=None if conversation is None else conversation.on_connection_change,
     ) as client:
-        command = args.command
         if command == "identity":
             _show(client.identity_key.hex())
             return 0
@@ -186,30 +173,57 @@ async def _run(args: argparse.Namespace) -> int:
             _show(f"registered: user {user}, device {client.device}")
             return 0
         if command == "link":
-            device = await client.register_linked(LinkTicket.decode(args.ticket))
+            device = await client.register_linked(_ticket(args.ticket))
             _show(f"linked: user {client.user}, device {device}")
             return 0
         if not client.registered:
-            _show("relay-chat: this store has no account yet: run `register` or `link` first")
-            return 1
+            raise UsageError("this store has no account yet: run `register` or `link` first")
         if command == "whoami":
             _show(f"user {client.user}, device {client.device}")
             return 0
         if command == "link-ticket":
-            _show(client.link_device(bytes.fromhex(args.identity_key)).encode())
+            _show(client.link_device(_identity_key(args.identity_key)).encode())
             return 0
-        return await _chat(client, chat, str(uuid.UUID(args.peer)))
+        assert conversation is not None
+        # Nothing ran on the connection yet: a mistyped peer is one line, not a retry loop.
+        contacts = Contacts(client.state.store)
+        conversation.begin(client, contacts, contacts.resolve(args.peer))
+        with open_screen("you> ", conversation.toolbar) as screen:
+            return await conversation.run(screen)
+
+
+def _check_store(args: argparse.Namespace) -> None:
+    """A mistyped --store must not become a new, empty store."""
+    if args.command not in CREATING_COMMANDS and not LocalStore.exists(args.store):
+        raise UsageError(f"no store at {args.store}; run register first")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _check_store(args)
         return asyncio.run(_run(args))
     except KeyboardInterrupt:
         return 130
-    except (ClientError, OSError, ValueError, WebSocketException) as exc:
-        print(f"relay-chat: {exc}", file=sys.stderr)
+    except (UsageError, ContactError) as exc:
+        _fail(str(exc))
+        return EXIT_USAGE
+    except WrongPassphrase:
+        _fail(f"the passphrase does not open the store at {args.store}")
+        return EXIT_USAGE
+    except StoreLocked:
+        _fail(f"the store at {args.store} is in use by another relay-chat")
         return 1
+    except (OSError, WebSocketException) as exc:
+        _fail(f"cannot reach {args.url}: {describe_error(exc)}")
+        return 1
+    except (ClientError, ValueError) as exc:
+        _fail(str(exc))
+        return 1
+
+
+def _fail(text: str) -> None:
+    print(f"relay-chat: {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

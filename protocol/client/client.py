@@ -48,6 +48,7 @@ from protocol.client.keys import KeyKeeper
 from protocol.client.messages import (
     ClientOptions,
     ClientStats,
+    ConnectionChange,
     IncomingMessage,
     LinkTicket,
     SendReceipt,
@@ -84,6 +85,7 @@ log = logging.getLogger("relay.client")
 
 
 IdentityHandler = Callable[[IdentityChange], None]
+ConnectionHandler = Callable[[ConnectionChange], None]
 
 # Handshake refusals worth another try: the relay's backend is down, or it is busy.
 _TRANSIENT = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED})
@@ -107,6 +109,7 @@ class Client:
         on_message: MessageHandler | None,
         on_identity_change: IdentityHandler | None,
         options: ClientOptions,
+        on_connection_change: ConnectionHandler | None = None,
     ) -> None:
         self.url = url
         self.options = options
@@ -114,6 +117,7 @@ class Client:
         self.stats = ClientStats()
         self._inbox: asyncio.Queue[IncomingMessage] = asyncio.Queue()
         self._identity_handler = on_identity_change or self._log_identity_change
+        self._connection_handler = on_connection_change
         self.peers = Peers(state, keys, self._identity_handler)
         self._stop = asyncio.Event()
         self._stopped_because: ClientError | None = None
@@ -156,12 +160,14 @@ class Client:
         on_identity_change: IdentityHandler | None = None,
         scheme: KeyScheme = KeyScheme.ED25519,
         options: ClientOptions | None = None,
+        on_connection_change: ConnectionHandler | None = None,
     ) -> AsyncIterator[Client]:
         """Open (or create) the device's store and, once registered, stay connected.
 
         A new store gets a fresh identity in `scheme` and its pre-keys; call
         :meth:`register` (new user) or :meth:`register_linked` (new device of a
         user) once. Without `on_message`, read messages with :meth:`receive`.
+        `on_connection_change` hears every connection and every failed attempt.
         """
         options = options or ClientOptions()
         parse_uri(url)  # a URL that can never work fails here, not in the reconnect loop
@@ -175,6 +181,7 @@ class Client:
             on_message=on_message,
             on_identity_change=on_identity_change,
             options=options,
+            on_connection_change=on_connection_change,
         )
         try:
             if client.registered:
@@ -457,11 +464,14 @@ class Client:
                         self._halt(ClientStopped(f"the relay refused this device: {exc}"))
                         return
                     attempt += 1
-                    await self._sleep(self.options.backoff.delay(attempt))
+                    delay = self.options.backoff.delay(attempt)
+                    self._report(ConnectionChange(False, exc, delay))
+                    await self._sleep(delay)
                     continue
                 except CONNECT_ERRORS as exc:
                     delay = self.options.backoff.delay(attempt)
                     log.info("cannot reach the relay (%s); next try in %.2fs", exc, delay)
+                    self._report(ConnectionChange(False, exc, delay))
                     attempt += 1
                     await self._sleep(delay)
                     continue
@@ -470,6 +480,7 @@ class Client:
             self._caught_up.clear()
             self._conn = conn
             self._connected.set()
+            self._report(ConnectionChange(True))
             self._spawn(
                 self._keeper.top_up(
                     conn,
@@ -498,7 +509,10 @@ class Client:
                 return
             # A connection that ends soon after it began counts as a failed attempt.
             attempt = 0 if time.monotonic() - started > _STABLE_S else attempt + 1
-            await self._sleep(self.options.backoff.delay(attempt))
+            delay = self.options.backoff.delay(attempt)
+            lost = ConnectionLost(conn.close_code, conn.close_reason)
+            self._report(ConnectionChange(False, lost, delay))
+            await self._sleep(delay)
 
     async def _authenticate(self) -> tuple[Connection, AuthOk]:
         conn = await Connection.open(self.url, self._conn_opts)
@@ -524,6 +538,15 @@ class Client:
         self._stopped_because = reason
         self._stop.set()
         self._fail_waiters(reason)
+        self._report(ConnectionChange(False, reason, None))
+
+    def _report(self, change: ConnectionChange) -> None:
+        if self._connection_handler is None:
+            return
+        try:
+            self._connection_handler(change)
+        except Exception:
+            log.exception("the connection-change handler raised")
 
     async def stopped(self) -> ClientError:
         """Wait until the client stops (closed, or ended by the relay); the reason."""

@@ -14,6 +14,7 @@ __all__ = [
     "Backoff",
     "ClientOptions",
     "ClientStats",
+    "ConnectionChange",
     "IncomingMessage",
     "LinkTicket",
     "SendReceipt",
@@ -72,6 +73,18 @@ class LinkTicket:
         if len(ticket.signature) != 64:
             raise ValueError("not a link ticket")
         return ticket
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionChange:
+    """The device got connected, or is not: why (`error`) and when it tries again (`retry_in`).
+
+    `retry_in` is None when the client stopped for good.
+    """
+
+    connected: bool
+    error: BaseException | None = None
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,16 +120,16 @@ async def test_two_people_chat_from_two_terminals(relay: RelayProcess, tmp_path:
     alice_term = await Terminal.start(relay, alice_dir, "chat", bob_id)
     await alice_term.expect(f"chatting with {bob_id}")
     await alice_term.type("hello bob, it's alice\n")
-    await bob_term.expect(rf"^\[\d\d:\d\d:\d\d\] {alice_id} \(device 1\): hello bob, it's alice$")
+    await bob_term.expect(rf"^\[\d\d:\d\d:\d\d\] {alice_id}: hello bob, it's alice$")
     await bob_term.type("hi alice\n")
-    await alice_term.expect(rf"\] {bob_id} \(device 1\): hi alice$")
+    await alice_term.expect(rf"\] {bob_id}: hi alice$")
     assert await alice_term.end() == 0
     await bob_term.type("see you later\n")  # alice is gone: the relay keeps it
     assert await bob_term.end() == 0
 
     # Alice comes back with nothing to say: the stored message is shown before she leaves.
     out = await run(relay, alice_dir, "chat", bob_id)
-    assert re.search(rf"\] {bob_id} \(device 1\): see you later$", out, re.M), out
+    assert re.search(rf"\] {bob_id}: see you later$", out, re.M), out
     assert f"user {alice_id}, device 1" in await run(relay, alice_dir, "whoami")
 
 
