@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from websockets.exceptions import WebSocketException
+from websockets.exceptions import InvalidURI, WebSocketException
 
 from protocol.client import (
     Backoff,
@@ -210,6 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except WrongPassphrase:
         _fail(f"the passphrase does not open the store at {args.store}")
+        return EXIT_USAGE
+    except InvalidURI:
+        _fail(f"not a WebSocket URL: {args.url[:200]!r} (like {DEFAULT_URL})")
         return EXIT_USAGE
     except StoreLocked:
         _fail(f"the store at {args.store} is in use by another relay-chat")

@@ -4,8 +4,8 @@ Modules: ``primitives`` (the library calls), ``keys`` (a device's private key
 material), ``bundle`` (a fetched remote bundle and its checks), ``agreement``
 (X3DH/PQXDH), ``ratchet`` (the Double Ratchet), ``wire`` (the body formats of
 message types 1 and 2), ``session`` (the API a client uses), ``state``
-(msgpack of stored state) and ``errors``. docs/encryption.md describes the
-construction and formats.
+(msgpack of stored state), ``fingerprint`` (safety numbers) and ``errors``.
+docs/encryption.md describes the construction and formats.
 """
 
 from protocol.crypto.bundle import RemoteBundle
