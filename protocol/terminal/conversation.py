@@ -130,9 +130,10 @@ class Conversation:
             self.show(f"[{when}] {self._who(m.sender_user, m.sender_device)}: {text}")
 
     def on_identity_change(self, change: IdentityChange) -> None:
-        who = self._who(change.user, change.device)
-        if change.device == 1:
-            who = f"{who} (device 1)"
+        if self.client is not None and change.user == self.client.user:
+            who = f"your own device {change.device}"
+        else:
+            who = f"{self.contacts.name_of(change.user) or change.user} (device {change.device})"
         self.show(
             f"*** WARNING: the identity key of {who} changed.\n"
             "*** If they did not set up this device again, someone may be reading along.\n"

@@ -22,6 +22,7 @@ from .sdk import WAIT
 PASSPHRASE = "a passphrase for the terminal tests"
 _CPR_REQUEST = "\x1b[6n"
 _CPR_ANSWER = "\x1b[1;1R"
+PROMPT = "you>"
 
 
 def chat_env(passphrase: str = PASSPHRASE) -> dict[str, str]:
@@ -101,9 +102,19 @@ class ChatTerminal:
         self.child.send(text + "\r")
 
     def leave(self) -> int:
-        """Ctrl-D, then the exit status (after the chat's own bounded wait for answers)."""
-        self.child.sendcontrol("d")
+        """/quit, then the exit status (after the chat's own bounded wait for answers).
+
+        Not Ctrl-D here: while prompt_toolkit prints a line it puts the terminal in cooked
+        mode for a moment, and a Ctrl-D typed then is the line discipline's end of file,
+        which nobody reads. A line typed then is only held until the input line is back.
+        """
+        self.line("/quit")
         return self.wait_exit()
+
+    def ctrl_d(self) -> None:
+        """Ctrl-D once the input line is drawn again after the last line printed."""
+        self.expect(re.escape(PROMPT))
+        self.child.sendcontrol("d")
 
     def wait_exit(self) -> int:
         while self.child.expect([pexpect.EOF, re.escape(_CPR_REQUEST)], timeout=WAIT * 2):

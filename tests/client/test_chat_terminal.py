@@ -136,7 +136,7 @@ def test_a_message_never_answered_makes_the_exit_status_1(
     alice.expect("cannot reach")
     alice.line("this one never leaves")
     alice.expect(r"you: this one never leaves \(pending\)")
-    alice.child.sendcontrol("d")
+    alice.ctrl_d()
     alice.expect(r"waiting up to \d+ s for 1 unanswered message")
     alice.expect(r"relay-chat: 1 message\(s\) not sent: 1 unanswered, still queued in the store")
     assert alice.wait_exit() == 1
@@ -150,7 +150,7 @@ def test_a_refused_message_makes_the_exit_status_1(relay: RelayProcess, tmp_path
     alice.expect("connected to")
     alice.line("hello?")
     alice.expect(r"you: hello\? \(NOT SENT: the relay refused: unknown_user\)")
-    alice.child.sendcontrol("d")
+    alice.line("/quit")
     alice.expect(r"relay-chat: 1 message\(s\) not sent: 1 refused")
     assert alice.wait_exit() == 1
 
