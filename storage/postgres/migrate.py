@@ -98,7 +98,8 @@ def latest_version() -> int:
 async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
     """Bring the schema to version `to` (default: the latest), up or down. Returns the
     steps taken, e.g. ["up 0001_initial"]; [] when already there. Raises Unavailable
-    (server unreachable or a step failed) or ValueError (no such version)."""
+    (server unreachable or a step failed), SchemaTooNew (the database is at a version
+    this code has no file for) or ValueError (no such version)."""
     steps = migrations()
     target = len(steps) if to is None else to
     if not 0 <= target <= len(steps):
@@ -110,7 +111,7 @@ async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
             await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
             try:
                 await conn.execute(_CREATE_BOOKKEEPING)
-                current = await _applied_version(conn)
+                current = await read_version(conn)
                 if current > len(steps):
                     raise SchemaTooNew(current, len(steps))
                 for step in steps[current:target]:
@@ -144,8 +145,7 @@ async def check(dsn: str) -> tuple[bool, str]:
     conn = await _connect(dsn)
     try:
         with translated("check"):
-            exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            current = await _applied_version(conn) if exists else 0
+            current = await read_version(conn)
             expected = await _expected_columns(conn, steps)
             live = await _columns(conn, "current_schema()")
     finally:
@@ -193,10 +193,6 @@ async def read_version(conn: _Queries) -> int:
 async def _connect(dsn: str, *, timeout_s: float = 10.0) -> Any:
     with translated("connect"):
         return await asyncpg.connect(dsn, timeout=timeout_s)
-
-
-async def _applied_version(conn: Any) -> int:
-    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
 
 
 async def _columns(conn: Any, schema: str) -> dict[str, dict[str, str]]:
