@@ -20,6 +20,7 @@ from relay.looplag import LoopLagMonitor
 from relay.metrics import Metrics
 from relay.queuedepth import refresh_forever
 from relay.router import Router
+from relay.schemaguard import SchemaWatch, check_at_start
 from relay.server import RelayServer
 from relay.services import Services
 from storage.embedded import EmbeddedStore
@@ -51,7 +52,10 @@ async def open_store(
 
 
 async def run(settings: Settings, *, clock: Clock | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code.
+    Raises SchemaRefused, before opening anything, when the PostgreSQL schema does not fit."""
+    if settings.production:
+        await check_at_start(settings)
     metrics = Metrics()
     store, store_kind = await open_store(settings, observe=metrics.observe_backend)
     router = Router()
@@ -71,7 +75,12 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         cluster=cluster,
     )
-    endpoints = OperationsEndpoints(svc, started=time.monotonic(), store_kind=store_kind)
+    endpoints = OperationsEndpoints(
+        svc,
+        started=time.monotonic(),
+        store_kind=store_kind,
+        schema=SchemaWatch(store) if settings.production else None,
+    )
     relay_server = RelayServer(svc, endpoints)
     server = await relay_server.start()
     port = relay_server.port()

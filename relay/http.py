@@ -11,6 +11,7 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from relay.schemaguard import SchemaVersions, SchemaWatch
 from relay.services import Services
 from relay.stats import Stats, collect, node_registry
 
@@ -46,10 +47,18 @@ def text_response(text: str, status: http.HTTPStatus = http.HTTPStatus.OK) -> Re
 class OperationsEndpoints:
     """Answers the operations paths; `None` lets the request continue as a WebSocket upgrade."""
 
-    def __init__(self, svc: Services, *, started: float, store_kind: str) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        *,
+        started: float,
+        store_kind: str,
+        schema: SchemaWatch | None = None,
+    ) -> None:
         self._svc = svc
         self._started = started
         self._store_kind = store_kind
+        self._schema = schema  # production mode: the schema version counts for readiness
 
     async def handle(self, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
@@ -72,13 +81,25 @@ class OperationsEndpoints:
         return text_response("not found\n", http.HTTPStatus.NOT_FOUND)
 
     async def _ready(self) -> Response:
+        """Each backend answers and, in production mode, the schema is the expected version;
+        `problems` names every cause of a 503."""
         try:
-            backends = await asyncio.wait_for(self._svc.store.ready(), READY_TIMEOUT_S)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                backends, versions = await asyncio.gather(
+                    self._svc.store.ready(), self._schema_versions()
+                )
         except TimeoutError:
-            backends = {"store": False}
-        ok = all(backends.values())
-        status = http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE
-        return json_response({"ready": ok, "backends": backends}, status)
+            backends, versions = {"store": False}, None
+        problems = [f"{name} does not answer" for name, up in backends.items() if not up]
+        body: dict[str, object] = {"backends": backends}
+        if versions is not None:
+            body["schema"] = {"version": versions.live, "expected": versions.expected}
+            problems += [versions.problem] if versions.problem is not None else []
+        status = http.HTTPStatus.SERVICE_UNAVAILABLE if problems else http.HTTPStatus.OK
+        return json_response({"ready": not problems, **body, "problems": problems}, status)
+
+    async def _schema_versions(self) -> SchemaVersions | None:
+        return None if self._schema is None else await self._schema.versions()
 
     async def stats(self) -> Stats:
         registry = await node_registry(self._svc)
