@@ -25,7 +25,8 @@ MAX_SINCE_DIGITS = 16
 
 @functools.cache
 def _dashboard_page() -> bytes:
-    """The self-contained page (no CDN): it polls /v1/stats and draws SVG charts."""
+    """The self-contained page (no CDN): it loads /v1/history, then polls it with `since`
+    and /v1/stats, and draws SVG charts."""
     return (resources.files("relay") / "static" / "dashboard.html").read_bytes()
 
 
