@@ -6,7 +6,7 @@ to a bounded ring; `GET /v1/history` serves the ring (or only the samples newer 
 `?since=`). Rates are computed here, from two successive readings of the cumulative
 counters, so every page draws the same figures.
 
-Memory bound: CAPACITY samples (900: 15 minutes at one a second) × 12 fields, one of them a
+Memory bound: CAPACITY samples (900: 15 minutes at one a second) of 12 fields, one of them a
 dict of error rates by code that is empty unless requests were refused during that second.
 Measured with tracemalloc, a full ring takes about 440 KiB without refusals and 1.1 MiB when
 every one of the 17 error codes moves every second (tests/unit/test_history.py checks the

@@ -1,5 +1,3 @@
-# Helpers here take an explicit `timeout` (seconds) on purpose: every wait is bounded.
-# ruff: noqa: ASYNC109
 """`GET /` and `GET /v1/history` of a real relay, on each store: the landing page names the
 relay and links its operations paths without a secret; the history fills up every second
 and answers `since`."""
