@@ -329,7 +329,7 @@ async def test_dashboard_shows_live_charts(nodes: list[RelayProcess], page: DevT
         async with asyncio.timeout(TIMEOUT_S):
             while True:
                 await load.burst()
-                # Paced by the page itself: one burst per poll of /v1/stats.
+                # Paced by the page itself: one burst per poll (/v1/history and /v1/stats).
                 state = await page.evaluate("window.dashboardNextPoll()")
                 seen = state["maxSeen"]
                 listed = {n["id"] for n in state["last"]["nodes"]} if state["ok"] else set()
