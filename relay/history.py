@@ -207,7 +207,7 @@ class HistorySampler:
             now = self._clock.monotonic()
             if due < now:
                 due = now + self._interval_s  # behind: skip the missed ticks
-            await asyncio.sleep(due - now)
+            await asyncio.sleep(min(self._interval_s, due - now))  # a stopped clock: 1 interval
             try:
                 self._history.record(self._read())
             except Exception:  # a sample lost must not end the sampling
