@@ -15,6 +15,7 @@ from protocol.fields import Limits
 from relay.clock import Clock, SystemClock
 from relay.cluster import open_cluster
 from relay.config import Settings
+from relay.history import History, HistorySampler, read_metrics
 from relay.http import OperationsEndpoints
 from relay.looplag import LoopLagMonitor
 from relay.metrics import Metrics
@@ -75,10 +76,12 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         cluster=cluster,
     )
+    history = History(svc.clock)
     endpoints = OperationsEndpoints(
         svc,
         started=time.monotonic(),
         store_kind=store_kind,
+        history=history,
         schema=SchemaWatch(store) if settings.production else None,
     )
     relay_server = RelayServer(svc, endpoints)
@@ -97,6 +100,8 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
     loop_lag = LoopLagMonitor(metrics)
     loop_lag.start()
+    sampler = HistorySampler(history, lambda: read_metrics(metrics), svc.clock)
+    sampler.start()
     try:
         await stop.wait()
     finally:
@@ -106,6 +111,7 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         purger.cancel()
         queue_depth.cancel()
         loop_lag.stop()
+        await sampler.stop()
         await _close_connections(server, svc, deadline)
         await svc.drain_background(max(0.0, deadline - loop.time()))
         await cluster.stop()  # leaves the node registry; the presence entries are released
