@@ -230,9 +230,9 @@ def test_a_built_wheel_carries_the_docs(tmp_path):
             ".git", ".venv*", "*.egg-info", "build", "dist", "__pycache__", ".*_cache", "tests"
         ),
     )
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-        + ["--wheel-dir", str(tmp_path / "dist"), str(source)],
+        [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), str(source)],
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_S,
