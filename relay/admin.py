@@ -120,7 +120,7 @@ def render_stats(stats: Mapping[str, Any]) -> str:
     width = max((len(name) for name, _ in rows), default=0)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     if node_table is not None:
-        lines += ["", f"nodes ({len(nodes)})"]
+        lines += ["", f"nodes ({len(node_table) - 1})"]
         if stats.get("nodes_available") is False:
             lines.append("(the node registry did not answer: this node only)")
         lines += node_table
