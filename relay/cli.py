@@ -244,11 +244,13 @@ def _migrate(args: argparse.Namespace) -> int:
             ok, message = asyncio.run(check(database_url))
             print(message)
             return 0 if ok else 1
-        for line in asyncio.run(migrate(database_url, to=args.to)) or ["schema up to date"]:
+        try:
+            steps = asyncio.run(migrate(database_url, to=args.to))
+        except ValueError as exc:  # `--to` names no schema version
+            print(f"relay: migrate --to: {exc}", file=sys.stderr)
+            return 2
+        for line in steps or ["schema up to date"]:
             print(line)
-    except ValueError as exc:  # no such schema version
-        print(f"relay: migrate --to: {exc}", file=sys.stderr)
-        return 2
     except StorageError as exc:
         print(f"relay: migrate failed: {exc}", file=sys.stderr)
         return 1

@@ -227,12 +227,14 @@ def test_a_built_wheel_carries_the_docs(tmp_path):
         source,
         symlinks=True,
         ignore=shutil.ignore_patterns(
-            ".git", ".venv*", "*.egg-info", "build", "dist", "__pycache__", ".*_cache", "tests"
+            *(".git", ".venv*", "*.egg-info", "build", "dist", "__pycache__", ".*_cache"),
+            *("tests", ".hypothesis", "relay-data", "test-artifacts", "loadtest-report"),
         ),
     )
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps"]
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check"]
+    wheel_dir = str(tmp_path / "dist")
     built = subprocess.run(
-        [*pip_wheel, "--no-build-isolation", "--wheel-dir", str(tmp_path / "dist"), str(source)],
+        [*pip_wheel, "--no-deps", "--no-build-isolation", "--wheel-dir", wheel_dir, str(source)],
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_S,
