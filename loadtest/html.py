@@ -47,9 +47,10 @@ def _fmt(v: Any) -> str:
     return escape(str(v))
 
 
-def _table(rows: Sequence[tuple[str, Any]]) -> str:
+def _table(rows: Sequence[tuple[str, Any]], css_class: str = "") -> str:
     body = "".join(f"<tr><td>{escape(k)}</td><td>{_fmt(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    attr = f' class="{css_class}"' if css_class else ""
+    return f"<table{attr}>{body}</table>"
 
 
 def _runs_table(runs: Mapping[str, Mapping[str, Any]], scenario: Scenario) -> str:
@@ -173,7 +174,7 @@ def _workload(workload: Mapping[str, Any]) -> str:
     return (
         "<h2>Workload</h2>"
         f"<p>The options of <code>{escape(scenario)}</code>; the others do not apply to it "
-        "(report.json lists them all).</p>" + _table(rows)
+        "(report.json lists them all).</p>" + _table(rows, "workload")
     )
 
 

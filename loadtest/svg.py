@@ -225,7 +225,10 @@ def _y_axis(
 def _x_axis(
     axis: Axis, sx: Scale, lo: float, hi: float, plot_l: float, plot_r: float, bottom: float
 ) -> list[str]:
-    out = [f'<g class="axis" data-side="bottom" data-domain="{lo:g} {hi:g}">']
+    out = [
+        f'<g class="axis" data-side="bottom" data-label="{escape(axis.label)}" '
+        f'data-domain="{lo:g} {hi:g}">'
+    ]
     for t in x_ticks(lo, hi):
         x = sx(t)
         out.append(
