@@ -22,6 +22,7 @@ PLOT_HEIGHT = 230
 LEFT, RIGHT, RIGHT_WITH_AXIS = 72, 24, 72
 TITLE_HEIGHT, LEGEND_ROW, BOTTOM = 30, 18, 44
 FONT_SIZE = 13
+MARK_CHAR_WIDTH = 6.3  # about, at FONT_SIZE - 2
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
 
 
@@ -245,21 +246,27 @@ def _x_axis(
 def _marks(
     marks: Sequence[Mark], sx: Scale, lo: float, hi: float, top: float, bottom: float
 ) -> list[str]:
+    """Thin vertical lines; labels move down a row rather than overlap the one before."""
     out: list[str] = []
-    for m in marks:
+    row_ends: list[float] = []
+    for m in sorted(marks, key=lambda m: m.at):
         if not lo <= m.at <= hi:
             continue
         x = sx(m.at)
         dash = f' stroke-dasharray="{m.dash}"' if m.dash else ""
         out.append(
-            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#777"{dash}>'
-            f"<title>{escape(m.name)}: {fmt_value(m.at)} s</title></line>"
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{bottom}" stroke="#777"{dash}/>'
         )
-        if m.labelled:
-            out.append(
-                f'<text x="{x + 3:.1f}" y="{top + 12}" font-size="{FONT_SIZE - 2}" '
-                f'fill="#555">{escape(m.name)}</text>'
-            )
+        if not m.labelled:
+            continue
+        row = next((r for r, end in enumerate(row_ends) if x > end), len(row_ends))
+        if row == len(row_ends):
+            row_ends.append(0.0)
+        row_ends[row] = x + 3 + MARK_CHAR_WIDTH * len(m.name) + 6
+        out.append(
+            f'<text x="{x + 3:.1f}" y="{top + 12 + row * (FONT_SIZE - 1):.0f}" '
+            f'font-size="{FONT_SIZE - 2}" fill="#555">{escape(m.name)}</text>'
+        )
     return out
 
 
@@ -311,6 +318,7 @@ def _hover_columns(
         x0 = plot_l if i == 0 else (sx(xs[i - 1]) + sx(x)) / 2
         x1 = plot_r if i == len(xs) - 1 else (sx(x) + sx(xs[i + 1])) / 2
         rows = [heading(x)]
+        rows += [f"{m.name} at {fmt_value(m.at)} s" for m in chart.marks if x0 <= sx(m.at) < x1]
         for ln, values in zip(chart.lines, by_line, strict=True):
             if x in values:
                 axis = chart.right if ln.right and chart.right else chart.left
