@@ -26,6 +26,7 @@ figure { margin: 1em 0 2em; }
 svg { display: block; width: 100%; height: auto; }
 figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
+@media (max-width: 900px) { body { margin: 1em 0.8em; } }
 """
 BAD_COUNTS = frozenset(
     {"lost", "duplicated", "delivered_after_ack", "unanswered", "unexpected", "errors"}

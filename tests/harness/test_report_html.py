@@ -12,19 +12,12 @@ from typing import Any
 
 import pytest
 
-from loadtest import html, report
-from loadtest.ledger import Counts
-from loadtest.recorder import Recorder
-from loadtest.results import ServerTrace, merge
-from loadtest.worker import Outcome
+from loadtest import html
 from loadtest.workload import SCENARIO_OPTIONS, Scenario, Workload
 
 from .html_tree import Node, parse
+from .synthetic import DURATION, WALL, build
 
-T0 = 1_000_000.0
-RATE = 100  # msg/s in both runs: sent, ok and delivered coincide
-DURATION = 5.0
-WALL = 6.5  # the run's end: the traffic and then the wait for the last answers
 TIME_CHARTS = (
     "Messages per second",
     "Delivery latency percentiles (scheduled send → delivery)",
@@ -32,52 +25,6 @@ TIME_CHARTS = (
     "Errors per second",
     "Server memory and CPU",
 )
-
-
-def _outcome(latency_s: float) -> Outcome:
-    """One generator process: RATE msg/s for DURATION s, every message answered and delivered."""
-    rec = Recorder(T0, 1.0)
-    n = int(RATE * DURATION)
-    for k in range(n):
-        t = T0 + k / RATE
-        rec.sent(t, t)
-        rec.ok(t + 2 * latency_s, t)
-        rec.delivered(t + latency_s, t)
-    for i in range(int(DURATION)):
-        rec.connections = 10
-        rec.sample(T0 + i)
-    rec.mark("drop", T0 + 1.5)
-    rec.mark("settled", T0 + WALL)
-    counts = Counts(scheduled=n, sent=n, ok=n, delivered=n)
-    return Outcome(counts, rec.finish(cpu_seconds=0.4, wall_seconds=WALL), setup_seconds=0.1)
-
-
-def _run(latency_s: float, rss_mib: float, target: str, workload: Workload) -> dict[str, Any]:
-    trace = ServerTrace(
-        rss={i: (rss_mib + i / 10) * 2**20 for i in range(6)},
-        cpu={i: 0.25 * i for i in range(6)},
-    )
-    return merge(workload, [_outcome(latency_s)], trace, target=target, runner_cpu=0.1)
-
-
-def _workload(scenario: Scenario = Scenario.STEADY) -> Workload:
-    return Workload(
-        scenario=scenario,
-        url="ws://127.0.0.1:1/v1/ws",
-        devices=10,
-        rate=RATE,
-        duration=DURATION,
-        size=100,
-        procs=1,
-    )
-
-
-def _report(scenario: Scenario = Scenario.STEADY, *, baseline: bool = True) -> dict[str, Any]:
-    w = _workload(scenario)
-    runs = {"relay": _run(0.003, 36.0, w.url, w)}
-    if baseline:
-        runs["baseline"] = _run(0.001, 28.0, "ws://127.0.0.1:2/v1/ws", w)
-    return report.build({"cores": 2}, w.as_json(), runs, ["relay-loadtest", "steady"])
 
 
 def _page(rep: dict[str, Any]) -> Node:
@@ -101,7 +48,7 @@ def _series(svg: Node) -> dict[str, Node]:
 
 
 def test_every_time_chart_draws_relay_and_baseline_on_the_same_axes() -> None:
-    page = _page(_report())
+    page = _page(build())
     for title in TIME_CHARTS:
         lines = _series(_chart(page, title))
         relay = {n.removeprefix("relay ") for n in lines if n.startswith("relay ")}
@@ -117,7 +64,7 @@ def test_every_time_chart_draws_relay_and_baseline_on_the_same_axes() -> None:
 
 
 def test_coinciding_lines_differ_in_dash_and_width_but_not_in_position() -> None:
-    svg = _chart(_page(_report()), "Messages per second")
+    svg = _chart(_page(build()), "Messages per second")
     lines = _series(svg)
     names = [f"{run} {m}" for m in ("sent", "ok", "delivered") for run in ("relay", "baseline")]
     assert sorted(lines) == sorted(names)
@@ -135,7 +82,7 @@ def test_coinciding_lines_differ_in_dash_and_width_but_not_in_position() -> None
 
 
 def test_tooltips_give_every_lines_value() -> None:
-    page = _page(_report())
+    page = _page(build())
     svg = _chart(page, "Messages per second")
     hover = svg.find_all("g", **{"class": "hover"})[0]
     tips = [rect.find_all("title")[0].text for rect in hover.iter("rect")]
@@ -150,7 +97,7 @@ def test_tooltips_give_every_lines_value() -> None:
 
 
 def test_time_axis_covers_the_whole_run_in_seconds() -> None:
-    page = _page(_report())
+    page = _page(build())
     for title in TIME_CHARTS:
         svg = _chart(page, title)
         axis = svg.find_all("g", **{"data-side": "bottom"})[0]
@@ -163,7 +110,7 @@ def test_time_axis_covers_the_whole_run_in_seconds() -> None:
 
 
 def test_memory_and_cpu_have_an_axis_each_with_its_unit() -> None:
-    svg = _chart(_page(_report()), "Server memory and CPU")
+    svg = _chart(_page(build()), "Server memory and CPU")
     axes = {
         g.attrs["data-side"]: g.attrs["data-label"] for g in svg.find_all("g", **{"class": "axis"})
     }
@@ -186,7 +133,7 @@ def _workload_options(page: Node) -> set[str]:
 
 @pytest.mark.parametrize("scenario", list(Scenario))
 def test_workload_lists_only_the_options_of_the_scenario(scenario: Scenario) -> None:
-    shown = _workload_options(_page(_report(scenario, baseline=False)))
+    shown = _workload_options(_page(build(scenario, baseline=False)))
     specific = frozenset().union(*SCENARIO_OPTIONS.values())
     fields = {f.name for f in dataclasses.fields(Workload)} - {"scenario"}
     assert shown == (fields - specific) | SCENARIO_OPTIONS[scenario]
@@ -204,7 +151,7 @@ def test_the_scenario_table_names_workload_fields() -> None:
 
 
 def test_charts_take_the_page_width_and_nothing_is_fetched() -> None:
-    text = html.render(_report())
+    text = html.render(build())
     page = parse(text)
     svgs = list(page.iter("svg"))
     assert len(svgs) >= len(TIME_CHARTS) + 2  # and a latency histogram per run
@@ -218,13 +165,13 @@ def test_charts_take_the_page_width_and_nothing_is_fetched() -> None:
 
 
 def test_a_single_run_is_drawn_solid_and_named_by_metric() -> None:
-    lines = _series(_chart(_page(_report(baseline=False)), "Messages per second"))
+    lines = _series(_chart(_page(build(baseline=False)), "Messages per second"))
     assert sorted(lines) == ["delivered", "ok", "sent"]
     assert all("stroke-dasharray" not in p.attrs for p in lines.values())
 
 
 def test_maximum_throughput_searches_share_their_charts() -> None:
-    rep = _report()
+    rep = build()
     for name, rates in (("relay", (600.0, 900.0)), ("baseline", (600.0, 900.0, 1350.0))):
         rep["runs"][name]["max_throughput"] = {
             "max_rate": rates[-1],
