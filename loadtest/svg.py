@@ -120,15 +120,18 @@ def _stroke(line: Line) -> str:
 
 
 def coinciding(lines: Sequence[Line]) -> list[list[str]]:
-    """Groups of lines (by name) that have the same value at every x: drawn on top of each other."""
-    groups: dict[tuple[tuple[float, float | None], ...], list[str]] = {}
+    """Groups of lines (by name) on the same axis with the same value at every x.
+
+    Such lines are drawn on top of each other; the page says so under the chart.
+    """
+    groups: dict[tuple[bool, tuple[tuple[float, float | None], ...]], list[str]] = {}
     for ln in lines:
-        key = tuple(
+        points = tuple(
             (float(x), None if y is None else round(float(y), 9))
             for x, y in zip(ln.x, ln.y, strict=False)
         )
-        if key and any(y is not None for _, y in key):
-            groups.setdefault(key, []).append(ln.name)
+        if any(y is not None for _, y in points):
+            groups.setdefault((ln.right, points), []).append(ln.name)
     return [names for names in groups.values() if len(names) > 1]
 
 

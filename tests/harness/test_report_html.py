@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from loadtest import html
+from loadtest.svg import Line, coinciding
 from loadtest.workload import SCENARIO_OPTIONS, Scenario, Workload
 
 from .html_tree import Node, parse
@@ -185,3 +186,16 @@ def test_maximum_throughput_searches_share_their_charts() -> None:
     assert "stroke-dasharray" in lines["baseline delivered"].attrs
     axis = _chart(page, "Delivered rate by target rate").find_all("g", **{"data-side": "bottom"})[0]
     assert axis.attrs["data-domain"] == "600 1350"
+
+
+def test_coinciding_groups_equal_lines_on_the_same_axis_only() -> None:
+    x = [0.5, 1.5, 2.5]
+    lines = [
+        Line("a", x, [1.0, 2.0, None], "#000"),
+        Line("b", x, [1.0, 2.0, None], "#111", width=3),
+        Line("c", x, [1.0, 2.0, None], "#222", right=True),
+        Line("d", x, [1.0, 2.5, None], "#333"),
+        Line("e", x, [None, None, None], "#444"),
+        Line("f", x, [None, None, None], "#555"),
+    ]
+    assert coinciding(lines) == [["a", "b"]]
