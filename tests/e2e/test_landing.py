@@ -10,12 +10,13 @@ import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+from tests.unit.test_landing import parse
 
 from .stores import StoreProvisioner
 from .support import Device, RelayProcess, stop_relays, wait_until
@@ -24,29 +25,6 @@ NODE_ID = "landing-node-7"
 TOKEN = "tok-" + secrets.token_hex(12)
 DB_PASSWORD = "pw-" + secrets.token_hex(12)
 OPERATIONS_PATHS = ("/dashboard", "/healthz", "/readyz", "/metrics", "/v1/stats")
-
-
-class Landing(HTMLParser):
-    """The links of the page and the text of its `id`ed elements."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.links: list[str] = []
-        self.by_id: dict[str, str] = {}
-        self._current: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        named = dict(attrs)
-        if tag == "a" and named.get("href"):
-            self.links.append(str(named["href"]))
-        self._current = named.get("id")
-
-    def handle_data(self, data: str) -> None:
-        if self._current is not None:
-            self.by_id[self._current] = self.by_id.get(self._current, "") + data
-
-    def handle_endtag(self, tag: str) -> None:
-        self._current = None
 
 
 def with_password(database_url: str) -> str:
@@ -111,8 +89,7 @@ async def test_the_landing_page_names_the_relay_without_secrets(
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert int(headers["content-length"]) == len(body)
-    page = Landing()
-    page.feed(body.decode("utf-8"))
+    page = parse(body)
     assert page.by_id["version"] == importlib.metadata.version("relay")
     assert page.by_id["node"] == NODE_ID
     expected_store = "PostgreSQL + Redis" if stores.mode == "production" else "embedded (SQLite)"

@@ -14,27 +14,9 @@ from protocol.errors import ErrorCode
 from relay.clock import SystemClock
 from relay.history import CAPACITY, History, HistorySampler, Reading, read_metrics
 from relay.metrics import Metrics
+from tests.contract.support import START_MS, FakeClock
 
-START_MS = 1_700_000_000_000
 MEMORY_BOUND_BYTES = 1_536 * 1024  # docs/operations.md: about 1.1 MiB at worst
-
-
-class FakeClock:
-    """Wall and monotonic clocks that move only when told to."""
-
-    def __init__(self) -> None:
-        self.wall_ms = START_MS
-        self.mono = 500.0
-
-    def now_ms(self) -> int:
-        return self.wall_ms
-
-    def monotonic(self) -> float:
-        return self.mono
-
-    def advance(self, seconds: float) -> None:
-        self.wall_ms += round(seconds * 1000)
-        self.mono += seconds
 
 
 def reading(**changes: Any) -> Reading:
