@@ -22,6 +22,7 @@ from relay.queuedepth import refresh_forever
 from relay.router import Router
 from relay.server import RelayServer
 from relay.services import Services
+from relay.tls import ServerTls
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, Store
@@ -50,8 +51,16 @@ async def open_store(
     return embedded, f"embedded ({settings.data_dir})"
 
 
-async def run(settings: Settings, *, clock: Clock | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code."""
+async def run(
+    settings: Settings, *, clock: Clock | None = None, tls: ServerTls | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code.
+
+    With TLS settings the certificate is loaded here unless `tls` brings it loaded already;
+    SIGHUP then reloads it.
+    """
+    if tls is None and settings.tls_cert is not None and settings.tls_key is not None:
+        tls = ServerTls.load(settings.tls_cert, settings.tls_key)
     metrics = Metrics()
     store, store_kind = await open_store(settings, observe=metrics.observe_backend)
     router = Router()
@@ -72,11 +81,12 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         cluster=cluster,
     )
     endpoints = OperationsEndpoints(svc, started=time.monotonic(), store_kind=store_kind)
-    relay_server = RelayServer(svc, endpoints)
+    relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
     server = await relay_server.start()
     port = relay_server.port()
     cluster.start()
-    print(f"relay: serving on ws://{settings.host}:{port}/v1/ws", flush=True)
+    scheme = "ws" if tls is None else "wss"
+    print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
     log.info("node id %s (%s)", cluster.node_id, "shared" if cluster.shared else "alone")
     log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
 
@@ -84,6 +94,8 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     purger = asyncio.create_task(_purge_forever(svc))
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
     loop_lag = LoopLagMonitor(metrics)
