@@ -61,6 +61,8 @@ async def run(
     """
     if tls is None and settings.tls_cert is not None and settings.tls_key is not None:
         tls = ServerTls.load(settings.tls_cert, settings.tls_key)
+    if tls is not None:  # before the ready line: a SIGHUP right after it must not kill us
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
     metrics = Metrics()
     store, store_kind = await open_store(settings, observe=metrics.observe_backend)
     router = Router()
@@ -94,8 +96,6 @@ async def run(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if tls is not None:
-        loop.add_signal_handler(signal.SIGHUP, tls.reload)
     purger = asyncio.create_task(_purge_forever(svc))
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
     loop_lag = LoopLagMonitor(metrics)

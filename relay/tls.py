@@ -62,14 +62,15 @@ def _read(path: Path, setting: str) -> bytes:
 
 def check_pair(cert: Path, key: Path) -> CertificateInfo:
     """The first certificate of `cert`, once both files parse and the key matches it."""
+    cert_pem, key_pem = _read(cert, "tls_cert"), _read(key, "tls_key")
     try:
-        chain = x509.load_pem_x509_certificates(_read(cert, "tls_cert"))
+        chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError:
         raise CertificateError(
             f"tls_cert {cert}: not a PEM certificate chain", setting="tls_cert"
         ) from None
     try:
-        load_pem_private_key(_read(key, "tls_key"), password=None)
+        load_pem_private_key(key_pem, password=None)
     except TypeError:
         raise CertificateError(
             f"tls_key {key}: the key is encrypted; the relay reads unencrypted keys only",
