@@ -81,9 +81,16 @@ def check_pair(cert: Path, key: Path) -> CertificateInfo:
     scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         scratch.load_cert_chain(cert, key, password=_no_password)
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:  # a subclass of OSError: first
+        reason = (exc.reason or exc.strerror or str(exc)).lower().replace("_", " ")
         raise CertificateError(
-            f"tls_key {key} does not go with tls_cert {cert}: {exc.strerror or exc}",
+            f"tls_key {key} does not go with tls_cert {cert}: {reason}",
+            setting="tls_key",
+            related=("tls_cert",),
+        ) from None
+    except OSError as exc:  # a file replaced between the reads above and this load
+        raise CertificateError(
+            f"tls_key {key} or tls_cert {cert}: cannot read it: {exc.strerror}",
             setting="tls_key",
             related=("tls_cert",),
         ) from None

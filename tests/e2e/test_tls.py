@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake
 
@@ -204,6 +205,14 @@ def _bad_start_cases(pki: Pki) -> dict[str, tuple[list[str], str]]:
     other = pki.ca.issue(pki.directory / "other-cert.pem", pki.directory / "other-key.pem")
     not_pem = pki.directory / "not.pem"
     not_pem.write_text("hello\n")
+    encrypted = pki.directory / "encrypted-key.pem"
+    encrypted.write_bytes(
+        serialization.load_pem_private_key(pki.server.key.read_bytes(), None).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     cert, key = str(pki.server.cert), str(pki.server.key)
     return {
         "cert-alone": (
@@ -225,7 +234,12 @@ def _bad_start_cases(pki: Pki) -> dict[str, tuple[list[str], str]]:
         ),
         "key-of-another-cert": (
             ["--tls-cert", cert, "--tls-key", str(other.key)],
-            "does not go with tls_cert",
+            f"does not go with tls_cert {cert}: key values mismatch "
+            "(tls_key from flag --tls-key, tls_cert from flag --tls-cert)",
+        ),
+        "key-encrypted": (
+            ["--tls-cert", cert, "--tls-key", str(encrypted)],
+            "encrypted-key.pem: the key is encrypted; the relay reads unencrypted keys only",
         ),
         "bad-proxy-network": (
             ["--trusted-proxies", "127.0.0.1,10.0.0.1/8"],
@@ -242,6 +256,7 @@ def _bad_start_cases(pki: Pki) -> dict[str, tuple[list[str], str]]:
         "cert-not-pem",
         "key-not-pem",
         "key-of-another-cert",
+        "key-encrypted",
         "bad-proxy-network",
     ],
 )
