@@ -157,11 +157,6 @@ class Settings:
             )
 
     @property
-    def tls(self) -> bool:
-        """wss:// and https:// instead of ws:// and http://."""
-        return self.tls_cert is not None
-
-    @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         """The proxies whose X-Forwarded-For is believed, parsed from `trusted_proxies`."""
         if self.trusted_proxies is None:
