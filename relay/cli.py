@@ -1,7 +1,8 @@
 """The `relay` command line: serve, migrate, purge, config show, stats, devices.
 
 Exit codes: 0 done, 1 the command could not do its job (a node or store out of
-reach, an unknown user), 2 a bad setting or argument (`relay: bad setting: ...`).
+reach, an unknown user), 2 a bad setting or argument (`relay: bad setting: ...`) or a
+state to fix before start (a PostgreSQL schema older or newer than the relay's).
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(loaded: LoadedSettings) -> int:
     from relay.app import run
     from relay.logs import setup_logging
+    from relay.schemaguard import SchemaRefused
     from relay.tls import CertificateError, ServerTls
 
     settings = loaded.settings
@@ -176,6 +178,9 @@ def _serve(loaded: LoadedSettings) -> int:
         return asyncio.run(run(settings, tls=tls))
     except KeyboardInterrupt:
         return 0
+    except SchemaRefused as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def _stats(args: argparse.Namespace) -> int:

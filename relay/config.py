@@ -40,6 +40,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "relay:"
+    migrate: bool = False
     handshake_timeout: float = 10.0
     ack_timeout: float = 2.0
     backend_timeout: float = 2.0
@@ -220,6 +221,8 @@ SETTING_HELP: dict[str, str] = {
     "database_url": "PostgreSQL URL (production mode, with --redis-url)",
     "redis_url": "Redis URL (production mode, with --database-url)",
     "redis_prefix": "prefix of every Redis key this relay writes",
+    "migrate": "at start, apply pending PostgreSQL schema migrations (under an advisory lock, "
+    "so several nodes may start at once) instead of exiting 2 on an older schema",
     "handshake_timeout": "seconds a new connection has to authenticate",
     "ack_timeout": "seconds to wait for a connected device's ack before storing",
     "backend_timeout": "seconds a store call may take before it counts as unavailable",

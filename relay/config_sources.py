@@ -152,12 +152,22 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for f in fields(Settings):
         meaning = SETTING_HELP.get(f.name, f.name.replace("_", " "))
+        help_text = f"{meaning} (env {env_name(f.name)}; default {f.default})"
+        if str(f.type) == "bool":  # a switch: --migrate / --no-migrate
+            parser.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+            continue
         parser.add_argument(
             flag_name(f.name),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{meaning} (env {env_name(f.name)}; default {f.default})",
+            help=help_text,
         )
 
 
@@ -177,7 +187,8 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Loade
             sources[name] = Source(Origin.ENV, env_name(name))
         given = getattr(args, name, None)
         if given is not None:
-            values[name] = _from_text(name, given, Source(Origin.FLAG, flag_name(name)))
+            flag = Source(Origin.FLAG, flag_name(name))
+            values[name] = given if isinstance(given, bool) else _from_text(name, given, flag)
             sources[name] = Source(Origin.FLAG, flag_name(name))
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].upper()

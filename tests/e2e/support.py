@@ -157,6 +157,9 @@ class RelayProcess:
         for name, value in self.options.items():
             if value is None:
                 continue
+            if value is True:  # a switch such as --migrate
+                argv.append("--" + name.replace("_", "-"))
+                continue
             argv += ["--" + name.replace("_", "-"), str(value)]
         return argv
 
