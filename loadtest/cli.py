@@ -23,6 +23,7 @@ from loadtest.probe import MetricsProbe, PidProbe, Probe
 from loadtest.runner import RunFailed, run_workload
 from loadtest.workload import Pairing, Scenario, Workload
 from protocol.client import TlsSetupError, context_for
+from protocol.version import version_line
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
 DEFAULT_DURATION = {Scenario.SOAK: 600.0}
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="relay-loadtest",
         description="Load-test harness for the relay (a client like any other).",
     )
+    top.add_argument("--version", action="version", version=version_line("relay-loadtest"))
     sub = top.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("workload")

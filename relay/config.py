@@ -18,6 +18,13 @@ LOG_FORMATS = ("text", "json")
 MAX_TRUSTED_PROXIES = 256
 SECRET_SETTINGS = frozenset({"registration_token"})
 URL_SETTINGS = frozenset({"database_url", "redis_url"})
+# The settings of the commands that open the store without serving (`relay purge`, `relay
+# devices`); every other setting, including any added later, is for `relay serve` only.
+STORE_SETTINGS = frozenset(
+    {"data_dir", "database_url", "redis_url", "redis_prefix", "backend_timeout"}
+)
+# `relay migrate` touches PostgreSQL alone.
+MIGRATE_SETTINGS = frozenset({"database_url"})
 MASK = "***"
 
 
@@ -185,7 +192,7 @@ class Settings:
                 related=("redis_url",) if self.database_url is not None else ("database_url",),
             )
         if self.database_url is not None:
-            _check_url("database_url", self.database_url, ("postgresql", "postgres"))
+            check_database_url(self.database_url)
         if self.redis_url is not None:
             _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
 
@@ -198,6 +205,11 @@ class Settings:
     def replay_pending_ttl(self) -> float:
         """How long a send may stay in flight before a retry may take its nonce over."""
         return self.ack_timeout + 4 * self.backend_timeout + 10.0
+
+
+def check_database_url(url: str) -> None:
+    """For `relay migrate`, which needs the PostgreSQL URL without its Redis partner."""
+    _check_url("database_url", url, ("postgresql", "postgres"))
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
@@ -247,13 +259,24 @@ SETTING_HELP: dict[str, str] = {
     "max_connections_per_address": "concurrent connections per client address",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
-    "node_id": "name of this node among several sharing Redis (default: random)",
+    "node_id": "name of this node among several sharing Redis",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
     "log_format": "log format: text (for people) or json (one JSON object a line)",
     "tls_cert": "PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",
     "tls_key": "PEM private key of --tls-cert",
     "trusted_proxies": "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
+}
+
+# The default shown for a setting that is unset (None) by default, where "unset" says too little.
+UNSET_MEANING: dict[str, str] = {
+    "node_id": "a random id at each start",
+    "database_url": "unset (the embedded store)",
+    "redis_url": "unset (the embedded store)",
+    "registration_token": "unset (open registration)",
+    "tls_cert": "unset (plain ws:// and http://)",
+    "tls_key": "unset (plain ws:// and http://)",
+    "trusted_proxies": "unset (X-Forwarded-For is ignored)",
 }
 
 

@@ -13,8 +13,9 @@ import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from protocol.version import package_version
 from relay.history import SAMPLE_INTERVAL_S, History
-from relay.landing import LandingFacts, relay_version, render_landing, store_label
+from relay.landing import LandingFacts, render_landing, store_label
 from relay.schemaguard import SchemaVersions, SchemaWatch
 from relay.services import Services
 from relay.stats import Stats, collect, node_registry
@@ -130,7 +131,7 @@ class OperationsEndpoints:
         if self._landing is None:
             self._landing = render_landing(
                 LandingFacts(
-                    version=relay_version(),
+                    version=package_version(),
                     node_id=self._svc.cluster.node_id,
                     store=store_label(production=self._svc.settings.production),
                 )

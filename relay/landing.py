@@ -8,10 +8,7 @@ No setting values, secrets or user data: the page is as public as `/healthz`. Se
 from __future__ import annotations
 
 import html
-import importlib.metadata
 from dataclasses import dataclass
-
-DISTRIBUTION = "relay"
 
 LINKS: tuple[tuple[str, str], ...] = (
     ("/dashboard", "live dashboard: the last 15 minutes, then every second"),
@@ -21,14 +18,6 @@ LINKS: tuple[tuple[str, str], ...] = (
     ("/v1/stats", "current figures and counters (JSON)"),
     ("/v1/history", "the dashboard's last 15 minutes, one sample a second (JSON)"),
 )
-
-
-def relay_version() -> str:
-    """The installed distribution's version; "unknown" when run from an uninstalled tree."""
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,9 @@ from html.parser import HTMLParser
 
 import pytest
 
+from protocol.version import package_version
 from relay.http import BadQuery, parse_since
-from relay.landing import LINKS, LandingFacts, relay_version, render_landing, store_label
+from relay.landing import LINKS, LandingFacts, render_landing, store_label
 
 
 class PageParts(HTMLParser):
@@ -66,7 +67,7 @@ def test_every_value_is_escaped() -> None:
 
 
 def test_the_version_is_the_installed_distribution() -> None:
-    assert relay_version() == importlib.metadata.version("relay")
+    assert package_version() == importlib.metadata.version("relay")
 
 
 def test_the_store_label_names_the_kind_only() -> None:
