@@ -74,6 +74,24 @@ class Workload:
         return values
 
 
+# Which options shape each scenario's traffic: the one place that says so (the report
+# lists only these). A `Workload` field that no scenario names here applies to all of them.
+SCENARIO_OPTIONS: dict[Scenario, frozenset[str]] = {
+    Scenario.STEADY: frozenset({"rate", "duration", "pairing", "size", "e2e"}),
+    Scenario.SOAK: frozenset({"rate", "duration", "pairing", "size", "e2e"}),
+    Scenario.FANOUT: frozenset({"rate", "duration", "group", "size", "e2e"}),
+    Scenario.OFFLINE_DRAIN: frozenset({"queue", "size", "e2e"}),
+    Scenario.CONNECT_STORM: frozenset({"connect_rate", "hold"}),
+    Scenario.RECONNECT_STORM: frozenset({"rate", "duration", "pairing", "jitter", "size", "e2e"}),
+}
+SCENARIO_SPECIFIC = frozenset().union(*SCENARIO_OPTIONS.values())
+
+
+def applies(scenario: Scenario, option: str) -> bool:
+    """Whether `option` (a `Workload` field) has an effect on `scenario`."""
+    return option not in SCENARIO_SPECIFIC or option in SCENARIO_OPTIONS[scenario]
+
+
 @dataclass(frozen=True, slots=True)
 class Share:
     """One generator process's part of the run: its devices and its part of the rate."""

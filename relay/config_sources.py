@@ -175,6 +175,8 @@ def add_settings_arguments(
             continue
         meaning = SETTING_HELP.get(f.name, f.name.replace("_", " "))
         default = UNSET_MEANING.get(f.name, "unset") if f.default is None else f.default
+        if isinstance(f.default, bool):
+            default = "on" if f.default else "off"
         help_text = f"{meaning} (env {env_name(f.name)}; default {default})"
         group = store if f.name in STORE_SETTINGS else serve
         if str(f.type) == "bool":  # a switch: --migrate / --no-migrate

@@ -39,7 +39,9 @@ def _options(help_text: str) -> set[str]:
 def _option_help(help_text: str, flag: str) -> str:
     """The help of one option: its line and the indented lines after it."""
     lines = help_text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"{flag} "))
+    start = next(
+        i for i, line in enumerate(lines) if line.lstrip().startswith((f"{flag} ", f"{flag},"))
+    )
     block = [lines[start]]
     for line in lines[start + 1 :]:
         if not line.startswith(" " * 8):  # the next option, a section title or a blank line
