@@ -49,11 +49,13 @@ class Workload:
     bucket: float = 1.0
     subprotocol: str = "relay.v1+msgpack"
     e2e: bool = False
+    ca_file: str | None = None  # PEM CA bundle that verifies a wss:// relay
 
     def for_url(self, url: str) -> Workload:
-        """The same workload against another server (the baseline forwarder)."""
+        """The same workload against another server (the baseline forwarder, plain ws://)."""
         values = asdict(self)
         values["url"] = url
+        values["ca_file"] = None
         values["scenario"] = self.scenario
         values["pairing"] = self.pairing
         return Workload(**values)

@@ -32,6 +32,7 @@ from protocol.client import (
     IdentityChange,
     IncomingMessage,
     LinkTicket,
+    context_for,
 )
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
@@ -48,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
         "--url",
         default=os.environ.get("RELAY_URL", DEFAULT_URL),
         help="the relay's WebSocket URL (default: $RELAY_URL or %(default)s)",
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("RELAY_CA_FILE") or None,
+        metavar="PATH",
+        help="PEM CA bundle to verify a wss:// relay with (default: $RELAY_CA_FILE, "
+        "else the system's CAs)",
     )
     p.add_argument("--store", required=True, help="directory of this device's encrypted store")
     p.add_argument(
@@ -176,6 +184,7 @@ async def _run(args: argparse.Namespace) -> int:
         passphrase,
         on_message=chat.on_message,
         on_identity_change=chat.on_identity_change,
+        ssl=context_for(args.url, args.ca_file),
     ) as client:
         command = args.command
         if command == "identity":

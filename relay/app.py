@@ -24,6 +24,7 @@ from relay.router import Router
 from relay.schemaguard import SchemaWatch, check_at_start
 from relay.server import RelayServer
 from relay.services import Services
+from relay.tls import ServerTls
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, Store
@@ -52,9 +53,19 @@ async def open_store(
     return embedded, f"embedded ({settings.data_dir})"
 
 
-async def run(settings: Settings, *, clock: Clock | None = None) -> int:
+async def run(
+    settings: Settings, *, clock: Clock | None = None, tls: ServerTls | None = None
+) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code.
-    Raises SchemaRefused, before opening anything, when the PostgreSQL schema does not fit."""
+    Raises SchemaRefused, before opening anything, when the PostgreSQL schema does not fit.
+
+    With TLS settings the certificate is loaded here unless `tls` brings it loaded already;
+    SIGHUP then reloads it.
+    """
+    if tls is None and settings.tls_cert is not None and settings.tls_key is not None:
+        tls = ServerTls.load(settings.tls_cert, settings.tls_key)
+    if tls is not None:  # before the ready line: a SIGHUP right after it must not kill us
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
     if settings.production:
         await check_at_start(settings)
     metrics = Metrics()
@@ -84,11 +95,12 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         history=history,
         schema=SchemaWatch(store) if settings.production else None,
     )
-    relay_server = RelayServer(svc, endpoints)
+    relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
     server = await relay_server.start()
     port = relay_server.port()
     cluster.start()
-    print(f"relay: serving on ws://{settings.host}:{port}/v1/ws", flush=True)
+    scheme = "ws" if tls is None else "wss"
+    print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
     log.info("node id %s (%s)", cluster.node_id, "shared" if cluster.shared else "alone")
     log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
 

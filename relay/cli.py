@@ -184,12 +184,24 @@ def _serve(loaded: LoadedSettings) -> int:
     from relay.app import run
     from relay.logs import setup_logging
     from relay.schemaguard import SchemaRefused
+    from relay.tls import CertificateError, ServerTls
 
     settings = loaded.settings
     setup_logging(settings.log_level, settings.log_format)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            tls = ServerTls.load(settings.tls_cert, settings.tls_key)
+        except CertificateError as exc:
+            where = ", ".join(
+                f"{name} from {loaded.sources[name]}"
+                for name in (exc.setting or "tls_cert", *exc.related)
+            )
+            print(f"relay: bad setting: {exc} ({where})", file=sys.stderr)
+            return 2
     _install_uvloop()
     try:
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, tls=tls))
     except KeyboardInterrupt:
         return 0
     except SchemaRefused as exc:

@@ -6,6 +6,7 @@ Every check names the setting it failed on, so the loader can say where the valu
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 DAY = 86400.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+MAX_TRUSTED_PROXIES = 256
 SECRET_SETTINGS = frozenset({"registration_token"})
 URL_SETTINGS = frozenset({"database_url", "redis_url"})
 # The settings of the commands that open the store without serving (`relay purge`, `relay
@@ -74,6 +76,9 @@ class Settings:
     presence_ttl: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -148,6 +153,35 @@ class Settings:
                 "node_id must be 1-64 letters, digits, '.', '_' or '-'", setting="node_id"
             )
         self._check_urls()
+        self._check_tls()
+        self.trusted_networks  # noqa: B018  (raises ConfigError on a bad CIDR)
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "tls_cert and tls_key go together: set both to serve wss://, or neither",
+                setting="tls_cert" if self.tls_cert is not None else "tls_key",
+                related=("tls_key",) if self.tls_cert is not None else ("tls_cert",),
+            )
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The proxies whose X-Forwarded-For is believed, parsed from `trusted_proxies`."""
+        if self.trusted_proxies is None:
+            return ()
+        items = [item.strip() for item in self.trusted_proxies.split(",")]
+        if len(items) > MAX_TRUSTED_PROXIES:
+            raise ConfigError(
+                f"trusted_proxies lists more than {MAX_TRUSTED_PROXIES} networks",
+                setting="trusted_proxies",
+            )
+        networks = []
+        for item in items:
+            try:
+                networks.append(ipaddress.ip_network(item))
+            except ValueError as exc:
+                raise ConfigError(f"trusted_proxies: {exc}", setting="trusted_proxies") from None
+        return tuple(networks)
 
     def _check_urls(self) -> None:
         if (self.database_url is None) != (self.redis_url is None):
@@ -229,6 +263,9 @@ SETTING_HELP: dict[str, str] = {
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
     "log_format": "log format: text (for people) or json (one JSON object a line)",
+    "tls_cert": "PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",
+    "tls_key": "PEM private key of --tls-cert",
+    "trusted_proxies": "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
 }
 
 # The default shown for a setting that is unset (None) by default, where "unset" says too little.
@@ -237,6 +274,9 @@ UNSET_MEANING: dict[str, str] = {
     "database_url": "unset (the embedded store)",
     "redis_url": "unset (the embedded store)",
     "registration_token": "unset (open registration)",
+    "tls_cert": "unset (plain ws:// and http://)",
+    "tls_key": "unset (plain ws:// and http://)",
+    "trusted_proxies": "unset (X-Forwarded-For is ignored)",
 }
 
 
