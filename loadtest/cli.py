@@ -22,6 +22,8 @@ from loadtest.maxrate import Thresholds, find_max
 from loadtest.probe import MetricsProbe, PidProbe, Probe
 from loadtest.runner import RunFailed, run_workload
 from loadtest.workload import Pairing, Scenario, Workload
+from protocol.client import TlsSetupError, context_for
+from protocol.version import version_line
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
 DEFAULT_DURATION = {Scenario.SOAK: 600.0}
@@ -45,10 +47,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="relay-loadtest",
         description="Load-test harness for the relay (a client like any other).",
     )
+    top.add_argument("--version", action="version", version=version_line("relay-loadtest"))
     sub = top.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("workload")
     g.add_argument("--url", default=DEFAULT_URL, help="relay WebSocket URL (%(default)s)")
+    g.add_argument(
+        "--ca-file",
+        metavar="PATH",
+        help="PEM CA bundle to verify a wss:// relay with (default: the system's CAs)",
+    )
     g.add_argument("--devices", type=_bounded(int, 2, MAX_DEVICES), default=200)
     g.add_argument(
         "--rate",
@@ -149,6 +157,7 @@ def _workload(args: argparse.Namespace) -> Workload:
         bucket=bucket,
         subprotocol="relay.v1+json" if args.json else "relay.v1+msgpack",
         e2e=args.e2e,
+        ca_file=args.ca_file,
     )
 
 
@@ -252,9 +261,14 @@ def main(argv: list[str] | None = None) -> int:
         print(format_rows(compare(a, b)))
         return 0
     w = _workload(args)
+    try:
+        tls = context_for(w.url, w.ca_file)
+    except TlsSetupError as exc:
+        console.print(f"[red]relay-loadtest: {exc}[/red]")
+        return 2
     runs: dict[str, dict[str, Any]] = {}
     try:
-        runs["relay"] = _run_target(w, MetricsProbe(w.url), "relay", args)
+        runs["relay"] = _run_target(w, MetricsProbe(w.url, tls), "relay", args)
         if args.baseline:
             with ForwarderProcess() as fw:
                 runs["baseline"] = _run_target(

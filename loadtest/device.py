@@ -18,6 +18,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from ssl import SSLContext
+from typing import Any
 
 import nacl.public
 from websockets.asyncio.client import ClientConnection, connect
@@ -91,8 +93,10 @@ class SimDevice:
         fmt: WireFormat = WireFormat.MSGPACK,
         prekeys: int = 5,
         e2e: bool = False,
+        ssl: SSLContext | None = None,
     ) -> None:
         self.url = url
+        self._tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
         self.ledger = ledger
         self.recorder = recorder
         self.fmt = fmt
@@ -133,6 +137,7 @@ class SimDevice:
                 max_size=MAX_FRAME,
                 compression=None,
                 ping_interval=None,
+                **self._tls,
             )
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise DeviceError(f"connect:{type(exc).__name__}") from exc

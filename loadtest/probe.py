@@ -7,6 +7,7 @@ baseline forwarder is our own child process, read from `/proc`.
 from __future__ import annotations
 
 import os
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,14 +23,15 @@ class ServerSample:
 class MetricsProbe:
     """Reads `process_resident_memory_bytes` and `process_cpu_seconds_total` from `/metrics`."""
 
-    def __init__(self, ws_url: str) -> None:
+    def __init__(self, ws_url: str, context: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(ws_url)
         scheme = "https" if parts.scheme == "wss" else "http"
         self.url = f"{scheme}://{parts.netloc}/metrics"
+        self.context = context  # verifies an https:// relay; None: the system's CAs
 
     def sample(self) -> ServerSample | None:
         try:
-            with urllib.request.urlopen(self.url, timeout=2) as resp:
+            with urllib.request.urlopen(self.url, timeout=2, context=self.context) as resp:
                 text = resp.read().decode("utf-8", "replace")
         except (OSError, urllib.error.URLError):
             return None

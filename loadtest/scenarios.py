@@ -20,6 +20,7 @@ from loadtest.device import DeviceError, SimDevice, new_message
 from loadtest.ledger import Ledger
 from loadtest.recorder import Recorder
 from loadtest.workload import Pairing, Scenario, Share, Workload
+from protocol.client.tls import context_for
 from protocol.codec import WireFormat
 
 POLL = 0.05
@@ -43,6 +44,7 @@ class Fleet:
 async def setup(workload: Workload, share: Share, recorder: Recorder) -> Fleet:
     """Register this process's devices (a few at a time); offline scenarios close some again."""
     ledger = Ledger()
+    tls = context_for(workload.url, workload.ca_file)  # one context for the process's devices
     devices = [
         SimDevice(
             workload.url,
@@ -51,6 +53,7 @@ async def setup(workload: Workload, share: Share, recorder: Recorder) -> Fleet:
             fmt=WireFormat(workload.subprotocol),
             prekeys=workload.prekeys,
             e2e=workload.e2e,
+            ssl=tls,
         )
         for _ in range(share.devices)
     ]

@@ -49,11 +49,13 @@ class Workload:
     bucket: float = 1.0
     subprotocol: str = "relay.v1+msgpack"
     e2e: bool = False
+    ca_file: str | None = None  # PEM CA bundle that verifies a wss:// relay
 
     def for_url(self, url: str) -> Workload:
-        """The same workload against another server (the baseline forwarder)."""
+        """The same workload against another server (the baseline forwarder, plain ws://)."""
         values = asdict(self)
         values["url"] = url
+        values["ca_file"] = None
         values["scenario"] = self.scenario
         values["pairing"] = self.pairing
         return Workload(**values)
@@ -70,6 +72,24 @@ class Workload:
         values["scenario"] = str(self.scenario)
         values["pairing"] = str(self.pairing)
         return values
+
+
+# Which options shape each scenario's traffic: the one place that says so (the report
+# lists only these). A `Workload` field that no scenario names here applies to all of them.
+SCENARIO_OPTIONS: dict[Scenario, frozenset[str]] = {
+    Scenario.STEADY: frozenset({"rate", "duration", "pairing", "size", "e2e"}),
+    Scenario.SOAK: frozenset({"rate", "duration", "pairing", "size", "e2e"}),
+    Scenario.FANOUT: frozenset({"rate", "duration", "group", "size", "e2e"}),
+    Scenario.OFFLINE_DRAIN: frozenset({"queue", "size", "e2e"}),
+    Scenario.CONNECT_STORM: frozenset({"connect_rate", "hold"}),
+    Scenario.RECONNECT_STORM: frozenset({"rate", "duration", "pairing", "jitter", "size", "e2e"}),
+}
+SCENARIO_SPECIFIC = frozenset().union(*SCENARIO_OPTIONS.values())
+
+
+def applies(scenario: Scenario, option: str) -> bool:
+    """Whether `option` (a `Workload` field) has an effect on `scenario`."""
+    return option not in SCENARIO_SPECIFIC or option in SCENARIO_OPTIONS[scenario]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -35,11 +34,13 @@ from protocol.client import (
     LocalStore,
     StoreLocked,
     WrongPassphrase,
+    context_for,
 )
 from protocol.terminal.contacts import ContactError, Contacts
 from protocol.terminal.conversation import Conversation
 from protocol.terminal.screen import open_screen
 from protocol.terminal.status import describe_error
+from protocol.version import version_line
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
 PASSPHRASE_ENV = "RELAY_CHAT_PASSPHRASE"
@@ -54,23 +55,23 @@ class UsageError(Exception):
     """A mistake in what was typed on the command line: one line, exit status 2."""
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("relay")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="relay-chat",
         description="Chat through a relay, end-to-end encrypted, from a terminal.",
     )
-    p.add_argument("--version", action="version", version=f"relay-chat {_version()}")
+    p.add_argument("--version", action="version", version=version_line("relay-chat"))
     p.add_argument(
         "--url",
         default=os.environ.get("RELAY_URL", DEFAULT_URL),
         help="the relay's WebSocket URL (default: $RELAY_URL or %(default)s)",
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("RELAY_CA_FILE") or None,
+        metavar="PATH",
+        help="PEM CA bundle to verify a wss:// relay with (default: $RELAY_CA_FILE, "
+        "else the system's CAs)",
     )
     p.add_argument("--store", required=True, help="directory of this device's encrypted store")
     p.add_argument(
@@ -163,6 +164,7 @@ async def _run(args: argparse.Namespace) -> int:
         on_message=None if conversation is None else conversation.on_message,
         on_identity_change=None if conversation is None else conversation.on_identity_change,
         options=CHAT_OPTIONS,
+        ssl=context_for(args.url, args.ca_file),
         on_connection_change=None if conversation is None else conversation.on_connection_change,
     ) as client:
         if command == "identity":

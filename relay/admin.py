@@ -5,15 +5,16 @@ people by default, or JSON for scripts."""
 from __future__ import annotations
 
 import datetime
+import re
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
 import orjson
 
-from protocol.fields import is_canonical_uuid
 from relay.config import Settings, shown_value
 from relay.config_sources import LoadedSettings
 from storage.errors import StorageError
@@ -23,6 +24,7 @@ from storage.records import DeviceRecord
 DEFAULT_STATS_URL = "http://127.0.0.1:8765"
 STATS_PATH = "/v1/stats"
 MAX_STATS_BYTES = 4 * 1024 * 1024
+EXAMPLE_USER = "5d0c2c43-8f1e-4a55-9c63-0b1c8e0f1a2b"
 
 
 class AdminError(Exception):
@@ -110,10 +112,52 @@ def _flatten(value: object, prefix: str = "") -> Iterator[tuple[str, str]]:
 
 
 def render_stats(stats: Mapping[str, Any]) -> str:
-    """A two-column table, nested objects as dotted names."""
-    rows = list(_flatten(stats))
+    """A two-column table, nested objects as dotted names; then the nodes, one row each."""
+    nodes = stats.get("nodes")
+    node_table = _node_table(nodes) if isinstance(nodes, list) else None
+    shown = {k: v for k, v in stats.items() if node_table is None or k != "nodes"}
+    rows = list(_flatten(shown))
     width = max((len(name) for name, _ in rows), default=0)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    if node_table is not None:
+        lines += ["", f"nodes ({len(node_table) - 1})"]
+        if stats.get("nodes_available") is False:
+            lines.append("(the node registry did not answer: this node only)")
+        lines += node_table
+    return "\n".join(lines)
+
+
+def _node_table(nodes: list[Any]) -> list[str] | None:
+    """The node list as aligned columns; None when it is not a list of objects."""
+    if not all(isinstance(node, Mapping) for node in nodes):
+        return None
+    header = ("node", "connections", "heartbeat age (s)", "")
+    return _aligned(
+        header,
+        [
+            (
+                _cell(node.get("id")),
+                _cell(node.get("connections")),
+                _cell(node.get("heartbeat_age_s")),
+                "this node" if node.get("this_node") is True else "",
+            )
+            for node in nodes
+        ],
+    )
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A header and rows as left-aligned columns two spaces apart."""
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in table
+    ]
 
 
 # --- relay devices USER ------------------------------------------------------------------
@@ -151,16 +195,11 @@ def render_devices(user: str, rows: Sequence[DeviceRow], fmt: str) -> str:
         document = {"user": user, "devices": [_row_dict(r) for r in rows]}
         return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8")
     header = ("device", "key scheme", "registration id", "created (UTC)", "last seen (UTC)")
-    table = [header] + [
+    table = [
         (str(r.device), r.key_scheme, str(r.registration_id), r.created, r.last_seen) for r in rows
     ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = [f"user {user}: {len(rows)} active device{'s' if len(rows) != 1 else ''}"]
-    lines += [
-        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
-        for line in table
-    ]
-    return "\n".join(lines)
+    return "\n".join([*lines, *_aligned(header, table)])
 
 
 def _row_dict(row: DeviceRow) -> dict[str, object]:
@@ -181,9 +220,24 @@ async def _open_existing_store(settings: Settings) -> tuple[Store, str]:
     return store, kind
 
 
+MAX_USER_TEXT = 64
+_UUID_HEX = re.compile(r"[0-9a-f]{8}(-?)[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{4}\1[0-9a-f]{12}")
+
+
+def canonical_user(text: str) -> str:
+    """A user id as an operator may paste it (any case, with or without the dashes, braces or
+    a `urn:uuid:` prefix) in the canonical lower-case form the store keeps; exit 2 otherwise."""
+    core = text.strip().lower().removeprefix("urn:uuid:")
+    if core.startswith("{") and core.endswith("}"):
+        core = core[1:-1]
+    if len(text) <= MAX_USER_TEXT and _UUID_HEX.fullmatch(core):
+        return str(uuid.UUID(core))
+    shown = repr(text) if len(text) <= MAX_USER_TEXT else f"{len(text)} characters"
+    raise AdminError(f"USER must be a UUID such as {EXAMPLE_USER}, not {shown}", code=2)
+
+
 async def list_devices(settings: Settings, user: str) -> list[DeviceRow]:
-    if not is_canonical_uuid(user):
-        raise AdminError(f"USER must be a lower-case canonical UUID, not {user!r}", code=2)
+    """`user` in canonical form (see `canonical_user`)."""
     store, _ = await _open_existing_store(settings)
     try:
         records = await store.devices.list_devices(user)

@@ -15,13 +15,16 @@ from protocol.fields import Limits
 from relay.clock import Clock, SystemClock
 from relay.cluster import open_cluster
 from relay.config import Settings
+from relay.history import History, HistorySampler, read_metrics
 from relay.http import OperationsEndpoints
 from relay.looplag import LoopLagMonitor
 from relay.metrics import Metrics
 from relay.queuedepth import refresh_forever
 from relay.router import Router
+from relay.schemaguard import SchemaWatch, check_at_start
 from relay.server import RelayServer
 from relay.services import Services
+from relay.tls import ServerTls
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, Store
@@ -50,8 +53,21 @@ async def open_store(
     return embedded, f"embedded ({settings.data_dir})"
 
 
-async def run(settings: Settings, *, clock: Clock | None = None) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code."""
+async def run(
+    settings: Settings, *, clock: Clock | None = None, tls: ServerTls | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code.
+    Raises SchemaRefused, before opening anything, when the PostgreSQL schema does not fit.
+
+    With TLS settings the certificate is loaded here unless `tls` brings it loaded already;
+    SIGHUP then reloads it.
+    """
+    if tls is None and settings.tls_cert is not None and settings.tls_key is not None:
+        tls = ServerTls.load(settings.tls_cert, settings.tls_key)
+    if tls is not None:  # before the ready line: a SIGHUP right after it must not kill us
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
+    if settings.production:
+        await check_at_start(settings)
     metrics = Metrics()
     store, store_kind = await open_store(settings, observe=metrics.observe_backend)
     router = Router()
@@ -71,12 +87,20 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         cluster=cluster,
     )
-    endpoints = OperationsEndpoints(svc, started=time.monotonic(), store_kind=store_kind)
-    relay_server = RelayServer(svc, endpoints)
+    history = History(svc.clock)
+    endpoints = OperationsEndpoints(
+        svc,
+        started=time.monotonic(),
+        store_kind=store_kind,
+        history=history,
+        schema=SchemaWatch(store) if settings.production else None,
+    )
+    relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
     server = await relay_server.start()
     port = relay_server.port()
     cluster.start()
-    print(f"relay: serving on ws://{settings.host}:{port}/v1/ws", flush=True)
+    scheme = "ws" if tls is None else "wss"
+    print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
     log.info("node id %s (%s)", cluster.node_id, "shared" if cluster.shared else "alone")
     log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
 
@@ -88,6 +112,8 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
     loop_lag = LoopLagMonitor(metrics)
     loop_lag.start()
+    sampler = HistorySampler(history, lambda: read_metrics(metrics), svc.clock)
+    sampler.start()
     try:
         await stop.wait()
     finally:
@@ -97,6 +123,7 @@ async def run(settings: Settings, *, clock: Clock | None = None) -> int:
         purger.cancel()
         queue_depth.cancel()
         loop_lag.stop()
+        await sampler.stop()
         await _close_connections(server, svc, deadline)
         await svc.drain_background(max(0.0, deadline - loop.time()))
         await cluster.stop()  # leaves the node registry; the presence entries are released

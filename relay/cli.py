@@ -1,7 +1,12 @@
-"""The `relay` command line: serve, migrate, purge, config show, stats, devices.
+"""The `relay` command line: serve, migrate, purge, config show, stats, devices, docs.
+
+`serve` and `config show` take every setting; the commands that only open the store take
+`--config` and the store settings (`relay.config.STORE_SETTINGS`), so their `--help` lists
+only what they use.
 
 Exit codes: 0 done, 1 the command could not do its job (a node or store out of
-reach, an unknown user), 2 a bad setting or argument (`relay: bad setting: ...`).
+reach, an unknown user), 2 a bad setting or argument (`relay: bad setting: ...`) or a
+state to fix before start (a PostgreSQL schema older or newer than the relay's).
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from protocol.version import version_line
 from relay.admin import (
     DEFAULT_STATS_URL,
     AdminError,
+    canonical_user,
     fetch_stats,
     list_devices,
     purge,
@@ -22,8 +29,13 @@ from relay.admin import (
     render_settings,
     render_stats,
 )
-from relay.config import ConfigError
-from relay.config_sources import LoadedSettings, add_settings_arguments, load_settings
+from relay.config import MIGRATE_SETTINGS, STORE_SETTINGS, ConfigError
+from relay.config_sources import (
+    LoadedSettings,
+    add_settings_arguments,
+    load_database_url,
+    load_settings,
+)
 
 STATS_TIMEOUT_S = 5.0
 
@@ -33,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="relay",
         description="End-to-end-encrypted messaging relay.",
         epilog="Settings come from flags, RELAY_* environment variables and a TOML file "
-        "(--config), in that order of precedence. See docs/operations.md.",
+        "(--config), in that order of precedence. The documentation is installed with the "
+        "package: `relay docs` lists its pages, `relay docs operations` prints the "
+        "operator's guide.",
     )
+    parser.add_argument("--version", action="version", version=version_line("relay"))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
@@ -45,13 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate",
         help="apply (or roll back) the PostgreSQL schema migrations",
-        description="Apply the PostgreSQL schema migrations (production mode only).",
+        description="Apply the PostgreSQL schema migrations (production mode only). Reads "
+        "database_url like the other commands: flag, env RELAY_DATABASE_URL or --config file.",
     )
-    migrate.add_argument(
-        "--database-url",
-        default=os.environ.get("RELAY_DATABASE_URL"),
-        help="PostgreSQL URL (env RELAY_DATABASE_URL)",
-    )
+    add_settings_arguments(migrate, MIGRATE_SETTINGS)
     action = migrate.add_mutually_exclusive_group()
     action.add_argument(
         "--to", type=int, metavar="N", help="migrate up or down to schema version N"
@@ -65,10 +77,9 @@ def _parser() -> argparse.ArgumentParser:
         "purge",
         help="delete expired stored messages now",
         description="Delete the expired stored messages of the configured store now "
-        "(a running relay also does so every --purge-interval seconds). Takes the same "
-        "settings as serve; only the store settings matter.",
+        "(a running relay also does so every purge_interval seconds).",
     )
-    add_settings_arguments(purge_cmd)
+    add_settings_arguments(purge_cmd, STORE_SETTINGS)
     config = commands.add_parser(
         "config",
         help="show the effective settings",
@@ -105,12 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     devices = commands.add_parser(
         "devices",
         help="list a user's devices from the store",
-        description="List a user's active devices from the configured store. Takes the same "
-        "settings as serve; only the store settings matter.",
+        description="List a user's active devices from the configured store.",
     )
-    devices.add_argument("user", metavar="USER", help="the user id (a canonical UUID)")
+    devices.add_argument(
+        "user", metavar="USER", help="the user id, a UUID (any case, dashes optional)"
+    )
     devices.add_argument("--json", action="store_true", help="print JSON")
-    add_settings_arguments(devices)
+    add_settings_arguments(devices, STORE_SETTINGS)
+    docs = commands.add_parser(
+        "docs",
+        help="list or print the documentation installed with the package",
+        description="Without TOPIC, list the documentation pages (the README and docs/*.md, "
+        "installed with the package) and where they are; with TOPIC, print that page.",
+    )
+    docs.add_argument("topic", metavar="TOPIC", nargs="?", help="a page, e.g. operations")
     return parser
 
 
@@ -129,8 +148,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _migrate(args)
     if args.command == "stats":
         return _stats(args)
+    if args.command == "docs":
+        return _docs(args.topic)
     try:
-        loaded = load_settings(args, os.environ)
+        if args.command == "devices":
+            args.user = canonical_user(args.user)
+        names = STORE_SETTINGS if args.command in ("purge", "devices") else None
+        loaded = load_settings(args, os.environ, names)
+    except AdminError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.code
     except ConfigError as exc:
         print(f"relay: bad setting: {exc}", file=sys.stderr)
         return 2
@@ -156,14 +183,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(loaded: LoadedSettings) -> int:
     from relay.app import run
     from relay.logs import setup_logging
+    from relay.schemaguard import SchemaRefused
+    from relay.tls import CertificateError, ServerTls
 
     settings = loaded.settings
     setup_logging(settings.log_level, settings.log_format)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            tls = ServerTls.load(settings.tls_cert, settings.tls_key)
+        except CertificateError as exc:
+            where = ", ".join(
+                f"{name} from {loaded.sources[name]}"
+                for name in (exc.setting or "tls_cert", *exc.related)
+            )
+            print(f"relay: bad setting: {exc} ({where})", file=sys.stderr)
+            return 2
     _install_uvloop()
     try:
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, tls=tls))
     except KeyboardInterrupt:
         return 0
+    except SchemaRefused as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -181,19 +224,49 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(topic: str | None) -> int:
+    from relay.documentation import find_page, pages, render_index
+
+    found = pages()
+    if topic is None:
+        print(render_index(found))
+        return 0
+    page = find_page(found, topic)
+    if page is None:
+        topics = ", ".join(p.topic for p in found)
+        print(f"relay: no documentation page {topic[:64]!r}; pages: {topics}", file=sys.stderr)
+        return 2
+    print(page.file.read_text(encoding="utf-8"), end="")
+    return 0
+
+
 def _migrate(args: argparse.Namespace) -> int:
-    if not args.database_url:
-        print("relay: migrate needs --database-url or RELAY_DATABASE_URL", file=sys.stderr)
+    try:
+        database_url = load_database_url(args, os.environ)
+    except ConfigError as exc:
+        print(f"relay: bad setting: {exc}", file=sys.stderr)
+        return 2
+    if database_url is None:
+        print(
+            "relay: migrate needs database_url: --database-url, RELAY_DATABASE_URL "
+            "or database_url in the --config file",
+            file=sys.stderr,
+        )
         return 2
     from storage.errors import StorageError
     from storage.postgres.migrate import check, migrate
 
     try:
         if args.check:
-            ok, message = asyncio.run(check(args.database_url))
+            ok, message = asyncio.run(check(database_url))
             print(message)
             return 0 if ok else 1
-        for line in asyncio.run(migrate(args.database_url, to=args.to)) or ["schema up to date"]:
+        try:
+            steps = asyncio.run(migrate(database_url, to=args.to))
+        except ValueError as exc:  # `--to` names no schema version
+            print(f"relay: migrate --to: {exc}", file=sys.stderr)
+            return 2
+        for line in steps or ["schema up to date"]:
             print(line)
     except StorageError as exc:
         print(f"relay: migrate failed: {exc}", file=sys.stderr)

@@ -6,6 +6,7 @@ Every check names the setting it failed on, so the loader can say where the valu
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -14,8 +15,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 DAY = 86400.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+MAX_TRUSTED_PROXIES = 256
 SECRET_SETTINGS = frozenset({"registration_token"})
 URL_SETTINGS = frozenset({"database_url", "redis_url"})
+# The settings of the commands that open the store without serving (`relay purge`, `relay
+# devices`); every other setting, including any added later, is for `relay serve` only.
+STORE_SETTINGS = frozenset(
+    {"data_dir", "database_url", "redis_url", "redis_prefix", "backend_timeout"}
+)
+# `relay migrate` touches PostgreSQL alone.
+MIGRATE_SETTINGS = frozenset({"database_url"})
 MASK = "***"
 
 
@@ -38,6 +47,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "relay:"
+    migrate: bool = False
     handshake_timeout: float = 10.0
     ack_timeout: float = 2.0
     backend_timeout: float = 2.0
@@ -66,6 +76,9 @@ class Settings:
     presence_ttl: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -140,6 +153,35 @@ class Settings:
                 "node_id must be 1-64 letters, digits, '.', '_' or '-'", setting="node_id"
             )
         self._check_urls()
+        self._check_tls()
+        self.trusted_networks  # noqa: B018  (raises ConfigError on a bad CIDR)
+
+    def _check_tls(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError(
+                "tls_cert and tls_key go together: set both to serve wss://, or neither",
+                setting="tls_cert" if self.tls_cert is not None else "tls_key",
+                related=("tls_key",) if self.tls_cert is not None else ("tls_cert",),
+            )
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The proxies whose X-Forwarded-For is believed, parsed from `trusted_proxies`."""
+        if self.trusted_proxies is None:
+            return ()
+        items = [item.strip() for item in self.trusted_proxies.split(",")]
+        if len(items) > MAX_TRUSTED_PROXIES:
+            raise ConfigError(
+                f"trusted_proxies lists more than {MAX_TRUSTED_PROXIES} networks",
+                setting="trusted_proxies",
+            )
+        networks = []
+        for item in items:
+            try:
+                networks.append(ipaddress.ip_network(item))
+            except ValueError as exc:
+                raise ConfigError(f"trusted_proxies: {exc}", setting="trusted_proxies") from None
+        return tuple(networks)
 
     def _check_urls(self) -> None:
         if (self.database_url is None) != (self.redis_url is None):
@@ -150,7 +192,7 @@ class Settings:
                 related=("redis_url",) if self.database_url is not None else ("database_url",),
             )
         if self.database_url is not None:
-            _check_url("database_url", self.database_url, ("postgresql", "postgres"))
+            check_database_url(self.database_url)
         if self.redis_url is not None:
             _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
 
@@ -163,6 +205,11 @@ class Settings:
     def replay_pending_ttl(self) -> float:
         """How long a send may stay in flight before a retry may take its nonce over."""
         return self.ack_timeout + 4 * self.backend_timeout + 10.0
+
+
+def check_database_url(url: str) -> None:
+    """For `relay migrate`, which needs the PostgreSQL URL without its Redis partner."""
+    _check_url("database_url", url, ("postgresql", "postgres"))
 
 
 def _check_url(name: str, url: str, schemes: tuple[str, ...]) -> None:
@@ -186,6 +233,8 @@ SETTING_HELP: dict[str, str] = {
     "database_url": "PostgreSQL URL (production mode, with --redis-url)",
     "redis_url": "Redis URL (production mode, with --database-url)",
     "redis_prefix": "prefix of every Redis key this relay writes",
+    "migrate": "at start, apply pending PostgreSQL schema migrations (under an advisory lock, "
+    "so several nodes may start at once) instead of exiting 2 on an older schema",
     "handshake_timeout": "seconds a new connection has to authenticate",
     "ack_timeout": "seconds to wait for a connected device's ack before storing",
     "backend_timeout": "seconds a store call may take before it counts as unavailable",
@@ -210,10 +259,24 @@ SETTING_HELP: dict[str, str] = {
     "max_connections_per_address": "concurrent connections per client address",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
-    "node_id": "name of this node among several sharing Redis (default: random)",
+    "node_id": "name of this node among several sharing Redis",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
     "log_format": "log format: text (for people) or json (one JSON object a line)",
+    "tls_cert": "PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",
+    "tls_key": "PEM private key of --tls-cert",
+    "trusted_proxies": "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
+}
+
+# The default shown for a setting that is unset (None) by default, where "unset" says too little.
+UNSET_MEANING: dict[str, str] = {
+    "node_id": "a random id at each start",
+    "database_url": "unset (the embedded store)",
+    "redis_url": "unset (the embedded store)",
+    "registration_token": "unset (open registration)",
+    "tls_cert": "unset (plain ws:// and http://)",
+    "tls_key": "unset (plain ws:// and http://)",
+    "trusted_proxies": "unset (X-Forwarded-For is ignored)",
 }
 
 

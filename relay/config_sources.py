@@ -5,6 +5,9 @@ Every setting `some_name` is a flag `--some-name`, an environment variable
 `--config` (or `RELAY_CONFIG`). A flag wins over the environment, the
 environment over the file, the file over the default. Every error names the
 setting and where its value came from, so the operator knows what to fix.
+`relay serve` and `relay config show` read every setting; the store commands read only
+theirs (`config.STORE_SETTINGS`, `config.MIGRATE_SETTINGS`) and leave the rest at their
+defaults, though a file's other keys must still be known settings of the right type.
 Nothing here reads the environment at import time.
 """
 
@@ -14,13 +17,24 @@ import argparse
 import difflib
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from relay.config import MASK, SECRET_SETTINGS, SETTING_HELP, URL_SETTINGS, ConfigError, Settings
+from relay.config import (
+    MASK,
+    MIGRATE_SETTINGS,
+    SECRET_SETTINGS,
+    SETTING_HELP,
+    STORE_SETTINGS,
+    UNSET_MEANING,
+    URL_SETTINGS,
+    ConfigError,
+    Settings,
+    check_database_url,
+)
 
 # --- where a value came from ----------------------------------------------------------
 
@@ -140,45 +154,89 @@ def env_name(name: str) -> str:
 # --- building the settings ---------------------------------------------------------------
 
 
-def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config` and one flag per setting; flags keep their raw text so that a bad value gets
+def add_settings_arguments(
+    parser: argparse.ArgumentParser, names: Collection[str] | None = None
+) -> None:
+    """`--config` and one flag per setting: every setting (`serve`, `config show`), or only
+    those in `names` (the store commands). Flags keep their raw text so that a bad value gets
     the same message whatever its source."""
+    ignored = "" if names is None else "; its other settings are checked but not used"
     parser.add_argument(
         "--config",
         dest="config",
         default=None,
         metavar="FILE",
-        help="TOML file of settings, keys as below without the dashes (env RELAY_CONFIG)",
+        help=f"TOML file of settings, keys as below without the dashes{ignored} (env RELAY_CONFIG)",
     )
+    store = parser.add_argument_group("store settings")
+    serve = parser.add_argument_group("serve settings")  # argparse omits it when empty
     for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
         meaning = SETTING_HELP.get(f.name, f.name.replace("_", " "))
-        parser.add_argument(
+        default = UNSET_MEANING.get(f.name, "unset") if f.default is None else f.default
+        if isinstance(f.default, bool):
+            default = "on" if f.default else "off"
+        help_text = f"{meaning} (env {env_name(f.name)}; default {default})"
+        group = store if f.name in STORE_SETTINGS else serve
+        if str(f.type) == "bool":  # a switch: --migrate / --no-migrate
+            group.add_argument(
+                flag_name(f.name),
+                dest=f.name,
+                default=None,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+            continue
+        group.add_argument(
             flag_name(f.name),
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{meaning} (env {env_name(f.name)}; default {f.default})",
+            help=help_text,
         )
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> LoadedSettings:
-    """Flags, then RELAY_* variables, then the TOML file, then the defaults; validated."""
+@dataclass(frozen=True, slots=True)
+class _Given:
+    """The settings given by a file, the environment or a flag, typed but not yet validated."""
+
+    values: dict[str, Any]
+    sources: dict[str, Source]
+    config_file: Path | None
+
+
+def _gather(args: argparse.Namespace, environ: Mapping[str, str], names: Collection[str]) -> _Given:
+    """Flags over RELAY_* variables over the TOML file, for the settings in `names`; the file's
+    other keys are still checked for their names and types."""
     values: dict[str, Any] = {}
     sources: dict[str, Source] = {}
     config_file = _config_path(args, environ)
     if config_file is not None:
         for name, value in _read_toml(config_file).items():
-            values[name] = value
-            sources[name] = Source(Origin.FILE, f"{config_file}:{name}")
-    for name in _FIELDS:
+            if name in names:
+                values[name] = value
+                sources[name] = Source(Origin.FILE, f"{config_file}:{name}")
+    for name in names:
         raw = environ.get(env_name(name))
         if raw:  # an empty variable counts as unset
             values[name] = _from_text(name, raw, Source(Origin.ENV, env_name(name)))
             sources[name] = Source(Origin.ENV, env_name(name))
         given = getattr(args, name, None)
         if given is not None:
-            values[name] = _from_text(name, given, Source(Origin.FLAG, flag_name(name)))
+            flag = Source(Origin.FLAG, flag_name(name))
+            values[name] = given if isinstance(given, bool) else _from_text(name, given, flag)
             sources[name] = Source(Origin.FLAG, flag_name(name))
+    return _Given(values, sources, config_file)
+
+
+def load_settings(
+    args: argparse.Namespace, environ: Mapping[str, str], names: Collection[str] | None = None
+) -> LoadedSettings:
+    """Flags, then RELAY_* variables, then the TOML file, then the defaults; validated. With
+    `names`, only those settings are read; the others keep their defaults."""
+    given = _gather(args, environ, _FIELDS.keys() if names is None else names)
+    values, sources = given.values, given.sources
     if isinstance(values.get("log_level"), str):
         values["log_level"] = values["log_level"].upper()
     try:
@@ -195,8 +253,22 @@ def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Loade
     return LoadedSettings(
         settings=settings,
         sources={name: sources.get(name, DEFAULT_SOURCE) for name in _FIELDS},
-        config_file=config_file,
+        config_file=given.config_file,
     )
+
+
+def load_database_url(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The PostgreSQL URL alone, for `relay migrate` (which needs no Redis URL); checked."""
+    given = _gather(args, environ, MIGRATE_SETTINGS)
+    url = given.values.get("database_url")
+    if url is None:
+        return None
+    try:
+        check_database_url(url)
+    except ConfigError as exc:
+        source = given.sources["database_url"]
+        raise ConfigError(f"{exc} (from {source})", setting="database_url") from None
+    return str(url)
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

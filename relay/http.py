@@ -1,4 +1,5 @@
-"""Plain HTTP GET on the WebSocket port: health, readiness, metrics, stats."""
+"""Plain HTTP GET (and HEAD) on the WebSocket port: landing page, health, readiness, metrics,
+stats, history."""
 
 from __future__ import annotations
 
@@ -6,20 +7,28 @@ import asyncio
 import functools
 import http
 from importlib import resources
+from urllib.parse import parse_qsl
 
 import orjson
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from protocol.version import package_version
+from relay.history import SAMPLE_INTERVAL_S, History
+from relay.landing import LandingFacts, render_landing, store_label
+from relay.schemaguard import SchemaVersions, SchemaWatch
 from relay.services import Services
 from relay.stats import Stats, collect, node_registry
 
 READY_TIMEOUT_S = 4.0
+MAX_QUERY_CHARS = 64  # `since=` and 13 digits fit many times over
+MAX_SINCE_DIGITS = 16
 
 
 @functools.cache
 def _dashboard_page() -> bytes:
-    """The self-contained page (no CDN): it polls /v1/stats and draws SVG charts."""
+    """The self-contained page (no CDN): it loads /v1/history, then polls it with `since`
+    and /v1/stats, and draws SVG charts."""
     return (resources.files("relay") / "static" / "dashboard.html").read_bytes()
 
 
@@ -43,18 +52,63 @@ def text_response(text: str, status: http.HTTPStatus = http.HTTPStatus.OK) -> Re
     return _response(status, text.encode(), "text/plain; charset=utf-8")
 
 
+class BadQuery(ValueError):
+    """A query string the path does not accept; the message says what to send instead."""
+
+
+def parse_since(query: str) -> int | None:
+    """The `since` parameter of `/v1/history`: milliseconds since the epoch, or None."""
+    if len(query) > MAX_QUERY_CHARS:
+        raise BadQuery(f"query string longer than {MAX_QUERY_CHARS} characters")
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise BadQuery("malformed query string; send ?since=MILLISECONDS") from None
+    unknown = sorted({name for name, _ in pairs} - {"since"})
+    if unknown:
+        raise BadQuery(f"unknown parameter {unknown[0]!r}; only 'since' is accepted")
+    if len(pairs) > 1:
+        raise BadQuery("'since' given more than once")
+    if not pairs:
+        return None
+    value = pairs[0][1]
+    if not (value.isascii() and value.isdigit() and len(value) <= MAX_SINCE_DIGITS):
+        raise BadQuery("'since' must be a whole number of milliseconds since the epoch")
+    return int(value)
+
+
 class OperationsEndpoints:
     """Answers the operations paths; `None` lets the request continue as a WebSocket upgrade."""
 
-    def __init__(self, svc: Services, *, started: float, store_kind: str) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        *,
+        started: float,
+        store_kind: str,
+        history: History,
+        schema: SchemaWatch | None = None,
+    ) -> None:
         self._svc = svc
         self._started = started
         self._store_kind = store_kind
+        self._history = history
+        self._landing: bytes | None = None
+        self._schema = schema  # production mode: the schema version counts for readiness
 
     async def handle(self, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
+        response = await self._get(request)
+        if response is not None and request.method == "HEAD":
+            # The GET answer's headers (Content-Length included), without its body.
+            return Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response
+
+    async def _get(self, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
         if path == "/v1/ws":
             return None
+        if path == "/":
+            return _response(http.HTTPStatus.OK, self._landing_page(), "text/html; charset=utf-8")
         if path == "/healthz":
             return text_response("ok\n")
         if path == "/readyz":
@@ -67,18 +121,57 @@ class OperationsEndpoints:
             )
         if path == "/v1/stats":
             return json_response(await self.stats())
+        if path == "/v1/history":
+            return self._history_response(query)
         if path == "/dashboard":
             return _response(http.HTTPStatus.OK, _dashboard_page(), "text/html; charset=utf-8")
         return text_response("not found\n", http.HTTPStatus.NOT_FOUND)
 
-    async def _ready(self) -> Response:
+    def _landing_page(self) -> bytes:
+        if self._landing is None:
+            self._landing = render_landing(
+                LandingFacts(
+                    version=package_version(),
+                    node_id=self._svc.cluster.node_id,
+                    store=store_label(production=self._svc.settings.production),
+                )
+            )
+        return self._landing
+
+    def _history_response(self, query: str) -> Response:
         try:
-            backends = await asyncio.wait_for(self._svc.store.ready(), READY_TIMEOUT_S)
+            since = parse_since(query)
+        except BadQuery as exc:
+            return json_response({"error": str(exc)}, http.HTTPStatus.BAD_REQUEST)
+        return json_response(
+            {
+                "node_id": self._svc.cluster.node_id,
+                "interval_s": SAMPLE_INTERVAL_S,
+                "capacity": self._history.capacity,
+                "samples": self._history.since(since),
+            }
+        )
+
+    async def _ready(self) -> Response:
+        """Each backend answers and, in production mode, the schema is the expected version;
+        `problems` names every cause of a 503."""
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                backends, versions = await asyncio.gather(
+                    self._svc.store.ready(), self._schema_versions()
+                )
         except TimeoutError:
-            backends = {"store": False}
-        ok = all(backends.values())
-        status = http.HTTPStatus.OK if ok else http.HTTPStatus.SERVICE_UNAVAILABLE
-        return json_response({"ready": ok, "backends": backends}, status)
+            backends, versions = {"store": False}, None
+        problems = [f"{name} does not answer" for name, up in backends.items() if not up]
+        body: dict[str, object] = {"backends": backends}
+        if versions is not None:
+            body["schema"] = {"version": versions.live, "expected": versions.expected}
+            problems += [versions.problem] if versions.problem is not None else []
+        status = http.HTTPStatus.SERVICE_UNAVAILABLE if problems else http.HTTPStatus.OK
+        return json_response({"ready": not problems, **body, "problems": problems}, status)
+
+    async def _schema_versions(self) -> SchemaVersions | None:
+        return None if self._schema is None else await self._schema.versions()
 
     async def stats(self) -> Stats:
         registry = await node_registry(self._svc)

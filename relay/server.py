@@ -1,10 +1,13 @@
-"""Wires the websockets library to the relay: sub-protocol choice, HTTP paths, connection limits."""
+"""Wires the websockets library to the relay: sub-protocol choice, HTTP paths, connection limits,
+TLS on the same port."""
 
 from __future__ import annotations
 
 import logging
+import ssl
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import NegotiationError
@@ -14,6 +17,7 @@ from websockets.typing import Subprotocol
 from protocol.codec import SUBPROTOCOLS, WireFormat, select_format
 from protocol.errors import CloseCode
 from relay.connection import serve_connection
+from relay.forwarded import FORWARDED_FOR, TrustedProxies
 from relay.http import OperationsEndpoints
 from relay.services import Services
 
@@ -34,14 +38,27 @@ def choose_subprotocol(
 
 
 class RelayServer:
-    def __init__(self, svc: Services, endpoints: OperationsEndpoints) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        endpoints: OperationsEndpoints,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._svc = svc
         self._endpoints = endpoints
+        self._tls = tls
+        self._proxies = TrustedProxies(svc.settings.trusted_networks)
         self._per_address: Counter[str] = Counter()
         self.server: Server | None = None
 
     async def start(self) -> Server:
         settings = self._svc.settings
+        tls_options: dict[str, Any] = (
+            {}
+            if self._tls is None
+            else {"ssl": self._tls, "ssl_handshake_timeout": settings.handshake_timeout}
+        )
         self.server = await serve(
             self._handle,
             settings.host,
@@ -54,6 +71,7 @@ class RelayServer:
             close_timeout=CLOSE_TIMEOUT_S,
             write_limit=WRITE_HIGH_WATER,
             server_header="relay",
+            **tls_options,
         )
         return self.server
 
@@ -70,7 +88,7 @@ class RelayServer:
         return await self._endpoints.handle(request)
 
     async def _handle(self, ws: ServerConnection) -> None:
-        address = str(ws.remote_address[0]) if ws.remote_address else "?"
+        address = self._client_address(ws)
         if self._per_address[address] >= self._svc.settings.max_connections_per_address:
             await ws.close(int(CloseCode.TRY_AGAIN_LATER), "too many connections from this address")
             return
@@ -82,3 +100,11 @@ class RelayServer:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]
+
+    def _client_address(self, ws: ServerConnection) -> str:
+        """What the per-address cap counts: the peer, or the client behind a trusted proxy."""
+        peer = str(ws.remote_address[0]) if ws.remote_address else "?"
+        if not self._proxies:
+            return peer
+        forwarded = ws.request.headers.get_all(FORWARDED_FOR) if ws.request else []
+        return self._proxies.client_address(peer, forwarded)

@@ -1,8 +1,9 @@
 """The JSON of `GET /v1/stats`: a node's current figures and cumulative counters.
 
-Counters are cumulative since the process started, so a reader (the dashboard, `relay
-stats`) computes rates from two successive reads; the server keeps no rate state. The
-delivery-latency percentiles cover a recent window (see metrics.RecentLatencies).
+Counters are cumulative since the process started, so a reader (`relay stats`, a script)
+computes rates from two successive reads; the dashboard charts the per-second rates of
+`relay.history` instead. The delivery-latency percentiles cover a recent window (see
+metrics.RecentLatencies).
 """
 
 from __future__ import annotations

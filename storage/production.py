@@ -4,7 +4,8 @@ rate limiter in Redis. Several relay nodes share one of each.
 Opening connects to neither server: both pools connect on first use, so a node starts while
 a backend is down, answers `unavailable` meanwhile (and `ready()` says which backend is
 missing), and recovers by itself when the server comes back. The schema is not migrated
-here: that is `relay migrate` (storage.postgres.migrate), run once per deployment.
+here: that is `relay migrate` (storage.postgres.migrate), run once per deployment, or
+`relay serve --migrate` (relay.schemaguard, which also refuses a schema that does not fit).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from protocol.client.errors import (
     SendFailed,
     StoreError,
     StoreLocked,
+    TlsSetupError,
     WrongPassphrase,
 )
 from protocol.client.messages import (
@@ -26,6 +27,7 @@ from protocol.client.messages import (
 )
 from protocol.client.peers import IdentityChange
 from protocol.client.store import KdfLimits, LocalStore
+from protocol.client.tls import context_for, tls_context
 
 __all__ = [
     "Backoff",
@@ -48,5 +50,8 @@ __all__ = [
     "SendReceipt",
     "StoreError",
     "StoreLocked",
+    "TlsSetupError",
     "WrongPassphrase",
+    "context_for",
+    "tls_context",
 ]

@@ -30,6 +30,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from ssl import SSLContext
 
 from websockets.uri import parse_uri
 
@@ -42,6 +43,7 @@ from protocol.client.errors import (
     NotRegistered,
     RequestRefused,
     SendFailed,
+    TlsSetupError,
 )
 from protocol.client.inbound import Inbound, MessageHandler
 from protocol.client.keys import KeyKeeper
@@ -109,6 +111,7 @@ class Client:
         on_message: MessageHandler | None,
         on_identity_change: IdentityHandler | None,
         options: ClientOptions,
+        ssl: SSLContext | None = None,
         on_connection_change: ConnectionHandler | None = None,
     ) -> None:
         self.url = url
@@ -132,6 +135,7 @@ class Client:
             fmt=options.fmt,
             open_timeout=options.open_timeout,
             request_timeout=options.request_timeout,
+            ssl=ssl,
         )
         self._sender = OutboxSender(state, self.peers, options, self._sleep)
         self._keeper = KeyKeeper(state, self.peers, options)
@@ -160,6 +164,7 @@ class Client:
         on_identity_change: IdentityHandler | None = None,
         scheme: KeyScheme = KeyScheme.ED25519,
         options: ClientOptions | None = None,
+        ssl: SSLContext | None = None,
         on_connection_change: ConnectionHandler | None = None,
     ) -> AsyncIterator[Client]:
         """Open (or create) the device's store and, once registered, stay connected.
@@ -167,10 +172,14 @@ class Client:
         A new store gets a fresh identity in `scheme` and its pre-keys; call
         :meth:`register` (new user) or :meth:`register_linked` (new device of a
         user) once. Without `on_message`, read messages with :meth:`receive`.
+        A `wss://` URL is verified with `ssl` (see :func:`tls_context`), or with the
+        system's CAs when it is None.
         `on_connection_change` hears every connection and every failed attempt.
         """
         options = options or ClientOptions()
-        parse_uri(url)  # a URL that can never work fails here, not in the reconnect loop
+        # A URL that can never work fails here, not in the reconnect loop.
+        if not parse_uri(url).secure and ssl is not None:
+            raise TlsSetupError(f"a TLS context is for wss:// URLs; {url} is not one")
         state, keys = await asyncio.to_thread(
             _load_or_create, store_dir, passphrase, scheme, options
         )
@@ -181,6 +190,7 @@ class Client:
             on_message=on_message,
             on_identity_change=on_identity_change,
             options=options,
+            ssl=ssl,
             on_connection_change=on_connection_change,
         )
         try:

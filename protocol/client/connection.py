@@ -15,7 +15,8 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from ssl import SSLContext
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
@@ -55,6 +56,7 @@ class ConnectOptions:
     request_timeout: float = 30.0
     max_frame_bytes: int = 4 * 1024 * 1024
     ping_interval: float | None = 20.0
+    ssl: SSLContext | None = None  # None: ws://, or the default verifying context for wss://
 
 
 @dataclass(slots=True)
@@ -82,6 +84,7 @@ class Connection:
     @classmethod
     async def open(cls, url: str, options: ConnectOptions) -> Connection:
         """Connect and wait for the challenge; raises one of :data:`CONNECT_ERRORS`."""
+        tls: dict[str, Any] = {} if options.ssl is None else {"ssl": options.ssl}
         ws = await connect(
             url,
             subprotocols=[Subprotocol(options.fmt.value)],
@@ -90,6 +93,7 @@ class Connection:
             ping_interval=options.ping_interval,
             close_timeout=5,
             compression=None,
+            **tls,
         )
         try:
             if ws.subprotocol not in (None, options.fmt.value):

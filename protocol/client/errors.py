@@ -8,6 +8,7 @@ ClientError                every error of the SDK
 ├── RequestRefused         the relay answered a request with an error frame
 │   └── SendFailed         a message was refused for good; it was not sent
 ├── ConnectionLost         the connection closed before the answer came
+├── TlsSetupError          the TLS settings cannot be used (a CA file, ssl= with ws://)
 └── ClientStopped          the client is closed, or the relay ended this device
 """
 
@@ -62,3 +63,7 @@ class ConnectionLost(ClientError):
 
 class ClientStopped(ClientError):
     pass
+
+
+class TlsSetupError(ClientError):
+    """A CA file that cannot be read or holds no certificate; a TLS context for a ws:// URL."""

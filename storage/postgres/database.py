@@ -155,6 +155,11 @@ class Database:
         except (Unavailable, TimeoutError):
             return False
 
+    async def expire_connections(self) -> None:
+        """Replace every pooled connection at its next use: after the schema changed, the
+        statements each one has prepared may name tables that are gone."""
+        await self._pool.expire_connections()
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._pool.close(), self.timeout_s * 5)

@@ -5,6 +5,8 @@ from version NNNN-1 to NNNN, `NNNN_name.down.sql` takes it back. The versions ap
 rows of `schema_migrations`. Each step runs in its own transaction together with its
 bookkeeping row, so a failed step leaves the schema at the previous version; a session
 advisory lock makes two migrators (two nodes starting at once) take turns.
+`schema_version` and `read_version` read the applied version alone, cheaply, for the
+relay's schema guard (relay.schemaguard).
 """
 
 from __future__ import annotations
@@ -12,17 +14,28 @@ from __future__ import annotations
 import importlib.resources
 import secrets
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import asyncpg
 
-from storage.errors import Unavailable
+from storage.errors import StorageError, Unavailable
 from storage.postgres.database import translated
 
-__all__ = ["Migration", "check", "latest_version", "migrate", "migrations"]
+__all__ = [
+    "LOCK_KEY",
+    "Migration",
+    "SchemaTooNew",
+    "check",
+    "latest_version",
+    "migrate",
+    "migrations",
+    "read_version",
+    "schema_version",
+]
 
 # pg_advisory_lock key of the migrator: "relay" + "migr" as hex, any fixed number works.
-_LOCK_KEY: Final = 0x72656C61796D6967
+# Public so that a test can hold it.
+LOCK_KEY: Final = 0x72656C61796D6967
 
 _CREATE_BOOKKEEPING = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -31,6 +44,21 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+
+
+class SchemaTooNew(StorageError):
+    """The database holds a schema version that no migration file of this code knows."""
+
+    def __init__(self, live: int, known: int) -> None:
+        super().__init__(f"schema version {live} is newer than this relay knows ({known})")
+        self.live = live
+        self.known = known
+
+
+class _Queries(Protocol):
+    """A raw asyncpg connection or a pooled `Connection`: both answer fetchval."""
+
+    async def fetchval(self, query: str, *args: object) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +98,8 @@ def latest_version() -> int:
 async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
     """Bring the schema to version `to` (default: the latest), up or down. Returns the
     steps taken, e.g. ["up 0001_initial"]; [] when already there. Raises Unavailable
-    (server unreachable or a step failed) or ValueError (no such version)."""
+    (server unreachable or a step failed), SchemaTooNew (the database is at a version
+    this code has no file for) or ValueError (no such version)."""
     steps = migrations()
     target = len(steps) if to is None else to
     if not 0 <= target <= len(steps):
@@ -79,14 +108,12 @@ async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
     conn = await _connect(dsn)
     try:
         with translated("migrate"):
-            await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+            await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
             try:
                 await conn.execute(_CREATE_BOOKKEEPING)
-                current = await _applied_version(conn)
+                current = await read_version(conn)
                 if current > len(steps):
-                    raise Unavailable(
-                        f"schema version {current} is newer than this relay knows ({len(steps)})"
-                    )
+                    raise SchemaTooNew(current, len(steps))
                 for step in steps[current:target]:
                     async with conn.transaction():
                         await conn.execute(step.up)
@@ -104,7 +131,7 @@ async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
                         )
                     done.append(f"down {step.name}")
             finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+                await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
     finally:
         await conn.close()
     return done
@@ -118,8 +145,7 @@ async def check(dsn: str) -> tuple[bool, str]:
     conn = await _connect(dsn)
     try:
         with translated("check"):
-            exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-            current = await _applied_version(conn) if exists else 0
+            current = await read_version(conn)
             expected = await _expected_columns(conn, steps)
             live = await _columns(conn, "current_schema()")
     finally:
@@ -142,13 +168,31 @@ async def check(dsn: str) -> tuple[bool, str]:
     return True, f"schema version {current} is the latest and matches the migration files"
 
 
-async def _connect(dsn: str) -> Any:
+async def schema_version(dsn: str, *, timeout_s: float) -> int:
+    """The applied schema version (0 when nothing was ever migrated), over one connection
+    made within `timeout_s`. Raises Unavailable when the server does not answer."""
+    conn = await _connect(dsn, timeout_s=timeout_s)
+    try:
+        with translated("schema version"):
+            return await read_version(conn)
+    finally:
+        await conn.close()
+
+
+async def read_version(conn: _Queries) -> int:
+    """The applied schema version on an open connection: 0 without a bookkeeping table.
+    Two index-only reads, cheap enough for a readiness probe."""
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+        return 0
+    version = await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations")
+    if not isinstance(version, int):
+        raise Unavailable(f"schema_migrations holds a version that is not a number: {version!r}")
+    return version
+
+
+async def _connect(dsn: str, *, timeout_s: float = 10.0) -> Any:
     with translated("connect"):
-        return await asyncpg.connect(dsn, timeout=10)
-
-
-async def _applied_version(conn: Any) -> int:
-    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
+        return await asyncpg.connect(dsn, timeout=timeout_s)
 
 
 async def _columns(conn: Any, schema: str) -> dict[str, dict[str, str]]:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import secrets
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import asyncpg
 import redis
@@ -35,6 +37,17 @@ def _admin(sql: str) -> None:
     """Run one admin statement; from its own thread, since tests call this inside a loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, _admin_async(sql)).result(timeout=60)
+
+
+@contextlib.contextmanager
+def empty_database() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database with no schema, dropped afterwards."""
+    name = f"relay_e2e_{secrets.token_hex(6)}"
+    _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield _database_url(name)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class StoreProvisioner:

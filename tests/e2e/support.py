@@ -94,7 +94,7 @@ INT_LIST_FIELDS = frozenset({"missing", "extra", "stale", "delivered", "stored"}
 _B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
 DEFAULT_TIMEOUT = 10.0
-READY_LINE = re.compile(r"^relay: serving on ws://127\.0\.0\.1:(\d+)/v1/ws$")
+READY_LINE = re.compile(r"^relay: serving on (wss?)://127\.0\.0\.1:(\d+)/v1/ws$")
 
 
 # --------------------------------------------------------------------------- relay process
@@ -134,6 +134,7 @@ class RelayProcess:
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[str] | None = None
         self.port: int | None = None
+        self.scheme = "ws"  # "wss" when the relay serves TLS (its ready line says so)
         self._stdout_lines: queue.Queue[str | None] = queue.Queue()
         self._stderr_path = self.data_dir.parent / f"{self.data_dir.name}.stderr.log"
         self._starts = 0
@@ -156,17 +157,20 @@ class RelayProcess:
         for name, value in self.options.items():
             if value is None:
                 continue
+            if value is True:  # a switch such as --migrate
+                argv.append("--" + name.replace("_", "-"))
+                continue
             argv += ["--" + name.replace("_", "-"), str(value)]
         return argv
 
     @property
     def url(self) -> str:
         assert self.port is not None, "relay not started"
-        return f"ws://127.0.0.1:{self.port}/v1/ws"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1/ws"
 
     def http_url(self, path: str) -> str:
         assert self.port is not None, "relay not started"
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme.replace('ws', 'http')}://127.0.0.1:{self.port}{path}"
 
     @property
     def pid(self) -> int:
@@ -229,7 +233,7 @@ class RelayProcess:
             seen.append(line)
             match = READY_LINE.match(line.strip())
             if match:
-                self.port = int(match.group(1))
+                self.scheme, self.port = match.group(1), int(match.group(2))
                 return self
 
     @staticmethod

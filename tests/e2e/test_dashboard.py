@@ -1,8 +1,9 @@
 # Helpers here take an explicit `timeout` (seconds) on purpose: every wait is bounded.
 # ruff: noqa: ASYNC109
 """`/dashboard` in a real browser: headless Chromium, driven over the DevTools protocol,
-loads the page from a relay under a small load, waits until every chart shows data, and
-saves a screenshot (`test-artifacts/dashboard.png`, or under $RELAY_TEST_ARTIFACTS).
+loads the page from a relay that has been under a small load for a few seconds, checks that
+its first poll already charts those seconds (the relay's history), waits until every chart
+shows data, and saves a screenshot (`test-artifacts/dashboard.png`, or under $RELAY_TEST_ARTIFACTS).
 
 Chromium is Debian's `chromium` package (`.ci/run` installs it). Without it the test
 fails, unless RELAY_TEST_NO_BROWSER=1 says to skip it on purpose.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import queue
@@ -27,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -39,12 +42,14 @@ from .support import (
     new_user,
     offline_user,
     stop_relays,
+    wait_until,
 )
 
 CHROMIUM = Path("/usr/bin/chromium")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 VIEWPORT = {"width": 1440, "height": 900}
-MIN_POLLS = 12  # about 12 s of history on the charts
+MIN_POLLS = 12  # about 12 s of polling on the charts
+BEFORE_OPEN_SAMPLES = 5  # seconds of load the relay's history holds before the page opens
 TIMEOUT_S = 90.0
 DEVTOOLS_LINE = re.compile(r"DevTools listening on ws://[^:/]+:(\d+)/")
 
@@ -265,6 +270,31 @@ class Load:
             await device.close()
 
 
+async def history_samples(relay: RelayProcess, since: int | None = None) -> list[dict[str, Any]]:
+    status, _, body = await relay.ahttp_get(
+        "/v1/history" + ("" if since is None else f"?since={since}")
+    )
+    assert status == 200, body
+    samples: list[dict[str, Any]] = orjson.loads(body)["samples"]
+    return samples
+
+
+async def load_before_opening(relay: RelayProcess, load: Load) -> list[dict[str, Any]]:
+    """One burst per sample of the relay, until its history shows BEFORE_OPEN_SAMPLES seconds
+    with messages in; those samples."""
+    newest = (await history_samples(relay))[-1]["t_ms"]
+    async with asyncio.timeout(TIMEOUT_S):
+        while True:
+            await load.burst()
+            next_sample = functools.partial(history_samples, relay, newest)
+            await wait_until(next_sample, TIMEOUT_S, "the next history sample")
+            samples = await history_samples(relay)
+            newest = samples[-1]["t_ms"]
+            busy = [s for s in samples if (s["messages_in"] or 0) > 0]
+            if len(busy) >= BEFORE_OPEN_SAMPLES:
+                return busy
+
+
 async def test_dashboard_shows_live_charts(nodes: list[RelayProcess], page: DevTools) -> None:
     relay, other = nodes
     sender = await new_user(relay.url)
@@ -277,14 +307,29 @@ async def test_dashboard_shows_live_charts(nodes: list[RelayProcess], page: DevT
             "Emulation.setDeviceMetricsOverride",
             {**VIEWPORT, "deviceScaleFactor": 1, "mobile": False},
         )
+        before = await load_before_opening(relay, load)
         await page.call("Page.navigate", {"url": relay.http_url("/dashboard")})
         await page.event("Page.loadEventFired", timeout=30)
 
-        state: dict[str, Any] = {}
+        # As soon as it opens, the page charts the seconds before it opened.
+        state: dict[str, Any] = await page.evaluate(
+            "window.dashboardState.polls > 0"
+            " ? JSON.parse(JSON.stringify(window.dashboardState)) : window.dashboardNextPoll()"
+        )
+        assert state["ok"] and state["polls"] <= 2, state
+        assert state["oldestMs"] <= before[0]["t_ms"], (state, before[0])
+        assert state["samples"] >= len(before), state
+        assert state["maxSeen"]["messagesIn"] > 0, state
+        points = await page.evaluate(
+            "document.querySelector('#chart-messages path.line')"
+            ".getAttribute('d').split(/[ML]/).length - 1"
+        )
+        assert points >= BEFORE_OPEN_SAMPLES, points
+
         async with asyncio.timeout(TIMEOUT_S):
             while True:
                 await load.burst()
-                # Paced by the page itself: one burst per poll of /v1/stats.
+                # Paced by the page itself: one burst per poll (/v1/history and /v1/stats).
                 state = await page.evaluate("window.dashboardNextPoll()")
                 seen = state["maxSeen"]
                 listed = {n["id"] for n in state["last"]["nodes"]} if state["ok"] else set()

@@ -197,12 +197,13 @@ class MachineStores:
         self.databases: list[str] = []
         self.prefixes: list[tuple[str, str]] = []  # (redis url, prefix)
 
-    def new_database(self) -> str:
+    def new_database(self, *, migrated: bool = True) -> str:
         name = f"relay_faults_{secrets.token_hex(6)}"
         _admin(f'CREATE DATABASE "{name}"')
         self.databases.append(name)
         url = _database_url(name)
-        migrate(url)
+        if migrated:
+            migrate(url)
         return url
 
     def new_prefix(self, redis_url: str = REDIS_URL) -> str:
@@ -210,9 +211,9 @@ class MachineStores:
         self.prefixes.append((redis_url, prefix))
         return prefix
 
-    def env(self, redis_url: str = REDIS_URL) -> dict[str, str]:
+    def env(self, redis_url: str = REDIS_URL, *, migrated: bool = True) -> dict[str, str]:
         return {
-            "RELAY_DATABASE_URL": self.new_database(),
+            "RELAY_DATABASE_URL": self.new_database(migrated=migrated),
             "RELAY_REDIS_URL": redis_url,
             "RELAY_REDIS_PREFIX": self.new_prefix(redis_url),
         }

@@ -1,0 +1,95 @@
+"""relay-loadtest against a wss:// relay verified with --ca-file (a throwaway CA)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e.certs import Authority
+from e2e.support import REPO_ROOT, RelayProcess, stop_relays
+
+RUN_TIMEOUT = 90
+
+
+@pytest.fixture
+def ca(tmp_path: Path) -> Authority:
+    return Authority(tmp_path / "tls", "loadtest")
+
+
+@pytest.fixture
+def tls_relay(tmp_path: Path, ca: Authority) -> Iterator[RelayProcess]:
+    files = ca.issue(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem")
+    relay = RelayProcess(tmp_path / "relay", {"tls_cert": files.cert, "tls_key": files.key})
+    relay.start()
+    yield relay
+    problems = stop_relays([relay])
+    assert not problems, problems
+
+
+def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "loadtest", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+    )
+
+
+def test_steady_over_wss_with_a_ca_file(
+    tls_relay: RelayProcess, ca: Authority, tmp_path: Path
+) -> None:
+    assert tls_relay.url.startswith("wss://")
+    out = tmp_path / "report"
+    done = _loadtest(
+        "steady",
+        "--url",
+        tls_relay.url,
+        "--ca-file",
+        str(ca.ca_file),
+        "--devices",
+        "6",
+        "--rate",
+        "60",
+        "--duration",
+        "2",
+        "--size",
+        "100",
+        "--procs",
+        "2",
+        "--check",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = json.loads((out / "report.json").read_text(encoding="utf-8"))["runs"]["relay"]
+    counts = run["counts"]
+    assert counts["sent"] == counts["ok"] == counts["delivered"] == 120, counts
+    assert counts["lost"] == counts["duplicated"] == counts["errors"] == 0, counts
+    assert run["connection_errors"] == {}
+    # The server's memory came from /metrics over https, verified with the same CA file.
+    assert run["server"]["rss_peak_mb"] > 0
+
+
+def _unwrapped(done: subprocess.CompletedProcess[str]) -> str:
+    """The output with the console's line wrapping undone."""
+    return " ".join((done.stdout + done.stderr).split())
+
+
+def test_ca_file_problems_are_named(tls_relay: RelayProcess, tmp_path: Path) -> None:
+    absent = tmp_path / "absent.pem"
+    done = _loadtest("steady", "--url", tls_relay.url, "--ca-file", str(absent), "--devices", "2")
+    assert done.returncode == 2
+    assert "absent.pem: cannot read it" in _unwrapped(done)
+    plain = tls_relay.url.replace("wss://", "ws://")
+    done = _loadtest("steady", "--url", plain, "--ca-file", str(absent), "--devices", "2")
+    assert done.returncode == 2
+    assert "for wss:// URLs" in _unwrapped(done)
