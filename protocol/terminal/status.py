@@ -26,7 +26,7 @@ def describe_error(exc: BaseException | None) -> str:
     if isinstance(exc, socket.gaierror):
         return "unknown host"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or exc})"
+        return f"TLS failed ({getattr(exc, 'reason', None) or exc})"
     if isinstance(exc, TimeoutError):
         return "no answer in time"
     if isinstance(exc, InvalidStatus):
@@ -71,6 +71,8 @@ class ConnectionStatus:
             return f"*** connected to {self.url}"
         if change.retry_in is None:
             return f"*** disconnected from {self.url}: {self.reason}"
+        if isinstance(change.error, ConnectionLost):
+            return f"*** lost the connection to {self.url}; retrying in {seconds(change.retry_in)}"
         return f"*** cannot reach {self.url}: {self.reason}; retrying in {seconds(change.retry_in)}"
 
     def text(self) -> str:
