@@ -76,6 +76,7 @@ def _runs_table(runs: Mapping[str, RunResult], scenario: Scenario) -> str:
         row("target rate (msg/s)", [t.target_rate for t in thr])
     row("sent (msg/s)", [t.sent_per_s for t in thr])
     row("delivered (msg/s)", [t.delivered_per_s for t in thr])
+    row("measured_seconds", [t.measured_seconds for t in thr])
     for key in dict.fromkeys(k for t in thr for k in t.extras()):
         row(key, [t.extras().get(key) for t in thr])
     row("generator processes", [r.generator.procs for r in all_runs])
