@@ -8,7 +8,9 @@
     scenarios   steady, fanout, offline-drain, connect-storm, reconnect-storm, soak
     device      one simulated device (register, auth, send, receive, ack)
     ledger      the fate of every message id; recorder: HDR latencies and series
-    results     merged figures of one run; report: report.json
+    results     merges the processes' recordings into one run's figures
+    figures     those figures as typed records that write and read report.json;
+                report: report.json itself
     html        report.html; html_charts: its charts, every run on the same axes
     svg         inline SVG line and bar charts; svg_axes: their scales and ticks
     maxrate     the maximum-throughput search; compare: diff of two reports

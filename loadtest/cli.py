@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from rich.table import Table
 from loadtest import environment, html, report
 from loadtest.baseline import ForwarderProcess
 from loadtest.compare import compare, format_rows
+from loadtest.figures import Latency, RunResult
 from loadtest.maxrate import Thresholds, find_max
 from loadtest.probe import MetricsProbe, PidProbe, Probe
+from loadtest.report import Report
 from loadtest.runner import RunFailed, run_workload
 from loadtest.workload import Pairing, Scenario, Workload
 from protocol.client import TlsSetupError, context_for
@@ -161,10 +164,8 @@ def _workload(args: argparse.Namespace) -> Workload:
     )
 
 
-def _run_target(
-    w: Workload, probe: Probe | None, name: str, args: argparse.Namespace
-) -> dict[str, Any]:
-    def once(step: Workload) -> dict[str, Any]:
+def _run_target(w: Workload, probe: Probe | None, name: str, args: argparse.Namespace) -> RunResult:
+    def once(step: Workload) -> RunResult:
         label = f"{name} @ {step.rate:g}/s" if args.find_max else name
         return run_workload(step, probe, target=step.url, label=label)
 
@@ -180,72 +181,70 @@ def _run_target(
     return once(w)
 
 
-def _summary(rep: dict[str, Any], console: Console) -> None:
-    table = Table(title=f"relay-loadtest {rep['workload']['scenario']}")
+def _ms(latency: Latency, *values: float | None) -> str:
+    return " / ".join("—" if not latency.count or v is None else f"{v:.2f}" for v in values)
+
+
+def _figure(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}"
+
+
+# The summary table: one row per figure, one cell per run.
+SUMMARY_ROWS: tuple[tuple[str, Callable[[RunResult], str]], ...] = (
+    ("delivered msg/s", lambda r: _figure(r.throughput.delivered_per_s)),
+    ("sent / ok / delivered", lambda r: f"{r.counts.sent} / {r.counts.ok} / {r.counts.delivered}"),
+    (
+        "lost / duplicated / after ack",
+        lambda r: f"{r.counts.lost} / {r.counts.duplicated} / {r.counts.delivered_after_ack}",
+    ),
+    ("errors", lambda r: _figure(r.counts.errors)),
+    ("ok p50 / p99 ms", lambda r: _ms(r.latency_ms.ok, r.latency_ms.ok.p50, r.latency_ms.ok.p99)),
+    (
+        "delivery p50 / p99 / max ms",
+        lambda r: _ms(
+            r.latency_ms.delivery,
+            r.latency_ms.delivery.p50,
+            r.latency_ms.delivery.p99,
+            r.latency_ms.delivery.max,
+        ),
+    ),
+    (
+        "handshake p50 / p99 ms",
+        lambda r: _ms(
+            r.latency_ms.handshake, r.latency_ms.handshake.p50, r.latency_ms.handshake.p99
+        ),
+    ),
+    ("generator CPU % of a core", lambda r: _figure(r.generator.cpu_percent_of_one_core)),
+    (
+        "max rate msg/s",
+        lambda r: _figure(None if r.max_throughput is None else r.max_throughput.max_rate),
+    ),
+)
+
+
+def _summary(rep: Report, console: Console) -> None:
+    table = Table(title=f"relay-loadtest {rep.workload['scenario']}")
     table.add_column("figure")
-    runs = rep["runs"]
-    for name in runs:
+    for name in rep.runs:
         table.add_column(name, justify="right")
-    rows = [
-        ("delivered msg/s", ("throughput", "delivered_per_s")),
-        ("sent / ok / delivered", None),
-        ("lost / duplicated / after ack", None),
-        ("errors", ("counts", "errors")),
-        ("ok p50 / p99 ms", None),
-        ("delivery p50 / p99 / max ms", None),
-        ("handshake p50 / p99 ms", None),
-        ("generator CPU % of a core", ("generator", "cpu_percent_of_one_core")),
-        ("max rate msg/s", ("max_throughput", "max_rate")),
-    ]
-
-    def lat(run: dict[str, Any], kind: str, keys: tuple[str, ...]) -> str:
-        s = run["latency_ms"][kind]
-        return " / ".join(f"{s[k]:.2f}" if k in s else "—" for k in keys)
-
-    for label, path in rows:
-        cells = []
-        for run in runs.values():
-            c = run["counts"]
-            if label == "sent / ok / delivered":
-                cells.append(f"{c['sent']} / {c['ok']} / {c['delivered']}")
-            elif label == "lost / duplicated / after ack":
-                cells.append(f"{c['lost']} / {c['duplicated']} / {c['delivered_after_ack']}")
-            elif label.startswith("ok p50"):
-                cells.append(lat(run, "ok", ("p50", "p99")))
-            elif label.startswith("delivery"):
-                cells.append(lat(run, "delivery", ("p50", "p99", "max")))
-            elif label.startswith("handshake"):
-                cells.append(lat(run, "handshake", ("p50", "p99")))
-            else:
-                assert path is not None
-                v: Any = run
-                for key in path:
-                    v = v.get(key) if isinstance(v, dict) else None
-                cells.append("—" if v is None else f"{v:,.1f}")
-        table.add_row(label, *cells)
+    for label, cell in SUMMARY_ROWS:
+        table.add_row(label, *(cell(run) for run in rep.runs.values()))
     console.print(table)
-    for name, run in runs.items():
-        for key in (
-            "drain_per_s",
-            "drain_seconds",
-            "recovery_seconds",
-            "connections_peak",
-            "server_rss_per_connection_kb",
-        ):
-            if key in run["throughput"]:
-                console.print(f"{name} {key}: {run['throughput'][key]:,.2f}")
-    for key, value in (rep.get("ratios_to_baseline") or {}).items():
-        console.print(f"relay ÷ baseline {key}: {'—' if value is None else f'{value:.3f}'}")
+    for name, run in rep.runs.items():
+        for key, value in run.throughput.extras().items():
+            console.print(f"{name} {key}: {value:,.2f}")
+    for key, ratio in (rep.ratios_to_baseline or {}).items():
+        console.print(f"relay ÷ baseline {key}: {'—' if ratio is None else f'{ratio:.3f}'}")
 
 
-def _clean(run: dict[str, Any]) -> bool:
-    c = run["counts"]
+def _clean(run: RunResult) -> bool:
+    c = run.counts
     return bool(
-        c["sent"] == c["ok"] == c["delivered"] == c["scheduled"]
-        and c["lost"] == c["duplicated"] == c["delivered_after_ack"] == 0
-        and c["unanswered"] == c["errors"] == c["unexpected"] == 0
-        and not c["errors_by_code"]
-        and not run["connection_errors"]
+        c.sent == c.ok == c.delivered == c.scheduled
+        and c.lost == c.duplicated == c.delivered_after_ack == 0
+        and c.unanswered == c.errors == c.unexpected == 0
+        and not c.errors_by_code
+        and not run.connection_errors
     )
 
 
@@ -266,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     except TlsSetupError as exc:
         console.print(f"[red]relay-loadtest: {exc}[/red]")
         return 2
-    runs: dict[str, dict[str, Any]] = {}
+    runs: dict[str, RunResult] = {}
     try:
         runs["relay"] = _run_target(w, MetricsProbe(w.url, tls), "relay", args)
         if args.baseline:

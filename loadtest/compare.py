@@ -2,32 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("delivered msg/s", ("throughput", "delivered_per_s")),
-    ("sent msg/s", ("throughput", "sent_per_s")),
-    ("ok p50 ms", ("latency_ms", "ok", "p50")),
-    ("ok p99 ms", ("latency_ms", "ok", "p99")),
-    ("delivery p50 ms", ("latency_ms", "delivery", "p50")),
-    ("delivery p99 ms", ("latency_ms", "delivery", "p99")),
-    ("delivery p99.9 ms", ("latency_ms", "delivery", "p99.9")),
-    ("delivery max ms", ("latency_ms", "delivery", "max")),
-    ("handshake p99 ms", ("latency_ms", "handshake", "p99")),
-    ("drain p99 ms", ("latency_ms", "drain", "p99")),
-    ("sent", ("counts", "sent")),
-    ("delivered", ("counts", "delivered")),
-    ("lost", ("counts", "lost")),
-    ("duplicated", ("counts", "duplicated")),
-    ("delivered after ack", ("counts", "delivered_after_ack")),
-    ("unanswered", ("counts", "unanswered")),
-    ("errors", ("counts", "errors")),
-    ("max rate msg/s", ("max_throughput", "max_rate")),
-    ("generator CPU %", ("generator", "cpu_percent_of_one_core")),
-    ("server CPU s", ("server", "cpu_seconds")),
-    ("server RSS peak MiB", ("server", "rss_peak_mb")),
+from loadtest.figures import RunResult
+from loadtest.report import Report
+
+Figure = Callable[[RunResult], float | int | None]
+
+
+def _max_rate(r: RunResult) -> float | None:
+    return None if r.max_throughput is None else r.max_throughput.max_rate
+
+
+METRICS: tuple[tuple[str, Figure], ...] = (
+    ("delivered msg/s", lambda r: r.throughput.delivered_per_s),
+    ("sent msg/s", lambda r: r.throughput.sent_per_s),
+    ("ok p50 ms", lambda r: r.latency_ms.ok.p50),
+    ("ok p99 ms", lambda r: r.latency_ms.ok.p99),
+    ("delivery p50 ms", lambda r: r.latency_ms.delivery.p50),
+    ("delivery p99 ms", lambda r: r.latency_ms.delivery.p99),
+    ("delivery p99.9 ms", lambda r: r.latency_ms.delivery.p999),
+    ("delivery max ms", lambda r: r.latency_ms.delivery.max),
+    ("handshake p99 ms", lambda r: r.latency_ms.handshake.p99),
+    ("drain p99 ms", lambda r: r.latency_ms.drain.p99),
+    ("sent", lambda r: r.counts.sent),
+    ("delivered", lambda r: r.counts.delivered),
+    ("lost", lambda r: r.counts.lost),
+    ("duplicated", lambda r: r.counts.duplicated),
+    ("delivered after ack", lambda r: r.counts.delivered_after_ack),
+    ("unanswered", lambda r: r.counts.unanswered),
+    ("errors", lambda r: r.counts.errors),
+    ("max rate msg/s", _max_rate),
+    ("generator CPU %", lambda r: r.generator.cpu_percent_of_one_core),
+    ("server CPU s", lambda r: r.server.cpu_seconds),
+    ("server RSS peak MiB", lambda r: r.server.rss_peak_mb),
 )
 
 
@@ -46,14 +56,6 @@ class Row:
         return None
 
 
-def _dig(data: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
 def _flat(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
     if isinstance(value, dict):
         for k, v in value.items():
@@ -62,26 +64,28 @@ def _flat(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> list[Row]:
+def _settings(section: str, a: dict[str, Any], b: dict[str, Any]) -> Iterator[Row]:
+    """The workload or environment fields that differ (the load average always does)."""
+    fa, fb = dict(_flat("", a)), dict(_flat("", b))
+    for key in sorted(set(fa) | set(fb)):
+        if key != "load_average" and fa.get(key) != fb.get(key):
+            yield Row(section, key, fa.get(key), fb.get(key))
+
+
+def compare(a: Report, b: Report) -> list[Row]:
     """Rows for every differing workload or environment field and every metric of each run."""
-    rows: list[Row] = []
-    for section in ("workload", "environment"):
-        fa, fb = dict(_flat("", a.get(section, {}))), dict(_flat("", b.get(section, {})))
-        for key in sorted(set(fa) | set(fb)):
-            if key == "load_average":
-                continue
-            if fa.get(key) != fb.get(key):
-                rows.append(Row(section, key, fa.get(key), fb.get(key)))
-    for run in sorted(set(a.get("runs", {})) | set(b.get("runs", {}))):
-        ra, rb = a.get("runs", {}).get(run, {}), b.get("runs", {}).get(run, {})
-        for name, path in METRICS:
-            va, vb = _dig(ra, path), _dig(rb, path)
-            if va is None and vb is None:
-                continue
-            rows.append(Row(run, name, va, vb))
-    ra, rb = a.get("ratios_to_baseline") or {}, b.get("ratios_to_baseline") or {}
-    for key in sorted(set(ra) | set(rb)):
-        rows.append(Row("relay ÷ baseline", key, ra.get(key), rb.get(key)))
+    rows = [*_settings("workload", a.workload, b.workload)]
+    rows += _settings("environment", a.environment, b.environment)
+    for run in sorted(set(a.runs) | set(b.runs)):
+        ra, rb = a.runs.get(run), b.runs.get(run)
+        for name, figure in METRICS:
+            va = None if ra is None else figure(ra)
+            vb = None if rb is None else figure(rb)
+            if va is not None or vb is not None:
+                rows.append(Row(run, name, va, vb))
+    ratios_a, ratios_b = a.ratios_to_baseline or {}, b.ratios_to_baseline or {}
+    for key in sorted(set(ratios_a) | set(ratios_b)):
+        rows.append(Row("relay ÷ baseline", key, ratios_a.get(key), ratios_b.get(key)))
     return rows
 
 

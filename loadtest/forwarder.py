@@ -23,6 +23,8 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -33,92 +35,121 @@ SUBPROTOCOL = "relay.v1+msgpack"
 MAX_FRAME = 4 * 1024 * 1024
 
 
+@dataclass(slots=True)
+class Peer:
+    """One connection and the user it logged in as ("" before `register` or `auth`)."""
+
+    ws: ServerConnection
+    user: str = ""
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self.ws.send(msgpack.packb(frame, use_bin_type=True))
+
+
+Handler = Callable[[Peer, dict[str, Any]], Awaitable[None]]
+
+
 class Forwarder:
-    """User id -> connection, and the per-connection loop."""
+    """User id -> connection, and the per-connection loop: one handler per frame type."""
 
     def __init__(self) -> None:
         self.connections: dict[str, ServerConnection] = {}
         self.bundles: dict[str, dict[str, Any]] = {}
+        self._handlers: dict[str, Handler] = {
+            "send": self._send,
+            "register": self._login,
+            "auth": self._login,
+            "keys.upload": self._upload,
+            "keys.fetch": self._fetch,
+        }
 
     async def handle(self, ws: ServerConnection) -> None:
-        pack = msgpack.packb
-        user = ""
-        await ws.send(
-            pack(
-                {"t": "challenge", "nonce": os.urandom(32), "server_time": int(time.time() * 1000)},
-                use_bin_type=True,
-            )
-        )
+        peer = Peer(ws)
+        now_ms = int(time.time() * 1000)
+        await peer.send({"t": "challenge", "nonce": os.urandom(32), "server_time": now_ms})
         try:
             async for message in ws:
-                frame: Any = msgpack.unpackb(message, raw=False)
-                kind = frame.get("t")
-                rid = frame.get("rid")
-                if kind == "send":
-                    target = self.connections.get(frame["to"])
-                    delivered: list[int] = []
-                    if target is not None:
-                        entry = frame["devices"][0]
-                        deliver = {
-                            "t": "deliver",
-                            "id": frame["id"],
-                            "from": user,
-                            "from_device": 1,
-                            "ts": frame["ts"],
-                            "server_ts": int(time.time() * 1000),
-                            "type": entry["type"],
-                            "body": entry["body"],
-                            "nonce": frame["nonce"],
-                        }
-                        with contextlib.suppress(ConnectionClosed):
-                            await target.send(pack(deliver, use_bin_type=True))
-                            delivered = [entry["device"]]
-                    answer = {"t": "ok", "rid": rid, "id": frame["id"], "delivered": delivered}
-                    answer["stored"] = []
-                    await ws.send(pack(answer, use_bin_type=True))
-                elif kind in ("register", "auth"):
-                    user = frame.get("user") or str(uuid.uuid4())
-                    self.connections[user] = ws
-                    if kind == "register":
-                        self.bundles[user] = {
-                            "device": 1,
-                            "registration_id": frame.get("registration_id", 0),
-                            "identity_key": frame["identity_key"],
-                            "key_scheme": frame["key_scheme"],
-                        }
-                    ok = {
-                        "t": "ok",
-                        "rid": rid,
-                        "user": user,
-                        "device": frame.get("device", 1),
-                        "queued": 0,
-                        "prekeys": 0,
-                        "pq_prekeys": 0,
-                        "rotate_signed_prekey": False,
-                    }
-                    await ws.send(pack(ok, use_bin_type=True))
-                    await ws.send(pack({"t": "queue_empty"}, use_bin_type=True))
-                elif kind == "keys.upload":
-                    bundle = self.bundles.get(user, {})
-                    if frame.get("signed_prekey"):
-                        bundle["signed_prekey"] = frame["signed_prekey"]
-                    if frame.get("pq_last_resort"):
-                        bundle["pq_prekey"] = frame["pq_last_resort"]
-                    count = len(frame.get("prekeys") or ())
-                    ok = {"t": "ok", "rid": rid, "prekeys": count, "pq_prekeys": 0}
-                    await ws.send(pack(ok, use_bin_type=True))
-                elif kind == "keys.fetch":
-                    found = self.bundles.get(frame["user"], {})
-                    devices = [found] if "signed_prekey" in found else []
-                    ok = {"t": "ok", "rid": rid, "user": frame["user"], "devices": devices}
-                    await ws.send(pack(ok, use_bin_type=True))
-                elif rid is not None:
-                    await ws.send(pack({"t": "ok", "rid": rid}, use_bin_type=True))
+                frame: dict[str, Any] = msgpack.unpackb(message, raw=False)
+                handler = self._handlers.get(frame.get("t", ""))
+                if handler is not None:
+                    await handler(peer, frame)
+                elif frame.get("rid") is not None:
+                    await peer.send({"t": "ok", "rid": frame["rid"]})
         except ConnectionClosed:
             pass
         finally:
-            if user and self.connections.get(user) is ws:
-                del self.connections[user]
+            if peer.user and self.connections.get(peer.user) is ws:
+                del self.connections[peer.user]
+
+    async def _send(self, peer: Peer, frame: dict[str, Any]) -> None:
+        """Deliver to the named user's connection if there is one; answer `ok` at once."""
+        target = self.connections.get(frame["to"])
+        delivered: list[int] = []
+        if target is not None:
+            entry = frame["devices"][0]
+            deliver = {
+                "t": "deliver",
+                "id": frame["id"],
+                "from": peer.user,
+                "from_device": 1,
+                "ts": frame["ts"],
+                "server_ts": int(time.time() * 1000),
+                "type": entry["type"],
+                "body": entry["body"],
+                "nonce": frame["nonce"],
+            }
+            with contextlib.suppress(ConnectionClosed):
+                await target.send(msgpack.packb(deliver, use_bin_type=True))
+                delivered = [entry["device"]]
+        await peer.send(
+            {
+                "t": "ok",
+                "rid": frame.get("rid"),
+                "id": frame["id"],
+                "delivered": delivered,
+                "stored": [],
+            }
+        )
+
+    async def _login(self, peer: Peer, frame: dict[str, Any]) -> None:
+        peer.user = frame.get("user") or str(uuid.uuid4())
+        self.connections[peer.user] = peer.ws
+        if frame["t"] == "register":
+            self.bundles[peer.user] = {
+                "device": 1,
+                "registration_id": frame.get("registration_id", 0),
+                "identity_key": frame["identity_key"],
+                "key_scheme": frame["key_scheme"],
+            }
+        await peer.send(
+            {
+                "t": "ok",
+                "rid": frame.get("rid"),
+                "user": peer.user,
+                "device": frame.get("device", 1),
+                "queued": 0,
+                "prekeys": 0,
+                "pq_prekeys": 0,
+                "rotate_signed_prekey": False,
+            }
+        )
+        await peer.send({"t": "queue_empty"})
+
+    async def _upload(self, peer: Peer, frame: dict[str, Any]) -> None:
+        bundle = self.bundles.get(peer.user, {})
+        if frame.get("signed_prekey"):
+            bundle["signed_prekey"] = frame["signed_prekey"]
+        if frame.get("pq_last_resort"):
+            bundle["pq_prekey"] = frame["pq_last_resort"]
+        count = len(frame.get("prekeys") or ())
+        await peer.send({"t": "ok", "rid": frame.get("rid"), "prekeys": count, "pq_prekeys": 0})
+
+    async def _fetch(self, peer: Peer, frame: dict[str, Any]) -> None:
+        found = self.bundles.get(frame["user"], {})
+        devices = [found] if "signed_prekey" in found else []
+        await peer.send(
+            {"t": "ok", "rid": frame.get("rid"), "user": frame["user"], "devices": devices}
+        )
 
 
 async def serve_forever(host: str, port: int) -> None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from html import escape
 from pathlib import Path
 from typing import Any
 
+from loadtest.figures import RunResult
 from loadtest.html_charts import RunSeries, max_throughput_charts, time_charts
+from loadtest.ledger import Counts
+from loadtest.report import Report
 from loadtest.svg import LineChart, bar_chart, coinciding, line_chart
 from loadtest.workload import Scenario, applies
 
@@ -33,7 +37,6 @@ BAD_COUNTS = frozenset(
 )
 LATENCY_COLUMNS = ("count", "mean", "p50", "p90", "p99", "p99.9", "max")
 BAD = ' class="bad"'
-OWN_ROWS = ("target_rate", "sent_per_s", "delivered_per_s")
 
 
 def _fmt(v: Any) -> str:
@@ -54,50 +57,48 @@ def _table(rows: Sequence[tuple[str, Any]], css_class: str = "") -> str:
     return f"<table{attr}>{body}</table>"
 
 
-def _runs_table(runs: Mapping[str, Mapping[str, Any]], scenario: Scenario) -> str:
+def _runs_table(runs: Mapping[str, RunResult], scenario: Scenario) -> str:
     """The ledger, throughput, generator and server figures: one column per run."""
     names = list(runs)
     head = "<tr><th>figure</th>" + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"
     rows: list[str] = []
+    all_runs = list(runs.values())
 
     def row(label: str, values: list[Any], bad: bool = False) -> None:
         cells = "".join(f"<td{BAD if bad and v else ''}>{_fmt(v)}</td>" for v in values)
         rows.append(f"<tr><td>{escape(label)}</td>{cells}</tr>")
 
-    counts = [runs[n]["counts"] for n in names]
-    for key in counts[0]:
-        if key != "errors_by_code":
-            row(key, [c.get(key) for c in counts], bad=key in BAD_COUNTS)
-    thr = [runs[n]["throughput"] for n in names]
+    for f in fields(Counts):
+        if f.name != "errors_by_code":
+            row(f.name, [getattr(r.counts, f.name) for r in all_runs], bad=f.name in BAD_COUNTS)
+    thr = [r.throughput for r in all_runs]
     if applies(scenario, "rate"):
-        row("target rate (msg/s)", [t["target_rate"] for t in thr])
-    row("sent (msg/s)", [t["sent_per_s"] for t in thr])
-    row("delivered (msg/s)", [t["delivered_per_s"] for t in thr])
-    extra = dict.fromkeys(k for t in thr for k in t if k not in OWN_ROWS)
-    for key in extra:
-        row(key, [t.get(key) for t in thr])
-    gen = [runs[n]["generator"] for n in names]
-    srv = [runs[n]["server"] for n in names]
-    row("generator processes", [g["procs"] for g in gen])
-    row("generator CPU (% of one core)", [g["cpu_percent_of_one_core"] for g in gen])
-    row("server CPU (s)", [s["cpu_seconds"] for s in srv])
+        row("target rate (msg/s)", [t.target_rate for t in thr])
+    row("sent (msg/s)", [t.sent_per_s for t in thr])
+    row("delivered (msg/s)", [t.delivered_per_s for t in thr])
+    row("measured_seconds", [t.measured_seconds for t in thr])
+    for key in dict.fromkeys(k for t in thr for k in t.extras()):
+        row(key, [t.extras().get(key) for t in thr])
+    row("generator processes", [r.generator.procs for r in all_runs])
+    row("generator CPU (% of one core)", [r.generator.cpu_percent_of_one_core for r in all_runs])
+    row("server CPU (s)", [r.server.cpu_seconds for r in all_runs])
     row(
         "server RSS start / peak (MiB)",
-        [f"{_fmt(s['rss_start_mb'])} / {_fmt(s['rss_peak_mb'])}" for s in srv],
+        [f"{_fmt(r.server.rss_start_mb)} / {_fmt(r.server.rss_peak_mb)}" for r in all_runs],
     )
-    marks = dict.fromkeys(k for n in names for k in runs[n].get("marks_s", {}))
-    for key in marks:
-        row(f"mark: {key} (s)", [runs[n].get("marks_s", {}).get(key) for n in names])
+    for key in dict.fromkeys(k for r in all_runs for k in r.marks_s):
+        row(f"mark: {key} (s)", [r.marks_s.get(key) for r in all_runs])
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _latency_table(runs: Mapping[str, Mapping[str, Any]]) -> str:
+def _latency_table(runs: Mapping[str, RunResult]) -> str:
     head = "".join(f"<th>{c}</th>" for c in ("latency (ms)", "run", *LATENCY_COLUMNS))
     rows = []
-    kinds = dict.fromkeys(k for run in runs.values() for k in run["latency_ms"])
+    by_run = {name: dict(run.latency_ms.items()) for name, run in runs.items()}
+    kinds = dict.fromkeys(kind for latencies in by_run.values() for kind in latencies)
     for kind in kinds:
-        for name, run in runs.items():
-            s = run["latency_ms"].get(kind, {})
+        for name, latencies in by_run.items():
+            s = latencies[kind].as_json()
             if s.get("count"):
                 cells = "".join(f"<td>{_fmt(s.get(c))}</td>" for c in LATENCY_COLUMNS)
                 rows.append(f"<tr><td>{escape(kind)}</td><td>{escape(name)}</td>{cells}</tr>")
@@ -116,9 +117,9 @@ def _figure(chart: LineChart) -> str:
     return f"<figure>{line_chart(chart)}{note}</figure>"
 
 
-def _distributions(name: str, run: Mapping[str, Any]) -> str:
+def _distributions(name: str, run: RunResult) -> str:
     """A run's latency histogram and its errors by code."""
-    hist = run["histogram_ms"]
+    hist = run.histogram_ms
     out = [
         bar_chart(
             f"Delivery latency histogram: {name}",
@@ -128,7 +129,7 @@ def _distributions(name: str, run: Mapping[str, Any]) -> str:
             y_label="messages",
         )
     ]
-    errors = {**run["counts"]["errors_by_code"], **run["connection_errors"]}
+    errors = {**run.counts.errors_by_code, **run.connection_errors}
     if errors:
         out.append(
             bar_chart(
@@ -147,21 +148,18 @@ def _distributions(name: str, run: Mapping[str, Any]) -> str:
     return "".join(f"<figure>{part}</figure>" for part in out)
 
 
-def _max_throughput(runs: Mapping[str, Mapping[str, Any]]) -> str:
-    searches = {n: r["max_throughput"] for n, r in runs.items() if "max_throughput" in r}
+def _max_throughput(runs: Mapping[str, RunResult]) -> str:
+    searches = {n: r.max_throughput for n, r in runs.items() if r.max_throughput is not None}
     if not searches:
         return ""
     out = ["<h2>Maximum throughput search</h2>"]
     for name, search in searches.items():
-        steps = sorted(search["steps"], key=lambda st: st["rate"])
+        steps = sorted(search.steps, key=lambda st: st.rate)
         out.append(
             f"<h3>{escape(name)}</h3>"
             + _table(
-                [("max rate passing (msg/s)", search["max_rate"])]
-                + [
-                    (f"step {st['rate']:g} msg/s", "pass" if st["passed"] else "fail")
-                    for st in steps
-                ]
+                [("max rate passing (msg/s)", search.max_rate)]
+                + [(f"step {st.rate:g} msg/s", "pass" if st.passed else "fail") for st in steps]
             )
         )
     out += [_figure(chart) for chart in max_throughput_charts(searches)]
@@ -179,23 +177,24 @@ def _workload(workload: Mapping[str, Any]) -> str:
     )
 
 
-def render(report: Mapping[str, Any]) -> str:
-    w = report["workload"]
-    runs: Mapping[str, Mapping[str, Any]] = report["runs"]
+def render(report: Report) -> str:
+    w = report.workload
+    runs = report.runs
     scenario = Scenario(w["scenario"])
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>relay-loadtest: {escape(scenario)}</title><style>{CSS}</style></head><body>",
         f"<h1>relay-loadtest — {escape(scenario)}</h1>",
-        f"<p>{escape(report['created'])} · <code>{escape(' '.join(report['command']))}</code></p>",
+        f"<p>{escape(report.created)} · <code>{escape(' '.join(report.command))}</code></p>",
         "<p>"
-        + " · ".join(f"{escape(name)}: {escape(run['target'])}" for name, run in runs.items())
+        + " · ".join(f"{escape(name)}: {escape(run.target)}" for name, run in runs.items())
         + "</p>",
     ]
-    ratios = report.get("ratios_to_baseline")
-    if ratios:
-        parts.append("<h2>Relay ÷ baseline forwarder</h2>" + _table(list(ratios.items())))
+    if report.ratios_to_baseline:
+        parts.append(
+            "<h2>Relay ÷ baseline forwarder</h2>" + _table(list(report.ratios_to_baseline.items()))
+        )
     parts.append("<h2>Ledger, throughput, processes</h2>" + _runs_table(runs, scenario))
     parts.append("<h2>Latency</h2>" + _latency_table(runs))
     bucket = float(w["bucket"])
@@ -206,13 +205,13 @@ def render(report: Mapping[str, Any]) -> str:
     parts += [_distributions(name, run) for name, run in runs.items()]
     parts.append(_max_throughput(runs))
     parts.append(_workload(w))
-    env = report["environment"]
+    env = report.environment
     parts.append("<h2>Environment</h2><pre>" + escape(json.dumps(env, indent=2)) + "</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write(report: Mapping[str, Any], out_dir: Path) -> Path:
+def write(report: Report, out_dir: Path) -> Path:
     path = out_dir / "report.html"
     path.write_text(render(report), encoding="utf-8")
     return path

@@ -11,10 +11,10 @@ ramp-up, drain and the wait for late answers included.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from loadtest.figures import Column, MaxThroughput, RunResult, Series, Step
 from loadtest.svg import Axis, Line, LineChart, Mark
 
 RUN_DASHES = ("", "7 4", "2 3")
@@ -26,9 +26,9 @@ UNMARKED = frozenset({"settled"})  # the end of the wait for late answers: the r
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    """One series of the report (`key` in a run's `series`) as a chart draws it."""
+    """One series of a run (`values` picks it from the run's `Series`) as a chart draws it."""
 
-    key: str
+    values: Callable[[Series], Column]
     label: str
     color: str
     right: bool = False
@@ -39,28 +39,90 @@ class Metric:
 
 
 @dataclass(frozen=True, slots=True)
+class TimeChart:
+    """One time-series chart: its axes and metrics (`server`: drawn only with a server probe)."""
+
+    title: str
+    left: Axis
+    metrics: tuple[Metric, ...]
+    right: Axis | None = None
+    server: bool = False
+
+
+TIME_CHARTS = (
+    TimeChart(
+        "Messages per second",
+        Axis("messages / s", unit="msg/s"),
+        (
+            Metric(lambda s: s.sent_per_s, "sent", "#1f77b4"),
+            Metric(lambda s: s.ok_per_s, "ok", "#ff7f0e"),
+            Metric(lambda s: s.delivered_per_s, "delivered", "#2ca02c"),
+        ),
+    ),
+    TimeChart(
+        "Delivery latency percentiles (scheduled send → delivery)",
+        Axis("latency (ms, log scale)", unit="ms", log=True),
+        (
+            Metric(lambda s: s.p50_ms, "p50", "#1f77b4"),
+            Metric(lambda s: s.p99_ms, "p99", "#ff7f0e"),
+            Metric(lambda s: s.p999_ms, "p99.9", "#9467bd"),
+        ),
+    ),
+    TimeChart(
+        "Connections",
+        Axis("open connections", unit="connections"),
+        (
+            Metric(lambda s: s.connections, "open connections", "#1f77b4", offset=0.0),
+            Metric(lambda s: s.handshakes_per_s, "handshakes / s", "#ff7f0e", right=True),
+        ),
+        right=Axis("handshakes / s", unit="/s"),
+    ),
+    TimeChart(
+        "Errors per second",
+        Axis("errors / s", unit="/s"),
+        (Metric(lambda s: s.errors_per_s, "errors", "#d62728"),),
+    ),
+    TimeChart(
+        "Server memory and CPU",
+        Axis("memory: RSS (MiB)", unit="MiB"),
+        (
+            Metric(lambda s: s.server_rss_mb, "RSS (MiB)", "#9467bd", offset=0.0),
+            Metric(
+                lambda s: s.server_cpu_percent,
+                "CPU (% of one core)",
+                "#8c564b",
+                right=True,
+                offset=-0.5,
+            ),
+        ),
+        right=Axis("CPU (% of one core)", unit="%"),
+        server=True,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class RunSeries:
     """One run's per-interval series (`starts`: each interval's start, s since the run's start)."""
 
     name: str
-    starts: list[float]
+    starts: Sequence[float]
     bucket: float
-    values: Mapping[str, Sequence[float | None]]
+    values: Series
     span_s: float
     marks: Mapping[str, float]
 
     @classmethod
-    def of(cls, name: str, run: Mapping[str, Any], bucket: float) -> RunSeries:
-        series = run["series"]
-        starts: list[float] = series["t_s"]
-        marks = {k: float(v) for k, v in run.get("marks_s", {}).items()}
+    def of(cls, name: str, run: RunResult, bucket: float) -> RunSeries:
+        starts = run.series.t_s
+        marks = {k: float(v) for k, v in run.marks_s.items()}
         span = max(
-            float(run["generator"]["wall_seconds"]),
-            float(run["throughput"]["measured_seconds"]),
+            float(run.generator.wall_seconds),
+            float(run.throughput.measured_seconds),
             len(starts) * bucket,
             *marks.values(),
         )
-        return cls(name, starts, bucket, series, span, marks)
+        return cls(name, starts, bucket, run.series, span, marks)
 
     def x(self, metric: Metric) -> list[float]:
         return [t + metric.offset * self.bucket for t in self.starts]
@@ -76,7 +138,7 @@ def overlay(runs: Sequence[RunSeries], metrics: Sequence[Metric]) -> list[Line]:
                 Line(
                     name=f"{run.name} {m.label}" if len(runs) > 1 else m.label,
                     x=run.x(m),
-                    y=run.values[m.key],
+                    y=m.values(run.values),
                     color=m.color,
                     width=width + (WIDER_BY_RUN if r else 0.0),
                     dash=RUN_DASHES[min(r, len(RUN_DASHES) - 1)],
@@ -100,98 +162,47 @@ def _marks(runs: Sequence[RunSeries]) -> list[Mark]:
     ]
 
 
+def _after_start(x: float) -> str:
+    return f"{x:g} s after the start"
+
+
 def time_charts(runs: Sequence[RunSeries]) -> list[LineChart]:
-    """The time-series charts, every run on the same axes."""
+    """The time-series charts, every run on the same axes (server figures when probed)."""
     domain = (0.0, max(run.span_s for run in runs))
     marks = _marks(runs)
-
-    def at(x: float) -> str:
-        return f"{x:g} s after the start"
-
-    def chart(
-        title: str, left: Axis, metrics: Sequence[Metric], right: Axis | None = None
-    ) -> LineChart:
-        return LineChart(
-            title=title,
+    probed = any(v is not None for run in runs for v in run.values.server_rss_mb)
+    return [
+        LineChart(
+            title=spec.title,
             x_axis=TIME_AXIS,
-            left=left,
-            right=right,
-            lines=overlay(runs, metrics),
+            left=spec.left,
+            right=spec.right,
+            lines=overlay(runs, spec.metrics),
             x_domain=domain,
             marks=marks,
-            x_hover=at,
+            x_hover=_after_start,
         )
-
-    charts = [
-        chart(
-            "Messages per second",
-            Axis("messages / s", unit="msg/s"),
-            [
-                Metric("sent_per_s", "sent", "#1f77b4"),
-                Metric("ok_per_s", "ok", "#ff7f0e"),
-                Metric("delivered_per_s", "delivered", "#2ca02c"),
-            ],
-        ),
-        chart(
-            "Delivery latency percentiles (scheduled send → delivery)",
-            Axis("latency (ms, log scale)", unit="ms", log=True),
-            [
-                Metric("p50_ms", "p50", "#1f77b4"),
-                Metric("p99_ms", "p99", "#ff7f0e"),
-                Metric("p999_ms", "p99.9", "#9467bd"),
-            ],
-        ),
-        chart(
-            "Connections",
-            Axis("open connections", unit="connections"),
-            [
-                Metric("connections", "open connections", "#1f77b4", offset=0.0),
-                Metric("handshakes_per_s", "handshakes / s", "#ff7f0e", right=True),
-            ],
-            right=Axis("handshakes / s", unit="/s"),
-        ),
-        chart(
-            "Errors per second",
-            Axis("errors / s", unit="/s"),
-            [Metric("errors_per_s", "errors", "#d62728")],
-        ),
+        for spec in TIME_CHARTS
+        if probed or not spec.server
     ]
-    if any(v is not None for run in runs for v in run.values["server_rss_mb"]):
-        charts.append(
-            chart(
-                "Server memory and CPU",
-                Axis("memory: RSS (MiB)", unit="MiB"),
-                [
-                    Metric("server_rss_mb", "RSS (MiB)", "#9467bd", offset=0.0),
-                    Metric(
-                        "server_cpu_percent",
-                        "CPU (% of one core)",
-                        "#8c564b",
-                        right=True,
-                        offset=-0.5,
-                    ),
-                ],
-                right=Axis("CPU (% of one core)", unit="%"),
-            )
-        )
-    return charts
 
 
-def max_throughput_charts(searches: Mapping[str, Mapping[str, Any]]) -> list[LineChart]:
+def max_throughput_charts(searches: Mapping[str, MaxThroughput]) -> list[LineChart]:
     """Delivered rate and p99 by target rate, every run's search on the same axes."""
     steps = {
-        name: sorted(search["steps"], key=lambda st: float(st["rate"]))
-        for name, search in searches.items()
+        name: sorted(search.steps, key=lambda st: st.rate) for name, search in searches.items()
     }
     many = len(steps) > 1
-    rates = sorted({float(st["rate"]) for run in steps.values() for st in run})
+    rates = sorted({st.rate for run in steps.values() for st in run})
 
-    def line(r: int, name: str, label: str, key: str, color: str) -> Line:
+    def line(
+        r: int, name: str, label: str, value: Callable[[Step], float | None], color: str
+    ) -> Line:
         run = steps[name]
         return Line(
             name=f"{name} {label}" if many else label,
-            x=[float(st["rate"]) for st in run],
-            y=[st[key] for st in run],
+            x=[st.rate for st in run],
+            y=[value(st) for st in run],
             color=color,
             width=METRIC_WIDTHS[1] + (WIDER_BY_RUN if r else 0.0),
             dash=RUN_DASHES[min(r, len(RUN_DASHES) - 1)],
@@ -202,7 +213,10 @@ def max_throughput_charts(searches: Mapping[str, Mapping[str, Any]]) -> list[Lin
     def target(x: float) -> str:
         return f"target {x:,.0f} msg/s"
 
-    delivered = [line(r, n, "delivered", "delivered_per_s", "#2ca02c") for r, n in enumerate(steps)]
+    delivered = [
+        line(r, n, "delivered", lambda st: st.delivered_per_s, "#2ca02c")
+        for r, n in enumerate(steps)
+    ]
     delivered.append(Line("target", rates, rates, "#555", width=1.2, dash="2 3"))
     return [
         LineChart(
@@ -216,7 +230,7 @@ def max_throughput_charts(searches: Mapping[str, Mapping[str, Any]]) -> list[Lin
             title="Delivery p99 by target rate",
             x_axis=x_axis,
             left=Axis("p99 (ms, log scale)", unit="ms", log=True),
-            lines=[line(r, n, "p99", "p99_ms", "#d62728") for r, n in enumerate(steps)],
+            lines=[line(r, n, "p99", lambda st: st.p99_ms, "#d62728") for r, n in enumerate(steps)],
             x_hover=target,
         ),
     ]

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 NONE, OK, ERROR = 0, 1, 2
 
@@ -42,9 +44,9 @@ class Entry:
         return self.answer == ERROR or (self.answer == OK and self.deliveries > 0)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Counts:
-    """The ledger's totals; `add` merges the counts of several processes."""
+    """The ledger's totals; `a + b` merges the counts of several processes."""
 
     scheduled: int = 0
     sent: int = 0
@@ -58,23 +60,33 @@ class Counts:
     unexpected: int = 0
     errors_by_code: dict[str, int] = field(default_factory=dict)
 
-    def add(self, other: Counts) -> None:
-        for name in (
-            "scheduled",
-            "sent",
-            "ok",
-            "errors",
-            "delivered",
-            "duplicated",
-            "delivered_after_ack",
-            "lost",
-            "unanswered",
-            "unexpected",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+    def __add__(self, other: Counts) -> Counts:
         merged = Counter(self.errors_by_code)
         merged.update(other.errors_by_code)
-        self.errors_by_code = dict(sorted(merged.items()))
+        return Counts(
+            scheduled=self.scheduled + other.scheduled,
+            sent=self.sent + other.sent,
+            ok=self.ok + other.ok,
+            errors=self.errors + other.errors,
+            delivered=self.delivered + other.delivered,
+            duplicated=self.duplicated + other.duplicated,
+            delivered_after_ack=self.delivered_after_ack + other.delivered_after_ack,
+            lost=self.lost + other.lost,
+            unanswered=self.unanswered + other.unanswered,
+            unexpected=self.unexpected + other.unexpected,
+            errors_by_code=dict(sorted(merged.items())),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Counts:
+        """The counts of a report; a figure an older report lacks reads as 0."""
+        numbers = {
+            f.name: int(data.get(f.name, 0)) for f in fields(cls) if f.name != "errors_by_code"
+        }
+        return cls(**numbers, errors_by_code=dict(data.get("errors_by_code", {})))
 
 
 class Ledger:
@@ -147,22 +159,28 @@ class Ledger:
             self.settled.set()
 
     def counts(self) -> Counts:
-        c = Counts(
+        scheduled = sent = ok = errors = lost = unanswered = delivered = 0
+        for entry in self.entries.values():
+            scheduled += 1
+            sent += entry.sent
+            if entry.answer == OK:
+                ok += 1
+                lost += entry.deliveries == 0
+            elif entry.answer == ERROR:
+                errors += 1
+            elif entry.sent:
+                unanswered += 1
+            delivered += entry.deliveries > 0
+        return Counts(
+            scheduled=scheduled,
+            sent=sent,
+            ok=ok,
+            errors=errors,
+            delivered=delivered,
             duplicated=self.duplicated,
             delivered_after_ack=self.delivered_after_ack,
+            lost=lost,
+            unanswered=unanswered,
             unexpected=self.unexpected,
             errors_by_code=dict(sorted(self.errors_by_code.items())),
         )
-        for entry in self.entries.values():
-            c.scheduled += 1
-            c.sent += entry.sent
-            if entry.answer == OK:
-                c.ok += 1
-                if entry.deliveries == 0:
-                    c.lost += 1
-            elif entry.answer == ERROR:
-                c.errors += 1
-            elif entry.sent:
-                c.unanswered += 1
-            c.delivered += entry.deliveries > 0
-        return c

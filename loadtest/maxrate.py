@@ -10,44 +10,34 @@ best passing and the lowest failing rate.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
+from loadtest.figures import MaxThroughput, RunResult, Step, Thresholds
 from loadtest.workload import Workload
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Thresholds:
-    max_p99_ms: float = 100.0
-    max_loss: float = 0.0
-    min_achieved: float = 0.95
-    factor: float = 1.5
-    refine: int = 2
-    max_steps: int = 12
+__all__ = ["Thresholds", "find_max", "passed"]
 
 
-def passed(result: dict[str, Any], rate: float, th: Thresholds) -> bool:
-    counts = result["counts"]
-    p99 = result["latency_ms"]["delivery"].get("p99")
-    missing = counts["lost"] + counts["unanswered"] + counts["errors"]
-    sent = max(1, counts["sent"])
+def passed(result: RunResult, rate: float, th: Thresholds) -> bool:
+    counts = result.counts
+    p99 = result.latency_ms.delivery.p99
+    missing = counts.lost + counts.unanswered + counts.errors
+    sent = max(1, counts.sent)
     return (
         p99 is not None
         and p99 <= th.max_p99_ms
         and missing / sent <= th.max_loss
-        and counts["sent"] >= 0.99 * counts["scheduled"]
-        and result["throughput"]["delivered_per_s"] >= th.min_achieved * rate
+        and counts.sent >= 0.99 * counts.scheduled
+        and result.throughput.delivered_per_s >= th.min_achieved * rate
     )
 
 
-def find_max(
-    workload: Workload, run: Callable[[Workload], dict[str, Any]], th: Thresholds
-) -> dict[str, Any]:
+def find_max(workload: Workload, run: Callable[[Workload], RunResult], th: Thresholds) -> RunResult:
     """Step up from `workload.rate`; the best passing step's result, with every step."""
-    steps: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    last: dict[str, Any] | None = None
+    steps: list[Step] = []
+    best: RunResult | None = None
+    last: RunResult | None = None
     rate = float(workload.rate)
     good, bad = 0.0, 0.0
     bisections = 0
@@ -55,14 +45,14 @@ def find_max(
         result = run(workload.with_rate(rate))
         ok = passed(result, rate, th)
         steps.append(
-            {
-                "rate": rate,
-                "delivered_per_s": result["throughput"]["delivered_per_s"],
-                "p99_ms": result["latency_ms"]["delivery"].get("p99"),
-                "lost": result["counts"]["lost"],
-                "errors": result["counts"]["errors"],
-                "passed": ok,
-            }
+            Step(
+                rate=rate,
+                delivered_per_s=result.throughput.delivered_per_s,
+                p99_ms=result.latency_ms.delivery.p99,
+                lost=result.counts.lost,
+                errors=result.counts.errors,
+                passed=ok,
+            )
         )
         last = result
         if ok:
@@ -83,16 +73,9 @@ def find_max(
             break
     chosen = best if best is not None else last
     assert chosen is not None
-    chosen = dict(chosen)
-    chosen["max_throughput"] = {
-        "max_rate": max((s["rate"] for s in steps if s["passed"]), default=0.0),
-        "thresholds": {
-            "max_p99_ms": th.max_p99_ms,
-            "max_loss": th.max_loss,
-            "min_achieved": th.min_achieved,
-            "factor": th.factor,
-            "refine": th.refine,
-        },
-        "steps": steps,
-    }
-    return chosen
+    search = MaxThroughput(
+        max_rate=max((s.rate for s in steps if s.passed), default=0.0),
+        thresholds=th,
+        steps=tuple(steps),
+    )
+    return dataclasses.replace(chosen, max_throughput=search)

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from loadtest import worker
+from loadtest.figures import RunResult
 from loadtest.probe import Probe
 from loadtest.progress import ProgressLine
 from loadtest.results import ServerTrace, merge
@@ -34,8 +35,8 @@ def expected_seconds(w: Workload) -> float:
     return w.duration
 
 
-def run_workload(w: Workload, probe: Probe | None, *, target: str, label: str) -> dict[str, Any]:
-    """Run `w` against its URL and return the merged, JSON-ready result."""
+def run_workload(w: Workload, probe: Probe | None, *, target: str, label: str) -> RunResult:
+    """Run `w` against its URL and return the merged result."""
     ctx = multiprocessing.get_context("spawn")
     shares = split(w)
     up: Any = ctx.Queue()
@@ -67,7 +68,7 @@ def _drive(
     target: str,
     label: str,
     cpu0: float,
-) -> dict[str, Any]:
+) -> RunResult:
     setup_deadline = time.time() + 60 + w.devices / 20
     ready: set[int] = set()
     while len(ready) < len(shares):

@@ -26,6 +26,32 @@ STORE_SETTINGS = frozenset(
 # `relay migrate` touches PostgreSQL alone.
 MIGRATE_SETTINGS = frozenset({"database_url"})
 MASK = "***"
+# The settings that must be greater than 0.
+POSITIVE_SETTINGS = (
+    "handshake_timeout",
+    "ack_timeout",
+    "backend_timeout",
+    "max_devices",
+    "clock_skew",
+    "replay_window",
+    "retention",
+    "max_body_bytes",
+    "max_frame_bytes",
+    "delivery_window",
+    "max_stored_prekeys",
+    "signed_prekey_rotation",
+    "rate_requests",
+    "rate_requests_burst",
+    "rate_fetch_per_minute",
+    "rate_fetch_per_target",
+    "max_bad_frames",
+    "outbound_buffer_bytes",
+    "slow_reader_timeout",
+    "max_connections_per_address",
+    "purge_interval",
+    "shutdown_timeout",
+    "presence_ttl",
+)
 
 
 class ConfigError(ValueError):
@@ -81,44 +107,27 @@ class Settings:
     trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_numbers()
+        self._check_limits()
+        self._check_words()
+        self._check_urls()
+        self._check_tls()
+        self.trusted_networks  # noqa: B018  (raises ConfigError on a bad CIDR)
+
+    def _check_numbers(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number", setting=f.name)
-        positive = (
-            "handshake_timeout",
-            "ack_timeout",
-            "backend_timeout",
-            "max_devices",
-            "clock_skew",
-            "replay_window",
-            "retention",
-            "max_body_bytes",
-            "max_frame_bytes",
-            "delivery_window",
-            "max_stored_prekeys",
-            "signed_prekey_rotation",
-            "rate_requests",
-            "rate_requests_burst",
-            "rate_fetch_per_minute",
-            "rate_fetch_per_target",
-            "max_bad_frames",
-            "outbound_buffer_bytes",
-            "slow_reader_timeout",
-            "max_connections_per_address",
-            "purge_interval",
-            "shutdown_timeout",
-            "presence_ttl",
-        )
-        for name in positive:
+        for name in POSITIVE_SETTINGS:
             if getattr(self, name) <= 0:
                 raise ConfigError(
                     f"{name} must be greater than 0, not {getattr(self, name)!r}", setting=name
                 )
+
+    def _check_limits(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must lie in 0..65535, not {self.port}", setting="port")
-        if not self.host:
-            raise ConfigError("host must not be empty", setting="host")
         if self.max_devices > 127:
             raise ConfigError(
                 "max_devices cannot exceed 127 (device numbers are 1..127)", setting="max_devices"
@@ -131,6 +140,11 @@ class Settings:
                 setting="max_body_bytes",
                 related=("max_frame_bytes",),
             )
+
+    def _check_words(self) -> None:
+        """The settings that are words: host, token, log level and format, node id."""
+        if not self.host:
+            raise ConfigError("host must not be empty", setting="host")
         if self.registration_token == "":
             raise ConfigError(
                 "registration_token must not be empty when set", setting="registration_token"
@@ -152,9 +166,6 @@ class Settings:
             raise ConfigError(
                 "node_id must be 1-64 letters, digits, '.', '_' or '-'", setting="node_id"
             )
-        self._check_urls()
-        self._check_tls()
-        self.trusted_networks  # noqa: B018  (raises ConfigError on a bad CIDR)
 
     def _check_tls(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -20,7 +20,7 @@ from protocol.signatures import KeyScheme, verify_signature
 from relay.services import Services
 from relay.session import Session
 from storage.errors import KeyIdConflict, TooManyPreKeys
-from storage.records import KeyCounts, KeyUpload, OneTimeKey, SignedKey
+from storage.records import DeviceRecord, KeyCounts, KeyUpload, OneTimeKey, SignedKey
 
 FETCH_TARGET_PERIOD_S = 600.0
 
@@ -67,14 +67,22 @@ async def upload(svc: Services, session: Session, frame: KeysUpload) -> None:
 
 async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
     """Hand each one-time key out at most once; rate-limited against pre-key draining."""
+    await _limit_fetches(svc, f"{session.user}:{session.device}", frame.user)
+    bundles: list[Bundle] = []
+    for device in await _fetched_devices(svc, frame):
+        bundle = await _claim_bundle(svc, frame.user, device)
+        if bundle is not None:
+            bundles.append(bundle)
+    session.out.write(KeysFetchOk(rid=frame.rid, user=frame.user, devices=tuple(bundles)))
+
+
+async def _limit_fetches(svc: Services, requester: str, target: str) -> None:
     settings = svc.settings
-    limiter = svc.store.rate_limiter
-    requester = f"{session.user}:{session.device}"
     # The narrower (requester, target) bucket goes first, so a fetch it refuses does not use
     # up the requester's overall budget.
     for key, rate, burst in (
         (
-            f"fetch:{requester}:{frame.user}",
+            f"fetch:{requester}:{target}",
             settings.rate_fetch_per_target / FETCH_TARGET_PERIOD_S,
             settings.rate_fetch_per_target,
         ),
@@ -84,13 +92,17 @@ async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
             settings.rate_fetch_per_minute,
         ),
     ):
-        decision = await limiter.hit(key, rate_per_s=rate, burst=burst)
+        decision = await svc.store.rate_limiter.hit(key, rate_per_s=rate, burst=burst)
         if not decision.allowed:
             raise Refused(
                 ErrorCode.RATE_LIMITED,
                 "too many key fetches",
                 retry_after_ms=decision.retry_after_ms,
             )
+
+
+async def _fetched_devices(svc: Services, frame: KeysFetch) -> list[DeviceRecord]:
+    """The target's active devices, or the one device the fetch names."""
     devices = await svc.store.devices.list_devices(frame.user)
     if devices is None:
         raise Refused(ErrorCode.UNKNOWN_USER, "no such user")
@@ -98,44 +110,42 @@ async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
         devices = [d for d in devices if d.device == frame.device]
         if not devices:
             raise Refused(ErrorCode.UNKNOWN_DEVICE, "no such active device")
-    bundles: list[Bundle] = []
-    for device in devices:
-        claimed = await svc.store.keys.claim(
-            frame.user, device.device, low_water=settings.prekey_low_water
+    return devices
+
+
+async def _claim_bundle(svc: Services, user: str, device: DeviceRecord) -> Bundle | None:
+    """One device's bundle (its one-time keys now gone), or None without a signed pre-key."""
+    claimed = await svc.store.keys.claim(
+        user, device.device, low_water=svc.settings.prekey_low_water
+    )
+    if claimed.fell_below_low_water:
+        svc.metrics.prekey_low_water.inc()
+        svc.cluster.keys_low(
+            user,
+            device.device,
+            KeysLow(prekeys=claimed.counts.prekeys, pq_prekeys=claimed.counts.pq_prekeys),
         )
-        if claimed.fell_below_low_water:
-            svc.metrics.prekey_low_water.inc()
-            svc.cluster.keys_low(
-                frame.user,
-                device.device,
-                KeysLow(prekeys=claimed.counts.prekeys, pq_prekeys=claimed.counts.pq_prekeys),
+    if claimed.signed_prekey is None:
+        return None
+    return Bundle(
+        device=device.device,
+        registration_id=device.registration_id,
+        identity_key=device.identity_key,
+        key_scheme=KeyScheme(device.key_scheme),
+        signed_prekey=_signed_frame(claimed.signed_prekey),
+        prekey=(
+            None if claimed.prekey is None else PreKey(id=claimed.prekey.id, key=claimed.prekey.key)
+        ),
+        pq_prekey=(
+            None
+            if claimed.pq_prekey is None
+            else PqPreKey(
+                id=claimed.pq_prekey.id,
+                key=claimed.pq_prekey.key,
+                signature=claimed.pq_prekey.signature,
             )
-        if claimed.signed_prekey is None:
-            continue  # no bundle without a signed pre-key
-        bundles.append(
-            Bundle(
-                device=device.device,
-                registration_id=device.registration_id,
-                identity_key=device.identity_key,
-                key_scheme=KeyScheme(device.key_scheme),
-                signed_prekey=_signed_frame(claimed.signed_prekey),
-                prekey=(
-                    None
-                    if claimed.prekey is None
-                    else PreKey(id=claimed.prekey.id, key=claimed.prekey.key)
-                ),
-                pq_prekey=(
-                    None
-                    if claimed.pq_prekey is None
-                    else PqPreKey(
-                        id=claimed.pq_prekey.id,
-                        key=claimed.pq_prekey.key,
-                        signature=claimed.pq_prekey.signature,
-                    )
-                ),
-            )
-        )
-    session.out.write(KeysFetchOk(rid=frame.rid, user=frame.user, devices=tuple(bundles)))
+        ),
+    )
 
 
 async def count(svc: Services, session: Session, frame: KeysCount) -> None:

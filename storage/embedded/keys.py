@@ -3,18 +3,18 @@
 Each upload and each claim is one job on the database's single writer thread. That is the
 whole concurrency argument: a claim's SELECT of the oldest one-time key and its DELETE run
 with no other job in between, so no two claims can hand out the same key, and an upload's
-checks and inserts see no other upload half done. A refused upload raises inside its job,
-whose savepoint is rolled back: nothing of it is stored.
+checks and inserts see no other upload half done. The rules of an upload are
+`storage.key_rules`; a refused upload raises before the job's first write (and the job's
+savepoint is rolled back on any error): nothing of it is stored.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
 from typing import Any, Final
 
 from storage.embedded.database import SqliteDatabase
-from storage.errors import KeyIdConflict, TooManyPreKeys
+from storage.key_rules import StoredKeys, fell_below_low_water, named_ids, plan_upload
 from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, SignedKey
 
 _EC: Final = "one_time_prekeys"
@@ -32,29 +32,20 @@ class SqliteKeyStore:
             if not _is_active(conn, user, device):
                 # Removal deleted this device's keys; an upload racing it stores none.
                 return KeyCounts(prekeys=0, pq_prekeys=0, signed_prekey_uploaded_ms=None)
-            new_ec = _new_keys(
-                conn, _EC, user, device, ((k.id, k.key, None) for k in upload.prekeys)
-            )
-            new_pq = _new_keys(
-                conn, _PQ, user, device, ((k.id, k.key, k.signature) for k in upload.pq_prekeys)
-            )
-            for table, new in ((_EC, new_ec), (_PQ, new_pq)):
-                if _count(conn, table, user, device) + len(new) > max_stored:
-                    raise TooManyPreKeys(f"more than {max_stored} keys in {table}")
+            plan = plan_upload(upload, _stored(conn, user, device, upload), max_stored=max_stored)
             conn.executemany(
                 f"INSERT INTO {_EC} (user, device, key_id, key) VALUES (?, ?, ?, ?)",
-                [(user, device, key_id, key) for key_id, key, _ in new_ec],
+                [(user, device, k.id, k.key) for k in plan.prekeys],
             )
             conn.executemany(
                 f"INSERT INTO {_PQ} (user, device, key_id, key, signature) VALUES (?, ?, ?, ?, ?)",
-                [(user, device, key_id, key, sig) for key_id, key, sig in new_pq],
+                [(user, device, k.id, k.key, k.signature) for k in plan.pq_prekeys],
             )
             for table, signed in (
-                ("signed_prekeys", upload.signed_prekey),
-                ("pq_last_resort_keys", upload.pq_last_resort),
+                ("signed_prekeys", plan.signed_prekey),
+                ("pq_last_resort_keys", plan.pq_last_resort),
             ):
                 if signed is not None:
-                    # Rotation: the new key replaces the previous one.
                     conn.execute(
                         f"INSERT OR REPLACE INTO {table}"
                         " (user, device, key_id, key, signature, uploaded_ms)"
@@ -86,12 +77,10 @@ class SqliteKeyStore:
                 pq_prekeys=before.pq_prekeys - (pq_row is not None),
                 signed_prekey_uploaded_ms=before.signed_prekey_uploaded_ms,
             )
-            fell = low_water > 0 and any(
-                old == low_water and new < low_water
-                for old, new in (
-                    (before.prekeys, after.prekeys),
-                    (before.pq_prekeys, after.pq_prekeys),
-                )
+            fell = fell_below_low_water(
+                low_water,
+                (before.prekeys, before.pq_prekeys),
+                (after.prekeys, after.pq_prekeys),
             )
             return ClaimedKeys(
                 signed_prekey=signed,
@@ -115,35 +104,29 @@ def _is_active(conn: sqlite3.Connection, user: str, device: int) -> bool:
     return row is not None
 
 
-def _new_keys(
-    conn: sqlite3.Connection,
-    table: str,
-    user: str,
-    device: int,
-    keys: Iterable[tuple[int, bytes, bytes | None]],
-) -> list[tuple[int, bytes, bytes | None]]:
-    """The keys of one list of an upload that are not stored yet, in upload order.
+def _stored(conn: sqlite3.Connection, user: str, device: int, upload: KeyUpload) -> StoredKeys:
+    """The stored keys of the ids `upload` names, and the device's one-time key counts."""
+    ec_ids, pq_ids = named_ids(upload)
+    return StoredKeys(
+        prekeys=_stored_keys(conn, _EC, user, device, ec_ids),
+        pq_prekeys=_stored_keys(conn, _PQ, user, device, pq_ids),
+        prekey_count=_count(conn, _EC, user, device),
+        pq_prekey_count=_count(conn, _PQ, user, device),
+    )
 
-    An id stored (or earlier in the same list) with the same key is a no-op; with another
-    key it is a conflict. Keys are compared, signatures are not: the first one is kept.
-    """
-    new: dict[int, tuple[int, bytes, bytes | None]] = {}
-    for key_id, key, signature in keys:
-        seen = new.get(key_id)
-        if seen is None:
-            row = conn.execute(
-                f"SELECT key FROM {table} WHERE user = ? AND device = ? AND key_id = ?",
-                (user, device, key_id),
-            ).fetchone()
-            if row is None:
-                new[key_id] = (key_id, key, signature)
-                continue
-            stored = bytes(row[0])
-        else:
-            stored = seen[1]
-        if stored != key:
-            raise KeyIdConflict(f"key id {key_id} is stored with another key")
-    return list(new.values())
+
+def _stored_keys(
+    conn: sqlite3.Connection, table: str, user: str, device: int, ids: list[int]
+) -> dict[int, bytes]:
+    out: dict[int, bytes] = {}
+    for key_id in dict.fromkeys(ids):
+        row = conn.execute(
+            f"SELECT key FROM {table} WHERE user = ? AND device = ? AND key_id = ?",
+            (user, device, key_id),
+        ).fetchone()
+        if row is not None:
+            out[key_id] = bytes(row[0])
+    return out
 
 
 def _take_oldest(

@@ -3,15 +3,21 @@
 Uploads of one device are serialised by a lock on its device row; claims are not: each
 claim is one statement that deletes the oldest one-time key nobody else is taking
 (FOR UPDATE SKIP LOCKED), so claims of one device run side by side and never hand one key
-out twice, in one process or in many.
+out twice, in one process or in many. What an upload writes, or why it is refused, is
+decided by `storage.key_rules`; this module does the reading and writing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Final
 
-from storage.errors import KeyIdConflict, TooManyPreKeys
+from storage.key_rules import (
+    StoredKeys,
+    UploadPlan,
+    fell_below_low_water,
+    named_ids,
+    plan_upload,
+)
 from storage.postgres.database import Connection, Database, Row
 from storage.postgres.directory import record_event
 from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, SignedKey
@@ -107,8 +113,8 @@ class PostgresKeyStore:
     ) -> KeyCounts:
         async with self._db.transaction("upload_keys") as conn:
             # Concurrency: the device row lock serialises the uploads of one device (the
-            # "already stored?" and cap checks below see no other upload half done), and
-            # orders uploads with removal (see PostgresDeviceDirectory.remove_device): an
+            # "already stored?" and cap checks of the plan see no other upload half done),
+            # and orders uploads with removal (see PostgresDeviceDirectory.remove_device): an
             # upload that comes after a removal finds no active row and stores nothing.
             # NO KEY UPDATE does not block the KEY SHARE locks of message stores.
             active = await conn.fetchval(
@@ -119,100 +125,12 @@ class PostgresKeyStore:
             )
             if active is None:
                 return _NO_KEYS
-            new_ec = await _new_keys(
-                conn, _EC, user, device, ((k.id, k.key, b"") for k in upload.prekeys)
-            )
-            new_pq = await _new_keys(
-                conn, _PQ, user, device, ((k.id, k.key, k.signature) for k in upload.pq_prekeys)
-            )
-            # Claims may lower these counts meanwhile, never raise them: the check is safe.
-            stored = await conn.fetchrow(
-                "SELECT prekeys, pq_prekeys FROM prekey_counts WHERE user_id = $1 AND device = $2",
-                user,
-                device,
-            )
-            have_ec, have_pq = (
-                (0, 0) if stored is None else (stored["prekeys"], stored["pq_prekeys"])
-            )
-            for table, have, new in ((_EC, have_ec, new_ec), (_PQ, have_pq, new_pq)):
-                if int(have) + len(new) > max_stored:
-                    raise TooManyPreKeys(f"more than {max_stored} keys in {table}")
-            # WITH ORDINALITY ... ORDER BY: seq follows the order of the upload, which is the
-            # order claims hand the keys out.
-            if new_ec:
-                await conn.execute(
-                    f"INSERT INTO {_EC} (user_id, device, key_id, key)"
-                    " SELECT $1, $2, k.key_id, k.key"
-                    " FROM unnest($3::bigint[], $4::bytea[]) WITH ORDINALITY AS k(key_id, key, n)"
-                    " ORDER BY k.n",
-                    user,
-                    device,
-                    [key_id for key_id, _, _ in new_ec],
-                    [key for _, key, _ in new_ec],
-                )
-            if new_pq:
-                await conn.execute(
-                    f"INSERT INTO {_PQ} (user_id, device, key_id, key, signature)"
-                    " SELECT $1, $2, k.key_id, k.key, k.signature"
-                    " FROM unnest($3::bigint[], $4::bytea[], $5::bytea[])"
-                    " WITH ORDINALITY AS k(key_id, key, signature, n) ORDER BY k.n",
-                    user,
-                    device,
-                    [key_id for key_id, _, _ in new_pq],
-                    [key for _, key, _ in new_pq],
-                    [signature for _, _, signature in new_pq],
-                )
-            for table, signed in (
-                ("signed_prekeys", upload.signed_prekey),
-                ("pq_last_resort_keys", upload.pq_last_resort),
-            ):
-                if signed is not None:
-                    # Rotation: the new key replaces the previous one.
-                    await conn.execute(
-                        f"INSERT INTO {table}"
-                        " (user_id, device, key_id, key, signature, uploaded_ms)"
-                        " VALUES ($1, $2, $3, $4, $5, $6)"
-                        " ON CONFLICT (user_id, device) DO UPDATE SET key_id = excluded.key_id,"
-                        " key = excluded.key, signature = excluded.signature,"
-                        " uploaded_ms = excluded.uploaded_ms",
-                        user,
-                        device,
-                        signed.id,
-                        signed.key,
-                        signed.signature,
-                        now_ms,
-                    )
-            if upload.signed_prekey is not None:
-                await record_event(
-                    conn, user, device, "signed_prekey_rotated", {"key_id": upload.signed_prekey.id}
-                )
-            if new_ec or new_pq or upload.pq_last_resort is not None:
-                detail: dict[str, object] = {
-                    "prekey_ids": [key_id for key_id, _, _ in new_ec],
-                    "pq_prekey_ids": [key_id for key_id, _, _ in new_pq],
-                }
-                if upload.pq_last_resort is not None:
-                    detail["pq_last_resort_id"] = upload.pq_last_resort.id
-                await record_event(conn, user, device, "prekeys_uploaded", detail)
-            # Last: the count row is the last lock taken (the claim's lock order).
-            row = await conn.fetchrow(
-                "UPDATE prekey_counts SET prekeys = prekeys + $3, pq_prekeys = pq_prekeys + $4"
-                " WHERE user_id = $1 AND device = $2 RETURNING prekeys, pq_prekeys",
-                user,
-                device,
-                len(new_ec),
-                len(new_pq),
-            )
-            uploaded_ms = await conn.fetchval(
-                "SELECT uploaded_ms FROM signed_prekeys WHERE user_id = $1 AND device = $2",
-                user,
-                device,
-            )
-            return KeyCounts(
-                prekeys=0 if row is None else int(row["prekeys"]),
-                pq_prekeys=0 if row is None else int(row["pq_prekeys"]),
-                signed_prekey_uploaded_ms=_optional_int(uploaded_ms),
-            )
+            stored = await _stored(conn, user, device, upload)
+            plan = plan_upload(upload, stored, max_stored=max_stored)
+            await _insert_one_time(conn, user, device, plan)
+            await _replace_signed(conn, user, device, plan, now_ms)
+            await _record_upload(conn, user, device, plan)
+            return await _add_counts(conn, user, device, plan)
 
     async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
         async with self._db.connection("claim_prekeys") as conn:
@@ -235,10 +153,7 @@ class PostgresKeyStore:
             # No one-time PQ key left: the last-resort key is handed out, and kept.
             pq_prekey = _signed(row, "lr")
         before = (after.prekeys + int(row["ec_n"]), after.pq_prekeys + int(row["pq_n"]))
-        fell = low_water > 0 and any(
-            old == low_water and new < low_water
-            for old, new in zip(before, (after.prekeys, after.pq_prekeys), strict=True)
-        )
+        fell = fell_below_low_water(low_water, before, (after.prekeys, after.pq_prekeys))
         return ClaimedKeys(
             signed_prekey=signed,
             prekey=prekey,
@@ -270,37 +185,122 @@ def _signed(row: Row, prefix: str) -> SignedKey | None:
     )
 
 
-async def _new_keys(
-    conn: Connection,
-    table: str,
-    user: str,
-    device: int,
-    keys: Iterable[tuple[int, bytes, bytes]],
-) -> list[tuple[int, bytes, bytes]]:
-    """The keys of one list of an upload that are not stored yet, in upload order.
+async def _stored(conn: Connection, user: str, device: int, upload: KeyUpload) -> StoredKeys:
+    """The stored keys of the ids `upload` names, and the device's one-time key counts."""
+    ec_ids, pq_ids = named_ids(upload)
+    # Claims may lower these counts meanwhile, never raise them: the cap check is safe.
+    counts = await conn.fetchrow(
+        "SELECT prekeys, pq_prekeys FROM prekey_counts WHERE user_id = $1 AND device = $2",
+        user,
+        device,
+    )
+    return StoredKeys(
+        prekeys=await _stored_keys(conn, _EC, user, device, ec_ids),
+        pq_prekeys=await _stored_keys(conn, _PQ, user, device, pq_ids),
+        prekey_count=0 if counts is None else int(counts["prekeys"]),
+        pq_prekey_count=0 if counts is None else int(counts["pq_prekeys"]),
+    )
 
-    An id stored (or earlier in the same list) with the same key is a no-op; with another
-    key it is a conflict. Keys are compared, signatures are not: the first one is kept.
-    """
-    listed: dict[int, tuple[int, bytes, bytes]] = {}
-    for key_id, key, signature in keys:
-        seen = listed.get(key_id)
-        if seen is None:
-            listed[key_id] = (key_id, key, signature)
-        elif seen[1] != key:
-            raise KeyIdConflict(f"key id {key_id} is named twice with different keys")
-    if not listed:
-        return []
+
+async def _stored_keys(
+    conn: Connection, table: str, user: str, device: int, ids: list[int]
+) -> dict[int, bytes]:
+    if not ids:
+        return {}
     rows = await conn.fetch(
         f"SELECT key_id, key FROM {table}"
         " WHERE user_id = $1 AND device = $2 AND key_id = ANY($3::bigint[])",
         user,
         device,
-        list(listed),
+        ids,
     )
-    for row in rows:
-        key_id = int(row["key_id"])
-        if bytes(row["key"]) != listed[key_id][1]:
-            raise KeyIdConflict(f"key id {key_id} is stored with another key")
-        del listed[key_id]
-    return list(listed.values())
+    return {int(row["key_id"]): bytes(row["key"]) for row in rows}
+
+
+async def _insert_one_time(conn: Connection, user: str, device: int, plan: UploadPlan) -> None:
+    # WITH ORDINALITY ... ORDER BY: seq follows the order of the upload, which is the
+    # order claims hand the keys out.
+    if plan.prekeys:
+        await conn.execute(
+            f"INSERT INTO {_EC} (user_id, device, key_id, key)"
+            " SELECT $1, $2, k.key_id, k.key"
+            " FROM unnest($3::bigint[], $4::bytea[]) WITH ORDINALITY AS k(key_id, key, n)"
+            " ORDER BY k.n",
+            user,
+            device,
+            [k.id for k in plan.prekeys],
+            [k.key for k in plan.prekeys],
+        )
+    if plan.pq_prekeys:
+        await conn.execute(
+            f"INSERT INTO {_PQ} (user_id, device, key_id, key, signature)"
+            " SELECT $1, $2, k.key_id, k.key, k.signature"
+            " FROM unnest($3::bigint[], $4::bytea[], $5::bytea[])"
+            " WITH ORDINALITY AS k(key_id, key, signature, n) ORDER BY k.n",
+            user,
+            device,
+            [k.id for k in plan.pq_prekeys],
+            [k.key for k in plan.pq_prekeys],
+            [k.signature for k in plan.pq_prekeys],
+        )
+
+
+async def _replace_signed(
+    conn: Connection, user: str, device: int, plan: UploadPlan, now_ms: int
+) -> None:
+    for table, signed in (
+        ("signed_prekeys", plan.signed_prekey),
+        ("pq_last_resort_keys", plan.pq_last_resort),
+    ):
+        if signed is not None:
+            await conn.execute(
+                f"INSERT INTO {table} (user_id, device, key_id, key, signature, uploaded_ms)"
+                " VALUES ($1, $2, $3, $4, $5, $6)"
+                " ON CONFLICT (user_id, device) DO UPDATE SET key_id = excluded.key_id,"
+                " key = excluded.key, signature = excluded.signature,"
+                " uploaded_ms = excluded.uploaded_ms",
+                user,
+                device,
+                signed.id,
+                signed.key,
+                signed.signature,
+                now_ms,
+            )
+
+
+async def _record_upload(conn: Connection, user: str, device: int, plan: UploadPlan) -> None:
+    """The audit events of an upload (ids only)."""
+    if plan.signed_prekey is not None:
+        await record_event(
+            conn, user, device, "signed_prekey_rotated", {"key_id": plan.signed_prekey.id}
+        )
+    if plan.prekeys or plan.pq_prekeys or plan.pq_last_resort is not None:
+        detail: dict[str, object] = {
+            "prekey_ids": [k.id for k in plan.prekeys],
+            "pq_prekey_ids": [k.id for k in plan.pq_prekeys],
+        }
+        if plan.pq_last_resort is not None:
+            detail["pq_last_resort_id"] = plan.pq_last_resort.id
+        await record_event(conn, user, device, "prekeys_uploaded", detail)
+
+
+async def _add_counts(conn: Connection, user: str, device: int, plan: UploadPlan) -> KeyCounts:
+    # Last: the count row is the last lock taken (the claim's lock order).
+    row = await conn.fetchrow(
+        "UPDATE prekey_counts SET prekeys = prekeys + $3, pq_prekeys = pq_prekeys + $4"
+        " WHERE user_id = $1 AND device = $2 RETURNING prekeys, pq_prekeys",
+        user,
+        device,
+        len(plan.prekeys),
+        len(plan.pq_prekeys),
+    )
+    uploaded_ms = await conn.fetchval(
+        "SELECT uploaded_ms FROM signed_prekeys WHERE user_id = $1 AND device = $2",
+        user,
+        device,
+    )
+    return KeyCounts(
+        prekeys=0 if row is None else int(row["prekeys"]),
+        pq_prekeys=0 if row is None else int(row["pq_prekeys"]),
+        signed_prekey_uploaded_ms=_optional_int(uploaded_ms),
+    )

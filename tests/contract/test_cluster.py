@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis_asyncio
+from e2e.support import wait_until
 
 from storage.cluster import (
     BusAcked,
@@ -105,17 +107,41 @@ async def test_refresh_keeps_restores_and_reports_taken(client: RedisClient) -> 
     await b.close()
 
 
+async def _located(presence: RedisPresence, user: str) -> str | None:
+    (node,) = await presence.locate([(user, 1)])
+    return node
+
+
 async def test_entries_expire_unless_refreshed(client: RedisClient) -> None:
-    presence = RedisPresence(client, node_id="a", ttl_s=0.2)
-    user = new_user()
-    await presence.claim(user, 1, "t")
+    ttl_s = 1.0
+    presence = RedisPresence(client, node_id="a", ttl_s=ttl_s)
+    kept, left = new_user(), new_user()
+    claimed = time.monotonic()
+    await presence.claim(kept, 1, "k")
+    await presence.claim(left, 1, "l")
     raw = redis_asyncio.Redis.from_url(REDIS_URL)
+
+    async def refreshed_until_left_expires() -> bool:
+        assert await presence.refresh([(kept, 1, "k")]) == [Refresh.KEPT]
+        return await _located(presence, left) is None
+
+    async def kept_expired() -> bool:
+        return not await raw.exists(client.key("presence", kept, "1"))
+
     try:
-        ttl_ms = await raw.pttl(client.key("presence", user, "1"))
+        assert 0 < await raw.pttl(client.key("presence", left, "1")) <= ttl_s * 1000
+        await wait_until(refreshed_until_left_expires, 10 * ttl_s, "the unrefreshed entry")
+        assert time.monotonic() - claimed >= ttl_s * 0.9  # it lived about its expiry...
+        assert await _located(presence, kept) == "a"  # ...which `kept` outlived, refreshed
+        assert await raw.pttl(client.key("presence", kept, "1")) > ttl_s * 1000 * 0.5
+        # Unrefreshed, `kept` expires too; a refresh then puts the entry back.
+        await wait_until(kept_expired, 10 * ttl_s, "the entry no longer refreshed")
+        assert await _located(presence, kept) is None
+        assert await presence.refresh([(kept, 1, "k")]) == [Refresh.RESTORED]
+        assert await _located(presence, kept) == "a"
     finally:
         await raw.aclose()
-    assert 0 < ttl_ms <= 200
-    await presence.close()
+        await presence.close()
 
 
 async def test_node_registry(client: RedisClient) -> None:

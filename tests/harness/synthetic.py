@@ -7,9 +7,8 @@ last answers; they differ in latency and server memory.
 
 from __future__ import annotations
 
-from typing import Any
-
 from loadtest import report
+from loadtest.figures import RunResult
 from loadtest.ledger import Counts
 from loadtest.recorder import Recorder
 from loadtest.results import ServerTrace, merge
@@ -40,7 +39,7 @@ def outcome(latency_s: float) -> Outcome:
     return Outcome(counts, rec.finish(cpu_seconds=0.4, wall_seconds=WALL), setup_seconds=0.1)
 
 
-def run(latency_s: float, rss_mib: float, target: str, w: Workload) -> dict[str, Any]:
+def run(latency_s: float, rss_mib: float, target: str, w: Workload) -> RunResult:
     trace = ServerTrace(
         rss={i: (rss_mib + i / 10) * 2**20 for i in range(6)},
         cpu={i: 0.25 * i for i in range(6)},
@@ -60,7 +59,7 @@ def workload(scenario: Scenario = Scenario.STEADY) -> Workload:
     )
 
 
-def build(scenario: Scenario = Scenario.STEADY, *, baseline: bool = True) -> dict[str, Any]:
+def build(scenario: Scenario = Scenario.STEADY, *, baseline: bool = True) -> report.Report:
     w = workload(scenario)
     runs = {"relay": run(0.003, 36.0, w.url, w)}
     if baseline:

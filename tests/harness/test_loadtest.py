@@ -7,18 +7,22 @@ and that both report files are written with their plots.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from e2e.support import REPO_ROOT, RelayProcess, stop_relays
 
 from loadtest.compare import compare, format_rows
+from loadtest.figures import Latencies, Latency, RunResult, Throughput
+from loadtest.ledger import Counts
+from loadtest.report import Report, load
+
+from . import synthetic
 
 RUN_TIMEOUT = 90
 
@@ -44,21 +48,21 @@ def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _assert_clean(run: dict[str, Any], expected: int) -> None:
+def _assert_clean(run: RunResult, expected: int) -> None:
     """Every scheduled message was sent once, answered ok and delivered once; nothing else."""
-    c = run["counts"]
-    assert c["scheduled"] == expected, c
-    assert c["sent"] == c["ok"] == c["delivered"] == expected, c
-    assert c["lost"] == 0, c
-    assert c["duplicated"] == 0, c
-    assert c["delivered_after_ack"] == 0, c
-    assert c["unanswered"] == 0 and c["unexpected"] == 0, c
-    assert c["errors"] == 0 and c["errors_by_code"] == {}, c
-    assert run["connection_errors"] == {}, run["connection_errors"]
-    assert run["latency_ms"]["delivery"]["count"] == expected
-    assert run["latency_ms"]["ok"]["count"] == expected
+    c = run.counts
+    assert c.scheduled == expected, c
+    assert c.sent == c.ok == c.delivered == expected, c
+    assert c.lost == 0, c
+    assert c.duplicated == 0, c
+    assert c.delivered_after_ack == 0, c
+    assert c.unanswered == 0 and c.unexpected == 0, c
+    assert c.errors == 0 and c.errors_by_code == {}, c
+    assert run.connection_errors == {}, run.connection_errors
+    assert run.latency_ms.delivery.count == expected
+    assert run.latency_ms.ok.count == expected
     # The series cover the measured seconds; a delivery just after the last one is only counted.
-    assert 0.9 * expected <= sum(run["series"]["delivered_per_s"]) <= expected
+    assert 0.9 * expected <= sum(v or 0.0 for v in run.series.delivered_per_s) <= expected
 
 
 def test_steady_with_baseline_writes_clean_reports(
@@ -85,17 +89,17 @@ def test_steady_with_baseline_writes_clean_reports(
         str(out),
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["tool"] == "relay-loadtest"
-    assert report["workload"]["scenario"] == "steady"
-    assert report["environment"]["cores"] == os.cpu_count()
-    assert set(report["runs"]) == {"relay", "baseline"}
+    report = load(out / "report.json")
+    assert report.workload["scenario"] == "steady"
+    assert report.environment["cores"] == os.cpu_count()
+    assert set(report.runs) == {"relay", "baseline"}
     # 100 msg/s for 3 s, scheduled in advance: exactly 300 sends in each run.
-    _assert_clean(report["runs"]["relay"], 300)
-    _assert_clean(report["runs"]["baseline"], 300)
-    assert report["runs"]["relay"]["server"]["rss_peak_mb"] > 0
-    assert report["runs"]["relay"]["generator"]["procs"] == 2
-    assert report["ratios_to_baseline"]["delivered_per_s"] == pytest.approx(1.0, rel=0.05)
+    _assert_clean(report.runs["relay"], 300)
+    _assert_clean(report.runs["baseline"], 300)
+    assert (report.runs["relay"].server.rss_peak_mb or 0.0) > 0
+    assert report.runs["relay"].generator.procs == 2
+    assert report.ratios_to_baseline is not None
+    assert report.ratios_to_baseline["delivered_per_s"] == pytest.approx(1.0, rel=0.05)
 
     page = (out / "report.html").read_text(encoding="utf-8")
     # Five time-series charts with both runs on the same axes, a latency histogram per run.
@@ -139,24 +143,33 @@ def test_steady_with_end_to_end_ciphertext(live_relay: RelayProcess, tmp_path: P
         str(out),
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
-    assert report["workload"]["e2e"] is True
-    _assert_clean(report["runs"]["relay"], 120)
+    report = load(out / "report.json")
+    assert report.workload["e2e"] is True
+    _assert_clean(report.runs["relay"], 120)
 
 
-def _report(delivered: float, p99: float, lost: int, python: str) -> dict[str, Any]:
-    return {
-        "tool": "relay-loadtest",
-        "workload": {"scenario": "steady", "rate": 2000.0},
-        "environment": {"python": python, "cores": 2},
-        "runs": {
-            "relay": {
-                "throughput": {"delivered_per_s": delivered, "sent_per_s": delivered},
-                "latency_ms": {"delivery": {"p50": 1.0, "p99": p99}, "ok": {"p50": 2.0}},
-                "counts": {"sent": 100, "delivered": 100 - lost, "lost": lost},
-            }
-        },
-    }
+def _report(delivered: float, p99: float, lost: int, python: str) -> Report:
+    w = synthetic.workload()
+    run = dataclasses.replace(
+        synthetic.run(0.001, 30.0, w.url, w),
+        throughput=Throughput(
+            target_rate=2000.0,
+            sent_per_s=delivered,
+            delivered_per_s=delivered,
+            measured_seconds=5.0,
+        ),
+        latency_ms=Latencies(
+            delivery=Latency(count=100, p50=1.0, p99=p99), ok=Latency(count=100, p50=2.0)
+        ),
+        counts=Counts(sent=100, delivered=100 - lost, lost=lost),
+    )
+    return Report(
+        created="2026-01-01T00:00:00+00:00",
+        command=("relay-loadtest", "steady"),
+        environment={"python": python, "cores": 2},
+        workload={"scenario": "steady", "rate": 2000.0},
+        runs={"relay": run},
+    )
 
 
 def test_compare_lists_changed_metrics_and_environment() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from pathlib import Path
 import pytest
 from e2e.certs import Authority
 from e2e.support import REPO_ROOT, RelayProcess, stop_relays
+
+from loadtest.report import load
 
 RUN_TIMEOUT = 90
 
@@ -70,13 +71,13 @@ def test_steady_over_wss_with_a_ca_file(
         str(out),
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    run = json.loads((out / "report.json").read_text(encoding="utf-8"))["runs"]["relay"]
-    counts = run["counts"]
-    assert counts["sent"] == counts["ok"] == counts["delivered"] == 120, counts
-    assert counts["lost"] == counts["duplicated"] == counts["errors"] == 0, counts
-    assert run["connection_errors"] == {}
+    run = load(out / "report.json").runs["relay"]
+    counts = run.counts
+    assert counts.sent == counts.ok == counts.delivered == 120, counts
+    assert counts.lost == counts.duplicated == counts.errors == 0, counts
+    assert run.connection_errors == {}
     # The server's memory came from /metrics over https, verified with the same CA file.
-    assert run["server"]["rss_peak_mb"] > 0
+    assert (run.server.rss_peak_mb or 0.0) > 0
 
 
 def _unwrapped(done: subprocess.CompletedProcess[str]) -> str:

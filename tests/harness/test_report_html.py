@@ -8,11 +8,12 @@ domains and labels, the workload table, and how the charts size themselves.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import pytest
 
 from loadtest import html
+from loadtest.figures import MaxThroughput, Step, Thresholds
+from loadtest.report import Report
 from loadtest.svg import Line, coinciding
 from loadtest.workload import SCENARIO_OPTIONS, Scenario, Workload
 
@@ -28,7 +29,7 @@ TIME_CHARTS = (
 )
 
 
-def _page(rep: dict[str, Any]) -> Node:
+def _page(rep: Report) -> Node:
     return parse(html.render(rep))
 
 
@@ -174,12 +175,16 @@ def test_a_single_run_is_drawn_solid_and_named_by_metric() -> None:
 def test_maximum_throughput_searches_share_their_charts() -> None:
     rep = build()
     for name, rates in (("relay", (600.0, 900.0)), ("baseline", (600.0, 900.0, 1350.0))):
-        rep["runs"][name]["max_throughput"] = {
-            "max_rate": rates[-1],
-            "steps": [
-                {"rate": r, "delivered_per_s": r, "p99_ms": 5.0, "passed": True} for r in rates
-            ],
-        }
+        rep.runs[name] = dataclasses.replace(
+            rep.runs[name],
+            max_throughput=MaxThroughput(
+                max_rate=rates[-1],
+                thresholds=Thresholds(),
+                steps=tuple(
+                    Step(rate=r, delivered_per_s=r, p99_ms=5.0, passed=True) for r in rates
+                ),
+            ),
+        )
     page = _page(rep)
     lines = _series(_chart(page, "Delivered rate by target rate"))
     assert {"relay delivered", "baseline delivered", "target"} <= set(lines)

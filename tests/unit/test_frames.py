@@ -16,7 +16,7 @@ import msgpack
 import orjson
 import pytest
 
-from protocol.codec import WireFormat, decode_client_frame, decode_server_frame
+from protocol.codec import WireFormat, decode_client_frame, decode_server_frame, encode
 from protocol.errors import ErrorCode, FrameError, FrameTooLarge, RelayError
 from protocol.fields import I64_MAX, I64_MIN, U32_MAX, Limits
 from protocol.frames import (
@@ -399,8 +399,25 @@ def test_send_valid(fmt: WireFormat) -> None:
     ids=lambda v: str(v)[:20],
 )
 def test_send_accepted(path: tuple[Any, ...], value: Any, fmt: WireFormat) -> None:
-    frame = decode(changed(SEND, path, value), fmt)
-    assert isinstance(frame, Send)
+    raw = changed(SEND, path, value)
+    frame = decode(raw, fmt)
+    assert frame == Send(
+        rid=RID,
+        id=MSG_ID,
+        to=USER,
+        ts=raw["ts"],
+        nonce=NONCE,
+        devices=tuple(DeviceMessage(**d) for d in raw["devices"]),
+        online=raw.get("online", False),
+    )
+    # The edge value itself came through, unchanged, where it was sent.
+    at: Any = frame
+    for step in path:
+        at = at[step] if isinstance(step, int) else getattr(at, step)
+    assert at == (tuple(value) if isinstance(value, list) else value)
+    assert type(at) is type(value) or isinstance(value, list)
+    # And the frame survives a round trip through the encoder.
+    assert decode_client_frame(encode(frame, fmt), fmt) == frame
 
 
 @fmt_param
