@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 
 from protocol.client.peers import remote_bundle
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.crypto.errors import CryptoError
-from protocol.crypto.keys import DeviceKeys
 from protocol.crypto.session import Session, receive, start_session
 from protocol.frames import KeysFetchOk, KeysUpload, PqPreKey, PreKey, SignedPreKey
 from protocol.signatures import KeyScheme

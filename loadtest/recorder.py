@@ -28,7 +28,7 @@ def record(h: HdrHistogram, seconds: float) -> None:
 
 
 @dataclass(slots=True)
-class Series:
+class IntervalCounts:
     """Counts per interval (index = interval number since t0)."""
 
     values: dict[int, float] = field(default_factory=dict)
@@ -76,7 +76,7 @@ class Recorder:
         self.bucket = bucket
         self.histograms = {name: new_histogram() for name in LATENCIES}
         self.interval_delivery: dict[int, HdrHistogram] = {}
-        self.series = {name: Series() for name in SERIES}
+        self.series = {name: IntervalCounts() for name in SERIES}
         self.connection_errors: Counter[str] = Counter()
         self.connections = 0
         self.marks: dict[str, float] = {}

@@ -37,7 +37,10 @@ from protocol.frames import KeysLow
 from relay.config import Settings
 from relay.router import Router
 from relay.session import RemoteRef, Session
-from storage.cluster import (
+from storage.embedded.single_node import LocalPresence, LoopbackBus
+from storage.errors import StorageError
+from storage.interfaces import BackendObserver, MessageQueue, NodeBus, Presence
+from storage.node_records import (
     MAX_BUS_IDS,
     BusAcked,
     BusClose,
@@ -49,9 +52,6 @@ from storage.cluster import (
     NodeInfo,
     Refresh,
 )
-from storage.embedded.cluster import LocalPresence, LoopbackBus
-from storage.errors import StorageError
-from storage.interfaces import BackendObserver, MessageQueue, NodeBus, Presence
 from storage.records import Envelope
 
 log = logging.getLogger("relay.cluster")
@@ -442,7 +442,7 @@ def open_cluster(
     presence: Presence
     bus: NodeBus
     if settings.redis_url is not None and settings.database_url is not None:
-        from storage.redis_store.cluster import open_redis_cluster
+        from storage.redis_store.node_links import open_redis_cluster
 
         presence, bus = open_redis_cluster(
             settings.redis_url,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from relay.services import Services
-from storage.cluster import NodeInfo
 from storage.errors import StorageError
+from storage.node_records import NodeInfo
 
 NODES_TIMEOUT_S: Final = 1.0  # the node list is worth one short Redis call, not a slow page
 

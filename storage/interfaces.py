@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from storage.cluster import BusMessage, Holder, NodeInfo, Refresh
+from storage.node_records import BusMessage, Holder, NodeInfo, Refresh
 from storage.records import (
     ClaimedKeys,
     DeviceRecord,

@@ -46,7 +46,6 @@ from protocol.client.errors import (
     TlsSetupError,
 )
 from protocol.client.inbound import Inbound, MessageHandler
-from protocol.client.keys import KeyKeeper
 from protocol.client.messages import (
     ClientOptions,
     ClientStats,
@@ -57,9 +56,10 @@ from protocol.client.messages import (
 )
 from protocol.client.outbox import OutboxSender
 from protocol.client.peers import IdentityChange, Peers
+from protocol.client.prekey_upkeep import KeyKeeper
 from protocol.client.state import Account, ClientState, OutboxEntry
 from protocol.client.store import LocalStore
-from protocol.crypto.keys import DeviceKeys
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import (
     Auth,

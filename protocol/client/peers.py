@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from protocol.client.content import Content, Kind
 from protocol.client.state import ClientState, PeerDevice, PreparedCopy
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.crypto.errors import DecryptError
-from protocol.crypto.keys import DeviceKeys
 from protocol.crypto.session import (
     RemoteBundle,
     Session,

@@ -9,6 +9,7 @@ docs/encryption.md describes the construction and formats.
 """
 
 from protocol.crypto.bundle import RemoteBundle
+from protocol.crypto.device_keys import DeviceKeys, OneTimePreKey, PQPreKey, SignedPreKeyPair
 from protocol.crypto.errors import (
     CryptoError,
     DecryptError,
@@ -16,7 +17,6 @@ from protocol.crypto.errors import (
     StateError,
     UntrustedBundle,
 )
-from protocol.crypto.keys import DeviceKeys, OneTimePreKey, PQPreKey, SignedPreKey
 from protocol.crypto.session import (
     Session,
     accept_session,
@@ -36,7 +36,7 @@ __all__ = [
     "RemoteBundle",
     "Session",
     "SessionMismatch",
-    "SignedPreKey",
+    "SignedPreKeyPair",
     "StateError",
     "UntrustedBundle",
     "accept_session",

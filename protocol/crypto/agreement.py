@@ -19,7 +19,7 @@ from typing import Final
 
 from protocol.crypto import primitives
 from protocol.crypto.bundle import VerifiedBundle
-from protocol.crypto.keys import DeviceKeys, SignedPreKey
+from protocol.crypto.device_keys import DeviceKeys, SignedPreKeyPair
 from protocol.crypto.wire import PreKeyHeader
 
 __all__ = [
@@ -54,7 +54,7 @@ class ResponderAgreement:
 
     secret: bytes
     associated_data: bytes
-    signed_prekey: SignedPreKey
+    signed_prekey: SignedPreKeyPair
 
 
 def associated_data(initiator_x25519: bytes, responder_x25519: bytes) -> bytes:

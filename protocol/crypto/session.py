@@ -22,6 +22,7 @@ from typing import Final
 
 from protocol.crypto import agreement, state
 from protocol.crypto.bundle import RemoteBundle, verify_bundle
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.crypto.errors import (
     CryptoError,
     DecryptError,
@@ -29,7 +30,6 @@ from protocol.crypto.errors import (
     StateError,
     UntrustedBundle,
 )
-from protocol.crypto.keys import DeviceKeys
 from protocol.crypto.ratchet import RatchetState
 from protocol.crypto.wire import (
     MAX_BODY_BYTES,

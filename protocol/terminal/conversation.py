@@ -62,7 +62,7 @@ def receipt_words(receipt: SendReceipt) -> str:
 
 
 @dataclass(slots=True)
-class Outgoing:
+class TypedLine:
     """A typed line on its way: unanswered while `task` runs."""
 
     text: str
@@ -81,7 +81,7 @@ class Conversation:
         self.screen: Screen | None = None
         self._contacts: Contacts | None = None
         self._peer: Contact | None = None
-        self._outgoing: list[Outgoing] = []
+        self._outgoing: list[TypedLine] = []
 
     def begin(self, client: Client, contacts: Contacts, peer: Contact) -> None:
         """Before the first await of the open client, so no callback comes earlier."""
@@ -178,7 +178,7 @@ class Conversation:
 
     def send(self, text: str) -> None:
         assert self.client is not None
-        out = Outgoing(printable(text))
+        out = TypedLine(printable(text))
         self._outgoing.append(out)
         data = text.encode()
         if len(data) > MAX_LINE_BYTES:
@@ -194,12 +194,12 @@ class Conversation:
         if self.screen is not None:
             self.screen.refresh()
 
-    def _show_pending(self, out: Outgoing) -> None:
+    def _show_pending(self, out: TypedLine) -> None:
         if out.task is not None and not out.task.done() and not out.pending_shown:
             out.pending_shown = True
             self.show(f"[{out.at}] you: {out.text} (pending)")
 
-    def _answered(self, out: Outgoing) -> None:
+    def _answered(self, out: TypedLine) -> None:
         assert out.task is not None
         if out.task.cancelled():
             return

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Final
 
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.directory import SqliteDeviceDirectory
-from storage.embedded.keys import SqliteKeyStore
 from storage.embedded.messages import SqliteMessageQueue
 from storage.embedded.replay import SqliteReplayGuard
+from storage.embedded.sqlite_keys import SqliteKeyStore
 from storage.errors import Unavailable
 from storage.interfaces import BackendObserver, Store
 from storage.ratelimit import TokenBucketLimiter

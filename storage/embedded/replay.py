@@ -34,7 +34,7 @@ _Key = tuple[ReplayScope, bytes]
 
 
 @dataclass(frozen=True, slots=True)
-class _Pending:
+class _ClaimInFlight:
     message_id: bytes
     deadline: float  # on the monotonic clock
     settled: asyncio.Event  # set when the claim is completed, released or expires
@@ -51,7 +51,7 @@ class SqliteReplayGuard:
         self._db = db
         self._now_ms = now_ms  # completed rows outlive the process: wall-clock expiry
         self._monotonic = monotonic  # pending claims do not: monotonic deadlines
-        self._pending: dict[_Key, _Pending] = {}
+        self._pending: dict[_Key, _ClaimInFlight] = {}
         self._next_purge = monotonic()
         self._next_sweep = monotonic() + PURGE_INTERVAL_S
 
@@ -76,7 +76,7 @@ class SqliteReplayGuard:
         if held is not None:
             return held
         deadline = self._monotonic() + pending_ttl_s
-        self._pending[key] = _Pending(message_id, deadline, asyncio.Event())
+        self._pending[key] = _ClaimInFlight(message_id, deadline, asyncio.Event())
         self._sweep()
         return None
 
@@ -151,7 +151,7 @@ class SqliteReplayGuard:
         if entry is not None and entry.message_id == message_id:
             self._drop(key, entry)
 
-    def _drop(self, key: _Key, entry: _Pending) -> None:
+    def _drop(self, key: _Key, entry: _ClaimInFlight) -> None:
         del self._pending[key]
         entry.settled.set()
 

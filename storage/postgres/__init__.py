@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from storage.postgres.database import Database
 from storage.postgres.directory import PostgresDeviceDirectory
-from storage.postgres.keys import PostgresKeyStore
 from storage.postgres.messages import PostgresMessageQueue
 from storage.postgres.migrate import check, latest_version, migrate
+from storage.postgres.pg_keys import PostgresKeyStore
 
 __all__ = [
     "Database",

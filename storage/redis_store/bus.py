@@ -1,6 +1,6 @@
 """The node bus over Redis pub/sub: one channel per node, `prefix + "node:" + id`.
 
-Messages are msgpack arrays `[kind, fields...]` of the typed records in storage.cluster,
+Messages are msgpack arrays `[kind, fields...]` of the typed records in storage.node_records,
 checked field by field when read (a message that does not fit is dropped and logged).
 Publishing goes through one Lua script batched per event-loop turn (client.ScriptBatcher),
 so it is bounded by the backend timeout like every other Redis call; PUBLISH's receiver
@@ -21,7 +21,8 @@ import msgpack
 import redis.asyncio as redis_asyncio
 from redis.exceptions import RedisError
 
-from storage.cluster import (
+from storage.errors import Unavailable
+from storage.node_records import (
     MAX_BUS_IDS,
     MAX_REASON_CHARS,
     BusAcked,
@@ -32,7 +33,6 @@ from storage.cluster import (
     BusMessage,
     BusStored,
 )
-from storage.errors import Unavailable
 from storage.records import Envelope
 from storage.redis_store.client import RedisClient, Script, ScriptBatcher
 

@@ -20,8 +20,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Final
 
-from storage.cluster import Holder, NodeInfo, Refresh
 from storage.errors import Unavailable
+from storage.node_records import Holder, NodeInfo, Refresh
 from storage.redis_store.client import RedisClient, Script, ScriptBatcher
 
 __all__ = ["RedisPresence"]

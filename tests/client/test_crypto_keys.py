@@ -6,8 +6,8 @@ import msgpack
 import pytest
 
 from protocol.crypto import primitives
+from protocol.crypto.device_keys import MAX_ONE_TIME_PREKEYS, DeviceKeys
 from protocol.crypto.errors import StateError
-from protocol.crypto.keys import MAX_ONE_TIME_PREKEYS, DeviceKeys
 from protocol.signatures import KeyScheme, verify_signature
 
 from .test_crypto_support import NOW_MS, make_device

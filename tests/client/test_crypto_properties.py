@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.crypto.errors import DecryptError
-from protocol.crypto.keys import DeviceKeys
 from protocol.crypto.session import Session, accept_session, start_session
 from protocol.signatures import KeyScheme
 

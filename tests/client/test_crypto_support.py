@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from protocol.crypto.keys import DeviceKeys
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.crypto.session import RemoteBundle, Session, accept_session, start_session
 from protocol.signatures import KeyScheme
 

@@ -12,8 +12,8 @@ from protocol.client.content import Kind
 from protocol.client.peers import Peers
 from protocol.client.state import ClientState
 from protocol.client.store import KdfLimits
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.crypto.errors import DecryptError
-from protocol.crypto.keys import DeviceKeys
 from protocol.frames import Bundle, PqPreKey, PreKey, SignedPreKey
 from protocol.signatures import KeyScheme
 

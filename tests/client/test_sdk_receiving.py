@@ -14,7 +14,7 @@ from protocol.client.content import Kind
 from protocol.client.peers import Peers
 from protocol.client.state import Account, ClientState, PreparedCopy
 from protocol.client.store import KdfLimits
-from protocol.crypto.keys import DeviceKeys
+from protocol.crypto.device_keys import DeviceKeys
 from protocol.frames import Bundle, PqPreKey, PreKey, SignedPreKey
 from protocol.signatures import KeyScheme
 

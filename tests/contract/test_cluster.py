@@ -13,7 +13,8 @@ import pytest
 import redis.asyncio as redis_asyncio
 from e2e.support import wait_until
 
-from storage.cluster import (
+from storage.embedded.single_node import LoopbackBus
+from storage.node_records import (
     BusAcked,
     BusClose,
     BusClosed,
@@ -24,7 +25,6 @@ from storage.cluster import (
     Holder,
     Refresh,
 )
-from storage.embedded.cluster import LoopbackBus
 from storage.records import Envelope
 from storage.redis_store import RedisClient
 from storage.redis_store.bus import BadMessage, RedisNodeBus, decode_message, encode_message

@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from storage.cluster import BusMessage, Holder, NodeInfo, Refresh
+from storage.node_records import BusMessage, Holder, NodeInfo, Refresh
 
 
 class LocalPresence:

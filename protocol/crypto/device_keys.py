@@ -26,7 +26,7 @@ __all__ = [
     "DeviceKeys",
     "OneTimePreKey",
     "PQPreKey",
-    "SignedPreKey",
+    "SignedPreKeyPair",
 ]
 
 MAX_KEY_ID: Final = 0xFFFFFF
@@ -47,7 +47,7 @@ class OneTimePreKey:
 
 
 @dataclass(frozen=True)
-class SignedPreKey:
+class SignedPreKeyPair:
     """The medium-term EC pre-key, signed by the identity key over ``public``."""
 
     id: int
@@ -72,10 +72,10 @@ def _make_prekey(key_id: int) -> OneTimePreKey:
     return OneTimePreKey(key_id, private, primitives.encode_ec_public(public))
 
 
-def _make_signed_prekey(identity: IdentityKeyPair, key_id: int, now_ms: int) -> SignedPreKey:
+def _make_signed_prekey(identity: IdentityKeyPair, key_id: int, now_ms: int) -> SignedPreKeyPair:
     private, public = primitives.x25519_generate()
     wire = primitives.encode_ec_public(public)
-    return SignedPreKey(key_id, private, wire, identity.sign(wire), now_ms)
+    return SignedPreKeyPair(key_id, private, wire, identity.sign(wire), now_ms)
 
 
 def _make_pq_prekey(identity: IdentityKeyPair, key_id: int) -> PQPreKey:
@@ -102,8 +102,8 @@ class DeviceKeys:
 
     identity: IdentityKeyPair
     registration_id: int
-    signed_prekey: SignedPreKey
-    previous_signed_prekey: SignedPreKey | None
+    signed_prekey: SignedPreKeyPair
+    previous_signed_prekey: SignedPreKeyPair | None
     prekeys: dict[int, OneTimePreKey]
     pq_prekeys: dict[int, PQPreKey]
     pq_last_resort: PQPreKey
@@ -187,7 +187,7 @@ class DeviceKeys:
             created.append(key)
         return created
 
-    def rotate_signed_prekey(self, now_ms: int) -> SignedPreKey:
+    def rotate_signed_prekey(self, now_ms: int) -> SignedPreKeyPair:
         """A new signed pre-key; the current one is kept for type-1 messages still under way."""
         taken = {self.signed_prekey.id}
         key_id, self.next_signed_prekey_id = self._take_id(self.next_signed_prekey_id, taken)
@@ -203,7 +203,7 @@ class DeviceKeys:
         self.pq_last_resort = _make_pq_prekey(self.identity, key_id)
         return self.pq_last_resort
 
-    def find_signed_prekey(self, key_id: int) -> SignedPreKey | None:
+    def find_signed_prekey(self, key_id: int) -> SignedPreKeyPair | None:
         """The current or previous signed pre-key with ``key_id``."""
         for key in (self.signed_prekey, self.previous_signed_prekey):
             if key is not None and key.id == key_id:
@@ -284,7 +284,7 @@ class DeviceKeys:
         )
 
 
-def _signed_record(key: SignedPreKey) -> dict[str, object]:
+def _signed_record(key: SignedPreKeyPair) -> dict[str, object]:
     return {
         "id": key.id,
         "private": key.private,
@@ -311,13 +311,13 @@ def _read_prekey(record: state.Record) -> OneTimePreKey:
     return OneTimePreKey(*_read_ec_pair(record))
 
 
-def _read_signed(record: state.Record, identity: IdentityKeyPair) -> SignedPreKey:
+def _read_signed(record: state.Record, identity: IdentityKeyPair) -> SignedPreKeyPair:
     key_id, private, public = _read_ec_pair(record)
     signature = record.blob("signature", length=64)
     if not verify_signature(identity.scheme, identity.public_key, public, signature):
         raise StateError("device keys: a signed pre-key signature does not verify")
     created_ms = record.integer("created_ms", low=-(2**63), high=2**63 - 1)
-    return SignedPreKey(key_id, private, public, signature, created_ms)
+    return SignedPreKeyPair(key_id, private, public, signature, created_ms)
 
 
 def _read_pq(record: state.Record) -> PQPreKey:

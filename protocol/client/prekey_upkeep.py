@@ -19,7 +19,7 @@ from protocol.client.errors import RequestRefused
 from protocol.client.messages import ClientOptions
 from protocol.client.peers import Peers
 from protocol.client.state import ClientState
-from protocol.crypto import keys as crypto_keys
+from protocol.crypto import device_keys as crypto_keys
 from protocol.frames import (
     MAX_KEYS_PER_UPLOAD,
     KeysUpload,
@@ -34,7 +34,7 @@ __all__ = ["KeyKeeper"]
 log = logging.getLogger("relay.client")
 
 
-def _wire_signed(key: crypto_keys.SignedPreKey) -> SignedPreKey:
+def _wire_signed(key: crypto_keys.SignedPreKeyPair) -> SignedPreKey:
     return SignedPreKey(id=key.id, key=key.public, signature=key.signature)
 
 
