@@ -77,7 +77,8 @@ PushHandler = Callable[[ServerPush], None]
 # Called with the request's rid and its answer; None when the connection ended first.
 AnswerHandler = Callable[[int, Answer | Error | None], None]
 CloseHandler = Callable[["WireConnection"], None]
-MessageTap = Callable[[bytes | str], None]
+# Every message as it arrived, with the connection's format.
+MessageTap = Callable[[bytes | str, WireFormat], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +299,7 @@ class WireConnection:
         try:
             async for data in ws:
                 if tap is not None:
-                    tap(data)
+                    tap(data, fmt)
                 try:
                     frame = decode_server_frame(data, fmt, self._answer_type)
                 except RelayError as exc:
@@ -381,7 +382,7 @@ async def _read_challenge(
     except ConnectionClosed:
         raise ConnectionLost(ws.close_code, ws.close_reason or "") from None
     if tap is not None:
-        tap(data)
+        tap(data, fmt)
     try:
         frame = decode_server_frame(data, fmt, lambda rid: None)
     except RelayError as exc:
