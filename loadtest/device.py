@@ -69,7 +69,7 @@ class DeviceError(Exception):
 
 
 @dataclass(slots=True)
-class Outgoing:
+class PendingSend:
     """One message waiting to be written (or re-written after a reconnect)."""
 
     msg_id: bytes
@@ -120,8 +120,8 @@ class SimDevice:
         self.conn: WireConnection | None = None  # the authenticated connection, once attached
         self._newest: WireConnection | None = None  # the last one opened: acks go there
         self._counted: WireConnection | None = None  # the one the recorder counts as open
-        self._sends: dict[int, Outgoing] = {}
-        self._queue: deque[Outgoing] = deque()
+        self._sends: dict[int, PendingSend] = {}
+        self._queue: deque[PendingSend] = deque()
         self._wakeup = asyncio.Event()
         self._acks: list[bytes] = []
         self._ack_scheduled = False
@@ -251,7 +251,7 @@ class SimDevice:
 
     # -- traffic
 
-    def submit(self, out: Outgoing) -> None:
+    def submit(self, out: PendingSend) -> None:
         """Queue a message; it is written as soon as this device is connected."""
         self._queue.append(out)
         self._wakeup.set()
@@ -371,11 +371,11 @@ class SimDevice:
 
 def new_message(
     ledger: Ledger, to_user: str, body_size: int, scheduled: float, body: bytes | None = None
-) -> Outgoing:
+) -> PendingSend:
     """A fresh message (random id, nonce and body) entered in the ledger."""
     msg_id = uuid.uuid4().bytes
     entry = ledger.schedule(msg_id, scheduled)
-    return Outgoing(
+    return PendingSend(
         msg_id=msg_id,
         nonce=secrets.token_bytes(24),
         ts=int(scheduled * 1000),

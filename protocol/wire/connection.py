@@ -359,10 +359,10 @@ class WireConnection:
             transport.abort()
 
     async def close(self) -> None:
+        """Close with the closing handshake; returns once the reader has finished."""
         with contextlib.suppress(Exception):
             await self._ws.close()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await self._reader
+        await asyncio.wait({self._reader})  # never raises: the reader ends by itself
 
 
 def _negotiated(chosen: str | None, fmt: WireFormat, offer: Sequence[str]) -> WireFormat:
