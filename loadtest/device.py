@@ -1,10 +1,11 @@
 """A simulated device: a real identity, real pre-keys, the real wire protocol.
 
-Frames are built and read with the `protocol` package (the wire core every
-client uses). A device registers once (new user, device 1, a signed pre-key and
-a few one-time pre-keys), then authenticates on every later connection. Sends
-are queued and written by one writer task per connection so the scheduler
-never waits on one slow socket; every `deliver` is acknowledged, acks of one
+Its connections are `protocol.wire.WireConnection`s, the low-level client every
+client of the relay uses. A device registers once (new user, device 1, a signed
+pre-key and a few one-time pre-keys), then authenticates on every later
+connection. Sends are queued and written by one writer task per connection so
+the scheduler never waits on one slow socket; their answers come back to a
+handler, not to a waiting task. Every `deliver` is acknowledged, acks of one
 event-loop turn going out in one `ack` frame.
 """
 
@@ -16,29 +17,22 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ssl import SSLContext
-from typing import Any
+from typing import TypeVar
 
 import nacl.public
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import InvalidHandshake
 
 from loadtest.e2e import Cipher, CryptoError
 from loadtest.ledger import Entry, Ledger
 from loadtest.recorder import Recorder
-from protocol.codec import WireFormat, decode_server_frame, encode
-from protocol.errors import RelayError
+from protocol.codec import WireFormat
 from protocol.frames import (
-    Ack,
     Answer,
-    Auth,
-    AuthOk,
-    Challenge,
     Deliver,
     DeviceMessage,
-    EmptyOk,
     Error,
     KeysFetch,
     KeysFetchOk,
@@ -46,17 +40,24 @@ from protocol.frames import (
     KeysUploadOk,
     PreKey,
     QueueEmpty,
-    Register,
     Send,
-    SendOk,
     SignedPreKey,
 )
-from protocol.payloads import auth_payload, register_payload
 from protocol.signatures import IdentityKeyPair, KeyScheme
+from protocol.wire import (
+    AnswerTimeout,
+    ConnectionLost,
+    RequestRefused,
+    ServerPush,
+    Undecodable,
+    WireConnection,
+    WireOptions,
+)
 
 OPEN_TIMEOUT = 15.0
 HANDSHAKE_TIMEOUT = 15.0
 MAX_FRAME = 4 * 1024 * 1024
+T = TypeVar("T")
 
 
 class DeviceError(Exception):
@@ -68,7 +69,7 @@ class DeviceError(Exception):
 
 
 @dataclass(slots=True)
-class Outgoing:
+class PendingSend:
     """One message waiting to be written (or re-written after a reconnect)."""
 
     msg_id: bytes
@@ -96,7 +97,14 @@ class SimDevice:
         ssl: SSLContext | None = None,
     ) -> None:
         self.url = url
-        self._tls: dict[str, Any] = {} if ssl is None else {"ssl": ssl}
+        self.options = WireOptions(
+            fmt=fmt,
+            open_timeout=OPEN_TIMEOUT,
+            request_timeout=HANDSHAKE_TIMEOUT,
+            max_frame_bytes=MAX_FRAME,
+            ping_interval=None,
+            ssl=ssl,
+        )
         self.ledger = ledger
         self.recorder = recorder
         self.fmt = fmt
@@ -109,99 +117,73 @@ class SimDevice:
         )
         self.user = ""
         self.device = 0
-        self.ws: ClientConnection | None = None
-        self._rid = 0
-        self._sends: dict[int, Outgoing] = {}
-        self._requests: dict[int, tuple[type[Answer], asyncio.Future[Answer | Error]]] = {}
-        self._queue: deque[Outgoing] = deque()
+        self.conn: WireConnection | None = None  # the authenticated connection, once attached
+        self._newest: WireConnection | None = None  # the last one opened: acks go there
+        self._counted: WireConnection | None = None  # the one the recorder counts as open
+        self._sends: dict[int, PendingSend] = {}
+        self._queue: deque[PendingSend] = deque()
         self._wakeup = asyncio.Event()
         self._acks: list[bytes] = []
         self._ack_scheduled = False
         self._ack_tasks: set[asyncio.Future[None]] = set()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._writer_task: asyncio.Task[None] | None = None
         self.queue_empty = asyncio.Event()
         self.on_deliver: Callable[[Deliver], None] | None = None
 
     # -- connection lifecycle
 
-    def next_rid(self) -> int:
-        self._rid = (self._rid + 1) & 0xFFFFFFFF or 1
-        return self._rid
-
-    async def _open(self) -> tuple[ClientConnection, Challenge]:
+    async def _open(self) -> WireConnection:
+        # Pushes may come right after the handshake's answer, before the connection is attached.
+        self.queue_empty.clear()
         try:
-            ws = await connect(
-                self.url,
-                subprotocols=[self.fmt.value],  # type: ignore[list-item]
-                open_timeout=OPEN_TIMEOUT,
-                max_size=MAX_FRAME,
-                compression=None,
-                ping_interval=None,
-                **self._tls,
+            conn = await WireConnection.open(
+                self.url, self.options, on_push=self._on_push, on_close=self._closed
             )
+        except ConnectionLost as exc:
+            raise DeviceError("no_challenge") from exc
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise DeviceError(f"connect:{type(exc).__name__}") from exc
-        try:
-            frame = decode_server_frame(await ws.recv(), self.fmt, lambda rid: None)
-        except (ConnectionClosed, RelayError) as exc:
-            await ws.close()
-            raise DeviceError("no_challenge") from exc
-        if not isinstance(frame, Challenge):
-            await ws.close()
-            raise DeviceError("no_challenge")
-        return ws, frame
+        self._newest = conn
+        return conn
 
-    async def _request(
-        self, ws: ClientConnection, frame: Register | Auth | KeysUpload, answer: type[Answer]
-    ) -> Answer:
-        """A request on a connection whose reader has not started (the handshake)."""
-        await ws.send(encode(frame, self.fmt))
-        while True:
-            try:
-                got = decode_server_frame(await ws.recv(), self.fmt, lambda rid: answer)
-            except ConnectionClosed as exc:
-                raise DeviceError(f"closed:{exc.rcvd.code if exc.rcvd else 1006}") from exc
-            if isinstance(got, Error):
-                raise DeviceError(f"handshake:{got.code}")
-            if isinstance(got, answer) and getattr(got, "rid", None) == frame.rid:
-                return got
+    async def _handshake(self, conn: WireConnection, steps: Awaitable[T]) -> T:
+        """The handshake's requests, bounded; a failure closes the connection."""
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                return await steps
+        except (TimeoutError, AnswerTimeout) as exc:
+            await conn.close()
+            raise DeviceError("handshake:timeout") from exc
+        except RequestRefused as exc:
+            await conn.close()
+            raise DeviceError(f"handshake:{exc.code}") from exc
+        except ConnectionLost as exc:
+            await conn.close()
+            raise DeviceError(f"closed:{exc.code or 1006}") from exc
+        except BaseException:
+            await conn.close()
+            raise
 
     async def register(self) -> None:
         """Create this device's user and upload its pre-keys; leaves the connection open."""
         started = time.time()
-        ws, challenge = await self._open()
-        try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                reg = Register(
-                    rid=self.next_rid(),
-                    identity_key=self.identity.public_key,
-                    key_scheme=self.identity.scheme,
-                    signature=self.identity.sign(
-                        register_payload(challenge.nonce, self.identity.public_key)
-                    ),
-                    registration_id=(
-                        self.cipher.keys.registration_id if self.cipher is not None else None
-                    ),
-                )
-                ok = await self._request(ws, reg, AuthOk)
-                assert isinstance(ok, AuthOk)
-                self.user, self.device = ok.user, ok.device
-                upload = (
-                    self.cipher.upload(self.next_rid())
-                    if self.cipher is not None
-                    else self._key_upload()
-                )
-                await self._request(ws, upload, KeysUploadOk)
-        except BaseException:
-            await ws.close()
-            raise
+        conn = await self._open()
+        await self._handshake(conn, self._register_on(conn))
         self.recorder.handshake(time.time(), started)
-        self._attach(ws)
+        self._attach(conn)
 
-    def _key_upload(self) -> KeysUpload:
+    async def _register_on(self, conn: WireConnection) -> None:
+        registration_id = self.cipher.keys.registration_id if self.cipher is not None else None
+        ok = await conn.register(self.identity, registration_id=registration_id)
+        self.user, self.device = ok.user, ok.device
+        rid = conn.next_rid()
+        upload = self.cipher.upload(rid) if self.cipher is not None else self._key_upload(rid)
+        await conn.request(upload, KeysUploadOk)
+
+    def _key_upload(self, rid: int) -> KeysUpload:
         signed = nacl.public.PrivateKey.generate().public_key.encode()
         return KeysUpload(
-            rid=self.next_rid(),
+            rid=rid,
             signed_prekey=SignedPreKey(id=1, key=signed, signature=self.identity.sign(signed)),
             prekeys=tuple(
                 PreKey(id=i + 1, key=nacl.public.PrivateKey.generate().public_key.encode())
@@ -212,30 +194,14 @@ class SimDevice:
     async def connect(self, scheduled: float | None = None) -> None:
         """Authenticate a new connection; handshake latency from `scheduled` (or now)."""
         started = time.time() if scheduled is None else scheduled
-        ws, challenge = await self._open()
-        try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                auth = Auth(
-                    rid=self.next_rid(),
-                    user=self.user,
-                    device=self.device,
-                    signature=self.identity.sign(
-                        auth_payload(challenge.nonce, self.user, self.device)
-                    ),
-                )
-                await self._request(ws, auth, AuthOk)
-        except TimeoutError as exc:
-            await ws.close()
-            raise DeviceError("handshake:timeout") from exc
-        except BaseException:
-            await ws.close()
-            raise
+        conn = await self._open()
+        await self._handshake(conn, conn.auth(self.identity, self.user, self.device))
         self.recorder.handshake(time.time(), started)
-        self._attach(ws)
+        self._attach(conn)
 
-    def _attach(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.queue_empty.clear()
+    def _attach(self, conn: WireConnection) -> None:
+        self.conn = conn
+        self._counted = conn
         self.recorder.connection_opened()
         # Sends that were written but not answered on the previous connection are
         # retried first, with the same id and nonce (spec §4: the sender owns them).
@@ -243,66 +209,59 @@ class SimDevice:
         self._sends.clear()
         for _, out in reversed(retry):
             self._queue.appendleft(out)
-        self._tasks = [
-            asyncio.create_task(self._reader(ws)),
-            asyncio.create_task(self._writer(ws)),
-        ]
+        self._writer_task = asyncio.create_task(self._writer(conn))
         self._wakeup.set()
 
     async def close(self, *, abort: bool = False) -> None:
         """Close the connection (abort: drop the TCP connection without a close handshake)."""
-        ws = self.ws
-        if ws is None:
+        conn = self.conn
+        if conn is None:
             return
-        self.ws = None
+        self.conn = None
         if abort:
-            ws.transport.abort()
-        else:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), OPEN_TIMEOUT)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+            conn.abort()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), OPEN_TIMEOUT)
+        await self._stop_writer()
+
+    async def _stop_writer(self) -> None:
+        task, self._writer_task = self._writer_task, None
+        if task is None or task is asyncio.current_task():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
     @property
     def connected(self) -> bool:
-        return self.ws is not None
+        return self.conn is not None
 
     async def fetch(self, user: str) -> KeysFetchOk:
         """`keys.fetch` of a user's bundles on the open connection."""
-        ws = self.ws
-        if ws is None:
+        conn = self.conn
+        if conn is None:
             raise DeviceError("fetch:not_connected")
-        rid = self.next_rid()
-        fut: asyncio.Future[Answer | Error] = asyncio.get_running_loop().create_future()
-        self._requests[rid] = (KeysFetchOk, fut)
         try:
-            await ws.send(encode(KeysFetch(rid=rid, user=user), self.fmt))
-            answer = await asyncio.wait_for(fut, HANDSHAKE_TIMEOUT)
-        except (ConnectionClosed, TimeoutError) as exc:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                return await conn.request(KeysFetch(rid=conn.next_rid(), user=user), KeysFetchOk)
+        except RequestRefused as exc:
+            raise DeviceError(f"fetch:{exc.code}") from exc
+        except (ConnectionLost, TimeoutError) as exc:
             raise DeviceError("fetch:failed") from exc
-        finally:
-            self._requests.pop(rid, None)
-        if not isinstance(answer, KeysFetchOk):
-            raise DeviceError(f"fetch:{answer.code if isinstance(answer, Error) else 'bad'}")
-        return answer
 
     # -- traffic
 
-    def submit(self, out: Outgoing) -> None:
+    def submit(self, out: PendingSend) -> None:
         """Queue a message; it is written as soon as this device is connected."""
         self._queue.append(out)
         self._wakeup.set()
 
-    async def _writer(self, ws: ClientConnection) -> None:
+    async def _writer(self, conn: WireConnection) -> None:
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                while self._queue and self.ws is ws:
+                while self._queue and self.conn is conn:
                     out = self._queue.popleft()
                     if self.cipher is not None and not out.sealed:
                         try:
@@ -311,7 +270,7 @@ class SimDevice:
                             self.ledger.answered(out.msg_id, False, "e2e:no_session")
                             continue
                         out.sealed = True
-                    rid = self.next_rid()
+                    rid = conn.next_rid()
                     frame = Send(
                         rid=rid,
                         id=out.msg_id,
@@ -321,58 +280,43 @@ class SimDevice:
                         devices=(DeviceMessage(device=1, type=out.type, body=out.body),),
                     )
                     self._sends[rid] = out
-                    await ws.send(encode(frame, self.fmt))
+                    await conn.send_request(frame, self._on_send_answer)
                     if not out.entry.sent:
                         self.ledger.mark_sent(out.entry)
                         self.recorder.sent(time.time(), out.entry.scheduled)
-        except ConnectionClosed:
+        except ConnectionLost:
             return
 
-    def _answer_type(self, rid: int) -> type[Answer] | None:
-        if rid in self._sends:
-            return SendOk
-        pending = self._requests.get(rid)
-        return pending[0] if pending is not None else EmptyOk
+    def _on_push(self, push: ServerPush) -> None:
+        if isinstance(push, Deliver):
+            self._on_deliver(push)
+        elif isinstance(push, QueueEmpty):
+            self.queue_empty.set()
+        elif isinstance(push, Error):
+            self.recorder.connection_error(f"error:{push.code}", time.time())
+        elif isinstance(push, Undecodable):
+            self.recorder.connection_error("bad_server_frame", time.time())
 
-    async def _reader(self, ws: ClientConnection) -> None:
-        code = 1006
-        try:
-            async for message in ws:
-                try:
-                    frame = decode_server_frame(message, self.fmt, self._answer_type)
-                except RelayError:
-                    self.recorder.connection_error("bad_server_frame", time.time())
-                    continue
-                if isinstance(frame, Deliver):
-                    self._on_deliver(frame)
-                elif isinstance(frame, SendOk):
-                    self._on_answer(frame.rid, None)
-                elif isinstance(frame, Error | KeysFetchOk) and frame.rid in self._requests:
-                    fut = self._requests[frame.rid][1]
-                    if not fut.done():
-                        fut.set_result(frame)
-                elif isinstance(frame, Error):
-                    if frame.rid is not None and frame.rid in self._sends:
-                        self._on_answer(frame.rid, str(frame.code))
-                    else:
-                        self.recorder.connection_error(f"error:{frame.code}", time.time())
-                elif isinstance(frame, QueueEmpty):
-                    self.queue_empty.set()
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd is not None else 1006
-        finally:
-            self._closed(ws, code)
-
-    def _closed(self, ws: ClientConnection, code: int) -> None:
+    def _closed(self, conn: WireConnection) -> None:
+        if self._newest is conn:
+            self._newest = None
+        if self._counted is not conn:
+            return  # it ended during its handshake: never counted as open
+        self._counted = None
         now = time.time()
         self.recorder.connection_closed(now)
-        if self.ws is ws:
+        if self.conn is conn:
             # The server (or the network) closed it: an unplanned disconnect.
-            self.ws = None
-            self.recorder.connection_error(f"closed:{code}", now)
-            for task in self._tasks:
-                if task is not asyncio.current_task():
-                    task.cancel()
+            self.conn = None
+            self.recorder.connection_error(f"closed:{conn.close_code or 1006}", now)
+            task, self._writer_task = self._writer_task, None
+            if task is not None:
+                task.cancel()
+
+    def _on_send_answer(self, rid: int, answer: Answer | Error | None) -> None:
+        if answer is None:
+            return  # the connection ended: the send stays in `_sends`, retried on the next
+        self._on_answer(rid, str(answer.code) if isinstance(answer, Error) else None)
 
     def _on_answer(self, rid: int, code: str | None) -> None:
         out = self._sends.pop(rid, None)
@@ -412,29 +356,26 @@ class SimDevice:
     def _flush_acks(self) -> None:
         self._ack_scheduled = False
         ids, self._acks = self._acks, []
-        ws = self.ws
-        if ws is None or not ids:
+        conn = self._newest
+        if conn is None or not ids:
             return
-        for i in range(0, len(ids), 1000):
-            chunk = tuple(ids[i : i + 1000])
-            task = asyncio.ensure_future(self._send_ack(ws, chunk))
-            self._ack_tasks.add(task)
-            task.add_done_callback(self._ack_tasks.discard)
+        task = asyncio.ensure_future(self._send_ack(conn, ids))
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
 
-    async def _send_ack(self, ws: ClientConnection, ids: tuple[bytes, ...]) -> None:
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(encode(Ack(ids=ids), self.fmt))
+    async def _send_ack(self, conn: WireConnection, ids: list[bytes]) -> None:
+        if await conn.ack(ids):
             for msg_id in ids:
                 self.ledger.acked(msg_id)
 
 
 def new_message(
     ledger: Ledger, to_user: str, body_size: int, scheduled: float, body: bytes | None = None
-) -> Outgoing:
+) -> PendingSend:
     """A fresh message (random id, nonce and body) entered in the ledger."""
     msg_id = uuid.uuid4().bytes
     entry = ledger.schedule(msg_id, scheduled)
-    return Outgoing(
+    return PendingSend(
         msg_id=msg_id,
         nonce=secrets.token_bytes(24),
         ts=int(scheduled * 1000),

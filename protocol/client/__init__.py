@@ -5,6 +5,7 @@ See docs/client.md. The entry point is :meth:`Client.open`.
 
 from protocol.client.client import Client, MessageHandler
 from protocol.client.errors import (
+    AnswerTimeout,
     ClientError,
     ClientStopped,
     ConnectionLost,
@@ -30,6 +31,7 @@ from protocol.client.store import KdfLimits, LocalStore
 from protocol.client.tls import context_for, tls_context
 
 __all__ = [
+    "AnswerTimeout",
     "Backoff",
     "Client",
     "ClientError",

@@ -34,7 +34,6 @@ from ssl import SSLContext
 
 from websockets.uri import parse_uri
 
-from protocol.client.connection import CONNECT_ERRORS, A, Connection, ConnectOptions
 from protocol.client.content import Kind
 from protocol.client.errors import (
     ClientError,
@@ -62,7 +61,6 @@ from protocol.client.store import LocalStore
 from protocol.crypto.device_keys import DeviceKeys
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import (
-    Auth,
     AuthOk,
     Deliver,
     DeviceInfo,
@@ -70,16 +68,18 @@ from protocol.frames import (
     DevicesListOk,
     DevicesRemove,
     EmptyOk,
+    Error,
     KeysCount,
     KeysCountOk,
     KeysLow,
     Link,
     QueueEmpty,
-    Register,
     Request,
 )
-from protocol.payloads import auth_payload, link_payload, register_payload
+from protocol.payloads import link_payload
 from protocol.signatures import KeyScheme
+from protocol.wire import CONNECT_ERRORS, WireConnection, WireOptions
+from protocol.wire.connection import A
 
 __all__ = ["Client", "MessageHandler"]
 
@@ -124,14 +124,14 @@ class Client:
         self.peers = Peers(state, keys, self._identity_handler)
         self._stop = asyncio.Event()
         self._stopped_because: ClientError | None = None
-        self._conn: Connection | None = None
+        self._conn: WireConnection | None = None
         self._connected = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._outbox_wake = asyncio.Event()
         self._outbox_progress = asyncio.Event()
         self._waiters: dict[int, asyncio.Future[SendReceipt]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._conn_opts = ConnectOptions(
+        self._conn_opts = WireOptions(
             fmt=options.fmt,
             open_timeout=options.open_timeout,
             request_timeout=options.request_timeout,
@@ -208,7 +208,7 @@ class Client:
         if conn is not None and not conn.closed:
             with contextlib.suppress(ClientError, TimeoutError):
                 async with asyncio.timeout(5):
-                    await conn.request(lambda rid: KeysCount(rid=rid), KeysCountOk)
+                    await conn.request(KeysCount(rid=conn.next_rid()), KeysCountOk)
         self._stop.set()
         tasks = list(self._tasks)  # finished background tasks remove themselves from the list
         for task in tasks:
@@ -252,18 +252,13 @@ class Client:
 
     async def register(self, *, token: str | None = None) -> str:
         """Create a new user with this device as device 1; returns the user id."""
-        await self._register(lambda conn, rid: self._register_frame(conn, rid, token=token))
+        await self._register(token=token)
         return self.user
 
     async def register_linked(self, ticket: LinkTicket) -> int:
         """Join the user of `ticket` as a new device (see :meth:`link_device`); its number."""
         await self._register(
-            lambda conn, rid: self._register_frame(
-                conn,
-                rid,
-                user=ticket.user,
-                link=Link(device=ticket.device, signature=ticket.signature),
-            )
+            user=ticket.user, link=Link(device=ticket.device, signature=ticket.signature)
         )
         return self.device
 
@@ -272,35 +267,21 @@ class Client:
         signature = self.peers.keys.identity.sign(link_payload(self.user, new_identity_key))
         return LinkTicket(self.user, self.device, signature)
 
-    def _register_frame(
-        self,
-        conn: Connection,
-        rid: int,
-        *,
-        token: str | None = None,
-        user: str | None = None,
-        link: Link | None = None,
-    ) -> Register:
-        keys = self.peers.keys
-        return Register(
-            rid=rid,
-            identity_key=keys.identity.public_key,
-            key_scheme=keys.identity.scheme,
-            signature=keys.identity.sign(
-                register_payload(conn.challenge.nonce, keys.identity.public_key)
-            ),
-            registration_id=keys.registration_id,
-            token=token,
-            user=user,
-            link=link,
-        )
-
-    async def _register(self, make: Callable[[Connection, int], Register]) -> None:
+    async def _register(
+        self, *, token: str | None = None, user: str | None = None, link: Link | None = None
+    ) -> None:
         if self.registered:
             raise ClientError("this device is registered already")
-        conn = await Connection.open(self.url, self._conn_opts)
+        keys = self.peers.keys
+        conn = await WireConnection.open(self.url, self._conn_opts)
         try:
-            ok = await conn.request(lambda rid: make(conn, rid), AuthOk)
+            ok = await conn.register(
+                keys.identity,
+                registration_id=keys.registration_id,
+                token=token,
+                user=user,
+                link=link,
+            )
         except BaseException:
             await conn.close()
             raise
@@ -440,8 +421,8 @@ class Client:
         await self._stop_or(self._caught_up.wait())
         self._check_running()
 
-    async def _dispatch(self, conn: Connection) -> None:
-        while (push := await conn.pushes.get()) is not None:
+    async def _dispatch(self, conn: WireConnection) -> None:
+        async for push in conn.pushes():
             if isinstance(push, Deliver):
                 await self._inbound.on_deliver(conn, push)
             elif isinstance(push, KeysLow):
@@ -452,15 +433,20 @@ class Client:
                 )
             elif isinstance(push, QueueEmpty):
                 self._caught_up.set()
+            elif isinstance(push, Error):
+                log.warning("relay reported %s: %s", push.code, push.message)
+            else:
+                # A late answer (its request gave up) or a frame of a newer relay.
+                log.debug("ignoring a frame from the relay: %s", push.reason)
 
     # --- the connection loop ---------------------------------------------------------
 
-    def _start(self, first: tuple[Connection, AuthOk] | None) -> None:
+    def _start(self, first: tuple[WireConnection, AuthOk] | None) -> None:
         self._tasks.append(asyncio.create_task(self._connection_loop(first), name="relay-conn"))
         self._tasks.append(asyncio.create_task(self._outbox_loop(), name="relay-outbox"))
         self._tasks.append(asyncio.create_task(self._inbound.release_loop(), name="relay-release"))
 
-    async def _connection_loop(self, first: tuple[Connection, AuthOk] | None) -> None:
+    async def _connection_loop(self, first: tuple[WireConnection, AuthOk] | None) -> None:
         attempt = 0
         while not self._stop.is_set():
             if first is not None:
@@ -524,20 +510,10 @@ class Client:
             self._report(ConnectionChange(False, lost, delay))
             await self._sleep(delay)
 
-    async def _authenticate(self) -> tuple[Connection, AuthOk]:
-        conn = await Connection.open(self.url, self._conn_opts)
-        user, device = self.user, self.device
-        identity = self.peers.keys.identity
+    async def _authenticate(self) -> tuple[WireConnection, AuthOk]:
+        conn = await WireConnection.open(self.url, self._conn_opts)
         try:
-            ok = await conn.request(
-                lambda rid: Auth(
-                    rid=rid,
-                    user=user,
-                    device=device,
-                    signature=identity.sign(auth_payload(conn.challenge.nonce, user, device)),
-                ),
-                AuthOk,
-            )
+            ok = await conn.auth(self.peers.keys.identity, self.user, self.device)
         except BaseException:
             await conn.close()
             raise
@@ -569,7 +545,7 @@ class Client:
         if self._stop.is_set():
             raise ClientStopped("the client is closed")
 
-    async def _wait_connection(self) -> Connection:
+    async def _wait_connection(self) -> WireConnection:
         while True:
             self._check_running()
             conn = self._conn
@@ -592,14 +568,14 @@ class Client:
     async def remove_device(self, device: int) -> None:
         """Remove a device of this user (device 1 may remove any; others only themselves)."""
         conn = await self._wait_connection()
-        await conn.request(lambda rid: DevicesRemove(rid=rid, device=device), EmptyOk)
+        await conn.request(DevicesRemove(rid=conn.next_rid(), device=device), EmptyOk)
 
     async def _retrying(self, make: Callable[[int], Request], answer_type: type[A]) -> A:
         """A request that is safe to repeat, sent again on the next connection if this one ends."""
         while True:
             conn = await self._wait_connection()
             try:
-                return await conn.request(make, answer_type)
+                return await conn.request(make(conn.next_rid()), answer_type)
             except ConnectionLost:
                 await self._stop_or(conn.wait_closed())
 

@@ -1,4 +1,4 @@
-"""What the client SDK raises.
+"""What the client SDK raises (the root and the wire errors come from `protocol.wire`).
 
 ClientError                every error of the SDK
 ├── StoreError             the local store cannot be used (damaged, closed, missing)
@@ -8,18 +8,28 @@ ClientError                every error of the SDK
 ├── RequestRefused         the relay answered a request with an error frame
 │   └── SendFailed         a message was refused for good; it was not sent
 ├── ConnectionLost         the connection closed before the answer came
+│   └── AnswerTimeout      no answer in time: the connection was dropped
 ├── TlsSetupError          the TLS settings cannot be used (a CA file, ssl= with ws://)
 └── ClientStopped          the client is closed, or the relay ended this device
 """
 
 from __future__ import annotations
 
-from protocol.errors import ErrorCode
-from protocol.frames import Error
+from protocol.wire.errors import AnswerTimeout, ClientError, ConnectionLost, RequestRefused
 
-
-class ClientError(Exception):
-    """Every error of the client SDK."""
+__all__ = [
+    "AnswerTimeout",
+    "ClientError",
+    "ClientStopped",
+    "ConnectionLost",
+    "NotRegistered",
+    "RequestRefused",
+    "SendFailed",
+    "StoreError",
+    "StoreLocked",
+    "TlsSetupError",
+    "WrongPassphrase",
+]
 
 
 class StoreError(ClientError):
@@ -38,27 +48,8 @@ class NotRegistered(ClientError):
     pass
 
 
-class RequestRefused(ClientError):
-    """An `error` answer; `error` holds the frame with its typed details."""
-
-    def __init__(self, error: Error) -> None:
-        super().__init__(f"{error.code}: {error.message}")
-        self.error = error
-
-    @property
-    def code(self) -> ErrorCode:
-        return self.error.code
-
-
 class SendFailed(RequestRefused):
     """The relay refused a message for good (or it could not be addressed)."""
-
-
-class ConnectionLost(ClientError):
-    def __init__(self, code: int | None = None, reason: str = "") -> None:
-        super().__init__(f"connection lost (close code {code}, {reason!r})")
-        self.code = code
-        self.reason = reason
 
 
 class ClientStopped(ClientError):

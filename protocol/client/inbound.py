@@ -17,13 +17,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from protocol.client.connection import Connection
 from protocol.client.content import ContentError, Kind
 from protocol.client.messages import ClientOptions, ClientStats, IncomingMessage
 from protocol.client.peers import Decrypted, Peers
 from protocol.client.state import ClientState, HeldMessage, seen_key
 from protocol.crypto.errors import CryptoError
 from protocol.frames import Deliver
+from protocol.wire import WireConnection
 
 __all__ = ["Inbound", "MessageHandler"]
 
@@ -45,7 +45,7 @@ class Inbound:
         stats: ClientStats,
         handler: MessageHandler,
         *,
-        current: Callable[[], Connection | None],
+        current: Callable[[], WireConnection | None],
         sleep: Callable[[float], Awaitable[None]],
         stop_or: Callable[[Awaitable[object]], Awaitable[None]],
     ) -> None:
@@ -61,7 +61,7 @@ class Inbound:
         # One message at a time reaches the handler, from deliveries and releases alike.
         self._deliver_lock = asyncio.Lock()
 
-    async def on_deliver(self, conn: Connection, frame: Deliver) -> None:
+    async def on_deliver(self, conn: WireConnection, frame: Deliver) -> None:
         key = seen_key(frame.from_user, frame.from_device, frame.id)
         async with self._deliver_lock:
             if self.state.is_seen(key):

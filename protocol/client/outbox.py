@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from protocol.client.connection import Connection
 from protocol.client.errors import RequestRefused, SendFailed
 from protocol.client.messages import ClientOptions, SendReceipt
 from protocol.client.peers import Peers
@@ -23,6 +22,7 @@ from protocol.client.state import ClientState, OutboxEntry
 from protocol.crypto.errors import CryptoError
 from protocol.errors import ErrorCode
 from protocol.frames import DeviceMessage, Error, KeysFetch, KeysFetchOk, Send, SendOk
+from protocol.wire import WireConnection
 
 __all__ = ["OutboxSender"]
 
@@ -55,7 +55,7 @@ class OutboxSender:
         assert self.state.account is not None
         return self.state.account.user, self.state.account.device
 
-    async def deliver(self, conn: Connection, entry: OutboxEntry) -> SendReceipt:
+    async def deliver(self, conn: WireConnection, entry: OutboxEntry) -> SendReceipt:
         """Send until `ok`; raises `SendFailed`, or `ConnectionLost` (the caller retries)."""
         last: Error | None = None
         attempt = 0
@@ -73,13 +73,13 @@ class OutboxSender:
             )
             try:
                 ok = await conn.request(
-                    lambda rid, devices=frame_devices: Send(  # type: ignore[misc]
-                        rid=rid,
+                    Send(
+                        rid=conn.next_rid(),
                         id=entry.id,
                         to=entry.to,
                         ts=_now_ms(),
                         nonce=entry.nonce,
-                        devices=devices,
+                        devices=frame_devices,
                     ),
                     SendOk,
                 )
@@ -108,7 +108,7 @@ class OutboxSender:
         assert last is not None
         raise SendFailed(last)
 
-    async def _prepare(self, conn: Connection, entry: OutboxEntry) -> None:
+    async def _prepare(self, conn: WireConnection, entry: OutboxEntry) -> None:
         """Encrypt for every known device of the recipient that has no ciphertext yet."""
         own_user, own_device = self._own()
         devices = dict(self.peers.devices(entry.to))
@@ -132,7 +132,7 @@ class OutboxSender:
 
     async def _fix_devices(
         self,
-        conn: Connection,
+        conn: WireConnection,
         entry: OutboxEntry,
         missing: tuple[int, ...],
         extra: tuple[int, ...] | None,
@@ -144,13 +144,13 @@ class OutboxSender:
             await self._fetch(conn, entry.to, device)
         self.state.save_outbox()
 
-    async def _fetch(self, conn: Connection, user: str, device: int | None) -> None:
+    async def _fetch(self, conn: WireConnection, user: str, device: int | None) -> None:
         """Fetch bundles (one device, or all) and start sessions; waits out `rate_limited`."""
         own_user, own_device = self._own()
         for _ in range(self.options.send_rounds):
             try:
                 answer = await conn.request(
-                    lambda rid: KeysFetch(rid=rid, user=user, device=device), KeysFetchOk
+                    KeysFetch(rid=conn.next_rid(), user=user, device=device), KeysFetchOk
                 )
             except RequestRefused as exc:
                 if exc.code is ErrorCode.RATE_LIMITED:

@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any
 
-from protocol.client.connection import Connection
 from protocol.client.errors import RequestRefused
 from protocol.client.messages import ClientOptions
 from protocol.client.peers import Peers
@@ -28,6 +27,7 @@ from protocol.frames import (
     PreKey,
     SignedPreKey,
 )
+from protocol.wire import WireConnection
 
 __all__ = ["KeyKeeper"]
 
@@ -53,7 +53,7 @@ class KeyKeeper:
         self.options = options
         self._lock = asyncio.Lock()
 
-    async def upload_all(self, conn: Connection) -> KeysUploadOk:
+    async def upload_all(self, conn: WireConnection) -> KeysUploadOk:
         """Right after registering: the signed pre-key, the last-resort key, every one-time key.
 
         Returns the relay's last answer: the counts now stored.
@@ -79,7 +79,7 @@ class KeyKeeper:
             return answer
 
     async def top_up(
-        self, conn: Connection, prekeys: int, pq_prekeys: int, *, rotate: bool, at_connect: bool
+        self, conn: WireConnection, prekeys: int, pq_prekeys: int, *, rotate: bool, at_connect: bool
     ) -> None:
         """Rotate the signed pre-key if asked; add one-time keys of a kind that runs low.
 
@@ -118,7 +118,7 @@ class KeyKeeper:
 
     async def _upload(
         self,
-        conn: Connection,
+        conn: WireConnection,
         *,
         signed: SignedPreKey | None,
         last_resort: PqPreKey | None,
@@ -127,8 +127,8 @@ class KeyKeeper:
     ) -> KeysUploadOk:
         try:
             ok = await conn.request(
-                lambda rid: KeysUpload(
-                    rid=rid,
+                KeysUpload(
+                    rid=conn.next_rid(),
                     signed_prekey=signed,
                     prekeys=tuple(prekeys) if prekeys else None,
                     pq_prekeys=tuple(pq) if pq else None,

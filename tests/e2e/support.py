@@ -1,11 +1,12 @@
 # Helpers here take an explicit `timeout` (seconds) on purpose: every wait is bounded.
 # ruff: noqa: ASYNC109
-"""End-to-end test support: a real relay subprocess and a raw WebSocket client.
+"""End-to-end test support: a real relay subprocess and a client that shows the wire.
 
-Everything here speaks the wire protocol of spec/protocol-v1.md directly: frames
-are plain dicts, encoded with msgpack (``use_bin_type=True``) or, for the JSON
-sub-protocol, with orjson and byte strings as unpadded base64url. Only the
-signing helpers come from ``protocol`` (``signatures`` and ``payloads``).
+The connection is `protocol.wire.WireConnection`, the one low-level client; the
+frames tests send and read are plain dicts, encoded here with msgpack
+(``use_bin_type=True``) or, for the JSON sub-protocol, with orjson and byte
+strings as unpadded base64url, and decoded here too: what the relay sends is
+checked against spec/protocol-v1.md independently of `protocol`'s codec.
 
 No test synchronises by sleeping: every wait is on a frame, a close, a process
 line or a condition, bounded by a timeout.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import os
 import queue
 import re
@@ -34,11 +36,12 @@ from typing import Any
 
 import msgpack
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import ClientConnection
 
+from protocol.codec import WireFormat
 from protocol.payloads import auth_payload, link_payload, register_payload
 from protocol.signatures import IdentityKeyPair, KeyScheme
+from protocol.wire import ConnectionLost, ServerPush, WireConnection, WireOptions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -487,6 +490,10 @@ async def wait_until(predicate: Callable[[], Awaitable[Any]], timeout: float, wh
 # --------------------------------------------------------------------------- the raw client
 
 
+def _typed_push(push: ServerPush) -> None:
+    """The typed view is not used here: tests read the dicts of the tap."""
+
+
 class NoFrame(AssertionError):
     """No matching frame arrived within the timeout."""
 
@@ -501,11 +508,14 @@ class ServerClosed(Exception):
 
 
 class Device:
-    """One device's raw WebSocket connection to the relay.
+    """One device's connection to the relay, seen as the frame dicts of the wire.
 
-    The reader task routes answers (``ok``/``error`` with a ``rid`` we are
-    waiting for) to their request; everything else (pushes, errors without a
-    ``rid``, answers nobody waits for) goes to a buffer read by ``next_push``.
+    The connection is a `protocol.wire.WireConnection` (sub-protocol, challenge,
+    reader, close codes); on top, this keeps what tests need: every message
+    decoded independently of `protocol`'s codec and checked against the wire
+    format (its ``tap``), requests and answers as dicts matched by ``rid``,
+    and a buffer of everything else (pushes, errors without a ``rid``, answers
+    nobody waits for) read by ``next_push``. Bad input goes out with ``send_raw``.
     """
 
     def __init__(
@@ -528,20 +538,20 @@ class Device:
         self.user = user
         self.device = device
         self.auto_ack = auto_ack
-        self.ws: ClientConnection | None = None
+        self.conn: WireConnection | None = None
         self.challenge: dict[str, Any] | None = None
         self.auth_answer: dict[str, Any] | None = None
         self.violations: list[str] = []
         self.received: list[dict[str, Any]] = []  # every frame, in order, this connection
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._pushes: list[dict[str, Any]] = []
-        self._cond = asyncio.Condition()
-        self._reader: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()
+        self._acks: set[asyncio.Task[bool]] = set()
         self._closed = asyncio.Event()
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self._rid = secrets.randbelow(1_000_000) + 1
-        self.connect_kwargs: dict[str, Any] = {}
+        self.connect_kwargs: dict[str, Any] = {}  # WireOptions fields, e.g. ssl, max_queue
 
     def __repr__(self) -> str:
         return f"Device(user={self.user}, device={self.device}, proto={self.proto})"
@@ -550,77 +560,84 @@ class Device:
     def address(self) -> tuple[str | None, int | None]:
         return (self.user, self.device)
 
+    @property
+    def ws(self) -> ClientConnection | None:
+        """The WebSocket itself, for tests that read or write past the helper."""
+        return None if self.conn is None else self.conn.websocket
+
     # -- connection
 
     async def connect(
         self, subprotocols: Sequence[str] | str | None = "default", **kwargs: Any
     ) -> dict[str, Any]:
-        """Open the WebSocket and return the challenge frame."""
+        """Open the connection and return the challenge frame."""
         await self.close()
-        offer: Sequence[str] | None
-        offer = [self.proto] if subprotocols == "default" else subprotocols  # type: ignore[assignment]
-        params: dict[str, Any] = {
-            "subprotocols": offer,
-            "max_size": None,
-            "open_timeout": DEFAULT_TIMEOUT,
-            "close_timeout": 5,
-        }
-        params.update(self.connect_kwargs)
-        params.update(kwargs)
-        self.ws = await connect(self.url, **params)
-        negotiated = self.ws.subprotocol
-        if negotiated is not None:
-            self.proto = negotiated
-        elif offer:
-            raise AssertionError(f"server accepted {offer!r} without choosing a sub-protocol")
-        else:
-            self.proto = MSGPACK  # the default when the client offers none
+        offer = [self.proto] if subprotocols == "default" else list(subprotocols or ())
         self._pending = {}
         self._pushes = []
         self.received = []
         self._closed = asyncio.Event()
         self.close_code = None
         self.close_reason = None
-        self._reader = asyncio.create_task(self._read_loop(self.ws))
+        options = WireOptions(
+            fmt=WireFormat(self.proto) if self.proto in tuple(WireFormat) else WireFormat.MSGPACK,
+            offer=tuple(offer),
+            open_timeout=DEFAULT_TIMEOUT,
+            max_frame_bytes=None,
+            compression=True,
+        )
+        options = dataclasses.replace(options, **{**self.connect_kwargs, **kwargs})
+        try:
+            self.conn = await WireConnection.open(
+                self.url, options, on_push=_typed_push, on_close=self._ended, tap=self._tap
+            )
+        except ConnectionLost as exc:  # closed before (or instead of) the challenge
+            self.close_code, self.close_reason = exc.code, exc.reason
+            self._closed.set()
+            raise ServerClosed(exc.code, exc.reason) from None
+        if self.conn.websocket.subprotocol is None and offer:
+            raise AssertionError(f"server accepted {offer!r} without choosing a sub-protocol")
+        self.proto = self.conn.fmt.value
         self.challenge = await self.next_push("challenge")
         return self.challenge
 
-    async def _read_loop(self, ws: ClientConnection) -> None:
+    def _tap(self, message: bytes | str, fmt: WireFormat) -> None:
         try:
-            async for message in ws:
-                try:
-                    frame, problems = decode(message, self.proto)
-                except Exception as exc:  # a frame we cannot even decode
-                    self.violations.append(f"undecodable frame {message[:80]!r}: {exc!r}")
-                    continue
-                if problems:
-                    self.violations += [f"{frame.get('t')}: {p}" for p in problems]
-                self.received.append(frame)
-                rid = frame.get("rid")
-                if frame.get("t") in ("ok", "error") and rid in self._pending:
-                    fut = self._pending.pop(rid)
-                    if not fut.done():
-                        fut.set_result(frame)
-                    continue
-                if frame.get("t") == "deliver" and self.auto_ack:
-                    with contextlib.suppress(ConnectionClosed):
-                        await ws.send(encode({"t": "ack", "ids": [frame["id"]]}, self.proto))
-                async with self._cond:
-                    self._pushes.append(frame)
-                    self._cond.notify_all()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.close_code = ws.close_code
-            self.close_reason = ws.close_reason
-            self._closed.set()
-            exc = ServerClosed(self.close_code, self.close_reason)
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(exc)
-            self._pending.clear()
-            async with self._cond:
-                self._cond.notify_all()
+            frame, problems = decode(message, fmt.value)
+        except Exception as exc:  # a frame we cannot even decode
+            self.violations.append(f"undecodable frame {message[:80]!r}: {exc!r}")
+            return
+        if problems:
+            self.violations += [f"{frame.get('t')}: {p}" for p in problems]
+        self.received.append(frame)
+        rid = frame.get("rid")
+        if frame.get("t") in ("ok", "error") and rid in self._pending:
+            fut = self._pending.pop(rid)
+            if not fut.done():
+                fut.set_result(frame)
+            return
+        if frame.get("t") == "deliver" and self.auto_ack and self.conn is not None:
+            task = asyncio.create_task(self.conn.ack([frame["id"]]))
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
+        self._pushes.append(frame)
+        self._arrived.set()
+
+    def _ended(self, conn: WireConnection) -> None:
+        self.close_code = conn.close_code
+        self.close_reason = conn.close_reason
+        self._closed.set()
+        exc = ServerClosed(self.close_code, self.close_reason)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._pending.clear()
+        self._arrived.set()
+
+    def stop_reading(self) -> None:
+        """Read nothing more from the socket: a client that stalls."""
+        assert self.conn is not None, "not connected"
+        self.conn.stop_reading()
 
     def _check_violations(self) -> None:
         if self.violations:
@@ -634,9 +651,12 @@ class Device:
 
     async def send_raw(self, frame: Any) -> None:
         """Send a frame dict (encoded for this sub-protocol) or raw bytes/str as is."""
-        assert self.ws is not None, "not connected"
+        assert self.conn is not None, "not connected"
         data = frame if isinstance(frame, bytes | str) else encode(frame, self.proto)
-        await self.ws.send(data)
+        try:
+            await self.conn.send_raw(data)
+        except ConnectionLost as exc:
+            raise ServerClosed(exc.code, exc.reason) from None
 
     async def request(
         self, frame: dict[str, Any], timeout: float = DEFAULT_TIMEOUT
@@ -652,7 +672,7 @@ class Device:
         self._pending[rid] = fut
         try:
             await self.send_raw(frame)
-        except ConnectionClosed:
+        except ServerClosed:
             self._pending.pop(rid, None)
             await self.wait_closed(DEFAULT_TIMEOUT)
             raise ServerClosed(self.close_code, self.close_reason) from None
@@ -678,14 +698,14 @@ class Device:
         """The oldest buffered frame of type ``t`` (and matching ``pred``), waiting for one."""
 
         async def wait() -> dict[str, Any]:
-            async with self._cond:
-                while True:
-                    for i, frame in enumerate(self._pushes):
-                        if (t is None or frame.get("t") == t) and (pred is None or pred(frame)):
-                            return self._pushes.pop(i)
-                    if self._closed.is_set():
-                        raise ServerClosed(self.close_code, self.close_reason)
-                    await self._cond.wait()
+            while True:
+                for i, frame in enumerate(self._pushes):
+                    if (t is None or frame.get("t") == t) and (pred is None or pred(frame)):
+                        return self._pushes.pop(i)
+                if self._closed.is_set():
+                    raise ServerClosed(self.close_code, self.close_reason)
+                self._arrived.clear()
+                await self._arrived.wait()
 
         try:
             frame = await asyncio.wait_for(wait(), timeout)
@@ -730,14 +750,10 @@ class Device:
         return self._closed.is_set()
 
     async def close(self) -> None:
-        if self.ws is not None:
+        if self.conn is not None:
             with contextlib.suppress(Exception):
-                await self.ws.close()
-            if self._reader is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._reader, DEFAULT_TIMEOUT)
-            self.ws = None
-            self._reader = None
+                await asyncio.wait_for(self.conn.close(), DEFAULT_TIMEOUT)
+            self.conn = None
 
     # -- handshake
 
@@ -891,7 +907,7 @@ class Device:
         return frame
 
     async def ack(self, *ids: bytes) -> None:
-        await self.send_raw({"t": "ack", "ids": list(ids)})
+        await self.send_raw({"t": "ack", "ids": list(ids)})  # as given: tests ack bad ids too
 
     async def sync(self) -> dict[str, Any]:
         """A round trip: once answered, every earlier frame of this connection took effect."""

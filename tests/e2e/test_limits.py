@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from websockets.exceptions import ConnectionClosed
-
 from .support import (
+    ServerClosed,
     error_of,
     new_user,
     offline_user,
@@ -122,7 +121,7 @@ async def test_bad_frames_budget_closes_1008(relay_factory):
     for i in range(40):
         try:
             await dev.send_raw({"t": "send", "rid": i})
-        except ConnectionClosed:
+        except ServerClosed:
             break
     assert await dev.closed_code() == 1008
     errors = [f for f in dev.received if f.get("t") == "error"]

@@ -410,7 +410,7 @@ async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
     b.connect_kwargs = {"max_queue": 1}
     await b.register()
     await b.next_push("queue_empty")
-    b._reader.cancel()  # stop reading: the TCP window fills, then the relay's buffer
+    b.stop_reading()  # the TCP window fills, then the relay's buffer
     body = b"\x00" * 200_000
     answers = []
     for _ in range(8):
