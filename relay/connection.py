@@ -1,10 +1,17 @@
 """One WebSocket from accept to close: challenge, handshake, then the frame loop.
 
-States, as a table: a connection is AWAITING_HANDSHAKE until `register` or
-`auth` succeeds, then AUTHENTICATED until it closes. In AWAITING_HANDSHAKE
-only `register`/`auth` are accepted and every error closes with 1008; once
-AUTHENTICATED, `register`/`auth` are `forbidden` and errors leave the
-connection open (up to the bad-frame budget).
+States, as a table:
+
+    state               entered when             accepted frames        on an error
+    AWAITING_HANDSHAKE  `challenge` written      `register`, `auth`     answer, close 1008
+    AUTHENTICATED       `auth.ok` written        requests and `ack`     answer, stay open
+                                                 (`register`, `auth`:   (1008 once the
+                                                 `forbidden`)           bad-frame budget
+                                                                        is spent)
+    CLOSED              a close queued, or the   none                   -
+                        socket closed
+
+The deliveries of an AUTHENTICATED connection follow `relay.delivery.DeliveryWindow`.
 """
 
 from __future__ import annotations
