@@ -180,3 +180,23 @@ def test_the_origin_of_an_in_flight_id_is_known_for_conflict_checks() -> None:
     offer(window, 1)
     assert window.origin_of(mid(1)) == ALICE
     assert window.origin_of(mid(2)) is None
+
+
+def test_the_rules_import_no_io() -> None:
+    """The delivery package stays pure: no event loop, no sockets, no store."""
+    import ast
+    from pathlib import Path
+
+    import relay.delivery
+
+    package = Path(relay.delivery.__file__).parent
+    imported: set[str] = set()
+    for source in package.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                imported.add(node.module)
+    assert "relay.delivery.window" in imported  # the walk saw the package's own imports
+    forbidden = ("asyncio", "websockets", "storage", "asyncpg", "redis", "sqlite3")
+    assert not {m for m in imported if m.split(".")[0] in forbidden}
