@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from protocol.errors import ErrorCode, Refused
 from protocol.frames import Send, SendOk
 from relay.delivery import SendOrigin
+from relay.delivery.outcome import Settled, settle, store_unpushed
 from relay.device_session import DeviceSession
 from relay.replies import error_frame
 from relay.services import Services
@@ -276,7 +277,7 @@ def _push_here(
         if acked is not None:
             routing.waiting.append(_LocalWait(env, acked, target))
             acked.add_done_callback(_latency_observer(svc, svc.clock.monotonic()))
-        elif not frame.online:
+        elif store_unpushed(online=frame.online):
             routing.to_store.append(env)
     return elsewhere
 
@@ -291,7 +292,7 @@ async def _push_elsewhere(
             ref, acked = svc.cluster.push_remote(node, env, online=frame.online)
             routing.waiting.append(_RemoteWait(env, acked, ref))
             acked.add_done_callback(_latency_observer(svc, svc.clock.monotonic()))
-        elif not frame.online:
+        elif store_unpushed(online=frame.online):
             routing.to_store.append(env)
 
 
@@ -328,14 +329,13 @@ def _settle(
     delivered: list[int] = []
     late: list[Envelope] = []
     for w in waiting:
-        if w.acked.done() and w.acked.result():
+        settled = settle(acked=w.acked.done() and w.acked.result(), online=frame.online)
+        w.settle(svc, stored=settled is Settled.LATE)
+        if settled is Settled.DELIVERED:
             delivered.append(w.env.recipient_device)
-            w.settle(svc, stored=False)
-        elif frame.online:
+        elif settled is Settled.DROPPED:
             svc.metrics.envelopes.labels("dropped_online").inc()
-            w.settle(svc, stored=False)
         else:
-            w.settle(svc, stored=True)
             late.append(w.env)
             svc.metrics.ack_timeouts.inc()
     return delivered, late

@@ -200,3 +200,14 @@ def test_the_rules_import_no_io() -> None:
     assert "relay.delivery.window" in imported  # the walk saw the package's own imports
     forbidden = ("asyncio", "websockets", "storage", "asyncpg", "redis", "sqlite3")
     assert not {m for m in imported if m.split(".")[0] in forbidden}
+
+
+def test_a_sends_outcome_per_device() -> None:
+    """Acked in time: delivered; else stored (late), except online messages: dropped."""
+    from relay.delivery.outcome import Settled, settle, store_unpushed
+
+    assert settle(acked=True, online=False) is Settled.DELIVERED
+    assert settle(acked=True, online=True) is Settled.DELIVERED
+    assert settle(acked=False, online=False) is Settled.LATE
+    assert settle(acked=False, online=True) is Settled.DROPPED
+    assert store_unpushed(online=False) and not store_unpushed(online=True)
