@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 
 from websockets.asyncio.server import Server
 
@@ -68,6 +67,30 @@ async def run(
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
     if settings.production:
         await check_at_start(settings)
+    svc, store_kind = await _services(settings, clock or SystemClock())
+    store, cluster = svc.store, svc.cluster
+    history = History(svc.clock)
+    endpoints = OperationsEndpoints(
+        svc,
+        started=svc.clock.monotonic(),
+        store_kind=store_kind,
+        history=history,
+        schema=SchemaWatch(store, clock=svc.clock) if settings.production else None,
+    )
+    relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
+    server = await relay_server.start()
+    port = relay_server.port()
+    cluster.start()
+    scheme = "ws" if tls is None else "wss"
+    print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
+    log.info("node id %s", cluster.node_id)
+    log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
+    await _serve_until_signal(svc, server, history)
+    return 0
+
+
+async def _services(settings: Settings, clock: Clock) -> tuple[Services, str]:
+    """The store, the registries and the cluster, wired together; and the store's kind."""
     metrics = Metrics()
     store, store_kind = await open_store(settings, observe=metrics.observe_backend)
     router = Router()
@@ -76,6 +99,7 @@ async def run(
         router=router,
         messages=store.messages,
         spawn=lambda work: svc.spawn(work),
+        clock=clock,
         observe=metrics.observe_backend,
     )
     svc = Services(
@@ -83,27 +107,16 @@ async def run(
         store=store,
         router=router,
         metrics=metrics,
-        clock=clock or SystemClock(),
+        clock=clock,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         cluster=cluster,
     )
-    history = History(svc.clock)
-    endpoints = OperationsEndpoints(
-        svc,
-        started=time.monotonic(),
-        store_kind=store_kind,
-        history=history,
-        schema=SchemaWatch(store) if settings.production else None,
-    )
-    relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
-    server = await relay_server.start()
-    port = relay_server.port()
-    cluster.start()
-    scheme = "ws" if tls is None else "wss"
-    print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
-    log.info("node id %s (%s)", cluster.node_id, "shared" if cluster.shared else "alone")
-    log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
+    return svc, store_kind
 
+
+async def _serve_until_signal(svc: Services, server: Server, history: History) -> None:
+    """Run the background upkeep until SIGTERM or SIGINT, then shut down in order."""
+    settings, store, metrics = svc.settings, svc.store, svc.metrics
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,10 +139,9 @@ async def run(
         await sampler.stop()
         await _close_connections(server, svc, deadline)
         await svc.drain_background(max(0.0, deadline - loop.time()))
-        await cluster.stop()  # leaves the node registry; the presence entries are released
+        await svc.cluster.stop()  # leaves the node registry; the presence entries are released
         await store.close()  # applies the writes already queued (group-commit batches)
         log.info("stopped", extra={"fields": {"duration_s": round(loop.time() - begun, 3)}})
-    return 0
 
 
 async def _close_connections(server: Server, svc: Services, deadline: float) -> None:

@@ -11,32 +11,33 @@ only turns a delivery into a stored message.
 Ordering arguments (see also docs/architecture.md, "Several nodes"):
 * An ack reaching the origin after it decided to store deletes the stored copy: the origin
   marks the delivery late with no await before its store call, and its delete is queued
-  after that insert (the store applies jobs in order). Late deliveries are kept for
-  LATE_KEEP_S.
+  after that insert (the store applies jobs in order). `relay.delivery.OriginLedger` keeps
+  the late deliveries and decides.
 * Until that delete commits, the stored copy could be pumped again. So the node that got
-  the ack remembers the id for the device (RECENT_ACK_S); its pumps delete such an id
-  instead of delivering it, and a connection that takes the device over on another node
-  receives that list with the `closed` reply of the replaced connection.
+  the ack remembers the id for the device (`relay.delivery.RecentAcks`); its pumps delete
+  such an id instead of delivering it, and a connection that takes the device over on
+  another node receives that list with the `closed` reply of the replaced connection.
+
+A node alone (the embedded store) runs the same code over `LocalPresence` and `LoopbackBus`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import re
 import secrets
-import time
 from collections.abc import Callable, Container, Coroutine, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from protocol.errors import CloseCode
 from protocol.frames import KeysLow
+from relay.clock import Clock
 from relay.config import Settings
+from relay.delivery import Answer, OriginLedger, RecentAcks, RemoteDelivery, RemoteRef
+from relay.device_session import DeviceSession
 from relay.router import Router
-from relay.session import RemoteRef, Session
 from storage.embedded.single_node import LocalPresence, LoopbackBus
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, MessageQueue, NodeBus, Presence
@@ -58,7 +59,6 @@ log = logging.getLogger("relay.cluster")
 
 REPLACED_CLOSE_WAIT_S: Final = 5.0  # the spec's bound for the old connection's acks
 NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MAX_LATE: Final = 200_000  # late remote deliveries remembered at once (oldest dropped)
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 
@@ -71,19 +71,6 @@ def check_node_id(node_id: str) -> str:
     if not NODE_ID.fullmatch(node_id):
         raise ValueError(f"node id {node_id!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return node_id
-
-
-@dataclass(slots=True)
-class _Pending:
-    """A delivery this node published to another node, awaiting the device's ack."""
-
-    node: str
-    user: str
-    device: int
-    message_id: bytes
-    acked: asyncio.Future[bool]
-    forget_at: float  # a send that never settled it (cancelled at shutdown) is dropped then
-    late_until: float | None = None  # set once this node stored it instead
 
 
 class Cluster:
@@ -99,10 +86,9 @@ class Cluster:
         messages: MessageQueue,
         settings: Settings,
         spawn: Spawn,
-        shared: bool,
+        clock: Clock,
     ) -> None:
         self.node_id = check_node_id(node_id)
-        self.shared = shared  # False: a single node with nobody to reach (embedded store)
         self._presence = presence
         self._bus = bus
         self._router = router
@@ -111,14 +97,23 @@ class Cluster:
         self._spawn = spawn
         # Refs start at random, so acks meant for an earlier process with this node id
         # never match this one's deliveries.
-        self._refs = itertools.count(secrets.randbits(48))
-        self._pending: dict[int, _Pending] = {}
+        self._ledger = OriginLedger(
+            clock,
+            ack_timeout_s=settings.ack_timeout,
+            late_keep_s=max(30.0, 10 * settings.ack_timeout + 10 * settings.backend_timeout),
+            first_ref=secrets.randbits(48),
+        )
+        self._recent = RecentAcks(
+            clock,
+            keep_s=settings.ack_timeout + 10 * settings.backend_timeout,
+            max_ids=MAX_BUS_IDS,
+        )
+        # The I/O side of the rules: futures the drivers wait on, and whose presence is ours.
+        self._answers: dict[int, asyncio.Future[bool]] = {}
         self._closing: dict[int, asyncio.Future[tuple[bytes, ...]]] = {}
-        self._recent: dict[tuple[str, int], dict[bytes, float]] = {}
+        self._claimed: set[DeviceSession] = set()
         self._refresher: asyncio.Task[None] | None = None
         self.refresh_interval = settings.presence_ttl / 3
-        self.late_keep_s = max(30.0, 10 * settings.ack_timeout + 10 * settings.backend_timeout)
-        self.recent_ack_s = settings.ack_timeout + 10 * settings.backend_timeout
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -142,22 +137,20 @@ class Cluster:
 
     # --- presence of this node's sessions ----------------------------------------------
 
-    async def attached(self, session: Session) -> None:
+    async def attached(self, session: DeviceSession) -> None:
         """Publish the session's presence; close the device's connection on another node
         with 4001 and wait (bounded) until the frames it had received took effect."""
-        if not self.shared:
-            return
         try:
             holder = await self._presence.claim(session.user, session.device, session.token)
         except StorageError:
             log.warning("presence not published (redis unavailable); the refresh retries")
             return
         finally:
-            session.presence_claimed = True
+            self._claimed.add(session)  # refreshed (and so published again) from now on
         if holder is None or holder.node == self.node_id:
             return  # nobody, or this node's own older connection (the router handled it)
         loop = asyncio.get_running_loop()
-        ref = next(self._refs)
+        ref = self._ledger.next_ref()
         reply: asyncio.Future[tuple[bytes, ...]] = loop.create_future()
         self._closing[ref] = reply
         try:
@@ -174,13 +167,14 @@ class Cluster:
                 return  # that node is gone: nothing of its connection can still take effect
             with contextlib.suppress(TimeoutError):
                 acked = await asyncio.wait_for(reply, REPLACED_CLOSE_WAIT_S)
-                self._remember_acked(session.user, session.device, acked)
+                self._recent.remember(session.user, session.device, acked)
         finally:
             self._closing.pop(ref, None)
 
-    def detached(self, session: Session) -> None:
+    def detached(self, session: DeviceSession) -> None:
         """The session is gone: drop its presence entry if it still holds it."""
-        if self.shared and session.presence_claimed:
+        if session in self._claimed:
+            self._claimed.discard(session)
             self._spawn(self._release(session.user, session.device, session.token))
 
     async def _release(self, user: str, device: int, token: str) -> None:
@@ -189,8 +183,8 @@ class Cluster:
 
     async def locate(self, devices: Sequence[tuple[str, int]]) -> list[str | None]:
         """The other node holding each device; None when none does (or Redis is down)."""
-        if not self.shared or not devices:
-            return [None] * len(devices)
+        if not devices:
+            return []
         try:
             nodes = await self._presence.locate(devices)
         except StorageError:
@@ -203,40 +197,30 @@ class Cluster:
         self, node: str, env: Envelope, *, online: bool
     ) -> tuple[int, asyncio.Future[bool]]:
         """Publish `env` to the node holding its device; the future says whether it was acked."""
-        loop = asyncio.get_running_loop()
-        ref = next(self._refs)
-        acked: asyncio.Future[bool] = loop.create_future()
-        forget_at = time.monotonic() + self._settings.ack_timeout + self.late_keep_s
-        self._pending[ref] = _Pending(
-            node, env.recipient_user, env.recipient_device, env.id, acked, forget_at
-        )
-        self._spawn(self._publish_delivery(node, ref, env, online, acked))
+        delivery = RemoteDelivery(node, env.recipient_user, env.recipient_device, env.id)
+        ref = self._ledger.published(delivery)
+        acked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._answers[ref] = acked
+        self._spawn(self._publish_delivery(node, ref, env, online))
         return ref, acked
 
-    async def _publish_delivery(
-        self, node: str, ref: int, env: Envelope, online: bool, acked: asyncio.Future[bool]
-    ) -> None:
+    async def _publish_delivery(self, node: str, ref: int, env: Envelope, online: bool) -> None:
         sent = await self._bus.publish(node, BusDeliver(self.node_id, ref, env, online))
-        if not sent and not acked.done():
-            acked.set_result(False)  # nobody listens there: store now, not after the timeout
+        if not sent:
+            self._on_answer(ref, acked=False)  # nobody listens there: store now, not later
 
     def settle(self, ref: int, *, stored: bool) -> None:
         """The send reached its outcome for this delivery. Stored ones are kept for a while:
         an ack that still comes deletes the stored copy. Call with no await before the store
         call, so that delete is queued after the insert."""
-        pending = self._pending.get(ref)
-        if pending is None:
-            return
-        if not stored:
-            del self._pending[ref]
-            return
-        pending.late_until = time.monotonic() + self.late_keep_s
+        self._ledger.settled(ref, stored=stored)
+        self._answers.pop(ref, None)
 
     async def announce_stored(self, envelopes: Sequence[Envelope]) -> None:
         """After a commit: tell the nodes now holding these devices to pump them (and that a
         later ack must delete them). Located after the commit, so a device that connected
         meanwhile anywhere is found."""
-        if not self.shared or not envelopes:
+        if not envelopes:
             return
         keys = sorted({(e.recipient_user, e.recipient_device) for e in envelopes})
         nodes = await self.locate(keys)
@@ -255,10 +239,12 @@ class Cluster:
 
     # --- deliveries from other nodes (this node holds the device) -------------------------
 
-    async def acked_remote(self, session: Session, acked: list[tuple[RemoteRef, bytes]]) -> None:
+    async def acked_remote(
+        self, session: DeviceSession, acked: list[tuple[RemoteRef, bytes]]
+    ) -> None:
         """The device acked deliveries from other nodes: tell their origins, awaited (bounded
         by the backend timeout) before the device's next frame is handled."""
-        self._remember_acked(session.user, session.device, [mid for _, mid in acked])
+        self._recent.remember(session.user, session.device, [mid for _, mid in acked])
         await self._publish_acks([ref for ref, _ in acked], acked=True)
 
     def unacked_remote(self, refs: list[RemoteRef]) -> None:
@@ -266,7 +252,7 @@ class Cluster:
         self._spawn(self._publish_acks(refs, acked=False))
 
     def recently_acked(self, user: str, device: int) -> Container[bytes]:
-        return self._recent.get((user, device), {})
+        return self._recent.of(user, device)
 
     async def _publish_acks(self, refs: list[RemoteRef], *, acked: bool) -> None:
         by_node: dict[str, list[int]] = {}
@@ -278,17 +264,6 @@ class Cluster:
             for i in range(0, len(chunk), MAX_BUS_IDS)
         ]
         await asyncio.gather(*sends)
-
-    def _remember_acked(self, user: str, device: int, ids: Sequence[bytes]) -> None:
-        if not ids:
-            return
-        recent = self._recent.setdefault((user, device), {})
-        until = time.monotonic() + self.recent_ack_s
-        for mid in ids:
-            recent.pop(mid, None)
-            recent[mid] = until
-        while len(recent) > MAX_BUS_IDS:
-            del recent[next(iter(recent))]
 
     # --- effects on a device wherever it is connected ------------------------------------
 
@@ -304,7 +279,7 @@ class Cluster:
         at once when it is here, in the background when it may be on another node."""
         if self._router.get(user, device) is not None:
             self._router.push(user, device, frame)
-        elif self.shared:
+        else:
             self._spawn(self._keys_low_elsewhere(user, device, frame))
 
     async def _keys_low_elsewhere(self, user: str, device: int, frame: KeysLow) -> None:
@@ -343,19 +318,21 @@ class Cluster:
 
     def _on_acked(self, refs: tuple[int, ...], acked: bool) -> None:
         for ref in refs:
-            pending = self._pending.get(ref)
-            if pending is None:
-                continue
-            if not pending.acked.done():
-                pending.acked.set_result(acked)
-            elif pending.late_until is not None and acked:
-                # Stored after the timeout, acked since: delete it (queued after the insert).
-                del self._pending[ref]
-                self._spawn(self._delete(pending))
+            self._on_answer(ref, acked=acked)
 
-    async def _delete(self, pending: _Pending) -> None:
+    def _on_answer(self, ref: int, *, acked: bool) -> None:
+        answer, delivery = self._ledger.answered(ref, acked=acked)
+        if answer is Answer.RESOLVE:
+            waiting = self._answers.pop(ref, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(acked)
+        elif answer is Answer.DELETE and delivery is not None:
+            # Stored after the timeout, acked since: delete it (queued after the insert).
+            self._spawn(self._delete(delivery))
+
+    async def _delete(self, delivery: RemoteDelivery) -> None:
         try:
-            await self._messages.ack(pending.user, pending.device, [pending.message_id])
+            await self._messages.ack(delivery.user, delivery.device, [delivery.message_id])
         except StorageError:
             log.warning("could not delete a message acked after it was stored")
 
@@ -368,15 +345,13 @@ class Cluster:
         if message.reply_to is not None:
             self._spawn(self._reply_closed(message, session))
 
-    async def _reply_closed(self, message: BusClose, session: Session | None) -> None:
+    async def _reply_closed(self, message: BusClose, session: DeviceSession | None) -> None:
         if session is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(session.reader_done.wait(), REPLACED_CLOSE_WAIT_S)
-        recent = self._recent.get((message.user, message.device), {})
+        recent = self._recent.latest(message.user, message.device)
         assert message.reply_to is not None
-        await self._bus.publish(
-            message.reply_to, BusClosed(message.ref, tuple(list(recent)[-MAX_BUS_IDS:]))
-        )
+        await self._bus.publish(message.reply_to, BusClosed(message.ref, recent))
 
     def _wake_all(self) -> None:
         """Stored-message notices may have been lost: every local pump looks again."""
@@ -395,10 +370,9 @@ class Cluster:
             await asyncio.sleep(self.refresh_interval)  # a period, not synchronisation
 
     async def refresh_once(self) -> None:
-        sessions = [s for s in self._router.sessions() if s.presence_claimed]
-        if self.shared:
-            await self._presence.heartbeat(len(self._router))
-        if not self.shared or not sessions:
+        sessions = [s for s in self._router.sessions() if s in self._claimed]
+        await self._presence.heartbeat(len(self._router))
+        if not sessions:
             return
         results = await self._presence.refresh([(s.user, s.device, s.token) for s in sessions])
         restored = 0
@@ -412,21 +386,9 @@ class Cluster:
             self._wake_all()
 
     def _forget_old(self) -> None:
-        now = time.monotonic()
-        for ref in [
-            r
-            for r, p in self._pending.items()
-            if (p.late_until is not None and p.late_until < now) or p.forget_at < now
-        ]:
-            del self._pending[ref]
-        while len(self._pending) > MAX_LATE:
-            del self._pending[next(iter(self._pending))]
-        for key in list(self._recent):
-            recent = self._recent[key]
-            for mid in [m for m, until in recent.items() if until < now]:
-                del recent[mid]
-            if not recent:
-                del self._recent[key]
+        for ref in self._ledger.expire():
+            self._answers.pop(ref, None)
+        self._recent.expire()
 
 
 def open_cluster(
@@ -435,6 +397,7 @@ def open_cluster(
     router: Router,
     messages: MessageQueue,
     spawn: Spawn,
+    clock: Clock,
     observe: BackendObserver | None = None,
 ) -> Cluster:
     """Redis presence and bus in production mode; a node alone with the embedded store."""
@@ -452,11 +415,9 @@ def open_cluster(
             timeout_s=settings.backend_timeout,
             observe=observe,
         )
-        shared = True
     else:
         presence = LocalPresence(node_id=node_id, connections=lambda: len(router))
         bus = LoopbackBus(node_id=node_id)
-        shared = False
     return Cluster(
         node_id=node_id,
         presence=presence,
@@ -465,5 +426,5 @@ def open_cluster(
         messages=messages,
         settings=settings,
         spawn=spawn,
-        shared=shared,
+        clock=clock,
     )

@@ -1,10 +1,17 @@
 """One WebSocket from accept to close: challenge, handshake, then the frame loop.
 
-States, as a table: a connection is AWAITING_HANDSHAKE until `register` or
-`auth` succeeds, then AUTHENTICATED until it closes. In AWAITING_HANDSHAKE
-only `register`/`auth` are accepted and every error closes with 1008; once
-AUTHENTICATED, `register`/`auth` are `forbidden` and errors leave the
-connection open (up to the bad-frame budget).
+States, as a table:
+
+    state               entered when             accepted frames        on an error
+    AWAITING_HANDSHAKE  `challenge` written      `register`, `auth`     answer, close 1008
+    AUTHENTICATED       `auth.ok` written        requests and `ack`     answer, stay open
+                                                 (`register`, `auth`:   (1008 once the
+                                                 `forbidden`)           bad-frame budget
+                                                                        is spent)
+    CLOSED              a close queued, or the   none                   -
+                        socket closed
+
+The deliveries of an AUTHENTICATED connection follow `relay.delivery.DeliveryWindow`.
 """
 
 from __future__ import annotations
@@ -37,18 +44,18 @@ from protocol.frames import (
 from relay import devices, handshake, prekeys
 from relay.buckets import TokenBucket
 from relay.connlog import ConnectionLog
+from relay.device_session import DeviceSession
 from relay.outbound import Outbound
 from relay.prekeys import signed_prekey_age_s
 from relay.replies import error_frame
 from relay.sending import handle_send
 from relay.services import Services
-from relay.session import Session
 from storage.errors import StorageError
 from storage.errors import Unavailable as StorageUnavailable
 
 log = logging.getLogger("relay.connection")
 
-Handler = Callable[[Services, Session, Any], Awaitable[None]]
+Handler = Callable[[Services, DeviceSession, Any], Awaitable[None]]
 
 HANDLERS: dict[type[Any], Handler] = {
     Send: handle_send,
@@ -65,7 +72,7 @@ REQUEST_TIMEOUT_FACTOR = 10  # a request may make several store calls in a row
 
 async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
     svc.metrics.connection_opened()
-    conn_log = ConnectionLog.opened(ws, fmt)
+    conn_log = ConnectionLog.opened(ws, fmt, svc.clock)
     out = Outbound(
         ws,
         fmt,
@@ -74,7 +81,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
         metrics=svc.metrics,
     )
     writer = asyncio.create_task(out.run())
-    session: Session | None = None
+    session: DeviceSession | None = None
     try:
         session = await _handshake(svc, ws, fmt, out)
         if session is not None:
@@ -88,7 +95,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
             svc.router.detach(session)
             svc.cluster.detached(session)
             svc.metrics.authenticated.dec()
-            session.reader_done.set()
+            session.reading_finished()
             with contextlib.suppress(StorageError):
                 await svc.store.devices.touch(session.user, session.device, svc.clock.now_ms())
         if not out.closing:
@@ -106,7 +113,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
 
 async def _handshake(
     svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound
-) -> Session | None:
+) -> DeviceSession | None:
     challenge = secrets.token_bytes(32)
     out.write(Challenge(nonce=challenge, server_time=svc.clock.now_ms()))
     rid: int | None = None
@@ -144,8 +151,8 @@ async def _handshake(
 
 async def _open_session(
     svc: Services, out: Outbound, identity: handshake.Identity, rid: int
-) -> Session:
-    session = Session(
+) -> DeviceSession:
+    session = DeviceSession(
         user=identity.user,
         device=identity.device,
         out=out,
@@ -170,8 +177,8 @@ async def _open_session(
 
 
 async def _finish_handshake(
-    svc: Services, out: Outbound, session: Session, older: Session | None, rid: int
-) -> Session:
+    svc: Services, out: Outbound, session: DeviceSession, older: DeviceSession | None, rid: int
+) -> DeviceSession:
     if older is not None:
         # The newest connection wins. Every frame the older one had received (its acks above
         # all) takes effect before this one counts and drains the queue.
@@ -198,7 +205,7 @@ async def _finish_handshake(
             rotate_signed_prekey=age is None or age > svc.settings.signed_prekey_rotation,
         )
     )
-    session.ready = True
+    session.opened()
     svc.metrics.handshakes.labels("ok").inc()
     svc.metrics.authenticated.inc()
     await svc.store.devices.touch(session.user, session.device, now)
@@ -206,7 +213,7 @@ async def _finish_handshake(
 
 
 async def _frame_loop(
-    svc: Services, ws: ServerConnection, fmt: WireFormat, session: Session
+    svc: Services, ws: ServerConnection, fmt: WireFormat, session: DeviceSession
 ) -> None:
     pump = asyncio.create_task(session.pump())
     bad_frames = TokenBucket(

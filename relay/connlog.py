@@ -8,12 +8,12 @@ follow one connection without the log ever holding a frame's content.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
 
 from protocol.codec import WireFormat
+from relay.clock import Clock
 
 log = logging.getLogger("relay.connection")
 
@@ -51,10 +51,11 @@ class ConnectionLog:
     conn: str  # a short id that ties the open and close lines together
     peer: str
     started: float
+    clock: Clock
 
     @classmethod
-    def opened(cls, ws: ServerConnection, fmt: WireFormat) -> ConnectionLog:
-        entry = cls(conn=ws.id.hex[:12], peer=_peer(ws), started=time.monotonic())
+    def opened(cls, ws: ServerConnection, fmt: WireFormat, clock: Clock) -> ConnectionLog:
+        entry = cls(ws.id.hex[:12], _peer(ws), started=clock.monotonic(), clock=clock)
         log.info(
             "connection opened",
             extra={"fields": {"conn": entry.conn, "peer": entry.peer, "format": fmt.value}},
@@ -71,6 +72,6 @@ class ConnectionLog:
             "code": details.code,
             "reason": details.reason,
             "by": details.by,
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "duration_s": round(self.clock.monotonic() - self.started, 3),
         }
         log.info("connection closed", extra={"fields": fields})

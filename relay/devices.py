@@ -5,11 +5,11 @@ from __future__ import annotations
 from protocol.errors import CloseCode, ErrorCode, Refused
 from protocol.frames import DeviceInfo, DevicesList, DevicesListOk, DevicesRemove, EmptyOk
 from protocol.signatures import KeyScheme
+from relay.device_session import DeviceSession
 from relay.services import Services
-from relay.session import Session
 
 
-async def list_devices(svc: Services, session: Session, frame: DevicesList) -> None:
+async def list_devices(svc: Services, session: DeviceSession, frame: DevicesList) -> None:
     devices = await svc.store.devices.list_devices(session.user) or []
     session.out.write(
         DevicesListOk(
@@ -27,7 +27,7 @@ async def list_devices(svc: Services, session: Session, frame: DevicesList) -> N
     )
 
 
-async def remove(svc: Services, session: Session, frame: DevicesRemove) -> None:
+async def remove(svc: Services, session: DeviceSession, frame: DevicesRemove) -> None:
     """Only device 1 or the device itself may remove a device; its connection closes with 4002,
     on whichever node holds it."""
     if session.device != 1 and frame.device != session.device:

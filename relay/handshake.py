@@ -18,8 +18,8 @@ from protocol.errors import ErrorCode, FrameError, Refused
 from protocol.frames import Auth, Register
 from protocol.payloads import auth_payload, link_payload, register_payload
 from protocol.signatures import KeyScheme, identity_key_x25519, verify_signature
+from relay.device_session import DeviceSession
 from relay.services import Services
-from relay.session import Session
 from storage.errors import (
     DeviceLimitReached,
     DeviceNumbersExhausted,
@@ -107,7 +107,7 @@ async def authenticate(svc: Services, frame: Auth, challenge: bytes) -> Identity
     return Identity(record.user, record.device)
 
 
-async def take_over(svc: Services, session: Session) -> None:
+async def take_over(svc: Services, session: DeviceSession) -> None:
     """The newest connection wins on every node: publish this node as the device's holder,
     close an older connection on another node with 4001, and wait (at most 5 s) until the
     frames it had received took effect, so `queued` never counts an acknowledged message."""

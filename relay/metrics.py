@@ -11,7 +11,6 @@ p50/p99 of `/v1/stats` (a histogram's buckets are too coarse for a live chart).
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ from prometheus_client import (
     process_collector,
 )
 
+from relay.clock import SystemClock
+
+_SYSTEM_CLOCK = SystemClock()
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BACKEND_BUCKETS = (
     0.0001,
@@ -69,7 +71,7 @@ class RecentLatencies:
         *,
         window_s: float = RECENT_WINDOW_S,
         max_samples: int = RECENT_MAX,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = _SYSTEM_CLOCK.monotonic,
     ) -> None:
         self._window_s = window_s
         self._clock = clock

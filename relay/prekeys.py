@@ -17,15 +17,15 @@ from protocol.frames import (
     SignedPreKey,
 )
 from protocol.signatures import KeyScheme, verify_signature
+from relay.device_session import DeviceSession
 from relay.services import Services
-from relay.session import Session
 from storage.errors import KeyIdConflict, TooManyPreKeys
 from storage.records import DeviceRecord, KeyCounts, KeyUpload, OneTimeKey, SignedKey
 
 FETCH_TARGET_PERIOD_S = 600.0
 
 
-async def upload(svc: Services, session: Session, frame: KeysUpload) -> None:
+async def upload(svc: Services, session: DeviceSession, frame: KeysUpload) -> None:
     """Every signature is checked before anything is stored; the upload is all or nothing."""
     device = await svc.store.devices.get_device(session.user, session.device)
     if device is None:
@@ -65,7 +65,7 @@ async def upload(svc: Services, session: Session, frame: KeysUpload) -> None:
     )
 
 
-async def fetch(svc: Services, session: Session, frame: KeysFetch) -> None:
+async def fetch(svc: Services, session: DeviceSession, frame: KeysFetch) -> None:
     """Hand each one-time key out at most once; rate-limited against pre-key draining."""
     await _limit_fetches(svc, f"{session.user}:{session.device}", frame.user)
     bundles: list[Bundle] = []
@@ -148,7 +148,7 @@ async def _claim_bundle(svc: Services, user: str, device: DeviceRecord) -> Bundl
     )
 
 
-async def count(svc: Services, session: Session, frame: KeysCount) -> None:
+async def count(svc: Services, session: DeviceSession, frame: KeysCount) -> None:
     counts = await svc.store.keys.counts(session.user, session.device)
     session.out.write(
         KeysCountOk(

@@ -8,32 +8,32 @@ from protocol.errors import CloseCode
 from protocol.frames import ServerFrame
 
 if TYPE_CHECKING:
-    from relay.session import Session
+    from relay.device_session import DeviceSession
 
 
 class Router:
     def __init__(self) -> None:
-        self._sessions: dict[tuple[str, int], Session] = {}
+        self._sessions: dict[tuple[str, int], DeviceSession] = {}
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def attach(self, session: Session) -> Session | None:
+    def attach(self, session: DeviceSession) -> DeviceSession | None:
         """Make `session` the device's current one; the older session, if any, is returned."""
         key = (session.user, session.device)
         old = self._sessions.get(key)
         self._sessions[key] = session
         return old
 
-    def detach(self, session: Session) -> None:
+    def detach(self, session: DeviceSession) -> None:
         key = (session.user, session.device)
         if self._sessions.get(key) is session:
             del self._sessions[key]
 
-    def get(self, user: str, device: int) -> Session | None:
+    def get(self, user: str, device: int) -> DeviceSession | None:
         return self._sessions.get((user, device))
 
-    def sessions(self) -> list[Session]:
+    def sessions(self) -> list[DeviceSession]:
         return list(self._sessions.values())
 
     def notify_stored(self, user: str, device: int) -> None:

@@ -16,10 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import time
 from dataclasses import dataclass
 from typing import Final
 
+from relay.clock import Clock
 from relay.config import Settings, mask_url
 from storage.errors import Unavailable
 from storage.interfaces import Store
@@ -119,20 +119,21 @@ class SchemaWatch:
     kept (the next probe reads again). When the version changes, the pool's connections are
     replaced, since their prepared statements may name tables dropped meanwhile."""
 
-    def __init__(self, store: Store, *, recheck_s: float = RECHECK_S) -> None:
+    def __init__(self, store: Store, *, clock: Clock, recheck_s: float = RECHECK_S) -> None:
         from storage.postgres.migrate import latest_version
         from storage.production import ProductionStore
 
         assert isinstance(store, ProductionStore), "the schema guard is for production mode"
         self._db = store.database
         self._recheck_s = recheck_s
+        self._clock = clock
         self._lock = asyncio.Lock()
         self._versions = SchemaVersions(live=None, expected=latest_version())
         self._read_at: float | None = None
 
     async def versions(self) -> SchemaVersions:
         async with self._lock:
-            if self._read_at is None or time.monotonic() - self._read_at >= self._recheck_s:
+            if self._read_at is None or self._clock.monotonic() - self._read_at >= self._recheck_s:
                 await self._read()
             return self._versions
 
@@ -144,7 +145,7 @@ class SchemaWatch:
                 live = await read_version(conn)
         except (Unavailable, TimeoutError):
             return
-        self._read_at = time.monotonic()
+        self._read_at = self._clock.monotonic()
         before = self._versions
         if live == before.live:
             return

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from protocol.errors import ErrorCode, Refused
 from protocol.frames import Send, SendOk
+from relay.delivery import SendOrigin
+from relay.delivery.outcome import Settled, settle, store_unpushed
+from relay.device_session import DeviceSession
 from relay.replies import error_frame
 from relay.services import Services
-from relay.session import Origin, Session
 from storage.errors import StorageError, Unavailable
 from storage.records import (
     DeviceRecord,
@@ -36,7 +37,7 @@ MAX_CLAIM_ATTEMPTS = 3
 STORE_TIMEOUT_FACTOR = 10  # a group commit may carry many sends
 
 
-async def handle_send(svc: Services, session: Session, frame: Send) -> None:
+async def handle_send(svc: Services, session: DeviceSession, frame: Send) -> None:
     """Check and claim now; route and answer in the background."""
     scope = ReplayScope(session.user, session.device, frame.to)
     replay = svc.store.replay
@@ -65,7 +66,7 @@ async def handle_send(svc: Services, session: Session, frame: Send) -> None:
 
 
 def _answer_from_record(
-    svc: Services, session: Session, frame: Send, scope: ReplayScope, record: ReplayRecord
+    svc: Services, session: DeviceSession, frame: Send, scope: ReplayScope, record: ReplayRecord
 ) -> None:
     if record.message_id != frame.id:
         svc.metrics.replay_rejections.inc()
@@ -77,7 +78,7 @@ def _answer_from_record(
 
 
 async def _answer_when_done(
-    svc: Services, session: Session, frame: Send, scope: ReplayScope
+    svc: Services, session: DeviceSession, frame: Send, scope: ReplayScope
 ) -> None:
     """A copy that arrived while the first was in flight gets the first one's answer."""
     try:
@@ -95,7 +96,7 @@ async def _answer_when_done(
 
 def _check(
     svc: Services,
-    session: Session,
+    session: DeviceSession,
     frame: Send,
     devices: list[DeviceRecord] | None,
     stored_origins: list[PendingOrigin],
@@ -147,33 +148,100 @@ async def _stored_origins(svc: Services, frame: Send) -> list[PendingOrigin]:
 
 
 def _check_conflict(
-    svc: Services, session: Session, frame: Send, stored_origins: list[PendingOrigin]
+    svc: Services, session: DeviceSession, frame: Send, stored_origins: list[PendingOrigin]
 ) -> None:
     """The id must not be pending for a target device from another sender or send."""
-    mine = Origin(session.user, session.device, frame.nonce)
+    mine = SendOrigin(session.user, session.device, frame.nonce)
     for message in frame.devices:
         target = svc.router.get(frame.to, message.device)
         origin = None if target is None else target.origin_of(frame.id)
         if origin is not None and origin != mine:
             raise Refused(ErrorCode.CONFLICT, "this message id is pending from another sender")
     for origin_row in stored_origins:
-        if Origin(origin_row.sender_user, origin_row.sender_device, origin_row.nonce) != mine:
+        if SendOrigin(origin_row.sender_user, origin_row.sender_device, origin_row.nonce) != mine:
             raise Refused(ErrorCode.CONFLICT, "this message id is pending from another sender")
 
 
+@dataclass(slots=True)
+class _LocalWait:
+    """A delivery pushed to a device connected to this node."""
+
+    env: Envelope
+    acked: asyncio.Future[bool]
+    target: DeviceSession
+
+    def settle(self, svc: Services, *, stored: bool) -> None:
+        if stored:
+            self.target.mark_durable(self.env.id)
+
+
+@dataclass(slots=True)
+class _RemoteWait:
+    """A delivery published to the node holding the device (`ref` names it there)."""
+
+    env: Envelope
+    acked: asyncio.Future[bool]
+    ref: int
+
+    def settle(self, svc: Services, *, stored: bool) -> None:
+        svc.cluster.settle(self.ref, stored=stored)
+
+
+_Waiting = _LocalWait | _RemoteWait
+
+
+@dataclass(slots=True)
+class _Routing:
+    """Where a send's envelopes went: pushed (awaiting acks), or to be stored now."""
+
+    waiting: list[_Waiting] = field(default_factory=list)
+    to_store: list[Envelope] = field(default_factory=list)
+
+
 async def _route(
-    svc: Services, session: Session, frame: Send, scope: ReplayScope, devices: list[DeviceRecord]
+    svc: Services,
+    session: DeviceSession,
+    frame: Send,
+    scope: ReplayScope,
+    devices: list[DeviceRecord],
 ) -> None:
     """Push to connected devices, store for the others and for those whose ack is late."""
-    settings = svc.settings
+    envelopes = _envelopes(svc, session, frame)
+    routing = _Routing()
+    origin = SendOrigin(session.user, session.device, frame.nonce)
+    elsewhere = _push_here(svc, frame, origin, envelopes, routing)
+    svc.metrics.envelopes.labels("accepted").inc(len(frame.devices))
+    if elsewhere:
+        await _push_elsewhere(svc, frame, elsewhere, routing)
+    try:
+        delivered, late = await _reach_outcome(svc, frame, routing)
+    except StorageError as exc:
+        for w in routing.waiting:
+            w.settle(svc, stored=False)
+        await _give_up(svc, scope, frame)
+        session.out.write(error_frame(exc, frame.rid))
+        return
+    stored = [e.recipient_device for e in (*routing.to_store, *late)]
+    outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
+    svc.metrics.envelopes.labels("delivered").inc(len(delivered))
+    svc.metrics.envelopes.labels("stored").inc(len(stored))
+    try:
+        await svc.store.replay.complete(
+            scope, frame.nonce, frame.id, outcome, window_s=svc.settings.replay_window
+        )
+    except StorageError:
+        # The envelopes are durable or acknowledged already, so the answer stands; a retry
+        # finds the stored copies from the same origin and stores nothing twice.
+        log.warning("could not record a send's outcome in the replay guard")
+    session.out.write(_ok(frame, outcome))
+
+
+def _envelopes(svc: Services, session: DeviceSession, frame: Send) -> list[Envelope]:
+    """One envelope per target device, stamped with the server's time and expiry."""
     now = svc.clock.now_ms()
-    origin = Origin(session.user, session.device, frame.nonce)
-    expires = now + int(settings.retention * 1000)
-    waiting: list[_Waiting] = []
-    to_store: list[Envelope] = []
-    elsewhere: list[Envelope] = []  # not connected here: maybe on another node
-    for message in frame.devices:
-        env = Envelope(
+    expires = now + int(svc.settings.retention * 1000)
+    return [
+        Envelope(
             id=frame.id,
             recipient_user=frame.to,
             recipient_device=message.device,
@@ -186,103 +254,99 @@ async def _route(
             nonce=frame.nonce,
             expires_ms=expires,
         )
-        target = svc.router.get(frame.to, message.device)
+        for message in frame.devices
+    ]
+
+
+def _push_here(
+    svc: Services,
+    frame: Send,
+    origin: SendOrigin,
+    envelopes: list[Envelope],
+    routing: _Routing,
+) -> list[Envelope]:
+    """Push to the target devices connected here, with no store or Redis call; the envelopes
+    of devices not connected here (maybe on another node) are returned."""
+    elsewhere: list[Envelope] = []
+    for env in envelopes:
+        target = svc.router.get(env.recipient_user, env.recipient_device)
         if target is None:
             elsewhere.append(env)
             continue
         acked = target.push_live(env, origin, online=frame.online)
         if acked is not None:
-            waiting.append(_Waiting(env, acked, target=target))
-            acked.add_done_callback(_latency_observer(svc, time.perf_counter()))
-        elif not frame.online:
-            to_store.append(env)
-    svc.metrics.envelopes.labels("accepted").inc(len(frame.devices))
-    if elsewhere:
-        # One presence lookup (one batch) for every device not connected to this node.
-        nodes = await svc.cluster.locate(
-            [(e.recipient_user, e.recipient_device) for e in elsewhere]
-        )
-        for env, node in zip(elsewhere, nodes, strict=True):
-            if node is not None:
-                ref, acked = svc.cluster.push_remote(node, env, online=frame.online)
-                waiting.append(_Waiting(env, acked, ref=ref))
-                acked.add_done_callback(_latency_observer(svc, time.perf_counter()))
-            elif not frame.online:
-                to_store.append(env)
+            routing.waiting.append(_LocalWait(env, acked, target))
+            acked.add_done_callback(_latency_observer(svc, svc.clock.monotonic()))
+        elif store_unpushed(online=frame.online):
+            routing.to_store.append(env)
+    return elsewhere
+
+
+async def _push_elsewhere(
+    svc: Services, frame: Send, elsewhere: list[Envelope], routing: _Routing
+) -> None:
+    """One presence lookup (one batch) for every device not connected to this node."""
+    nodes = await svc.cluster.locate([(e.recipient_user, e.recipient_device) for e in elsewhere])
+    for env, node in zip(elsewhere, nodes, strict=True):
+        if node is not None:
+            ref, acked = svc.cluster.push_remote(node, env, online=frame.online)
+            routing.waiting.append(_RemoteWait(env, acked, ref))
+            acked.add_done_callback(_latency_observer(svc, svc.clock.monotonic()))
+        elif store_unpushed(online=frame.online):
+            routing.to_store.append(env)
+
+
+async def _reach_outcome(
+    svc: Services, frame: Send, routing: _Routing
+) -> tuple[list[int], list[Envelope]]:
+    """Store what must be stored, wait for the acks, store the late ones: the devices
+    delivered and the envelopes stored late. Raises StorageError when the store fails."""
+    stored_now = asyncio.ensure_future(_store(svc, routing.to_store))
     try:
-        stored_now = asyncio.ensure_future(_store(svc, to_store))
-        if waiting:
-            wait_started = time.perf_counter()  # uvloop's loop.time() has ms resolution
-            await asyncio.wait([w.acked for w in waiting], timeout=settings.ack_timeout)
-            svc.metrics.ack_wait.observe(time.perf_counter() - wait_started)
-        delivered: list[int] = []
-        late: list[Envelope] = []
-        for w in waiting:
-            if w.acked.done() and w.acked.result():
-                delivered.append(w.env.recipient_device)
-                w.settle(svc, stored=False)
-            elif frame.online:
-                svc.metrics.envelopes.labels("dropped_online").inc()
-                w.settle(svc, stored=False)
-            else:
-                w.settle(svc, stored=True)
-                late.append(w.env)
-                svc.metrics.ack_timeouts.inc()
-        # settle() above (mark_durable, or the origin's note for a remote delivery) and the
-        # store call below run with no await between them, so an ack that arrives now is
-        # applied after the insert (the store runs jobs in order).
+        if routing.waiting:
+            wait_started = svc.clock.monotonic()
+            await asyncio.wait([w.acked for w in routing.waiting], timeout=svc.settings.ack_timeout)
+            svc.metrics.ack_wait.observe(svc.clock.monotonic() - wait_started)
+        delivered, late = _settle(svc, frame, routing.waiting)
         # Bounded: a store that hangs instead of failing is given up (a copy that commits
         # later is kept once; the sender's retry finds it from the same origin).
-        async with asyncio.timeout(settings.backend_timeout * STORE_TIMEOUT_FACTOR):
-            await _store(svc, late)
+        async with asyncio.timeout(svc.settings.backend_timeout * STORE_TIMEOUT_FACTOR):
+            await _store(svc, late)  # no await since _settle: a late ack's delete comes after
             await stored_now
-    except (StorageError, TimeoutError) as exc:
-        if isinstance(exc, TimeoutError):
-            stored_now.cancel()
-            exc = Unavailable("the store did not answer in time")
-        for w in waiting:
-            w.settle(svc, stored=False)
-        await _give_up(svc, scope, frame)
-        session.out.write(error_frame(exc, frame.rid))
-        return
-    stored = [e.recipient_device for e in (*to_store, *late)]
-    outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
-    svc.metrics.envelopes.labels("delivered").inc(len(delivered))
-    svc.metrics.envelopes.labels("stored").inc(len(stored))
-    try:
-        await svc.store.replay.complete(
-            scope, frame.nonce, frame.id, outcome, window_s=settings.replay_window
-        )
-    except StorageError:
-        # The envelopes are durable or acknowledged already, so the answer stands; a retry
-        # finds the stored copies from the same origin and stores nothing twice.
-        log.warning("could not record a send's outcome in the replay guard")
-    session.out.write(_ok(frame, outcome))
+    except TimeoutError:
+        stored_now.cancel()
+        raise Unavailable("the store did not answer in time") from None
+    return delivered, late
+
+
+def _settle(
+    svc: Services, frame: Send, waiting: list[_Waiting]
+) -> tuple[list[int], list[Envelope]]:
+    """Each pushed delivery's outcome once the wait is over: delivered, dropped (online) or
+    late (stored). Synchronous on purpose: its caller issues the store call for the late ones
+    right after it, so an ack that arrives in between is applied after the insert (the store
+    runs jobs in order)."""
+    delivered: list[int] = []
+    late: list[Envelope] = []
+    for w in waiting:
+        settled = settle(acked=w.acked.done() and w.acked.result(), online=frame.online)
+        w.settle(svc, stored=settled is Settled.LATE)
+        if settled is Settled.DELIVERED:
+            delivered.append(w.env.recipient_device)
+        elif settled is Settled.DROPPED:
+            svc.metrics.envelopes.labels("dropped_online").inc()
+        else:
+            late.append(w.env)
+            svc.metrics.ack_timeouts.inc()
+    return delivered, late
 
 
 def _latency_observer(svc: Services, pushed_at: float) -> Callable[[asyncio.Future[bool]], None]:
     def observe(acked: asyncio.Future[bool]) -> None:
         if not acked.cancelled() and acked.result():
-            svc.metrics.delivery_latency.observe(time.perf_counter() - pushed_at)
+            svc.metrics.delivery_latency.observe(svc.clock.monotonic() - pushed_at)
 
     return observe
-
-
-@dataclass(slots=True)
-class _Waiting:
-    """A delivery pushed to a device here (`target`) or on another node (`ref`)."""
-
-    env: Envelope
-    acked: asyncio.Future[bool]
-    target: Session | None = None
-    ref: int | None = None
-
-    def settle(self, svc: Services, *, stored: bool) -> None:
-        if self.target is not None:
-            if stored:
-                self.target.mark_durable(self.env.id)
-        elif self.ref is not None:
-            svc.cluster.settle(self.ref, stored=stored)
 
 
 async def _store(svc: Services, envelopes: list[Envelope]) -> None:
@@ -291,10 +355,9 @@ async def _store(svc: Services, envelopes: list[Envelope]) -> None:
     await svc.store.messages.store(envelopes)
     for env in envelopes:
         svc.router.notify_stored(env.recipient_user, env.recipient_device)
-    if svc.cluster.shared:
-        # Devices connected to other nodes pump them now; located after the commit, so a
-        # device that connected meanwhile is found. Not awaited: no part of the answer.
-        svc.spawn(svc.cluster.announce_stored(envelopes))
+    # Devices connected to other nodes pump them now; located after the commit, so a device
+    # that connected meanwhile is found. Not awaited: no part of the answer.
+    svc.spawn(svc.cluster.announce_stored(envelopes))
 
 
 async def _give_up(svc: Services, scope: ReplayScope, frame: Send) -> None:

@@ -9,7 +9,6 @@ metrics.RecentLatencies).
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -95,11 +94,11 @@ def collect(
     node_id = svc.cluster.node_id
     now_ms = svc.clock.now_ms()
     return Stats(
-        uptime_s=round(time.monotonic() - started, 3),
+        uptime_s=round(svc.clock.monotonic() - started, 3),
         store=store_kind,
         connections=metrics.open_connections,
         authenticated=len(sessions),
-        in_flight=sum(len(s.inflight) for s in sessions),
+        in_flight=sum(s.in_flight for s in sessions),
         envelopes={
             outcome: envelopes.get(outcome, 0)
             for outcome in ("accepted", "delivered", "stored", "dropped_online")

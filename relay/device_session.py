@@ -1,0 +1,242 @@
+"""One authenticated device connection: the driver of its delivery rules.
+
+The rules (the in-flight window, acks, the pump's cursor, `queue_empty` once) are the pure
+state machine `relay.delivery.DeliveryWindow`; this module feeds it the connection's events
+and carries out its actions: it writes frames, resolves the senders waiting for acks, calls
+the store and tells the other nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Container
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from protocol.errors import CloseCode, ErrorCode, Refused
+from protocol.frames import Deliver, QueueEmpty
+from relay.buckets import TokenBucket
+from relay.delivery import (
+    DeliveryWindow,
+    Fetch,
+    LivePush,
+    Phase,
+    RemoteRef,
+    SendOrigin,
+    StoredFound,
+)
+from relay.outbound import Outbound
+from storage.errors import StorageError
+from storage.interfaces import MessageQueue
+from storage.records import Envelope
+
+log = logging.getLogger("relay.session")
+
+
+class RemoteLink(Protocol):
+    """The node bus as a session sees it (relay.cluster.Cluster)."""
+
+    async def acked_remote(
+        self, session: DeviceSession, acked: list[tuple[RemoteRef, bytes]]
+    ) -> None:
+        """Tell the origins; returns once the acks are sent (bounded)."""
+        ...
+
+    def unacked_remote(self, refs: list[RemoteRef]) -> None: ...
+
+    def recently_acked(self, user: str, device: int) -> Container[bytes]:
+        """Ids this device acked lately whose stored copy another node may still delete."""
+        ...
+
+
+def to_deliver(env: Envelope, *, online: bool = False) -> Deliver:
+    return Deliver(
+        id=env.id,
+        from_user=env.sender_user,
+        from_device=env.sender_device,
+        ts=env.ts,
+        server_ts=env.server_ts,
+        type=env.type,
+        body=env.body,
+        nonce=env.nonce,
+        online=online,
+    )
+
+
+def origin_of(env: Envelope) -> SendOrigin:
+    return SendOrigin(env.sender_user, env.sender_device, env.nonce)
+
+
+@dataclass(eq=False)
+class DeviceSession:
+    user: str
+    device: int
+    out: Outbound
+    messages: MessageQueue
+    window: int
+    now_ms: Callable[[], int]
+    requests: TokenBucket  # the device's request rate limit
+    link: RemoteLink | None = None  # deliveries for and from other nodes
+    token: str = field(default_factory=lambda: secrets.token_hex(8))  # names this connection
+    reader_done: asyncio.Event = field(default_factory=asyncio.Event)
+    _rules: DeliveryWindow = field(init=False)
+    _waiting: dict[bytes, asyncio.Future[bool]] = field(default_factory=dict)  # live pushes
+    _pump_wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._rules = DeliveryWindow(self.window)
+
+    @property
+    def in_flight(self) -> int:
+        return self._rules.in_flight
+
+    @property
+    def ended(self) -> bool:
+        return self._rules.phase is Phase.ENDED
+
+    def check_rate(self) -> None:
+        """The per-device request limit; `rate_limited` with the wait when it is spent."""
+        retry_after_ms = self.requests.take()
+        if retry_after_ms:
+            raise Refused(
+                ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=retry_after_ms
+            )
+
+    def opened(self) -> None:
+        """The handshake answer is written: deliveries may follow it."""
+        self._rules.opened()
+
+    def reading_finished(self) -> None:
+        """Every frame this connection read has taken effect (a replacement waits for it)."""
+        self.reader_done.set()
+
+    # --- live pushes ---------------------------------------------------------
+
+    def push_live(
+        self, env: Envelope, origin: SendOrigin, *, online: bool
+    ) -> asyncio.Future[bool] | None:
+        """Push now if the window has room; the future says whether the ack came.
+        None: no room, or the id is already in flight here (the caller stores it)."""
+        if not self._offer(env, origin, online=online, remote=None):
+            return None
+        acked = asyncio.get_running_loop().create_future()
+        self._waiting[env.id] = acked
+        return acked
+
+    def push_remote(self, env: Envelope, remote: RemoteRef, *, online: bool) -> bool:
+        """Push a delivery of another node into this window; False: not pushed (no room, or
+        the id is in flight here already), and the origin stores it."""
+        return self._offer(env, origin_of(env), online=online, remote=remote)
+
+    def _offer(
+        self, env: Envelope, origin: SendOrigin, *, online: bool, remote: RemoteRef | None
+    ) -> bool:
+        decision = self._rules.offer_live(
+            env.id, origin, buffer_has_room=self.out.has_room(), remote=remote
+        )
+        if decision is LivePush.SLOW_READER:
+            self.out.overflow()  # the client stopped reading; the sender stores this one
+        if decision is not LivePush.PUSH:
+            return False
+        self.out.write(to_deliver(env, online=online))
+        return True
+
+    def mark_stored(self, message_ids: tuple[bytes, ...]) -> None:
+        """Another node stored these: a later ack must delete them."""
+        self._rules.stored(message_ids)
+
+    def mark_durable(self, message_id: bytes) -> None:
+        """The sender gave up waiting and is storing it; a later ack must delete it."""
+        self._rules.stored((message_id,))
+
+    def origin_of(self, message_id: bytes) -> SendOrigin | None:
+        return self._rules.origin_of(message_id)
+
+    # --- acks --------------------------------------------------------------------
+
+    async def on_ack(self, ids: tuple[bytes, ...]) -> None:
+        """Resolve the waiting senders, free window slots, delete what was stored."""
+        actions = self._rules.acked(ids)
+        for message_id in actions.delivered:
+            waiting = self._waiting.pop(message_id, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(True)
+        if actions.wake_pump:
+            self._pump_wake.set()
+        if actions.delete:
+            await self.messages.ack(self.user, self.device, list(actions.delete))
+        if actions.remote and self.link is not None:
+            await self.link.acked_remote(self, list(actions.remote))
+
+    # --- stored messages -------------------------------------------------------
+
+    def wake_pump(self) -> None:
+        """Something was stored for this device (or may have been: a missed notice)."""
+        self._rules.store_changed()
+        self._pump_wake.set()
+
+    def _stopped(self) -> bool:
+        return self.ended or self.out.closing
+
+    async def pump(self) -> None:
+        """Push stored messages into free window slots until the session ends."""
+        try:
+            while not self._stopped():
+                self._pump_wake.clear()
+                fetch = self._rules.next_fetch()
+                if fetch is not None:
+                    again = await self._pump_batch(fetch)
+                    if self._stopped():
+                        return
+                    if again:
+                        continue  # the window may have room again already
+                await self._pump_wake.wait()
+        except StorageError:
+            log.warning("stored-message pump stopped: store unavailable; closing the connection")
+            self.out.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
+
+    async def _pump_batch(self, fetch: Fetch) -> bool:
+        """One fetch, pushed while the outbound buffer has room; whether to fetch again."""
+        batch = await self.messages.fetch(
+            self.user,
+            self.device,
+            after_seq=fetch.after_seq,
+            limit=fetch.limit,
+            now_ms=self.now_ms(),
+        )
+        if self.ended:
+            return False
+        acked_elsewhere = (
+            () if self.link is None else self.link.recently_acked(self.user, self.device)
+        )
+        stale: list[bytes] = []
+        for stored in batch:
+            if not self.out.has_room():
+                await self.out.wait_room()
+                if self._stopped():
+                    return False
+            env = stored.envelope
+            found = self._rules.found(stored.seq, env.id, origin_of(env), acked_elsewhere)
+            if found is StoredFound.PUSH:
+                self.out.write(to_deliver(env))
+            elif found is StoredFound.STALE:
+                stale.append(env.id)
+        if stale:
+            await self.messages.ack(self.user, self.device, stale)
+        done = self._rules.fetch_done(fetch, len(batch))
+        if done.queue_empty:
+            self.out.write(QueueEmpty())
+        return done.again
+
+    def end(self) -> None:
+        """The connection is gone: senders waiting for acks stop waiting and store instead."""
+        actions = self._rules.ended()
+        self._pump_wake.set()
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_result(False)
+        self._waiting.clear()
+        if actions.unacked_remote and self.link is not None:
+            self.link.unacked_remote(list(actions.unacked_remote))
