@@ -7,16 +7,22 @@ Nothing here is kept beyond the test's temporary directory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from .support import RelayProcess
 
 VALID_FOR = datetime.timedelta(days=1)
 
@@ -114,3 +120,16 @@ class Authority:
 def serial_of(der: bytes) -> int:
     """The serial number of a DER certificate (what `getpeercert(binary_form=True)` gives)."""
     return x509.load_der_x509_certificate(der).serial_number
+
+
+@contextlib.contextmanager
+def relay_with_tls(folder: Path, ca: Authority) -> Iterator[RelayProcess]:
+    """A relay serving wss:// with a certificate from `ca`; stopped (and checked) after."""
+    from .support import RelayProcess, stop_relays
+
+    files = ca.issue(folder / "tls" / "cert.pem", folder / "tls" / "key.pem")
+    relay = RelayProcess(folder / "relay", {"tls_cert": files.cert, "tls_key": files.key})
+    relay.start()
+    yield relay
+    problems = stop_relays([relay])
+    assert not problems, problems

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e.certs import Authority
-from e2e.support import REPO_ROOT, RelayProcess, stop_relays
+from e2e.certs import Authority, relay_with_tls
+from e2e.support import REPO_ROOT, RelayProcess
 
 from loadtest.report import load
 
@@ -24,12 +24,8 @@ def ca(tmp_path: Path) -> Authority:
 
 @pytest.fixture
 def tls_relay(tmp_path: Path, ca: Authority) -> Iterator[RelayProcess]:
-    files = ca.issue(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem")
-    relay = RelayProcess(tmp_path / "relay", {"tls_cert": files.cert, "tls_key": files.key})
-    relay.start()
-    yield relay
-    problems = stop_relays([relay])
-    assert not problems, problems
+    with relay_with_tls(tmp_path, ca) as relay:
+        yield relay
 
 
 def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
