@@ -30,6 +30,7 @@ __all__ = [
     "SIGNATURE_LENGTH",
     "IdentityKeyPair",
     "KeyScheme",
+    "canonical_x25519",
     "identity_key_x25519",
     "is_valid_identity_key",
     "verify_signature",
@@ -81,10 +82,10 @@ def verify_signature(
 
 
 def identity_key_x25519(scheme: KeyScheme, identity_key: bytes) -> bytes:
-    """The 32-byte X25519 (Montgomery ``u``) form of an identity key.
+    """The 32-byte X25519 (Montgomery ``u``) form of an identity key, canonical.
 
-    One key pair is one identity in either scheme: this form is what X3DH uses
-    and what lets the same device be recognised whichever scheme it signs with.
+    One key pair is one identity in either scheme and in any encoding: this form
+    is what X3DH uses and what the relay compares and stores as unique.
     Raises ``ValueError`` for a key of the wrong length or prefix, or an Ed25519
     key libsodium cannot convert (non-canonical, small-order, not on the curve).
     """
@@ -93,15 +94,31 @@ def identity_key_x25519(scheme: KeyScheme, identity_key: bytes) -> bytes:
             raise ValueError("xeddsa identity key must be 33 bytes")
         if identity_key[0] != _DJB_TYPE:
             raise ValueError("xeddsa identity key must start with 0x05")
-        return bytes(identity_key[1:])
+        return canonical_x25519(bytes(identity_key[1:]))
     if scheme == KeyScheme.ED25519:
         if len(identity_key) != IDENTITY_KEY_LENGTH[KeyScheme.ED25519]:
             raise ValueError("ed25519 identity key must be 32 bytes")
         try:
-            return sodium.crypto_sign_ed25519_pk_to_curve25519(bytes(identity_key))
+            # libsodium refuses y >= p and small-order points (x = 0 among them), and its
+            # output is already canonical; A and -A (the sign bit) share one u, as they must.
+            montgomery = sodium.crypto_sign_ed25519_pk_to_curve25519(bytes(identity_key))
         except nacl.exceptions.CryptoError as exc:
             raise ValueError("ed25519 identity key cannot be converted to X25519") from exc
+        return canonical_x25519(montgomery)
     raise ValueError(f"unknown key scheme: {scheme!r}")
+
+
+def canonical_x25519(u_bytes: bytes) -> bytes:
+    """The canonical encoding of a Montgomery ``u``: bit 255 cleared, reduced mod ``p``.
+
+    X25519 reads ``u`` that way (RFC 7748 §5), and so does the XEdDSA check above, so
+    encodings that differ only there belong to one key pair: spec §3.3 compares keys in
+    this form. Raises ``ValueError`` unless ``u_bytes`` is 32 bytes.
+    """
+    if len(u_bytes) != _KEY_BYTES:
+        raise ValueError("an X25519 key is 32 bytes")
+    u = (int.from_bytes(u_bytes, "little") & ((1 << 255) - 1)) % _P
+    return u.to_bytes(_KEY_BYTES, "little")
 
 
 def is_valid_identity_key(scheme: KeyScheme, identity_key: bytes) -> bool:
@@ -148,7 +165,7 @@ def _montgomery_to_edwards(u_bytes: bytes, sign_bit: int) -> bytes | None:
     where the birational map is undefined. Whether ``y`` is on the curve at all
     is left to libsodium's decompression during verification.
     """
-    u = (int.from_bytes(u_bytes, "little") & ((1 << 255) - 1)) % _P
+    u = int.from_bytes(canonical_x25519(u_bytes), "little")
     denominator = (u + 1) % _P
     if denominator == 0:
         return None

@@ -5,7 +5,8 @@ account the registration token (`forbidden`); the registering key's signature
 (`auth_failed`); for a linked device the user (`auth_failed`), the linking
 device being active (`forbidden`) and its link signature (`auth_failed`);
 then a retired identity key (`forbidden`), a key held by another active
-device (`conflict`), and the device limit and numbering (`forbidden`).
+device (`conflict`), and the device limit and numbering (`forbidden`). Keys are
+compared in their canonical X25519 form, so every encoding of one key pair meets.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
 class NewDevice:
     identity_key: bytes
     key_scheme: str
-    identity_x25519: bytes  # the key's X25519 form: one key pair is one identity in either scheme
+    # The key's canonical X25519 form (spec §3.3): one key pair is one identity in any encoding.
+    identity_x25519: bytes
     registration_id: int
     created_ms: int
 

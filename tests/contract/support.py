@@ -9,6 +9,7 @@ from pathlib import Path
 
 import asyncpg
 
+from protocol.signatures import KeyScheme, identity_key_x25519
 from storage.embedded import EmbeddedStore
 from storage.interfaces import Store
 from storage.postgres.migrate import migrate
@@ -49,12 +50,12 @@ def new_user() -> str:
 
 
 def new_device(*, registration_id: int = 0, created_ms: int = START_MS) -> NewDevice:
-    """A device with an identity key of its own."""
-    x25519 = os.urandom(32)
+    """A device with an identity key of its own, stored in canonical form as the relay does."""
+    identity_key = b"\x05" + os.urandom(32)
     return NewDevice(
-        identity_key=b"\x05" + x25519,
+        identity_key=identity_key,
         key_scheme="xeddsa",
-        identity_x25519=x25519,
+        identity_x25519=identity_key_x25519(KeyScheme.XEDDSA, identity_key),
         registration_id=registration_id,
         created_ms=created_ms,
     )

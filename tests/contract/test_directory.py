@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from protocol.signatures import IdentityKeyPair, KeyScheme, identity_key_x25519
 from storage.errors import (
     DeviceLimitReached,
     DeviceNumbersExhausted,
@@ -15,7 +16,7 @@ from storage.errors import (
     UnknownUser,
 )
 from storage.interfaces import Store
-from storage.records import KeyUpload, OneTimeKey, SignedKey
+from storage.records import KeyUpload, NewDevice, OneTimeKey, SignedKey
 
 from .support import START_MS, Backend, envelope, make_user, new_device, new_user
 
@@ -144,6 +145,44 @@ async def test_identity_key_of_a_removed_device_is_retired(store: Store) -> None
     in_other_scheme = replace(device, identity_key=b"\xee" * 32, key_scheme="ed25519")
     with pytest.raises(IdentityKeyRetired):
         await store.devices.create_user(new_user(), in_other_scheme)
+
+
+def _registered(scheme: KeyScheme, identity_key: bytes) -> NewDevice:
+    """The device the relay's handshake would store: its key's canonical X25519 form."""
+    return NewDevice(
+        identity_key=identity_key,
+        key_scheme=scheme.value,
+        identity_x25519=identity_key_x25519(scheme, identity_key),
+        registration_id=0,
+        created_ms=START_MS,
+    )
+
+
+@pytest.mark.parametrize("first_scheme", list(KeyScheme))
+async def test_identity_keys_are_compared_in_canonical_form(
+    store: Store, first_scheme: KeyScheme
+) -> None:
+    """One key pair as registered (either scheme) and as xeddsa with bit 255 set: one key."""
+    pair = IdentityKeyPair.generate(first_scheme)
+    first = _registered(first_scheme, pair.public_key)
+    high = bytearray(b"\x05" + pair.x25519_public())
+    high[32] |= 0x80
+    other_encoding = _registered(KeyScheme.XEDDSA, bytes(high))
+    assert other_encoding.identity_key != first.identity_key
+
+    user = new_user()
+    await store.devices.create_user(user, first)
+    with pytest.raises(IdentityKeyInUse):
+        await store.devices.create_user(new_user(), other_encoding)
+    with pytest.raises(IdentityKeyInUse):
+        await store.devices.add_device(user, other_encoding, max_devices=6)
+    linked = await store.devices.add_device(user, new_device(), max_devices=6)
+    assert await store.devices.remove_device(user, 1)
+    with pytest.raises(IdentityKeyRetired):
+        await store.devices.create_user(new_user(), other_encoding)
+    with pytest.raises(IdentityKeyRetired):
+        await store.devices.add_device(user, other_encoding, max_devices=6)
+    assert [d.device for d in await store.devices.list_devices(user) or []] == [linked.device]
 
 
 async def test_remove_device(store: Store) -> None:

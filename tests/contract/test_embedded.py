@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage.embedded import DATABASE_FILE, EmbeddedStore
-from storage.embedded.database import SqliteDatabase
+from storage.embedded.database import SCHEMA_VERSION, SqliteDatabase
 from storage.embedded.replay import SqliteReplayGuard
 from storage.errors import Unavailable
 from storage.records import ReplayScope, SendOutcome
@@ -125,7 +125,7 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "data" / DATABASE_FILE)
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         conn.close()
     db = await SqliteDatabase.open(tmp_path / "data" / DATABASE_FILE)
@@ -138,7 +138,7 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
 
 async def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "data" / DATABASE_FILE
-    await (await EmbeddedStore.open(path.parent)).close()  # creates version 1
+    await (await EmbeddedStore.open(path.parent)).close()  # creates the latest version
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA user_version = 99")
     conn.close()

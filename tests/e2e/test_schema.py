@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from storage.postgres.migrate import LOCK_KEY, latest_version
+from storage.postgres.migrate import LOCK_KEY, latest_version, migrations
 
 from .commands import Result, arun_relay, run_relay
 from .stores import REDIS_URL
@@ -29,6 +29,9 @@ from .support import RelayProcess, new_user, stop_relays, wait_until
 from .throwaway import MachineStores, free_port
 
 LATEST = latest_version()
+APPLIED = [(m.version, m.name) for m in migrations()]  # every migration, in order
+UP_ALL = ", ".join(f"up {m.name}" for m in migrations())
+DOWN_ALL = [f"down {m.name}" for m in reversed(migrations())]
 START_LIMIT_S = 5.0  # a refused start must say so within this
 READY_CHANGE_S = 20.0  # the probe re-reads the schema every 5 s; generous for a busy machine
 
@@ -141,7 +144,7 @@ async def test_schema_newer_than_the_relay_stops_serve(machine, migrate):
     assert f"at version {ahead}, this relay knows versions up to {LATEST}" in line, line
     assert "the relay is older than the schema" in line
     assert await applied_migrations(env["RELAY_DATABASE_URL"]) == [
-        (1, "0001_initial"),
+        *APPLIED,
         (ahead, f"{ahead:04d}_from_a_newer_release"),
     ], "the guard must not touch a newer schema"
 
@@ -154,8 +157,8 @@ async def test_migrate_at_start_then_serve(machine, tmp_path, relays, how):
     else:
         r = relay_process(tmp_path, relays, {**env, "RELAY_MIGRATE": "1"})
     await r.astart()
-    assert await applied_migrations(env["RELAY_DATABASE_URL"]) == [(1, "0001_initial")]
-    assert f"schema migrated to version {LATEST}: up 0001_initial" in r.stderr_tail()
+    assert await applied_migrations(env["RELAY_DATABASE_URL"]) == APPLIED
+    assert f"schema migrated to version {LATEST}: {UP_ALL}" in r.stderr_tail()
     alice = await new_user(r.url)
     await alice.sync()
     await alice.close()
@@ -193,9 +196,9 @@ async def test_two_nodes_migrating_at_once_migrate_once(machine, tmp_path, relay
     finally:
         await holder.close()
 
-    assert await applied_migrations(url) == [(1, "0001_initial")]
+    assert await applied_migrations(url) == APPLIED
     logs = [node.stderr_tail() for node in nodes]
-    applied = [log for log in logs if "schema migrated to version 1: up 0001_initial" in log]
+    applied = [log for log in logs if f"schema migrated to version {LATEST}: {UP_ALL}" in log]
     assert len(applied) == 1, logs
     assert sum("another node migrated it" in log for log in logs) == 1, logs
     for node in nodes:
@@ -243,7 +246,7 @@ async def test_schema_changed_under_a_running_relay(machine, tmp_path, relays):
     assert status == 200 and body["schema"] == {"version": LATEST, "expected": LATEST}, body
 
     down = await arun_relay(["migrate", "--to", "0", "--database-url", url])
-    assert down.code == 0 and down.stdout.splitlines() == ["down 0001_initial"], down
+    assert down.code == 0 and down.stdout.splitlines() == DOWN_ALL, down
 
     async def answers(wanted: int) -> dict[str, Any] | None:
         status, body = await readyz(r)
@@ -256,7 +259,7 @@ async def test_schema_changed_under_a_running_relay(machine, tmp_path, relays):
     assert "schema drift" in r.stderr_tail()
 
     up = await arun_relay(["migrate", "--database-url", url])
-    assert up.code == 0 and up.stdout.splitlines() == ["up 0001_initial"], up
+    assert up.code == 0 and up.stdout.splitlines() == UP_ALL.split(", "), up
     body = await wait_until(lambda: answers(200), READY_CHANGE_S, "/readyz to answer 200 again")
     assert body["schema"] == {"version": LATEST, "expected": LATEST} and body["problems"] == []
     # Serving again on the recreated tables: the pool's old prepared statements are gone.
@@ -275,7 +278,9 @@ async def test_migrate_command_works_as_before(machine):
     assert before.code == 1
     assert f"schema version is 0, the latest is {LATEST}" in before.stdout
     first = await arun_relay(["migrate", "--database-url", url])
-    assert (first.code, first.stdout) == (0, "up 0001_initial\n"), first
+    assert (first.code, first.stdout) == (0, "".join(f"{step}\n" for step in UP_ALL.split(", "))), (
+        first
+    )
     again = await arun_relay(["migrate", "--database-url", url])
     assert (again.code, again.stdout) == (0, "schema up to date\n"), again
     after = await arun_relay(["migrate", "--check", "--database-url", url])
