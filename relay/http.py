@@ -144,16 +144,21 @@ class OperationsEndpoints:
         path = request.path.partition("?")[0]
         if path == WEBSOCKET_PATH and surface.websocket:
             return None
+        response = self._refusal(path, request, surface) or await self._get(request)
+        if request.method == "HEAD":
+            # The GET answer's headers (Content-Length included), without its body.
+            return Response(response.status_code, response.reason_phrase, response.headers, b"")
+        return response
+
+    def _refusal(self, path: str, request: Request, surface: Surface) -> Response | None:
+        """404 for an operations path this listener does not serve; 401 for a gated path
+        without the admin token; None to answer the request."""
         if path not in HEALTH_PATHS and not surface.operations:
             return not_found()
         token = self._token
         if path in TOKEN_PATHS and token is not None and not presents_token(request.headers, token):
             return unauthorized()
-        response = await self._get(request)
-        if response is not None and request.method == "HEAD":
-            # The GET answer's headers (Content-Length included), without its body.
-            return Response(response.status_code, response.reason_phrase, response.headers, b"")
-        return response
+        return None
 
     async def _get(self, request: Request) -> Response:
         path, _, query = request.path.partition("?")

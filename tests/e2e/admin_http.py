@@ -44,9 +44,10 @@ def get(
     *,
     authorization: str | None = None,
     context: ssl.SSLContext | None = None,
+    method: str = "GET",
 ) -> Answer:
     headers = {} if authorization is None else {"Authorization": authorization}
-    request = urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(url, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=WAIT_S, context=context) as resp:
             return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
@@ -55,9 +56,15 @@ def get(
 
 
 async def aget(
-    url: str, *, authorization: str | None = None, context: ssl.SSLContext | None = None
+    url: str,
+    *,
+    authorization: str | None = None,
+    context: ssl.SSLContext | None = None,
+    method: str = "GET",
 ) -> Answer:
-    return await asyncio.to_thread(get, url, authorization=authorization, context=context)
+    return await asyncio.to_thread(
+        get, url, authorization=authorization, context=context, method=method
+    )
 
 
 def bearer(token: str) -> str:

@@ -44,6 +44,8 @@ async def test_the_admin_listener_takes_the_operations_paths_off_the_public_port
         assert (await aget(admin + path)).status == 200, path
     assert (await aget(admin + "/v1/ws")).status == 404  # no WebSocket on the admin port
     assert (await aget(admin + "/nothing-here")).status == 404
+    head = await aget(public + "/metrics", method="HEAD")
+    assert (head.status, head.body) == (404, b"")
 
     # The WebSocket still works on the public port.
     sender, receiver = Device(relay.url), Device(relay.url, auto_ack=True)
@@ -80,6 +82,9 @@ async def test_the_admin_token_gates_the_operations_data(relay_factory: Any) -> 
         assert (await aget(base + path, authorization=f"bearer {TOKEN}")).status == 200, path
     for path in ("/", "/dashboard", *HEALTH_PATHS):  # no data of their own
         assert (await aget(base + path)).status == 200, path
+    head = await aget(base + "/v1/stats", method="HEAD")
+    assert (head.status, head.body) == (401, b"")
+    assert int(head.headers["content-length"]) > 0  # the GET answer's length
 
     without = await arun_relay(["stats", "--url", base])
     assert without.code == 1
