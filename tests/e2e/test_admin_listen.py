@@ -67,6 +67,7 @@ async def test_the_admin_listener_takes_the_operations_paths_off_the_public_port
     refused = await arun_relay(["stats", "--url", public])
     assert refused.code == 1
     assert "answered HTTP 404" in refused.stderr
+    assert await relay.astop() == 0  # both listeners close in a graceful shutdown
 
 
 async def test_the_admin_token_gates_the_operations_data(relay_factory: Any) -> None:
