@@ -23,6 +23,7 @@ from storage.records import DeviceRecord
 
 DEFAULT_STATS_URL = "http://127.0.0.1:8765"
 STATS_PATH = "/v1/stats"
+ADMIN_TOKEN_ENV = "RELAY_ADMIN_TOKEN"  # read by `relay stats` as by `relay serve`
 MAX_STATS_BYTES = 4 * 1024 * 1024
 EXAMPLE_USER = "5d0c2c43-8f1e-4a55-9c63-0b1c8e0f1a2b"
 
@@ -75,15 +76,23 @@ def stats_url(base: str) -> str:
     return base if base.endswith(STATS_PATH) else base + STATS_PATH
 
 
-def fetch_stats(base: str, timeout_s: float) -> dict[str, Any]:
-    """GET /v1/stats of a running node; AdminError when it cannot be read."""
+def fetch_stats(base: str, timeout_s: float, token: str | None = None) -> dict[str, Any]:
+    """GET /v1/stats of a running node, presenting the admin `token` when given; AdminError
+    when it cannot be read."""
     url = stats_url(base)
     if not url.startswith(("http://", "https://")):
         raise AdminError(f"--url must be an http:// or https:// URL, not {base!r}", code=2)
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             body = response.read(MAX_STATS_BYTES + 1)
     except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            given = "was refused" if token is not None else "is needed"
+            raise AdminError(
+                f"{url} answered HTTP 401: the admin token {given}; set {ADMIN_TOKEN_ENV}"
+            ) from None
         raise AdminError(f"{url} answered HTTP {exc.code}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -11,9 +11,10 @@ from websockets.asyncio.server import Server
 
 from protocol.errors import CloseCode
 from protocol.fields import Limits
+from relay.admin_listener import AdminListener
 from relay.clock import Clock, SystemClock
 from relay.cluster import open_cluster
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.history import History, HistorySampler, read_metrics
 from relay.http import OperationsEndpoints
 from relay.looplag import LoopLagMonitor
@@ -73,10 +74,14 @@ async def run(
     endpoints = OperationsEndpoints(
         svc,
         started=svc.clock.monotonic(),
-        store_kind=store_kind,
         history=history,
         schema=SchemaWatch(store, clock=svc.clock) if settings.production else None,
     )
+    try:
+        admin = await AdminListener.open(settings, endpoints, None if tls is None else tls.context)
+    except ConfigError:  # the admin address cannot be listened on
+        await store.close()
+        raise
     relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
     server = await relay_server.start()
     port = relay_server.port()
@@ -85,7 +90,7 @@ async def run(
     print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
     log.info("node id %s", cluster.node_id)
     log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
-    await _serve_until_signal(svc, server, history)
+    await _serve_until_signal(svc, server, history, admin)
     return 0
 
 
@@ -114,7 +119,9 @@ async def _services(settings: Settings, clock: Clock) -> tuple[Services, str]:
     return svc, store_kind
 
 
-async def _serve_until_signal(svc: Services, server: Server, history: History) -> None:
+async def _serve_until_signal(
+    svc: Services, server: Server, history: History, admin: AdminListener | None
+) -> None:
     """Run the background upkeep until SIGTERM or SIGINT, then shut down in order."""
     settings, store, metrics = svc.settings, svc.store, svc.metrics
     stop = asyncio.Event()
@@ -139,6 +146,8 @@ async def _serve_until_signal(svc: Services, server: Server, history: History) -
         await sampler.stop()
         await _close_connections(server, svc, deadline)
         await svc.drain_background(max(0.0, deadline - loop.time()))
+        if admin is not None:
+            await admin.stop()
         await svc.cluster.stop()  # leaves the node registry; the presence entries are released
         await store.close()  # applies the writes already queued (group-commit batches)
         log.info("stopped", extra={"fields": {"duration_s": round(loop.time() - begun, 3)}})

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from protocol.version import version_line
 from relay.admin import (
+    ADMIN_TOKEN_ENV,
     DEFAULT_STATS_URL,
     AdminError,
     canonical_user,
@@ -99,12 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser(
         "stats",
         help="print a running node's /v1/stats",
-        description="Read GET /v1/stats from a running relay and print it.",
+        description="Read GET /v1/stats from a running relay and print it. When the relay "
+        f"has an admin token, set {ADMIN_TOKEN_ENV} to it: it is sent as "
+        "`Authorization: Bearer`.",
     )
     stats.add_argument(
         "--url",
         default=DEFAULT_STATS_URL,
-        help=f"the node's HTTP address (default {DEFAULT_STATS_URL})",
+        help="the node's HTTP address: its --admin-listen address when set, its public "
+        f"port otherwise (default {DEFAULT_STATS_URL})",
     )
     stats.add_argument("--json", action="store_true", help="print the JSON as received")
     stats.add_argument(
@@ -181,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(loaded: LoadedSettings) -> int:
+    from relay.admin_listener import AdminListenError
     from relay.app import run
     from relay.logs import setup_logging
     from relay.schemaguard import SchemaRefused
@@ -207,11 +212,14 @@ def _serve(loaded: LoadedSettings) -> int:
     except SchemaRefused as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.code
+    except AdminListenError as exc:
+        print(f"relay: bad setting: {exc} (from {loaded.sources['admin_listen']})", file=sys.stderr)
+        return 2
 
 
 def _stats(args: argparse.Namespace) -> int:
     try:
-        stats = fetch_stats(args.url, args.timeout)
+        stats = fetch_stats(args.url, args.timeout, os.environ.get(ADMIN_TOKEN_ENV) or None)
     except AdminError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.code

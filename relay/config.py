@@ -12,11 +12,15 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from relay.listen_address import BadListenAddress, ListenAddress, parse_listen_address
+
 DAY = 86400.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 MAX_TRUSTED_PROXIES = 256
-SECRET_SETTINGS = frozenset({"registration_token"})
+SECRET_SETTINGS = frozenset({"registration_token", "admin_token"})
+MIN_ADMIN_TOKEN_CHARS = 16  # a token shorter than this is guessable
+MAX_ADMIN_TOKEN_CHARS = 256
 URL_SETTINGS = frozenset({"database_url", "redis_url"})
 # The settings of the commands that open the store without serving (`relay purge`, `relay
 # devices`); every other setting, including any added later, is for `relay serve` only.
@@ -105,6 +109,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     trusted_proxies: str | None = None
+    admin_listen: str | None = None
+    admin_token: str | None = None
 
     def __post_init__(self) -> None:
         self._check_numbers()
@@ -112,6 +118,8 @@ class Settings:
         self._check_words()
         self._check_urls()
         self._check_tls()
+        self._check_admin_token()
+        self.admin_address  # noqa: B018  (raises ConfigError on a bad HOST:PORT)
         self.trusted_networks  # noqa: B018  (raises ConfigError on a bad CIDR)
 
     def _check_numbers(self) -> None:
@@ -174,6 +182,29 @@ class Settings:
                 setting="tls_cert" if self.tls_cert is not None else "tls_key",
                 related=("tls_key",) if self.tls_cert is not None else ("tls_cert",),
             )
+
+    def _check_admin_token(self) -> None:
+        token = self.admin_token
+        if token is not None and not (
+            MIN_ADMIN_TOKEN_CHARS <= len(token) <= MAX_ADMIN_TOKEN_CHARS
+            and all("!" <= c <= "~" for c in token)
+        ):
+            raise ConfigError(
+                f"admin_token must be {MIN_ADMIN_TOKEN_CHARS}-{MAX_ADMIN_TOKEN_CHARS} printable "
+                "ASCII characters without spaces (e.g. `openssl rand -hex 32`)",
+                setting="admin_token",
+            )
+
+    @property
+    def admin_address(self) -> ListenAddress | None:
+        """Where the operations endpoints are served apart, parsed from `admin_listen`; None:
+        on the public port with the WebSocket."""
+        if self.admin_listen is None:
+            return None
+        try:
+            return parse_listen_address(self.admin_listen)
+        except BadListenAddress as exc:
+            raise ConfigError(f"admin_listen: {exc}", setting="admin_listen") from None
 
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -277,6 +308,9 @@ SETTING_HELP: dict[str, str] = {
     "tls_cert": "PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",
     "tls_key": "PEM private key of --tls-cert",
     "trusted_proxies": "comma-separated CIDRs of proxies whose X-Forwarded-For names the client",
+    "admin_listen": "HOST:PORT of a separate plain HTTP listener (HTTPS with --tls-cert) for /, "
+    "/metrics, /v1/stats, /v1/history and /dashboard; the public port then answers 404 for them",
+    "admin_token": "require `Authorization: Bearer TOKEN` for /metrics, /v1/stats and /v1/history",
 }
 
 # The default shown for a setting that is unset (None) by default, where "unset" says too little.
@@ -288,6 +322,8 @@ UNSET_MEANING: dict[str, str] = {
     "tls_cert": "unset (plain ws:// and http://)",
     "tls_key": "unset (plain ws:// and http://)",
     "trusted_proxies": "unset (X-Forwarded-For is ignored)",
+    "admin_listen": "unset (operations endpoints on the public port)",
+    "admin_token": "unset (operations endpoints answer without a token)",
 }
 
 

@@ -1,11 +1,16 @@
-"""Plain HTTP GET (and HEAD) on the WebSocket port: landing page, health, readiness, metrics,
-stats, history."""
+"""Plain HTTP GET (and HEAD): landing page, health, readiness, metrics, stats, history.
+
+They are answered on the WebSocket port, or, with `--admin-listen`, the operations paths on
+a listener of their own (`relay.admin_listener`) and only the health paths on both. None of
+them returns a user id, device, key, message id or body (docs/security.md, "Admin surface").
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import http
+from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qsl
 
@@ -14,15 +19,35 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from protocol.version import package_version
+from relay.admin_token import presents_token
 from relay.history import SAMPLE_INTERVAL_S, History
 from relay.landing import LandingFacts, render_landing, store_label
 from relay.schemaguard import SchemaVersions, SchemaWatch
 from relay.services import Services
-from relay.stats import Stats, collect, node_registry
+from relay.stats import Stats, collect, node_registry, store_kind
 
 READY_TIMEOUT_S = 4.0
 MAX_QUERY_CHARS = 64  # `since=` and 13 digits fit many times over
 MAX_SINCE_DIGITS = 16
+WEBSOCKET_PATH = "/v1/ws"
+# Load balancers probe these on the public port: answered on every listener, never gated.
+HEALTH_PATHS = frozenset({"/healthz", "/readyz"})
+# The operations data; with --admin-token set, these answer only a request that presents it.
+# `/` and `/dashboard` stay open: static pages, the dashboard loads its figures from these.
+TOKEN_PATHS = frozenset({"/metrics", "/v1/stats", "/v1/history"})
+
+
+@dataclass(frozen=True, slots=True)
+class Surface:
+    """What one listener answers: the WebSocket upgrade, the operations paths, or both."""
+
+    websocket: bool
+    operations: bool
+
+
+PUBLIC_AND_ADMIN = Surface(websocket=True, operations=True)  # the default: one port
+PUBLIC_ONLY = Surface(websocket=True, operations=False)  # the public port with --admin-listen
+ADMIN_ONLY = Surface(websocket=False, operations=True)  # the --admin-listen port
 
 
 @functools.cache
@@ -32,13 +57,19 @@ def _dashboard_page() -> bytes:
     return (resources.files("relay") / "static" / "dashboard.html").read_bytes()
 
 
-def _response(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+def _response(
+    status: http.HTTPStatus,
+    body: bytes,
+    content_type: str,
+    extra: tuple[tuple[str, str], ...] = (),
+) -> Response:
     headers = Headers(
         [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("Connection", "close"),
+            *extra,
         ]
     )
     return Response(status.value, status.phrase, headers, body)
@@ -50,6 +81,19 @@ def json_response(payload: object, status: http.HTTPStatus = http.HTTPStatus.OK)
 
 def text_response(text: str, status: http.HTTPStatus = http.HTTPStatus.OK) -> Response:
     return _response(status, text.encode(), "text/plain; charset=utf-8")
+
+
+def not_found() -> Response:
+    return text_response("not found\n", http.HTTPStatus.NOT_FOUND)
+
+
+def unauthorized() -> Response:
+    return _response(
+        http.HTTPStatus.UNAUTHORIZED,
+        b"this path needs the admin token: send Authorization: Bearer TOKEN\n",
+        "text/plain; charset=utf-8",
+        (("WWW-Authenticate", 'Bearer realm="relay admin"'),),
+    )
 
 
 class BadQuery(ValueError):
@@ -85,28 +129,39 @@ class OperationsEndpoints:
         svc: Services,
         *,
         started: float,
-        store_kind: str,
         history: History,
         schema: SchemaWatch | None = None,
     ) -> None:
         self._svc = svc
         self._started = started
-        self._store_kind = store_kind
+        self._token = svc.settings.admin_token
         self._history = history
         self._landing: bytes | None = None
         self._schema = schema  # production mode: the schema version counts for readiness
 
-    async def handle(self, request: Request) -> Response | None:
-        response = await self._get(request)
-        if response is not None and request.method == "HEAD":
+    async def handle(self, request: Request, surface: Surface) -> Response | None:
+        """The answer on a listener that serves `surface`."""
+        path = request.path.partition("?")[0]
+        if path == WEBSOCKET_PATH and surface.websocket:
+            return None
+        response = self._refusal(path, request, surface) or await self._get(request)
+        if request.method == "HEAD":
             # The GET answer's headers (Content-Length included), without its body.
             return Response(response.status_code, response.reason_phrase, response.headers, b"")
         return response
 
-    async def _get(self, request: Request) -> Response | None:
+    def _refusal(self, path: str, request: Request, surface: Surface) -> Response | None:
+        """404 for an operations path this listener does not serve; 401 for a gated path
+        without the admin token; None to answer the request."""
+        if path not in HEALTH_PATHS and not surface.operations:
+            return not_found()
+        token = self._token
+        if path in TOKEN_PATHS and token is not None and not presents_token(request.headers, token):
+            return unauthorized()
+        return None
+
+    async def _get(self, request: Request) -> Response:
         path, _, query = request.path.partition("?")
-        if path == "/v1/ws":
-            return None
         if path == "/":
             return _response(http.HTTPStatus.OK, self._landing_page(), "text/html; charset=utf-8")
         if path == "/healthz":
@@ -125,7 +180,7 @@ class OperationsEndpoints:
             return self._history_response(query)
         if path == "/dashboard":
             return _response(http.HTTPStatus.OK, _dashboard_page(), "text/html; charset=utf-8")
-        return text_response("not found\n", http.HTTPStatus.NOT_FOUND)
+        return not_found()
 
     def _landing_page(self) -> bytes:
         if self._landing is None:
@@ -176,5 +231,8 @@ class OperationsEndpoints:
     async def stats(self) -> Stats:
         registry = await node_registry(self._svc)
         return collect(
-            self._svc, started=self._started, store_kind=self._store_kind, registry=registry
+            self._svc,
+            started=self._started,
+            store_kind=store_kind(production=self._svc.settings.production),
+            registry=registry,
         )

@@ -18,7 +18,7 @@ from protocol.codec import SUBPROTOCOLS, WireFormat, select_format
 from protocol.errors import CloseCode
 from relay.connection import serve_connection
 from relay.forwarded import FORWARDED_FOR, TrustedProxies
-from relay.http import OperationsEndpoints
+from relay.http import PUBLIC_AND_ADMIN, PUBLIC_ONLY, OperationsEndpoints
 from relay.services import Services
 
 log = logging.getLogger("relay.server")
@@ -49,6 +49,7 @@ class RelayServer:
         self._endpoints = endpoints
         self._tls = tls
         self._proxies = TrustedProxies(svc.settings.trusted_networks)
+        self._surface = PUBLIC_AND_ADMIN if svc.settings.admin_listen is None else PUBLIC_ONLY
         self._per_address: Counter[str] = Counter()
         self.server: Server | None = None
 
@@ -85,7 +86,7 @@ class RelayServer:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        return await self._endpoints.handle(request)
+        return await self._endpoints.handle(request, self._surface)
 
     async def _handle(self, ws: ServerConnection) -> None:
         address = self._client_address(ws)

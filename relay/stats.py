@@ -76,6 +76,11 @@ class Stats:
     nodes_available: bool  # False: the registry did not answer; `nodes` is this node alone
 
 
+def store_kind(*, production: bool) -> str:
+    """The store's kind, never where it lives: no data directory, no URL (docs/security.md)."""
+    return "postgresql+redis" if production else "embedded"
+
+
 async def node_registry(svc: Services) -> list[NodeInfo] | None:
     """The live nodes from the shared registry; None when it does not answer in time."""
     try:

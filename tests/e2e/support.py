@@ -138,6 +138,7 @@ class RelayProcess:
         self.proc: subprocess.Popen[str] | None = None
         self.port: int | None = None
         self.scheme = "ws"  # "wss" when the relay serves TLS (its ready line says so)
+        self.startup_lines: list[str] = []  # stdout up to and with the ready line
         self._stdout_lines: queue.Queue[str | None] = queue.Queue()
         self._stderr_path = self.data_dir.parent / f"{self.data_dir.name}.stderr.log"
         self._starts = 0
@@ -237,6 +238,7 @@ class RelayProcess:
             match = READY_LINE.match(line.strip())
             if match:
                 self.scheme, self.port = match.group(1), int(match.group(2))
+                self.startup_lines = seen
                 return self
 
     @staticmethod

@@ -4,6 +4,8 @@
 loads the page from a relay that has been under a small load for a few seconds, checks that
 its first poll already charts those seconds (the relay's history), waits until every chart
 shows data, and saves a screenshot (`test-artifacts/dashboard.png`, or under $RELAY_TEST_ARTIFACTS).
+On an `--admin-listen` port with an admin token, the page sends the token of its URL
+fragment, and says so when it has none.
 
 Chromium is Debian's `chromium` package (`.ci/run` installs it). Without it the test
 fails, unless RELAY_TEST_NO_BROWSER=1 says to skip it on purpose.
@@ -19,6 +21,7 @@ import json
 import os
 import queue
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +36,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
+from .admin_http import admin_base
 from .stores import StoreProvisioner
 from .support import (
     REPO_ROOT,
@@ -369,3 +373,45 @@ async def test_dashboard_shows_live_charts(nodes: list[RelayProcess], page: DevT
     target = artifacts_dir() / "dashboard.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(png)
+
+
+FIRST_POLL = (
+    "window.dashboardState.polls > 0"
+    " ? JSON.parse(JSON.stringify(window.dashboardState)) : window.dashboardNextPoll()"
+)
+
+
+async def open_dashboard(page: DevTools, url: str) -> dict[str, Any]:
+    """Load `url` (after a blank page, so a new fragment reloads it) and return the page's
+    state after its first poll."""
+    for target in ("about:blank", url):
+        await page.call("Page.navigate", {"url": target})
+        await page.event("Page.loadEventFired", timeout=30)
+    state: dict[str, Any] = await page.evaluate(FIRST_POLL)
+    return state
+
+
+async def test_dashboard_sends_the_admin_token_of_its_fragment(
+    tmp_path: Path, page: DevTools
+) -> None:
+    """On the --admin-listen port of a relay with an admin token: given the token as
+    `#token=`, the page polls the gated paths; without it, it says the token is needed."""
+    token = "dash-" + secrets.token_hex(16)
+    relay = RelayProcess(
+        tmp_path / "relay",
+        {"admin_listen": "127.0.0.1:0", "node_id": "admin-dash"},
+        env={"RELAY_ADMIN_TOKEN": token},
+    )
+    try:
+        relay.start()
+        await page.call("Page.enable")
+        dashboard = admin_base(relay) + "/dashboard"
+        state = await open_dashboard(page, f"{dashboard}#token={token}")
+        assert state["ok"], state
+        assert state["last"]["node_id"] == "admin-dash"
+        state = await open_dashboard(page, dashboard)
+        assert not state["ok"], state
+        status = await page.evaluate("document.getElementById('status-text').textContent")
+        assert "admin token is needed" in status, status
+    finally:
+        assert not stop_relays([relay])
