@@ -322,6 +322,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"config file {path}: not valid TOML: nested too deeply") from None
     values: dict[str, Any] = {}
     for key, value in document.items():
         if key not in _FIELDS:
