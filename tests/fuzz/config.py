@@ -23,18 +23,13 @@ I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
 @functools.cache
-def _config_file() -> Path:
-    """One file rewritten for every input, in a directory removed at exit."""
-    directory = tempfile.TemporaryDirectory(prefix="relay-fuzz-config-")
-    _KEEP.append(directory)
-    return Path(directory.name) / "relay.toml"
-
-
-_KEEP: list[tempfile.TemporaryDirectory[str]] = []
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """One directory for the whole run (removed at exit); its file is rewritten per input."""
+    return tempfile.TemporaryDirectory(prefix="relay-fuzz-config-")
 
 
 def check(data: bytes) -> None:
-    path = _config_file()
+    path = Path(_scratch().name) / "relay.toml"
     path.write_bytes(data)
     try:
         loaded = load_settings(argparse.Namespace(config=str(path)), {})
