@@ -92,7 +92,8 @@ def main() -> None:
             flush=True,
         )
     failed = [o.target for o in outcomes if not o.passed]
-    print(f"fuzz: {len(outcomes) - len(failed)} targets ok, {len(failed)} failed")
+    failures = f"; failed: {', '.join(failed)}" if failed else ""
+    print(f"fuzz: {len(outcomes) - len(failed)} of {len(outcomes)} targets ok{failures}")
     sys.exit(1 if failed else 0)
 
 
