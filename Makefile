@@ -8,11 +8,12 @@ LOCKS := requirements/runtime.lock requirements/dev.lock
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 LATEST_VENV := .venv-latest
+FUZZ_SECONDS ?= 60
 SOURCES := protocol storage relay loadtest tests benchmarks requirements
 PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
-.PHONY: run test lint typecheck check-lock checks lock test-latest clean
+.PHONY: run test lint typecheck check-lock checks fuzz lock test-latest clean
 
 check-lock:
 	@$(PYTHON) requirements/lockcheck.py
@@ -50,6 +51,11 @@ checks:
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy --strict
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m tests.fuzz.run --seconds 10
+
+# Every fuzz target in turn for FUZZ_SECONDS each, from its committed corpus (tests/fuzz/).
+fuzz: check-lock $(DEV_STAMP)
+	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
 
 # Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
 lock: | $(BIN)/python
@@ -73,4 +79,4 @@ test-latest:
 	$(MAKE) --no-print-directory checks BIN=$(LATEST_VENV)/bin
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .pytest_cache .ruff_cache .fuzz

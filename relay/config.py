@@ -30,6 +30,8 @@ STORE_SETTINGS = frozenset(
 # `relay migrate` touches PostgreSQL alone.
 MIGRATE_SETTINGS = frozenset({"database_url"})
 MASK = "***"
+# TOML's integer range; every integer setting must fit (a file, a variable or a flag).
+INT_SETTING_RANGE = (-(2**63), 2**63 - 1)
 # The settings that must be greater than 0.
 POSITIVE_SETTINGS = (
     "handshake_timeout",
@@ -127,6 +129,9 @@ class Settings:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number", setting=f.name)
+            low, high = INT_SETTING_RANGE
+            if type(value) is int and not low <= value <= high:
+                raise ConfigError(f"{f.name} must fit in 64 bits (-2^63..2^63-1)", setting=f.name)
         for name in POSITIVE_SETTINGS:
             if getattr(self, name) <= 0:
                 raise ConfigError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -107,9 +108,17 @@ def _toml_of(*types: type) -> Callable[[object], Any]:
     return check
 
 
+def _toml_float(value: float) -> float:
+    """A TOML number as a float; an integer too large for one is infinite (then refused)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 _KINDS: dict[str, _Kind] = {
     "int": _Kind("an integer", _int_text, _toml_of(int)),
-    "float": _Kind("a number", _float_text, lambda v: float(_toml_of(int, float)(v))),
+    "float": _Kind("a number", _float_text, lambda v: _toml_float(_toml_of(int, float)(v))),
     "bool": _Kind("a boolean", _bool_text, _toml_of(bool)),
     "str": _Kind("a string", str, _toml_of(str)),
     "str | None": _Kind("a string", str, _toml_of(str)),
@@ -313,6 +322,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         document = tomllib.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"config file {path}: not valid TOML: nested too deeply") from None
     values: dict[str, Any] = {}
     for key, value in document.items():
         if key not in _FIELDS:
