@@ -36,7 +36,8 @@ def live_relay(tmp_path: Path) -> Iterator[RelayProcess]:
 
 
 def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+    """`relay-loadtest ARGS` from this checkout, with no RELAY_* setting of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "loadtest", *args],

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from e2e.certs import Authority, relay_with_tls
-from e2e.support import REPO_ROOT, RelayProcess
+from e2e.support import RelayProcess
 
 from loadtest.report import load
 
-RUN_TIMEOUT = 90
+from .test_loadtest import _loadtest
 
 
 @pytest.fixture
@@ -26,19 +24,6 @@ def ca(tmp_path: Path) -> Authority:
 def tls_relay(tmp_path: Path, ca: Authority) -> Iterator[RelayProcess]:
     with relay_with_tls(tmp_path, ca) as relay:
         yield relay
-
-
-def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    return subprocess.run(
-        [sys.executable, "-m", "loadtest", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT,
-    )
 
 
 def test_steady_over_wss_with_a_ca_file(
