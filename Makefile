@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-LOCKS := requirements/runtime.lock requirements/dev.lock
+LOCKS := requirements/runtime.txt requirements/dev.txt
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 LATEST_VENV := .venv-latest
@@ -23,12 +23,12 @@ $(BIN)/python:
 
 # The runtime set only: what `relay serve` needs, no linters or test tools.
 $(RUNTIME_STAMP): pyproject.toml $(LOCKS) | check-lock $(BIN)/python
-	$(BIN)/python $(PIP_LOCKED) -r requirements/runtime.lock
+	$(BIN)/python $(PIP_LOCKED) -r requirements/runtime.txt
 	$(BIN)/python $(PIP_PROJECT)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml $(LOCKS) | check-lock $(BIN)/python
-	$(BIN)/python $(PIP_LOCKED) -r requirements/dev.lock
+	$(BIN)/python $(PIP_LOCKED) -r requirements/dev.txt
 	$(BIN)/python $(PIP_PROJECT)
 	touch $@ $(RUNTIME_STAMP)
 
@@ -62,10 +62,10 @@ lock: | $(BIN)/python
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet "uv>=0.5"
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes \
 	    --custom-compile-command "make lock" \
-	    pyproject.toml requirements/build.in -o requirements/runtime.lock
+	    pyproject.toml requirements/build.in -o requirements/runtime.txt
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev \
 	    --custom-compile-command "make lock" \
-	    pyproject.toml requirements/build.in -o requirements/dev.lock
+	    pyproject.toml requirements/build.in -o requirements/dev.txt
 	$(PYTHON) requirements/lockcheck.py --write
 
 # Not part of the gate: the newest versions pyproject.toml allows, in a venv of their own,

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 BUILD_INPUT = ROOT / "requirements" / "build.in"
-LOCKS = (ROOT / "requirements" / "runtime.lock", ROOT / "requirements" / "dev.lock")
+LOCKS = (ROOT / "requirements" / "runtime.txt", ROOT / "requirements" / "dev.txt")
 FINGERPRINTS = ROOT / "requirements" / "lock.sha256"
 INPUTS_KEY = "inputs"
 
@@ -58,7 +58,7 @@ def problems() -> list[str]:
     found = []
     if now[INPUTS_KEY] != then.get(INPUTS_KEY):
         found.append(
-            "requirements/runtime.lock and requirements/dev.lock are out of date: the "
+            "requirements/runtime.txt and requirements/dev.txt are out of date: the "
             "dependencies in pyproject.toml (or requirements/build.in) changed since the "
             "last `make lock`; regenerate them with `make lock` and commit the result"
         )
