@@ -7,6 +7,7 @@ restart through `backend.open()` (a new store on the same data).
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from storage.interfaces import Store
 
-from .support import Backend
+from .support import Backend, create_database, drop_database
 
 BACKENDS = ["embedded", "production"]
 
@@ -41,3 +42,14 @@ async def production(tmp_path: Path) -> AsyncIterator[Backend]:
         yield opened
     finally:
         await opened.close_all()
+
+
+@pytest.fixture
+async def empty_database() -> AsyncIterator[str]:
+    """A new PostgreSQL database with no schema, dropped afterwards."""
+    name = f"relay_test_{secrets.token_hex(8)}"
+    url = await create_database(name)
+    try:
+        yield url
+    finally:
+        await drop_database(name)

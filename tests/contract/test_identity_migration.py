@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -21,7 +20,7 @@ from storage.production import ProductionStore
 from storage.records import NewDevice
 
 from .identity_rows import V1Row, expected_x25519, scenario, with_bit_255
-from .support import REDIS_URL, START_MS, create_database, drop_database, new_user
+from .support import REDIS_URL, START_MS, new_user
 
 # (device columns, key and message rows) as both schemas spell them, with `{user}` for the
 # user column's name.
@@ -29,16 +28,6 @@ _DEVICE_INSERT = (
     "INSERT INTO devices ({user}, device, identity_key, key_scheme, identity_x25519,"
     " registration_id, created_ms, last_seen_ms, removed_ms) VALUES ({p})"
 )
-
-
-@pytest.fixture
-async def empty_database() -> AsyncIterator[str]:
-    name = f"relay_test_{secrets.token_hex(8)}"
-    url = await create_database(name)
-    try:
-        yield url
-    finally:
-        await drop_database(name)
 
 
 def _device_values(row: V1Row) -> tuple[object, ...]:

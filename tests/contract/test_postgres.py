@@ -8,7 +8,6 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -22,23 +21,11 @@ from .support import (
     REDIS_URL,
     START_MS,
     Backend,
-    create_database,
-    drop_database,
     envelope,
     make_user,
 )
 
 SIG = b"g" * 64
-
-
-@pytest.fixture
-async def empty_database() -> AsyncIterator[str]:
-    name = f"relay_test_{secrets.token_hex(8)}"
-    url = await create_database(name)
-    try:
-        yield url
-    finally:
-        await drop_database(name)
 
 
 async def open_production(backend: Backend) -> ProductionStore:

@@ -28,6 +28,7 @@ from protocol.crypto.errors import UntrustedBundle
 from protocol.payloads import auth_payload, link_payload, register_payload
 from protocol.signatures import IdentityKeyPair, KeyScheme, verify_signature
 from tests.fuzz.reader import Reader
+from tests.fuzz.wire import bundle_of
 
 SCHEMES = (KeyScheme.ED25519, KeyScheme.XEDDSA)
 _P = 2**255 - 19
@@ -112,21 +113,7 @@ def _payloads(r: Reader) -> None:
 def genuine_bundle() -> RemoteBundle:
     """A bundle of a real device (made once: ML-KEM key generation is the slow part)."""
     keys = DeviceKeys.generate(KeyScheme.XEDDSA, prekeys=1, pq_prekeys=1, now_ms=0)
-    prekey, pq = next(iter(keys.prekeys.values())), next(iter(keys.pq_prekeys.values()))
-    return RemoteBundle(
-        device=1,
-        registration_id=keys.registration_id,
-        identity_key=keys.identity.public_key,
-        key_scheme=keys.identity.scheme,
-        signed_prekey_id=keys.signed_prekey.id,
-        signed_prekey=keys.signed_prekey.public,
-        signed_prekey_signature=keys.signed_prekey.signature,
-        prekey_id=prekey.id,
-        prekey=prekey.public,
-        pq_prekey_id=pq.id,
-        pq_prekey=pq.public,
-        pq_prekey_signature=pq.signature,
-    )
+    return bundle_of(keys)
 
 
 _SIGNED_FIELDS = (

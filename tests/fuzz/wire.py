@@ -72,7 +72,7 @@ class Conversation:
 def conversation() -> Conversation:
     alice_keys = DeviceKeys.generate(KeyScheme.ED25519, prekeys=1, pq_prekeys=1, now_ms=0)
     bob_keys = DeviceKeys.generate(KeyScheme.XEDDSA, prekeys=1, pq_prekeys=1, now_ms=0)
-    bob_bundle = _bundle_of(bob_keys)
+    bob_bundle = bundle_of(bob_keys)
     responder_keys = bob_keys.to_bytes()
     alice = start_session(alice_keys, bob_bundle)
     msg_type, first = alice.encrypt(b"first message")
@@ -85,7 +85,8 @@ def conversation() -> Conversation:
     return Conversation(responder_keys, first, alice.to_bytes(), second)
 
 
-def _bundle_of(keys: DeviceKeys) -> RemoteBundle:
+def bundle_of(keys: DeviceKeys) -> RemoteBundle:
+    """The bundle a relay would hand out for `keys` (one EC and one PQ one-time pre-key)."""
     prekey, pq = next(iter(keys.prekeys.values())), next(iter(keys.pq_prekeys.values()))
     return RemoteBundle(
         device=1,
