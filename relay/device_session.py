@@ -167,6 +167,7 @@ class DeviceSession:
             self._pump_wake.set()
         if actions.delete:
             await self.messages.ack(self.user, self.device, list(actions.delete))
+            self._rules.deleted(actions.delete)
         if actions.remote and self.link is not None:
             await self.link.acked_remote(self, list(actions.remote))
 
@@ -219,6 +220,8 @@ class DeviceSession:
                     return False
             env = stored.envelope
             found = self._rules.found(stored.seq, env.id, origin_of(env), acked_elsewhere)
+            if found is StoredFound.NO_ROOM:
+                break  # live pushes took the room meanwhile; a later fetch resumes here
             if found is StoredFound.PUSH:
                 self.out.write(to_deliver(env))
             elif found is StoredFound.STALE:

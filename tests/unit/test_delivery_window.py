@@ -133,6 +133,45 @@ def test_a_store_during_a_fetch_keeps_the_pump_looking() -> None:
     assert window.acked([mid(1)]).wake_pump
 
 
+def test_an_id_acked_while_a_fetch_runs_is_not_pushed_again() -> None:
+    """The fetch was queued before the ack's delete, so it still returns the acked id."""
+    window = open_window()
+    offer(window, 1)
+    window.stored([mid(1)])  # the sender's ack timeout elapsed: it stores the envelope
+    window.store_changed()
+    fetch = window.next_fetch()
+    assert fetch is not None
+    assert window.acked([mid(1)]).delete == (mid(1),)  # read while the fetch runs
+    assert window.found(1, mid(1), ALICE, NOTHING) is StoredFound.ACKED
+    window.fetch_done(fetch, 1)
+    assert window.in_flight == 0
+
+
+def test_an_acked_id_stays_skipped_until_its_delete_has_committed() -> None:
+    window = open_window()
+    offer(window, 1)
+    window.stored([mid(1)])
+    window.acked([mid(1)])
+    window.store_changed()
+    assert pump(window, [(1, mid(1))]) == ([], True)  # the delete has not committed yet
+    window.deleted([mid(1)])
+    fetch = window.next_fetch()  # started after the commit: the id cannot come back
+    assert fetch is not None
+    assert window.found(2, mid(1), ALICE, NOTHING) is StoredFound.PUSH  # stored anew
+
+
+def test_a_delete_committed_during_a_fetch_still_skips_that_fetchs_copy() -> None:
+    window = open_window()
+    offer(window, 1)
+    window.stored([mid(1)])
+    window.store_changed()
+    fetch = window.next_fetch()
+    assert fetch is not None
+    window.acked([mid(1)])
+    window.deleted([mid(1)])  # committed, but the fetch began before it
+    assert window.found(1, mid(1), ALICE, NOTHING) is StoredFound.ACKED
+
+
 def test_the_pump_skips_and_deletes_ids_acked_through_another_node() -> None:
     window = open_window()
     fetch = window.next_fetch()
