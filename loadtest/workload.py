@@ -82,6 +82,7 @@ class Workload:
         values = asdict(self)
         values["scenario"] = str(self.scenario)
         values["pairing"] = str(self.pairing)
+        values["also_urls"] = list(self.also_urls)
         return values
 
 
