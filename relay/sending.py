@@ -314,20 +314,23 @@ async def _reach_outcome(
 ) -> tuple[list[int], list[Envelope]]:
     """Store what must be stored, wait for the acks, store the late ones: the devices
     delivered and the envelopes stored late. Raises StorageError when the store fails."""
-    stored_now = asyncio.ensure_future(_store(svc, routing.to_store))
+    stored_now = asyncio.ensure_future(_store(svc, routing.to_store)) if routing.to_store else None
     try:
         if routing.waiting:
             wait_started = svc.clock.monotonic()
             await asyncio.wait([w.acked for w in routing.waiting], timeout=svc.settings.ack_timeout)
             svc.metrics.ack_wait.observe(svc.clock.monotonic() - wait_started)
         delivered, late = _settle(svc, frame, routing.waiting)
-        # Bounded: a store that hangs instead of failing is given up (a copy that commits
-        # later is kept once; the sender's retry finds it from the same origin).
-        async with asyncio.timeout(svc.settings.backend_timeout * STORE_TIMEOUT_FACTOR):
-            await _store(svc, late)  # no await since _settle: a late ack's delete comes after
-            await stored_now
+        if late or stored_now is not None:
+            # Bounded: a store that hangs instead of failing is given up (a copy that commits
+            # later is kept once; the sender's retry finds it from the same origin).
+            async with asyncio.timeout(svc.settings.backend_timeout * STORE_TIMEOUT_FACTOR):
+                await _store(svc, late)  # no await since _settle: a late ack's delete comes after
+                if stored_now is not None:
+                    await stored_now
     except TimeoutError:
-        stored_now.cancel()
+        if stored_now is not None:
+            stored_now.cancel()
         raise Unavailable("the store did not answer in time") from None
     return delivered, late
 
