@@ -63,17 +63,30 @@ async def _claim_and_read(
     """The claim's answer (None: taken now), the recipient's devices and the stored origins of
     this id, issued together. A read that fails after the claim took the nonce gives it back,
     so the sender's retry finds it free."""
-    claim = svc.store.replay.claim(
-        scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
+    claim = asyncio.ensure_future(
+        svc.store.replay.claim(
+            scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
+        )
     )
     listed = svc.store.devices.list_devices(frame.to)
     origins: list[PendingOrigin] | BaseException = []
-    if frame.online:  # an online message is never stored, so it has no stored origins
-        held, devices = await asyncio.gather(claim, listed, return_exceptions=True)
-    else:
-        targets = [m.device for m in frame.devices]
-        stored = svc.store.messages.pending_origins(frame.to, targets, frame.id)
-        held, devices, origins = await asyncio.gather(claim, listed, stored, return_exceptions=True)
+    try:
+        if frame.online:  # an online message is never stored, so it has no stored origins
+            held, devices = await asyncio.gather(claim, listed, return_exceptions=True)
+        else:
+            targets = [m.device for m in frame.devices]
+            stored = svc.store.messages.pending_origins(frame.to, targets, frame.id)
+            held, devices, origins = await asyncio.gather(
+                claim, listed, stored, return_exceptions=True
+            )
+    except asyncio.CancelledError:
+        # The frame's deadline cut the reads short after the claim took the nonce: give it
+        # back (in the background: this task is being cancelled), so the retry of the
+        # `unavailable` answer finds it free instead of waiting for the claim to expire.
+        taken = claim.done() and not claim.cancelled() and claim.exception() is None
+        if taken and claim.result() is None:
+            svc.spawn(_give_up(svc, scope, frame))
+        raise
     if isinstance(held, BaseException):
         raise held
     if isinstance(devices, BaseException) or isinstance(origins, BaseException):
