@@ -3,16 +3,24 @@
 A pending claim guards a send in flight in this very process, so it lives and dies with
 the process: after a restart the retry is processed again (at-least-once, clients drop
 duplicates). A completed record is the first answer, kept for the replay window; it is in
-SQLite so that a restart does not reopen the window.
+SQLite, committed before `complete` returns (so before the sender hears `ok`), so that a
+restart does not reopen the window.
 
-Atomicity of claim: the event loop runs one task at a time, so a check of the pending dict
-followed by a set with no await in between cannot interleave with another claim. The
-SQLite lookup needs an await, so the dict is checked again after it. Could a claim that
-was completed meanwhile slip through (its row written after our lookup read, its pending
-entry gone before we look again)? No: its holder set the entry after our first check, so
-its completing write is a job submitted after our lookup; jobs are answered in submission
-order, and the holder drops its entry only once its write is answered, so our second check
-runs first and still sees the entry.
+Completed records are read on the reader connection, which never waits for a commit. That
+read may start before a completion commits and answer after it, when the pending entry is
+already gone; the re-check after the read must still find the record. So every completion
+is also kept in memory (`_recent`, tagged with a sequence number `_epoch` taken after its
+commit), and a read that found nothing is trusted only together with `_recent`:
+
+- a completion numbered at or below the epoch seen when the read was submitted had
+  committed by then, so the read's snapshot (taken later) has it;
+- a later one is still in `_recent`, unless it was evicted (the oldest go first, past
+  `RECENT_MAX`); then `_evicted_through` is at or above the read's epoch and the read is
+  done again.
+
+Atomicity of claim: the event loop runs one task at a time, so the checks of `_pending` and
+`_recent` and the set that follows, with no await in between, cannot interleave with
+another claim or completion.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from dataclasses import dataclass
 from typing import Final
 
 from storage.embedded.database import SqliteDatabase
+from storage.embedded.reader import SqliteReader
 from storage.records import ReplayRecord, ReplayScope, SendOutcome
 
 PURGE_INTERVAL_S: Final = 60.0  # expired completed rows, and expired pending claims
+RECENT_MAX: Final = 8192  # completions kept in memory: far more than complete during a read
 
 _Key = tuple[ReplayScope, bytes]
 
@@ -40,41 +50,44 @@ class _ClaimInFlight:
     settled: asyncio.Event  # set when the claim is completed, released or expires
 
 
+@dataclass(frozen=True, slots=True)
+class _Completed:
+    epoch: int
+    record: ReplayRecord
+    expires_ms: int  # on the wall clock, as the row
+
+
 class SqliteReplayGuard:
     def __init__(
         self,
         db: SqliteDatabase,
+        reader: SqliteReader,
         *,
         now_ms: Callable[[], int],
         monotonic: Callable[[], float],
     ) -> None:
         self._db = db
+        self._reader = reader
         self._now_ms = now_ms  # completed rows outlive the process: wall-clock expiry
         self._monotonic = monotonic  # pending claims do not: monotonic deadlines
         self._pending: dict[_Key, _ClaimInFlight] = {}
+        self._recent: dict[_Key, _Completed] = {}  # in epoch order
+        self._epoch = 0
+        self._evicted_through = 0  # the highest epoch evicted from _recent
         self._next_purge = monotonic()
         self._next_sweep = monotonic() + PURGE_INTERVAL_S
 
     async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
-        held = self._held((scope, nonce))
-        if held is not None:
-            return held
-        return await self._completed(scope, nonce)
+        return await self._find((scope, nonce))
 
     async def claim(
         self, scope: ReplayScope, nonce: bytes, message_id: bytes, *, pending_ttl_s: float
     ) -> ReplayRecord | None:
         key = (scope, nonce)
-        held = self._held(key)
-        if held is not None:
-            return held
-        done = await self._completed(scope, nonce)
-        if done is not None:
-            return done
-        # Check again after the await; from here to the set there is no await (see above).
-        held = self._held(key)
-        if held is not None:
-            return held
+        found = await self._find(key)
+        if found is not None:
+            return found
+        # `_find` checked memory after its last await; from there to the set, none (see above).
         deadline = self._monotonic() + pending_ttl_s
         self._pending[key] = _ClaimInFlight(message_id, deadline, asyncio.Event())
         self._sweep()
@@ -104,11 +117,13 @@ class SqliteReplayGuard:
         if purge:
             self._next_purge = self._monotonic() + PURGE_INTERVAL_S
 
+        wrote: list[bool] = []  # set by the job (worker thread) before `settled` runs (loop)
+
         def job(conn: sqlite3.Connection) -> None:
             if purge:
                 conn.execute("DELETE FROM replay WHERE expires_ms <= ?", (now_ms,))
             # The first answer is kept for the window: an unexpired row is never replaced.
-            conn.execute(
+            cursor = conn.execute(
                 "INSERT INTO replay (sender_user, sender_device, recipient_user, nonce,"
                 " message_id, delivered, stored, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (sender_user, sender_device, recipient_user, nonce) DO UPDATE"
@@ -117,10 +132,22 @@ class SqliteReplayGuard:
                 " WHERE replay.expires_ms <= ?",
                 (*row, now_ms),
             )
+            wrote.append(cursor.rowcount > 0)
 
-        await self._db.run(job)
-        # Only now, with the outcome committed, may the pending entry go (see above).
-        self._drop_if_held((scope, nonce), message_id)
+        key = (scope, nonce)
+        record = ReplayRecord(message_id=message_id, outcome=outcome)
+        expires_ms = row[-1]
+        assert isinstance(expires_ms, int)
+
+        def settled(committed: bool) -> None:
+            # On the loop, before anyone resumes: the record is in `_recent` from the moment
+            # it is committed, and only then may the pending entry go (see above).
+            if committed:
+                if wrote and wrote[0]:  # else the row of an earlier answer stays
+                    self._remember(key, record, expires_ms)
+                self._drop_if_held(key, message_id)
+
+        await self._db.run(job, settled=settled)
 
     async def release(self, scope: ReplayScope, nonce: bytes, message_id: bytes) -> None:
         self._drop_if_held((scope, nonce), message_id)
@@ -165,6 +192,38 @@ class SqliteReplayGuard:
             if entry.deadline <= now:
                 self._drop(key, entry)
 
+    async def _find(self, key: _Key) -> ReplayRecord | None:
+        """The pending claim or the unexpired completed record on `key`, or None."""
+        while True:
+            found = self._in_memory(key)
+            if found is not None:
+                return found
+            epoch = self._epoch
+            row = await self._completed(*key)
+            if row is not None:
+                return row
+            found = self._in_memory(key)
+            if found is not None or self._evicted_through <= epoch:
+                return found
+            # A completion after our read was submitted may have been evicted: read again.
+
+    def _in_memory(self, key: _Key) -> ReplayRecord | None:
+        held = self._held(key)
+        if held is not None:
+            return held
+        recent = self._recent.get(key)
+        if recent is not None and recent.expires_ms > self._now_ms():
+            return recent.record
+        return None
+
+    def _remember(self, key: _Key, record: ReplayRecord, expires_ms: int) -> None:
+        self._epoch += 1
+        self._recent.pop(key, None)  # an expired record replaced: it moves to the end
+        self._recent[key] = _Completed(self._epoch, record, expires_ms)
+        while len(self._recent) > RECENT_MAX:
+            oldest = next(iter(self._recent))
+            self._evicted_through = self._recent.pop(oldest).epoch
+
     async def _completed(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
         now_ms = self._now_ms()
 
@@ -184,4 +243,4 @@ class SqliteReplayGuard:
             )
             return ReplayRecord(message_id=bytes(message_id), outcome=outcome)
 
-        return await self._db.run(job)
+        return await self._reader.read(job)
