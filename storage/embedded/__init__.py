@@ -3,10 +3,10 @@
 Every write goes through one `SqliteDatabase` (one connection, one worker thread, jobs in
 submission order, group commit), and so do the reads that must follow the caller's own
 unanswered writes (fetch, queue state, keys). The reads of the accept path (replay records,
-pending origins, device directory loads) go to one `SqliteReader` (a second connection on
-its own thread: WAL lets it read the committed state while a commit is on its way to the
-disk). Pending replay claims, recent replay outcomes, the device directory and rate-limit
-buckets live in memory: the process owns its file, so what it committed is all there is.
+pending origins, device directory loads) go to one `SqliteReader` (a second connection,
+used on the event loop thread: WAL lets it read the committed state while a commit is on
+its way to the disk). Pending replay claims, the device directory and rate-limit buckets
+live in memory: the process owns its file, so what it committed is all there is.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from storage.embedded.database import BUSY_TIMEOUT_MS, SqliteDatabase
+from storage.embedded.database import SqliteDatabase
 from storage.embedded.directory import SqliteDeviceDirectory
 from storage.embedded.messages import SqliteMessageQueue
 from storage.embedded.reader import SqliteReader
@@ -79,7 +79,7 @@ class EmbeddedStore:
         path = data_dir / DATABASE_FILE
         db = await SqliteDatabase.open(path, observe=observe)  # creates and migrates first
         try:
-            reader = await SqliteReader.open(path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+            reader = SqliteReader.open(path)
         except BaseException:
             await db.close()
             raise
@@ -116,7 +116,7 @@ class EmbeddedStore:
         return {"sqlite": ok}
 
     async def close(self) -> None:
-        await self._reader.close()
+        self._reader.close()
         await self._db.close()
 
 

@@ -42,11 +42,10 @@ class SqliteDeviceDirectory:
         self._cache = DeviceCache(self._load)
 
     def _write(self, user: str, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """A job that changes the user's devices: the cached entry goes before and after."""
-        self._cache.changing(user)
-        return self._db.run(job, settled=lambda committed: self._cache.changing(user))
+        """A job that changes the user's devices: the cached entry goes when it settles."""
+        return self._db.run(job, settled=lambda committed: self._cache.changed(user))
 
-    def _load(self, user: str) -> asyncio.Future[Devices]:
+    def _load(self, user: str) -> Devices:
         def job(conn: sqlite3.Connection) -> Devices:
             if conn.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is None:
                 return None
@@ -91,13 +90,13 @@ class SqliteDeviceDirectory:
         return await self._write(user, job)
 
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
-        for record in await self._cache.devices(user) or ():
+        for record in self._cache.devices(user) or ():
             if record.device == device:
                 return record
         return None
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:
-        devices = await self._cache.devices(user)
+        devices = self._cache.devices(user)
         return None if devices is None else list(devices)
 
     async def remove_device(self, user: str, device: int) -> bool:
@@ -142,7 +141,7 @@ class SqliteDeviceDirectory:
             if committed:
                 self._cache.seen(user, device, now_ms)
             else:
-                self._cache.changing(user)
+                self._cache.changed(user)
 
         await self._db.run(job, settled=settled)
 

@@ -5,8 +5,8 @@ Ordering: `seq` is AUTOINCREMENT and jobs run in submission order on one writer 
 a device's messages are fetched in the order they were stored, and an ack submitted before
 a fetch is applied before it: `fetch` and `queue_state` stay on the writer for that.
 `pending_origins` (the `conflict` check of every stored send) reads on the reader
-connection: it sees every store and ack answered before it was asked, which is all a
-caller can rely on (a send whose store is still unanswered has no `ok` yet).
+connection, at once: it sees every store and ack answered before it was asked, which is all
+a caller can rely on (a send whose store is still unanswered has no `ok` yet).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class SqliteMessageQueue:
                 for device, sender_user, sender_device, nonce in rows
             ]
 
-        return await self._reader.read(job)
+        return self._reader.read(job)
 
     async def purge_expired(self, now_ms: int) -> int:
         def job(conn: sqlite3.Connection) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage.embedded import DATABASE_FILE, EmbeddedStore
-from storage.embedded.database import BUSY_TIMEOUT_MS, SCHEMA_VERSION, SqliteDatabase
+from storage.embedded.database import SCHEMA_VERSION, SqliteDatabase
 from storage.embedded.reader import SqliteReader
 from storage.embedded.replay import SqliteReplayGuard
 from storage.errors import Unavailable
@@ -163,7 +163,7 @@ async def test_ready(tmp_path: Path) -> None:
 
 async def test_expired_replay_rows_are_purged(db: SqliteDatabase) -> None:
     clock = FakeClock()
-    reader = await SqliteReader.open(db.path, busy_timeout_ms=BUSY_TIMEOUT_MS)
+    reader = SqliteReader.open(db.path)
     guard = SqliteReplayGuard(db, reader, now_ms=clock.now_ms, monotonic=clock.monotonic)
     outcome = SendOutcome(delivered=(1,), stored=())
     for n in range(5):
@@ -180,7 +180,7 @@ async def test_expired_replay_rows_are_purged(db: SqliteDatabase) -> None:
     assert await guard.claim(scope, b"nonce", b"id", pending_ttl_s=30) is None
     await guard.complete(scope, b"nonce", b"id", outcome, window_s=60.0)
     assert await db.run(count) == 1
-    await reader.close()
+    reader.close()
 
 
 CHILD = """

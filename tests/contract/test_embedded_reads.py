@@ -1,9 +1,10 @@
 """The embedded store's reads off the writer: each ordering the relay relies on.
 
 Reads of the accept path (replay records, pending origins, device directory loads) run on
-the reader connection and never wait for a commit. These tests hold a real read between its
-snapshot and its answer (`GatedReader`) while a write commits, and check that nobody is
-answered from the older snapshot once the write was answered.
+the reader connection, on the event loop, and never wait for a commit. These tests hold the
+writer (a job waiting on an event) so that a write is queued but not committed, read
+meanwhile, then check that nobody is answered from the older state once the write was
+answered, and that the reads the relay orders after its own writes still see them.
 """
 
 from __future__ import annotations
@@ -12,102 +13,91 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 
 from storage.embedded import DATABASE_FILE, EmbeddedStore
-from storage.embedded.database import BUSY_TIMEOUT_MS, SqliteDatabase
+from storage.embedded.database import SqliteDatabase
 from storage.embedded.directory import SqliteDeviceDirectory
 from storage.embedded.reader import SqliteReader
 from storage.embedded.replay import SqliteReplayGuard
-from storage.records import ReplayRecord, ReplayScope, SendOutcome
+from storage.records import DeviceRecord, ReplayRecord, ReplayScope, SendOutcome
 
 from .support import FakeClock, envelope, make_user, new_device, new_user
-
-T = TypeVar("T")
 
 LIMIT_S = 10.0  # a test that hangs fails after this
 OUTCOME = SendOutcome(delivered=(1,), stored=())
 
 
-class GatedReader(SqliteReader):
-    """A real reader whose `n`-th read (from 0), once it has read, waits for `release`."""
-
-    def __init__(self, path: Path, *, busy_timeout_ms: int, max_batch: int) -> None:
-        super().__init__(path, busy_timeout_ms=busy_timeout_ms, max_batch=max_batch)
-        self.hold: int | None = None
-        self.submitted = 0
-        self.read_done = threading.Event()  # the held read has its snapshot and its rows
-        self.release = threading.Event()
-        self.enough: tuple[int, asyncio.Event] | None = None  # set once that many submitted
-
-    def read(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        number = self.submitted
-        self.submitted += 1
-        if self.enough is not None and self.submitted >= self.enough[0]:
-            self.enough[1].set()
-        if number != self.hold:
-            return super().read(job)
-
-        def held(conn: sqlite3.Connection) -> T:
-            result = job(conn)
-            self.read_done.set()
-            self.release.wait(LIMIT_S)
-            return result
-
-        return super().read(held)
-
-
 @dataclass
 class Opened:
     db: SqliteDatabase
-    reader: GatedReader
+    reader: SqliteReader
     clock: FakeClock
+    directory: SqliteDeviceDirectory
+    replay: SqliteReplayGuard
 
 
 @pytest.fixture
 async def opened(tmp_path: Path) -> AsyncIterator[Opened]:
     db = await SqliteDatabase.open(tmp_path / DATABASE_FILE)
-    # One read per snapshot, so that a held read holds only itself.
-    reader = await GatedReader.open(db.path, busy_timeout_ms=BUSY_TIMEOUT_MS, max_batch=1)
+    reader = SqliteReader.open(db.path)
+    clock = FakeClock()
+    directory = SqliteDeviceDirectory(db, reader, now_ms=clock.now_ms)
+    replay = SqliteReplayGuard(db, reader, now_ms=clock.now_ms, monotonic=clock.monotonic)
     try:
-        yield Opened(db, reader, FakeClock())
+        yield Opened(db, reader, clock, directory, replay)
     finally:
-        reader.release.set()
-        await reader.close()
+        reader.close()
         await db.close()
 
 
-async def held_read_done(reader: GatedReader) -> None:
-    await asyncio.wait_for(asyncio.to_thread(reader.read_done.wait, LIMIT_S), LIMIT_S)
-    assert reader.read_done.is_set()
+def hold_writer(db: SqliteDatabase) -> tuple[threading.Event, asyncio.Future[bool]]:
+    """Every job queued after this one waits until the event is set."""
+    release = threading.Event()
+
+    def job(conn: sqlite3.Connection) -> bool:
+        return release.wait(LIMIT_S)
+
+    return release, db.run(job)
 
 
-async def test_a_load_that_raced_a_write_is_neither_kept_nor_shared(opened: Opened) -> None:
-    directory = SqliteDeviceDirectory(opened.db, opened.reader, now_ms=opened.clock.now_ms)
+def numbers(devices: list[DeviceRecord] | None) -> list[int]:
+    assert devices is not None
+    return [d.device for d in devices]
+
+
+async def test_a_device_list_read_before_a_write_commits_is_not_kept(opened: Opened) -> None:
+    directory = opened.directory
     user = new_user()
     await directory.create_user(user, new_device())
-    opened.reader.hold = opened.reader.submitted  # the next read: the load below
-    early = asyncio.ensure_future(directory.list_devices(user))
-    await held_read_done(opened.reader)  # it read device 1 alone, and waits
-    await directory.add_device(user, new_device(), max_devices=5)
-    # Answered after the add: must not join the load that read before it.
-    late = asyncio.ensure_future(directory.list_devices(user))
-    opened.reader.release.set()
-    first = await asyncio.wait_for(early, LIMIT_S)
-    assert first is not None and [d.device for d in first] == [1]  # asked before the add
-    now = await asyncio.wait_for(directory.list_devices(user), LIMIT_S)
-    assert now is not None and [d.device for d in now] == [1, 2]
-    second = await asyncio.wait_for(late, LIMIT_S)
-    assert second is not None and [d.device for d in second] == [1, 2]
+    release, held = hold_writer(opened.db)
+    # Tasks start in creation order: the add is queued (behind the held job), then the read
+    # runs, before the add can commit, and puts device 1 alone in memory.
+    add = asyncio.ensure_future(directory.add_device(user, new_device(), max_devices=5))
+    during = asyncio.ensure_future(directory.list_devices(user))
+    assert numbers(await asyncio.wait_for(during, LIMIT_S)) == [1]
+    assert not add.done()
+    release.set()
+    assert await asyncio.wait_for(held, LIMIT_S)
+    assert (await asyncio.wait_for(add, LIMIT_S)).device == 2
+    assert numbers(await directory.list_devices(user)) == [1, 2]
+
+    release, held = hold_writer(opened.db)
+    remove = asyncio.ensure_future(directory.remove_device(user, 1))
+    during_get = asyncio.ensure_future(directory.get_device(user, 1))
+    assert await asyncio.wait_for(during_get, LIMIT_S) is not None
+    release.set()
+    assert await asyncio.wait_for(remove, LIMIT_S)
+    assert await directory.get_device(user, 1) is None
+    assert numbers(await directory.list_devices(user)) == [2]
 
 
 async def test_directory_reads_follow_answered_writes(opened: Opened) -> None:
-    directory = SqliteDeviceDirectory(opened.db, opened.reader, now_ms=opened.clock.now_ms)
+    directory = opened.directory
     user = new_user()
     assert await directory.list_devices(user) is None  # cached as "no such user"
     await directory.create_user(user, new_device())
@@ -122,26 +112,24 @@ async def test_directory_reads_follow_answered_writes(opened: Opened) -> None:
     assert seen is not None and seen.last_seen_ms == opened.clock.now_ms() + 60_000
 
 
-async def test_a_claim_read_before_a_completion_commits_finds_it(opened: Opened) -> None:
-    """B asks while the nonce is free; A claims and completes while B's read (its snapshot
-    older than A's commit) is held. B must get A's answer, not the nonce."""
-    clock = opened.clock
-    guard = SqliteReplayGuard(
-        opened.db, opened.reader, now_ms=clock.now_ms, monotonic=clock.monotonic
-    )
+async def test_a_claim_while_a_completion_is_queued_finds_the_pending_claim(
+    opened: Opened,
+) -> None:
+    """Until the outcome is committed the claim holds; from then on the outcome answers."""
+    guard = opened.replay
     s = ReplayScope(new_user(), 1, new_user())
-    nonce, a_id, b_id = os.urandom(24), os.urandom(16), os.urandom(16)
-    both = asyncio.Event()
-    opened.reader.enough = (opened.reader.submitted + 2, both)
-    opened.reader.hold = opened.reader.submitted + 1  # B's read, the second
-    a_claim = asyncio.ensure_future(guard.claim(s, nonce, a_id, pending_ttl_s=30))
-    b_claim = asyncio.ensure_future(guard.claim(s, nonce, b_id, pending_ttl_s=30))
-    await asyncio.wait_for(both.wait(), LIMIT_S)  # both checked memory, found nothing
-    assert await asyncio.wait_for(a_claim, LIMIT_S) is None
-    await held_read_done(opened.reader)
-    await guard.complete(s, nonce, a_id, OUTCOME, window_s=3600)
-    opened.reader.release.set()
-    assert await asyncio.wait_for(b_claim, LIMIT_S) == ReplayRecord(a_id, OUTCOME)
+    nonce, first, second = os.urandom(24), os.urandom(16), os.urandom(16)
+    assert await guard.claim(s, nonce, first, pending_ttl_s=30) is None
+    release, held = hold_writer(opened.db)
+    complete = asyncio.ensure_future(guard.complete(s, nonce, first, OUTCOME, window_s=3600))
+    during = asyncio.ensure_future(guard.claim(s, nonce, second, pending_ttl_s=30))
+    assert await asyncio.wait_for(during, LIMIT_S) == ReplayRecord(first, None)
+    waiting = asyncio.ensure_future(guard.wait_outcome(s, nonce, timeout_s=LIMIT_S))
+    release.set()
+    assert await asyncio.wait_for(held, LIMIT_S)
+    await asyncio.wait_for(complete, LIMIT_S)
+    assert await asyncio.wait_for(waiting, LIMIT_S) == ReplayRecord(first, OUTCOME)
+    assert await guard.claim(s, nonce, second, pending_ttl_s=30) == ReplayRecord(first, OUTCOME)
 
 
 async def test_pending_origins_follow_answered_stores_and_acks(tmp_path: Path) -> None:
