@@ -1,0 +1,135 @@
+"""A flood of connections that never finish their opening, as one process of many.
+
+    python -m tests.e2e.flood KIND --port P --count N --rate R --sources 127.0.1.1,...
+
+KIND `raw` opens TCP connections and sends nothing; `upgrade` sends the HTTP upgrade and
+then nothing (no `auth`). Connections are spread over the source addresses (all loopback)
+and opened at R per second. The process prints `opened` once every connection has been
+tried, then one JSON line once every connection has ended: how many opened, how many were
+reset at once (refused by the relay's budget), how long each admitted one lived, and the
+close codes the relay sent. A process may hold at most 20,000 files, so a large flood is
+spread over several of these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import orjson
+
+READ_LIMIT = 64 * 1024  # the challenge and a close frame; a relay never sends more
+REFUSED_WITHIN_S = 0.5  # ended this fast without a byte: reset at accept
+
+
+@dataclass
+class FloodResult:
+    kind: str
+    tried: int = 0
+    failed_connects: int = 0
+    refused: int = 0  # ended at once without a response (the relay's opening budget)
+    # Admitted ones, from the connect: until the relay's close frame (or the end of the
+    # stream, whichever came first), and until the end of the stream.
+    closed_after: list[float] = field(default_factory=list)
+    ended_after: list[float] = field(default_factory=list)
+    upgraded: int = 0  # got `101 Switching Protocols`
+    close_codes: dict[str, int] = field(default_factory=dict)
+
+
+def upgrade_request(port: int) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+def close_code(frames: bytes) -> int | None:
+    """The code of the close frame among the server's (unmasked) frames, if any."""
+    at = 0
+    while at + 2 <= len(frames):
+        opcode, length = frames[at] & 0x0F, frames[at + 1] & 0x7F
+        at += 2
+        if length == 126:
+            length, at = int.from_bytes(frames[at : at + 2], "big"), at + 2
+        elif length == 127:
+            length, at = int.from_bytes(frames[at : at + 8], "big"), at + 8
+        if opcode == 0x8:
+            return int.from_bytes(frames[at : at + 2], "big") if length >= 2 else 1005
+        at += length
+    return None
+
+
+async def one(kind: str, port: int, source: str, result: FloodResult) -> None:
+    result.tried += 1
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, local_addr=(source, 0), limit=READ_LIMIT
+        )
+    except OSError:
+        result.failed_connects += 1
+        return
+    started = time.monotonic()
+    received = b""
+    closed: float | None = None
+    try:
+        if kind == "upgrade":
+            writer.write(upgrade_request(port))
+        while chunk := await reader.read(READ_LIMIT):
+            received += chunk
+            if closed is None and close_code(received.partition(b"\r\n\r\n")[2]) is not None:
+                closed = time.monotonic() - started
+            if len(received) > READ_LIMIT:
+                break
+    except OSError:
+        pass
+    lived = time.monotonic() - started
+    writer.close()
+    if not received and lived < REFUSED_WITHIN_S:
+        result.refused += 1
+        return
+    result.closed_after.append(lived if closed is None else closed)
+    result.ended_after.append(lived)
+    head, _, frames = received.partition(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 101"):
+        result.upgraded += 1
+        code = str(close_code(frames))
+        result.close_codes[code] = result.close_codes.get(code, 0) + 1
+
+
+async def flood(kind: str, port: int, count: int, rate: float, sources: list[str]) -> FloodResult:
+    result = FloodResult(kind)
+    tasks = []
+    started = time.monotonic()
+    for i in range(count):
+        due = started + i / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)  # pacing the generator, not waiting for the relay
+        tasks.append(asyncio.create_task(one(kind, port, sources[i % len(sources)], result)))
+    print("opened", flush=True)
+    await asyncio.gather(*tasks)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("raw", "upgrade"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--sources", required=True)
+    args = parser.parse_args()
+    result = asyncio.run(
+        flood(args.kind, args.port, args.count, args.rate, args.sources.split(","))
+    )
+    sys.stdout.write(orjson.dumps(asdict(result)).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
