@@ -76,6 +76,7 @@ class OpeningConnection(ServerConnection):
 
     budget: OpeningBudget  # set on the subclass `connection_class` makes
     timeout: float
+    ended: Callable[[], None]  # every connection's end, counted (relay.heap)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,6 +97,7 @@ class OpeningConnection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.opened()
+        self.ended()
         super().connection_lost(exc)
 
     def opened(self) -> None:
@@ -105,6 +107,12 @@ class OpeningConnection(ServerConnection):
             self.budget.release(self._peer)
 
 
-def connection_class(budget: OpeningBudget, timeout: float) -> type[OpeningConnection]:
-    """The connection type one server creates: its budget and deadline, bound."""
-    return type("RelayConnection", (OpeningConnection,), {"budget": budget, "timeout": timeout})
+def connection_class(
+    budget: OpeningBudget, timeout: float, ended: Callable[[], None]
+) -> type[OpeningConnection]:
+    """The connection type one server creates: its budget, deadline and end hook, bound."""
+    return type(
+        "RelayConnection",
+        (OpeningConnection,),
+        {"budget": budget, "timeout": timeout, "ended": staticmethod(ended)},
+    )

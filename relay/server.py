@@ -18,6 +18,7 @@ from protocol.codec import SUBPROTOCOLS, WireFormat, select_format
 from protocol.errors import CloseCode
 from relay.connection import serve_connection
 from relay.forwarded import FORWARDED_FOR, TrustedProxies
+from relay.heap import HeapTrimmer
 from relay.http import PUBLIC_AND_ADMIN, PUBLIC_ONLY, OperationsEndpoints
 from relay.opening import OpeningBudget, OpeningConnection, connection_class
 from relay.services import Services
@@ -59,6 +60,7 @@ class RelayServer:
             exempt=self._proxies.trusts_peer,
             on_refused=svc.metrics.handshakes.labels("refused").inc,
         )
+        self.heap = HeapTrimmer(lambda: self.opening.opening)
         self.server: Server | None = None
 
     async def start(self) -> Server:
@@ -78,7 +80,9 @@ class RelayServer:
             max_size=settings.max_frame_bytes,
             compression=None,
             open_timeout=settings.handshake_timeout,
-            create_connection=connection_class(self.opening, settings.handshake_timeout),
+            create_connection=connection_class(
+                self.opening, settings.handshake_timeout, self.heap.connection_ended
+            ),
             backlog=LISTEN_BACKLOG,
             close_timeout=CLOSE_TIMEOUT_S,
             write_limit=WRITE_HIGH_WATER,

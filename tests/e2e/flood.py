@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import os
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 import orjson
 
 READ_LIMIT = 64 * 1024  # the challenge and a close frame; a relay never sends more
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux
 REFUSED_WITHIN_S = 0.5  # ended this fast without a byte: reset at accept
 
 
@@ -39,6 +41,24 @@ class FloodResult:
     ended_after: list[float] = field(default_factory=list)
     upgraded: int = 0  # got `101 Switching Protocols`
     close_codes: dict[str, int] = field(default_factory=dict)
+
+
+async def open_from(
+    source: str, port: int, *, limit: int = READ_LIMIT
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection to the relay from `source`. The source port is chosen at connect,
+    not at bind (IP_BIND_ADDRESS_NO_PORT): a bind to port 0 searches every port in use,
+    which is slow with thousands of sockets open or in TIME_WAIT."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock, limit=limit)
 
 
 def upgrade_request(port: int) -> bytes:
@@ -68,9 +88,7 @@ def close_code(frames: bytes) -> int | None:
 async def one(kind: str, port: int, source: str, result: FloodResult) -> None:
     result.tried += 1
     try:
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, local_addr=(source, 0), limit=READ_LIMIT
-        )
+        reader, writer = await open_from(source, port, limit=READ_LIMIT)
     except OSError:
         result.failed_connects += 1
         return

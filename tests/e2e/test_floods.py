@@ -18,7 +18,7 @@ import orjson
 
 from relay.connection import HANDSHAKE_CLOSE_GRACE_S
 
-from .flood import close_code, upgrade_request
+from .flood import close_code, open_from, upgrade_request
 from .floodscale import FLOOD, FULL, RssCurve, ms, p99, rss_mib
 from .support import new_user, wait_until
 
@@ -135,7 +135,7 @@ async def test_flood_of_unfinished_openings_is_closed_at_the_deadline(relay_fact
 
 
 async def _open_raw(port: int, source: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    return await open_from(source, port)
 
 
 async def _upgrade_answer(port: int, source: str) -> bytes:
