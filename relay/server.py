@@ -27,7 +27,8 @@ log = logging.getLogger("relay.server")
 
 CLOSE_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER = 256 * 1024
-LISTEN_BACKLOG = 1024  # a burst of accepts waits in the kernel, not in SYN retries
+LISTEN_BACKLOG = 4096  # a burst of connections waits in the kernel's accept queue (capped
+# by net.core.somaxconn), not dropped and retried by the clients
 
 
 def choose_subprotocol(

@@ -1,13 +1,14 @@
 """A flood of connections that never finish their opening, as one process of many.
 
-    python -m tests.e2e.flood KIND --port P --count N --rate R --sources 127.0.1.1,...
+    python -m tests.e2e.flood KIND --port P --count N --rate R --sources 127.0.1.1,... --give-up S
 
 KIND `raw` opens TCP connections and sends nothing; `upgrade` sends the HTTP upgrade and
 then nothing (no `auth`). Connections are spread over the source addresses (all loopback)
 and opened at R per second. The process prints `opened` once every connection has been
 tried, then one JSON line once every connection has ended: how many opened, how many were
 reset at once (refused by the relay's budget), how long each admitted one lived, and the
-close codes the relay sent. A process may hold at most 20,000 files, so a large flood is
+close codes the relay sent; a connection still open S seconds after its connect is given
+up on and counted. A process may hold at most 20,000 files, so a large flood is
 spread over several of these.
 """
 
@@ -39,6 +40,7 @@ class FloodResult:
     # stream, whichever came first), and until the end of the stream.
     closed_after: list[float] = field(default_factory=list)
     ended_after: list[float] = field(default_factory=list)
+    unended: int = 0  # still open when the generator gave up on them
     upgraded: int = 0  # got `101 Switching Protocols`
     close_codes: dict[str, int] = field(default_factory=dict)
 
@@ -85,7 +87,7 @@ def close_code(frames: bytes) -> int | None:
     return None
 
 
-async def one(kind: str, port: int, source: str, result: FloodResult) -> None:
+async def one(kind: str, port: int, source: str, give_up: float, result: FloodResult) -> None:
     result.tried += 1
     try:
         reader, writer = await open_from(source, port, limit=READ_LIMIT)
@@ -96,16 +98,24 @@ async def one(kind: str, port: int, source: str, result: FloodResult) -> None:
     received = b""
     closed: float | None = None
     try:
-        if kind == "upgrade":
-            writer.write(upgrade_request(port))
-        while chunk := await reader.read(READ_LIMIT):
-            received += chunk
-            if closed is None and close_code(received.partition(b"\r\n\r\n")[2]) is not None:
-                closed = time.monotonic() - started
-            if len(received) > READ_LIMIT:
-                break
+        async with asyncio.timeout(give_up):
+            if kind == "upgrade":
+                writer.write(upgrade_request(port))
+            while chunk := await reader.read(READ_LIMIT):
+                received += chunk
+                if closed is None and close_code(received.partition(b"\r\n\r\n")[2]):
+                    closed = time.monotonic() - started
+                if len(received) > READ_LIMIT:
+                    break
     except OSError:
         pass
+    except TimeoutError:
+        # Never ended: on an overloaded host, a connection the kernel completed with a SYN
+        # cookie while the relay's accept queue was full is dropped without the client
+        # knowing; one that sends nothing then never learns it.
+        writer.close()
+        result.unended += 1
+        return
     lived = time.monotonic() - started
     writer.close()
     if not received and lived < REFUSED_WITHIN_S:
@@ -120,7 +130,9 @@ async def one(kind: str, port: int, source: str, result: FloodResult) -> None:
         result.close_codes[code] = result.close_codes.get(code, 0) + 1
 
 
-async def flood(kind: str, port: int, count: int, rate: float, sources: list[str]) -> FloodResult:
+async def flood(
+    kind: str, port: int, count: int, rate: float, sources: list[str], give_up: float
+) -> FloodResult:
     result = FloodResult(kind)
     tasks = []
     started = time.monotonic()
@@ -129,7 +141,8 @@ async def flood(kind: str, port: int, count: int, rate: float, sources: list[str
         delay = due - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)  # pacing the generator, not waiting for the relay
-        tasks.append(asyncio.create_task(one(kind, port, sources[i % len(sources)], result)))
+        source = sources[i % len(sources)]
+        tasks.append(asyncio.create_task(one(kind, port, source, give_up, result)))
     print("opened", flush=True)
     await asyncio.gather(*tasks)
     return result
@@ -142,10 +155,10 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--sources", required=True)
+    parser.add_argument("--give-up", type=float, required=True, help="seconds per connection")
     args = parser.parse_args()
-    result = asyncio.run(
-        flood(args.kind, args.port, args.count, args.rate, args.sources.split(","))
-    )
+    sources = args.sources.split(",")
+    result = asyncio.run(flood(args.kind, args.port, args.count, args.rate, sources, args.give_up))
     sys.stdout.write(orjson.dumps(asdict(result)).decode() + "\n")
 
 

@@ -28,18 +28,19 @@ class SlowSize:
     slow_readers: int
     pairs: int  # honest sender/receiver pairs measured meanwhile
     seconds: float  # how long messages keep coming
+    rate: float  # messages a second for the slow readers, all together
     slow_reader_timeout: float
 
 
 FLOOD = (
-    FloodSize(per_kind=8000, processes_per_kind=4, rate=2000, handshake_timeout=10)
+    FloodSize(per_kind=8000, processes_per_kind=4, rate=800, handshake_timeout=10)
     if FULL
     else FloodSize(per_kind=300, processes_per_kind=1, rate=600, handshake_timeout=2)
 )
 SLOW = (
-    SlowSize(slow_readers=200, pairs=20, seconds=20, slow_reader_timeout=5)
+    SlowSize(slow_readers=200, pairs=20, seconds=20, rate=400, slow_reader_timeout=5)
     if FULL
-    else SlowSize(slow_readers=20, pairs=5, seconds=4, slow_reader_timeout=1.5)
+    else SlowSize(slow_readers=20, pairs=5, seconds=4, rate=100, slow_reader_timeout=1.5)
 )
 
 
