@@ -286,8 +286,8 @@ SETTING_HELP: dict[str, str] = {
     "redis_prefix": "prefix of every Redis key this relay writes",
     "migrate": "at start, apply pending PostgreSQL schema migrations (under an advisory lock, "
     "so several nodes may start at once) instead of exiting 2 on an older schema",
-    "handshake_timeout": "seconds a new connection has, from its TCP accept, to upgrade and "
-    "authenticate (and for the TLS handshake before it)",
+    "handshake_timeout": "seconds a new connection has, from its TCP accept (with TLS: from the "
+    "end of the TLS handshake, which has as long), to upgrade and authenticate",
     "ack_timeout": "seconds to wait for a connected device's ack before storing",
     "backend_timeout": "seconds a store call may take before it counts as unavailable",
     "max_devices": "active devices a user may have",

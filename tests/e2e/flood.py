@@ -107,15 +107,15 @@ async def one(kind: str, port: int, source: str, give_up: float, result: FloodRe
                     closed = time.monotonic() - started
                 if len(received) > READ_LIMIT:
                     break
-    except OSError:
-        pass
-    except TimeoutError:
+    except TimeoutError:  # before OSError, of which it is a subclass
         # Never ended: on an overloaded host, a connection the kernel completed with a SYN
         # cookie while the relay's accept queue was full is dropped without the client
         # knowing; one that sends nothing then never learns it.
         writer.close()
         result.unended += 1
         return
+    except OSError:
+        pass
     lived = time.monotonic() - started
     writer.close()
     if not received and lived < REFUSED_WITHIN_S:

@@ -19,9 +19,10 @@ import sys
 import time
 
 import orjson
+import pytest
 from websockets.exceptions import ConnectionClosed
 
-from .floodscale import FULL, SLOW, RssCurve, ms, p99
+from .floodscale import FULL, FULL_TIMEOUT_S, SLOW, RssCurve, ms, p99
 from .support import Device, new_user, wait_until
 
 CLOSES_1013 = re.compile(r'^relay_\w+\{[^}]*"1013"[^}]*\} ([0-9.e+]+)$', re.MULTILINE)
@@ -77,6 +78,7 @@ async def _measured(load: asyncio.subprocess.Process, pairs) -> tuple[list[float
     return during, result
 
 
+@pytest.mark.timeout(FULL_TIMEOUT_S if FULL else 120)
 async def test_slow_readers_closed_1013_messages_kept_others_served(relay_factory):
     r = relay_factory(slow_reader_timeout=SLOW.slow_reader_timeout)
     pairs = [
