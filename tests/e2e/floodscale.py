@@ -34,7 +34,7 @@ class SlowSize:
 
 
 FLOOD = (
-    FloodSize(per_kind=8000, processes_per_kind=4, rate=500, handshake_timeout=30)
+    FloodSize(per_kind=8000, processes_per_kind=4, rate=250, handshake_timeout=30)
     if FULL
     else FloodSize(per_kind=300, processes_per_kind=1, rate=600, handshake_timeout=2)
 )
