@@ -69,9 +69,21 @@ HANDLERS: dict[type[Any], Handler] = {
 
 REPLACED_CLOSE_WAIT_S = 5.0
 REQUEST_TIMEOUT_FACTOR = 10  # a request may make several store calls in a row
+# A connection closed in its handshake has this long to answer the close frame (a client
+# answers at once; a flood's socket is not held for the full close timeout).
+HANDSHAKE_CLOSE_GRACE_S = 1.0
 
 
-async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
+async def serve_connection(
+    svc: Services,
+    ws: ServerConnection,
+    fmt: WireFormat,
+    *,
+    deadline: float,
+    opened: Callable[[], None],
+) -> None:
+    """`deadline` (loop time) ends the handshake, counted from the TCP accept; `opened` is
+    called when the handshake is over, whatever its outcome (relay.opening)."""
     svc.metrics.connection_opened()
     conn_log = ConnectionLog.opened(ws, fmt, svc.clock)
     out = Outbound(
@@ -84,7 +96,10 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
     writer = asyncio.create_task(out.run())
     session: DeviceSession | None = None
     try:
-        session = await _handshake(svc, ws, fmt, out)
+        try:
+            session = await _handshake(svc, ws, fmt, out, deadline)
+        finally:
+            opened()
         if session is not None:
             await _frame_loop(svc, ws, fmt, session)
     except ConnectionClosed:
@@ -113,13 +128,13 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
 
 
 async def _handshake(
-    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound
+    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound, deadline: float
 ) -> DeviceSession | None:
     challenge = secrets.token_bytes(32)
     out.write(Challenge(nonce=challenge, server_time=svc.clock.now_ms()))
     rid: int | None = None
     try:
-        async with asyncio.timeout(svc.settings.handshake_timeout):
+        async with asyncio.timeout_at(deadline):
             data = await ws.recv()
             svc.metrics.frames_in.labels("handshake").inc()
             frame = decode_client_frame(data, fmt, svc.limits)
@@ -138,6 +153,7 @@ async def _handshake(
             return await _open_session(svc, out, identity, rid)
     except TimeoutError:
         svc.metrics.handshakes.labels("timeout").inc()
+        ws.close_timeout = HANDSHAKE_CLOSE_GRACE_S
         out.close(CloseCode.POLICY, "handshake timeout")
     except ConnectionClosed:
         raise
@@ -146,6 +162,7 @@ async def _handshake(
         svc.metrics.handshakes.labels(str(error.code)).inc()
         svc.metrics.rejections.labels(str(error.code)).inc()
         out.write(error)
+        ws.close_timeout = HANDSHAKE_CLOSE_GRACE_S
         out.close(CloseCode.POLICY, "handshake failed")
     return None
 
@@ -165,6 +182,8 @@ async def _open_session(
             burst=svc.settings.rate_requests_burst,
             clock=svc.clock.monotonic,
         ),
+        monotonic=svc.clock.monotonic,
+        slow_reader_s=svc.settings.slow_reader_timeout,
         link=svc.cluster,
     )
     older = svc.router.attach(session)

@@ -17,6 +17,8 @@ slow reader. The rules that used to live in comments are properties of these tra
 * An id whose ack was read is never pushed again on this connection: a fetch that ran
   before the ack's delete committed may still return it, so it is skipped until the delete
   has committed and no fetch that started earlier is outstanding.
+* A delivery's age counts from its push: the oldest one in flight waiting longer than the
+  slow-reader timeout, for the socket or for its ack, means the client stopped reading.
 * The pump needs no fetch while it has caught up with the store and nothing was stored
   since; `queue_empty` is due once per connection, the first time a fetch comes back short.
 """
@@ -24,7 +26,7 @@ slow reader. The rules that used to live in comments are properties of these tra
 from __future__ import annotations
 
 import enum
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 
@@ -76,6 +78,7 @@ class _Entry:
     origin: SendOrigin
     durable: bool  # stored (pumped from the store, or stored after the ack timeout)
     remote: RemoteRef | None  # pushed for another node, which decides about storing
+    pushed_at: float  # the window's clock when it was written to the outbound buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +119,7 @@ class DeliveryWindow:
     """The in-flight window, the pump's cursor and caught-up state, `queue_empty` once."""
 
     window: int
+    clock: Callable[[], float]  # monotonic seconds: a delivery's age
     phase: Phase = Phase.AWAITING_HANDSHAKE
     _inflight: dict[bytes, _Entry] = field(default_factory=dict)
     _cursor: int = 0
@@ -146,6 +150,20 @@ class DeliveryWindow:
         entry = self._inflight.get(message_id)
         return None if entry is None else entry.origin
 
+    def oldest_pushed_at(self) -> float | None:
+        """When the oldest delivery in flight was pushed; None when none is.
+
+        Entries are kept in push order (an ack removes one, nothing moves one), so the first
+        is the oldest."""
+        for entry in self._inflight.values():
+            return entry.pushed_at
+        return None
+
+    def overdue(self, timeout: float) -> bool:
+        """The oldest delivery in flight has waited `timeout` or longer for its ack."""
+        oldest = self.oldest_pushed_at()
+        return oldest is not None and self.clock() - oldest >= timeout
+
     # --- events ---------------------------------------------------------------------
 
     def opened(self) -> None:
@@ -168,7 +186,9 @@ class DeliveryWindow:
             return LivePush.SLOW_READER
         if message_id in self._inflight:
             return LivePush.REFUSE
-        self._inflight[message_id] = _Entry(origin, durable=False, remote=remote)
+        self._inflight[message_id] = _Entry(
+            origin, durable=False, remote=remote, pushed_at=self.clock()
+        )
         return LivePush.PUSH
 
     def stored(self, message_ids: Sequence[bytes]) -> None:
@@ -241,7 +261,9 @@ class DeliveryWindow:
             self._cut = True
             return StoredFound.NO_ROOM
         self._cursor = max(self._cursor, seq)
-        self._inflight[message_id] = _Entry(origin, durable=True, remote=None)
+        self._inflight[message_id] = _Entry(
+            origin, durable=True, remote=None, pushed_at=self.clock()
+        )
         return StoredFound.PUSH
 
     def fetch_done(self, fetch: Fetch, count: int) -> FetchDone:

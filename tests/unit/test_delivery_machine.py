@@ -86,7 +86,9 @@ class OneDevice(RuleBasedStateMachine):
     @precondition(lambda self: self.window is None)
     @rule()
     def connect(self) -> None:
-        self.window = DeliveryWindow(WINDOW)
+        self.window = DeliveryWindow(
+            WINDOW, lambda: 0.0
+        )  # ages: tests/unit/test_delivery_window.py
         self.window.opened()
         self.pushed_seqs = []
         self.queue_empties = 0
