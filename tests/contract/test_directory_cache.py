@@ -9,8 +9,10 @@ import secrets
 import time
 
 import asyncpg
+import pytest
 import redis.asyncio as redis_asyncio
 
+from storage.errors import Unavailable
 from storage.production import ProductionStore
 from storage.records import ReplayScope
 from storage.redis_store.versions import RedisDirectoryVersions
@@ -129,6 +131,28 @@ async def test_unknown_users_are_not_cached(production: Backend) -> None:
     assert await a.devices.list_devices(user) is None
     await b.devices.create_user(user, new_device())
     assert await listed(a, user) == [1]
+
+
+async def test_with_redis_unreachable_lists_come_from_postgresql_and_changes_roll_back(
+    production: Backend,
+) -> None:
+    a = await production.open()
+    user = await make_user(a, devices=2)
+    assert production.database_url is not None
+    cut_off = await ProductionStore.open(
+        database_url=production.database_url,
+        redis_url="redis://127.0.0.1:1/0",
+        redis_prefix=production.redis_prefix,
+        timeout_s=0.5,
+    )
+    try:
+        assert await listed(cut_off, user) == [1, 2]
+        assert (cut_off.devices.hits, cut_off.devices.misses) == (0, 1)
+        with pytest.raises(Unavailable):
+            await cut_off.devices.remove_device(user, 2)  # its version cannot be bumped
+        assert await listed(cut_off, user) == [1, 2]  # so the removal was rolled back
+    finally:
+        await cut_off.close()
 
 
 async def _until_a_statement_waits_for_a_lock(conn: asyncpg.Connection) -> None:

@@ -237,6 +237,13 @@ async def test_an_unreachable_database_is_unavailable_fast() -> None:
             await store.devices.get_device("u", 1)
         with pytest.raises(Unavailable):
             await store.messages.store([envelope("u", 1)])
+        # Lookups sharing one statement share its failure; the next ones are tried anew.
+        for _ in range(2):
+            lookups = await asyncio.gather(
+                *(store.messages.pending_origins("u", [1], secrets.token_bytes(16)) for _ in "ab"),
+                return_exceptions=True,
+            )
+            assert all(isinstance(result, Unavailable) for result in lookups)
         assert time.monotonic() - started < 2.0
         assert await store.ready() == {"postgresql": False, "redis": True}
     finally:
