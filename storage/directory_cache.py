@@ -13,6 +13,9 @@ node is refused here at once):
   the version read before the rows. A change that bumps later leaves the copy under an
   old version, which no later read matches.
 * Unknown users are never cached, so create_user needs no bump.
+* Misses of one user under one version share one read: its rows hold every change whose
+  bump came before that version was first read, and no bump came between that read and
+  any later read of the same version (a bump leaves a token never seen before).
 The version read is a step of the replay guard's batched script: a send that claims its
 nonce and reads its recipient's devices in the same event-loop turn makes one Redis round
 trip for both, and none to PostgreSQL while the copy is current. When Redis cannot be
@@ -21,6 +24,8 @@ reached the read goes to PostgreSQL uncached, as it did before the cache.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -55,6 +60,7 @@ class CachedDeviceDirectory:
         self._versions = versions
         self._stored = PostgresDeviceDirectory(db, now_ms=now_ms, changed=self._changed)
         self._copies: dict[str, _Copy] = {}
+        self._reads: dict[tuple[str, bytes], asyncio.Future[_Copy | None]] = {}
         self._max_users = max_users
         self.hits = 0  # reads answered from a copy
         self.misses = 0  # reads that went to PostgreSQL
@@ -79,16 +85,36 @@ class CachedDeviceDirectory:
             self.hits += 1
             return list(copy.devices)
         self.misses += 1
-        devices = await self._stored.list_devices_settled(user)
-        if devices is not None:
-            self._keep(user, _Copy(version, tuple(devices)))
-        return devices
+        key = (user, version)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self._read(user, version))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._read_done(key, done))
+        # Shielded: a cancelled caller leaves the read to the others waiting for it.
+        fresh = await asyncio.shield(read)
+        return None if fresh is None else list(fresh.devices)
 
     async def remove_device(self, user: str, device: int) -> bool:
         return await self._stored.remove_device(user, device)
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
         await self._stored.touch(user, device, now_ms)
+
+    async def _read(self, user: str, version: bytes) -> _Copy | None:
+        devices = await self._stored.list_devices_settled(user)
+        if devices is None:
+            return None
+        copy = _Copy(version, tuple(devices))
+        self._keep(user, copy)
+        return copy
+
+    def _read_done(self, key: tuple[str, bytes], read: asyncio.Future[_Copy | None]) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if not read.cancelled():
+            with contextlib.suppress(Exception):
+                read.exception()  # retrieved: its waiters may all have been cancelled
 
     def _keep(self, user: str, copy: _Copy) -> None:
         self._copies.pop(user, None)  # re-inserted last: the oldest copies go first

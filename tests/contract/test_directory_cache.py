@@ -125,6 +125,17 @@ async def test_a_current_copy_costs_no_postgresql_and_shares_the_claims_round_tr
     assert [op for backend, op, _ in production.observed if backend == "postgresql"] == []
 
 
+async def test_concurrent_misses_share_one_postgresql_read(production: Backend) -> None:
+    a, b = await two_nodes(production)
+    user = await make_user(b, devices=3)
+    production.observed.clear()
+    lists = await asyncio.gather(*(listed(a, user) for _ in range(20)))
+    assert lists == [[1, 2, 3]] * 20
+    reads = [op for name, op, _ in production.observed if name == "postgresql"]
+    assert reads == ["list_devices"]
+    assert (a.devices.hits, a.devices.misses) == (0, 20)
+
+
 async def test_unknown_users_are_not_cached(production: Backend) -> None:
     a, b = await two_nodes(production)
     user = "not-yet-" + secrets.token_hex(4)
