@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -26,6 +26,8 @@ log = logging.getLogger("relay.server")
 CLOSE_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER = 256 * 1024
 
+ConnectionHandler = Callable[[Services, ServerConnection, WireFormat], Awaitable[None]]
+
 
 def choose_subprotocol(
     connection: ServerConnection, offered: Sequence[Subprotocol]
@@ -44,10 +46,14 @@ class RelayServer:
         endpoints: OperationsEndpoints,
         *,
         tls: ssl.SSLContext | None = None,
+        handler: ConnectionHandler = serve_connection,
     ) -> None:
+        """`handler` serves each upgraded connection: the relay's own, or the echo of the
+        WebSocket conformance run (tests/conformance), which keeps everything else."""
         self._svc = svc
         self._endpoints = endpoints
         self._tls = tls
+        self._connection_handler = handler
         self._proxies = TrustedProxies(svc.settings.trusted_networks)
         self._surface = PUBLIC_AND_ADMIN if svc.settings.admin_listen is None else PUBLIC_ONLY
         self._per_address: Counter[str] = Counter()
@@ -96,7 +102,7 @@ class RelayServer:
         self._per_address[address] += 1
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
-            await serve_connection(self._svc, ws, fmt)
+            await self._connection_handler(self._svc, ws, fmt)
         finally:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
