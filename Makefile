@@ -11,6 +11,7 @@ LATEST_VENV := .venv-latest
 FUZZ_SECONDS ?= 60
 CONFORMANCE_VENV := .venv-conformance
 CONFORMANCE_STAMP := $(CONFORMANCE_VENV)/.installed
+CONFORMANCE_ARGS ?=
 SOURCES := protocol storage relay loadtest tests benchmarks requirements
 PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
@@ -62,13 +63,14 @@ fuzz: check-lock $(DEV_STAMP)
 # The Autobahn TestSuite's server cases against the relay's WebSocket server (an echo in place
 # of the relay's handler, tests/conformance/); prints a table per section. Not part of `make
 # test`: kosoku, its runner, is a compiled wheel kept in a venv of its own, outside the locks.
+# CONFORMANCE_ARGS="--write-doc docs/conformance.md" also writes the table into that page.
 $(CONFORMANCE_STAMP): requirements/conformance.txt
 	$(PYTHON) -m venv $(CONFORMANCE_VENV)
 	$(CONFORMANCE_VENV)/bin/python $(PIP_LOCKED) -r requirements/conformance.txt
 	touch $@
 
 conformance: check-lock $(RUNTIME_STAMP) $(CONFORMANCE_STAMP)
-	$(BIN)/python -m tests.conformance.run --kosoku $(CONFORMANCE_VENV)/bin/kosoku
+	$(BIN)/python -m tests.conformance.run --kosoku $(CONFORMANCE_VENV)/bin/kosoku $(CONFORMANCE_ARGS)
 
 # Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
 lock: | $(BIN)/python

@@ -52,6 +52,19 @@ class Pass:
     cases: tuple[str, ...]  # kosoku include globs; empty means every case
 
 
+# Section 9's groups, the cases of each in order: what the durations are durations of.
+PERFORMANCE_GROUPS = {
+    "9.1": "one text message of 64 KiB, 256 KiB, 1, 4, 8, 16 MiB",
+    "9.2": "one binary message, the same sizes",
+    "9.3": "4 MiB text in fragments of 64 B, 256 B, 1, 4, 16, 64, 256 KiB, 1, 4 MiB",
+    "9.4": "4 MiB binary, the same fragments",
+    "9.5": "1 MiB text written in chops of 64, 128, 256, 512, 1024, 2048 B",
+    "9.6": "1 MiB binary, the same chops",
+    "9.7": "1000 text messages in turn, of 0, 16, 64, 256, 1024, 4096 B",
+    "9.8": "1000 binary messages in turn, the same sizes",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class PassResult:
     run: Pass
@@ -121,6 +134,7 @@ def run_kosoku(kosoku: Path, url: str, cases: Sequence[str], outdir: Path) -> li
                     behavior_close=summary["behaviorClose"],
                     remote_close_code=details.get("remoteCloseCode"),
                     remote_close_reason=details.get("remoteCloseReason") or "",
+                    duration_ms=int(summary["duration"]),
                 )
             )
     return sorted(results, key=lambda r: [int(part) for part in r.case_id.split(".")])
@@ -181,9 +195,29 @@ def not_passed(result: PassResult) -> list[str]:
 
 def _ranges(ids: list[str]) -> str:
     """`12.1.1 … 13.7.18 (216 cases)` for long lists, the ids themselves for short ones."""
-    if len(ids) <= 8:
+    if len(ids) <= 16:
         return ", ".join(ids)
     return f"{ids[0]} … {ids[-1]} ({len(ids)} cases)"
+
+
+def timings(result: PassResult) -> list[str]:
+    """Section 9's durations (ms, each case from its first frame to its close), by group;
+    a case that did not pass shows its outcome instead (1009: refused at a limit)."""
+    groups: dict[str, list[str]] = {}
+    for case in result.results:
+        group = ".".join(case.case_id.split(".")[:2])
+        if group in PERFORMANCE_GROUPS:
+            outcome = classify(case)
+            shown = {Outcome.PASSED: str(case.duration_ms), Outcome.LIMIT: "1009"}.get(
+                outcome, outcome.value
+            )
+            groups.setdefault(group, []).append(shown)
+    if not groups:
+        return []
+    lines = ["| cases | what | ms, case by case |", "|---|---|---|"]
+    for group, cells in groups.items():
+        lines.append(f"| {group}.x | {PERFORMANCE_GROUPS[group]} | {', '.join(cells)} |")
+    return [*lines, ""]
 
 
 def report(passes: Sequence[PassResult], kosoku_version: str) -> list[str]:
@@ -204,8 +238,11 @@ def report(passes: Sequence[PassResult], kosoku_version: str) -> list[str]:
             "",
             *not_passed(result),
             "",
+            *timings(result),
         ]
-    return lines[:-1]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
 
 
 def write_doc(doc: Path, lines: Sequence[str]) -> None:

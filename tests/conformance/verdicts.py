@@ -51,6 +51,7 @@ class CaseResult:
     behavior_close: str
     remote_close_code: int | None
     remote_close_reason: str
+    duration_ms: int
 
     @property
     def section(self) -> str:

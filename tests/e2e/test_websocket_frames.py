@@ -232,6 +232,10 @@ PROTOCOL_ERRORS = [
         frame_bytes(BINARY, b"\x81", fin=False) + frame_bytes(BINARY, b"\xa1t"),
         id="new-message-inside-a-fragmented-one",
     ),
+    pytest.param(
+        frame_bytes(BINARY, b"\x81", fin=False) + frame_bytes(CLOSE, close_payload(1000)),
+        id="close-inside-a-fragmented-message",
+    ),
     pytest.param(frame_bytes(CLOSE, b"\x03"), id="close-payload-of-one-byte"),
     pytest.param(frame_bytes(CLOSE, close_payload(999)), id="close-code-999"),
     pytest.param(frame_bytes(CLOSE, close_payload(1005)), id="close-code-1005"),
