@@ -20,6 +20,7 @@ from relay.connection import serve_connection
 from relay.forwarded import FORWARDED_FOR, TrustedProxies
 from relay.http import PUBLIC_AND_ADMIN, PUBLIC_ONLY, OperationsEndpoints
 from relay.services import Services
+from relay.wsconnection import RelayConnection
 
 log = logging.getLogger("relay.server")
 
@@ -77,6 +78,7 @@ class RelayServer:
             compression=None,
             close_timeout=CLOSE_TIMEOUT_S,
             write_limit=WRITE_HIGH_WATER,
+            create_connection=RelayConnection,
             server_header="relay",
             **tls_options,
         )

@@ -9,6 +9,7 @@ byte by byte (tests/e2e/rawws.py). docs/conformance.md has the results of both.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from .rawws import (
     close_payload,
     frame_bytes,
 )
-from .support import JSON, PROTOS, Device, decode, encode
+from .support import JSON, PROTOS, Device, decode, encode, wait_until
 
 STATES = ["handshake", "session"]
 MAX_FRAME_BYTES = 1024 * 1024  # the relay's default --max-frame-bytes
@@ -108,6 +109,36 @@ async def test_unsolicited_pong_is_ignored(relay, state):
     await ws.send(BINARY, as_payload(request, "msgpack"))
     assert (await answer_to(ws, "msgpack", request["rid"]))["t"] == "ok"
     await ws.abort()
+
+
+PONGS_NOT_READ = 'code=1013 reason="slow reader: pongs not read" by=server'
+PING_FLOOD_BOUND = 64 * 1024 * 1024  # far above what the kernel's socket buffers absorb
+
+
+@pytest.mark.parametrize("state", STATES)
+async def test_pings_whose_pongs_are_never_read_close_1013(relay, state):
+    # A client that pings and never reads made the relay buffer every pong (a flood on
+    # loopback: 58 MiB of pings in 8 s, relay RSS 45 -> 127 MiB, still open); now it is a
+    # slow reader, dropped once the kernel's buffers are full and 64 KiB more are owed.
+    closes_before = relay.stderr_tail(10_000).count(PONGS_NOT_READ)
+    ws, dev = await opened(relay.url, "msgpack", state)
+    ws.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    pings = frame_bytes(PING, b"p" * 125) * 1000
+    sent = 0
+    with pytest.raises(ConnectionError):
+        while sent < PING_FLOOD_BOUND:
+            await ws.write(pings)
+            sent += len(pings)
+
+    async def logged() -> bool:
+        await relay.ahttp_get("/healthz")  # a round trip: the relay has run meanwhile
+        return relay.stderr_tail(10_000).count(PONGS_NOT_READ) > closes_before
+
+    await wait_until(logged, timeout=10, what="the 1013 close in the relay's log")
+    if state == "session":  # the device is free again at once
+        await dev.auth()
+        assert (await dev.sync())["t"] == "ok"
+        await dev.close()
 
 
 # --------------------------------------------------------------------------- fragmentation
