@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import ssl
 import struct
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -81,8 +82,15 @@ class RawWebSocket:
         self.subprotocol = subprotocol
 
     @classmethod
-    async def open(cls, url: str, subprotocol: str, timeout: float = 10.0) -> RawWebSocket:
+    async def open(
+        cls,
+        url: str,
+        subprotocol: str,
+        timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
+    ) -> RawWebSocket:
         parts = urlsplit(url)
+        assert (parts.scheme == "wss") == (tls is not None), "wss:// needs a TLS context"
         assert parts.hostname is not None and parts.port is not None
         key = base64.b64encode(os.urandom(16))
         request = (
@@ -93,7 +101,7 @@ class RawWebSocket:
             f"Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
         )
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port, ssl=tls)
             writer.write(request.encode())
             head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
         status, *lines = head.split("\r\n")
