@@ -9,11 +9,14 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 LATEST_VENV := .venv-latest
 FUZZ_SECONDS ?= 60
+CONFORMANCE_VENV := .venv-conformance
+CONFORMANCE_STAMP := $(CONFORMANCE_VENV)/.installed
+CONFORMANCE_ARGS ?=
 SOURCES := protocol storage relay loadtest tests benchmarks requirements
 PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
-.PHONY: run test lint typecheck check-lock checks fuzz soak lock test-latest clean
+.PHONY: run test lint typecheck check-lock checks fuzz soak conformance lock test-latest clean
 
 check-lock:
 	@$(PYTHON) requirements/lockcheck.py
@@ -64,6 +67,18 @@ SOAK_ENVELOPES ?= 1000000
 soak: check-lock $(DEV_STAMP)
 	$(BIN)/python -m tests.soak.run --envelopes $(SOAK_ENVELOPES) --kills 20 --out test-artifacts/soak
 
+# The Autobahn TestSuite's server cases against the relay's WebSocket server (an echo in place
+# of the relay's handler, tests/conformance/); prints a table per section. Not part of `make
+# test`: kosoku, its runner, is a compiled wheel kept in a venv of its own, outside the locks.
+# CONFORMANCE_ARGS="--write-doc docs/conformance.md" also writes the table into that page.
+$(CONFORMANCE_STAMP): requirements/conformance.txt
+	$(PYTHON) -m venv $(CONFORMANCE_VENV)
+	$(CONFORMANCE_VENV)/bin/python $(PIP_LOCKED) -r requirements/conformance.txt
+	touch $@
+
+conformance: check-lock $(RUNTIME_STAMP) $(CONFORMANCE_STAMP)
+	$(BIN)/python -m tests.conformance.run --kosoku $(CONFORMANCE_VENV)/bin/kosoku $(CONFORMANCE_ARGS)
+
 # Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
 lock: | $(BIN)/python
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet "uv>=0.5"
@@ -73,6 +88,9 @@ lock: | $(BIN)/python
 	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes --extra dev \
 	    --custom-compile-command "make lock" \
 	    pyproject.toml requirements/build.in -o requirements/dev.txt
+	$(BIN)/uv pip compile --quiet --python-version 3.11 --generate-hashes \
+	    --custom-compile-command "make lock" \
+	    requirements/conformance.in -o requirements/conformance.txt
 	$(PYTHON) requirements/lockcheck.py --write
 
 # Not part of the gate: the newest versions pyproject.toml allows, in a venv of their own,
@@ -86,4 +104,4 @@ test-latest:
 	$(MAKE) --no-print-directory checks BIN=$(LATEST_VENV)/bin
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .mypy_cache .pytest_cache .ruff_cache .fuzz
+	rm -rf $(VENV) $(LATEST_VENV) $(CONFORMANCE_VENV) .conformance .mypy_cache .pytest_cache .ruff_cache .fuzz

@@ -68,7 +68,7 @@ async def run(
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
     if settings.production:
         await check_at_start(settings)
-    svc, store_kind = await _services(settings, clock or SystemClock())
+    svc, store_kind = await build_services(settings, clock or SystemClock())
     store, cluster = svc.store, svc.cluster
     history = History(svc.clock)
     endpoints = OperationsEndpoints(
@@ -94,7 +94,7 @@ async def run(
     return 0
 
 
-async def _services(settings: Settings, clock: Clock) -> tuple[Services, str]:
+async def build_services(settings: Settings, clock: Clock) -> tuple[Services, str]:
     """The store, the registries and the cluster, wired together; and the store's kind."""
     metrics = Metrics()
     store, store_kind = await open_store(settings, observe=metrics.observe_backend)

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from websockets.asyncio.server import ServerConnection
+from relay.wsconnection import RelayConnection
 
 log = logging.getLogger("relay.opening")
 
@@ -70,7 +70,7 @@ class OpeningBudget:
                 del self._by_address[address]
 
 
-class OpeningConnection(ServerConnection):
+class OpeningConnection(RelayConnection):
     """A server connection that knows when it was accepted and holds its opening budget
     until the handshake ends (`opened`) or the socket closes."""
 

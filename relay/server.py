@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -30,6 +30,13 @@ WRITE_HIGH_WATER = 256 * 1024
 LISTEN_BACKLOG = 4096  # a burst of connections waits in the kernel's accept queue (capped
 # by net.core.somaxconn), not dropped and retried by the clients
 
+ConnectionHandler = Callable[[Services, OpeningConnection, WireFormat], Awaitable[None]]
+
+
+async def serve_relay(svc: Services, ws: OpeningConnection, fmt: WireFormat) -> None:
+    """The relay's own handler: the handshake ends by the deadline counted from the accept."""
+    await serve_connection(svc, ws, fmt, deadline=ws.deadline, opened=ws.opened)
+
 
 def choose_subprotocol(
     connection: ServerConnection, offered: Sequence[Subprotocol]
@@ -48,10 +55,14 @@ class RelayServer:
         endpoints: OperationsEndpoints,
         *,
         tls: ssl.SSLContext | None = None,
+        handler: ConnectionHandler = serve_relay,
     ) -> None:
+        """`handler` serves each upgraded connection: the relay's own, or the echo of the
+        WebSocket conformance run (tests/conformance), which keeps everything else."""
         self._svc = svc
         self._endpoints = endpoints
         self._tls = tls
+        self._connection_handler = handler
         self._proxies = TrustedProxies(svc.settings.trusted_networks)
         self._surface = PUBLIC_AND_ADMIN if svc.settings.admin_listen is None else PUBLIC_ONLY
         self._per_address: Counter[str] = Counter()
@@ -113,7 +124,7 @@ class RelayServer:
         self._per_address[address] += 1
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
-            await serve_connection(self._svc, ws, fmt, deadline=ws.deadline, opened=ws.opened)
+            await self._connection_handler(self._svc, ws, fmt)
         finally:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:

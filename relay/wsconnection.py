@@ -1,0 +1,57 @@
+"""The relay's WebSocket connection: websockets' own, bounded against a peer that pings and
+never reads.
+
+websockets answers each ping with a pong as the ping is read, outside the flow control
+that holds the relay's own writes at the write limit: a client that keeps sending pings
+and never reads makes the server buffer pongs without bound (the Autobahn runs and a
+flood on loopback showed ~1 MiB of relay memory per MiB of pings). Here, while the
+writes to a peer are backed up (its buffer above the write limit, so the peer is not
+reading), the pongs and other automatic answers added to the buffer are counted; past
+`UNREAD_ANSWERS_LIMIT` the peer is a slow reader like any other: close 1013, and the
+connection is dropped at once (it would never read the close frame behind its pongs).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from websockets.asyncio.server import ServerConnection
+from websockets.protocol import State
+
+from protocol.errors import CloseCode
+
+log = logging.getLogger("relay.wsconnection")
+
+UNREAD_ANSWERS_LIMIT = 64 * 1024
+SLOW_READER_REASON = "slow reader: pongs not read"
+
+
+class RelayConnection(ServerConnection):
+    """Given to `serve(create_connection=...)`; everything else is websockets' own."""
+
+    unread_answers = 0  # bytes of automatic answers written while the peer was not reading
+    backed_up = False  # the write buffer is above the high-water mark
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.backed_up = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.backed_up = False
+        self.unread_answers = 0
+
+    def data_received(self, data: bytes) -> None:
+        before = self.transport.get_write_buffer_size()
+        super().data_received(data)
+        if not self.backed_up or self.protocol.state is not State.OPEN:
+            return
+        self.unread_answers += max(0, self.transport.get_write_buffer_size() - before)
+        if self.unread_answers > UNREAD_ANSWERS_LIMIT:
+            self._drop_slow_reader()
+
+    def _drop_slow_reader(self) -> None:
+        log.debug("closing a peer that does not read its pongs (%d bytes)", self.unread_answers)
+        self.protocol.fail(CloseCode.TRY_AGAIN_LATER, SLOW_READER_REASON)
+        self.send_data()  # records the close as sent, for the connection log
+        self.transport.abort()
