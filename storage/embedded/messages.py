@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from storage.embedded.database import SqliteDatabase
+from storage.errors import QueueFull
 from storage.records import Envelope, PendingOrigin, StoredEnvelope
 
 ACK_CHUNK: Final = 500  # ids per DELETE: well under SQLite's bound-parameter limit
@@ -38,12 +39,25 @@ WHERE EXISTS (
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 """
 
+# The cap of `store(max_per_device=N)`: the devices of the call already holding N rows (at
+# most N counted each). Jobs run one at a time on the writer, so nothing else adds rows
+# between this check and the insert of the same job.
+_HELD = """
+SELECT COUNT(*) FROM (
+    SELECT 1 FROM messages WHERE recipient_user = ? AND recipient_device = ? LIMIT ?
+)
+"""
+_STORED = "SELECT 1 FROM messages WHERE recipient_user = ? AND recipient_device = ? AND id = ?"
+_ACTIVE = "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS NULL"
+
 
 class SqliteMessageQueue:
     def __init__(self, db: SqliteDatabase) -> None:
         self._db = db
 
-    async def store(self, envelopes: Sequence[Envelope]) -> None:
+    async def store(
+        self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
+    ) -> None:
         if not envelopes:
             return
         rows = [
@@ -64,6 +78,10 @@ class SqliteMessageQueue:
         ]
 
         def job(conn: sqlite3.Connection) -> None:
+            if max_per_device is not None:
+                full = _over_cap(conn, envelopes, max_per_device)
+                if full:
+                    raise QueueFull(full)
             conn.executemany(_INSERT, rows)
 
         await self._db.run(job)
@@ -159,6 +177,24 @@ class SqliteMessageQueue:
             return int(count)
 
         return await self._db.run(job)
+
+
+def _over_cap(
+    conn: sqlite3.Connection, envelopes: Sequence[Envelope], cap: int
+) -> list[tuple[str, int]]:
+    """The active devices that `envelopes` would take past `cap` stored rows (a copy already
+    stored adds nothing). One indexed count per device of the call, in process: no round trip."""
+    adding: dict[tuple[str, int], int] = {}
+    for e in envelopes:
+        device = (e.recipient_user, e.recipient_device)
+        if device in adding or conn.execute(_ACTIVE, device).fetchone() is not None:
+            new = conn.execute(_STORED, (*device, e.id)).fetchone() is None
+            adding[device] = adding.get(device, 0) + new
+    return sorted(
+        device
+        for device, count in adding.items()
+        if count and conn.execute(_HELD, (*device, cap)).fetchone()[0] + count > cap
+    )
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEnvelope:
