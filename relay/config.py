@@ -54,6 +54,8 @@ POSITIVE_SETTINGS = (
     "outbound_buffer_bytes",
     "slow_reader_timeout",
     "max_connections_per_address",
+    "rate_prekeys_per_target",
+    "max_stored_messages",
     "purge_interval",
     "shutdown_timeout",
     "presence_ttl",
@@ -102,6 +104,9 @@ class Settings:
     outbound_buffer_bytes: int = 4 * 1024 * 1024
     slow_reader_timeout: float = 5.0
     max_connections_per_address: int = 10_000
+    max_registrations_per_address: int = 20
+    rate_prekeys_per_target: int = 50
+    max_stored_messages: int = 10_000
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
     node_id: str | None = None
@@ -144,6 +149,11 @@ class Settings:
         if self.max_devices > 127:
             raise ConfigError(
                 "max_devices cannot exceed 127 (device numbers are 1..127)", setting="max_devices"
+            )
+        if self.max_registrations_per_address < 0:
+            raise ConfigError(
+                "max_registrations_per_address must be 0 (no limit) or more",
+                setting="max_registrations_per_address",
             )
         if self.prekey_low_water < 0:
             raise ConfigError("prekey_low_water must be 0 or more", setting="prekey_low_water")
@@ -304,6 +314,12 @@ SETTING_HELP: dict[str, str] = {
     "outbound_buffer_bytes": "bytes queued to a client before deliveries wait",
     "slow_reader_timeout": "seconds the outbound buffer may stay full before closing with 1013",
     "max_connections_per_address": "concurrent connections per client address",
+    "max_registrations_per_address": "registrations (new users and linked devices) an hour per "
+    "client address, equal burst; 0: no limit",
+    "rate_prekeys_per_target": "one-time pre-keys handed out an hour per target device "
+    "(equal burst); further bundles come without one",
+    "max_stored_messages": "stored messages per recipient device; a send that would store more "
+    "is refused with too_large",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
     "node_id": "name of this node among several sharing Redis",

@@ -70,7 +70,10 @@ REPLACED_CLOSE_WAIT_S = 5.0
 REQUEST_TIMEOUT_FACTOR = 10  # a request may make several store calls in a row
 
 
-async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
+async def serve_connection(
+    svc: Services, ws: ServerConnection, fmt: WireFormat, address: str
+) -> None:
+    """`address`: the client's, as the per-address limits count it."""
     svc.metrics.connection_opened()
     conn_log = ConnectionLog.opened(ws, fmt, svc.clock)
     out = Outbound(
@@ -83,7 +86,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
     writer = asyncio.create_task(out.run())
     session: DeviceSession | None = None
     try:
-        session = await _handshake(svc, ws, fmt, out)
+        session = await _handshake(svc, ws, fmt, out, address)
         if session is not None:
             await _frame_loop(svc, ws, fmt, session)
     except ConnectionClosed:
@@ -112,7 +115,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
 
 
 async def _handshake(
-    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound
+    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound, address: str
 ) -> DeviceSession | None:
     challenge = secrets.token_bytes(32)
     out.write(Challenge(nonce=challenge, server_time=svc.clock.now_ms()))
@@ -125,7 +128,7 @@ async def _handshake(
             if isinstance(frame, Register | Auth):
                 rid = frame.rid
                 if isinstance(frame, Register):
-                    identity = await handshake.register(svc, frame, challenge)
+                    identity = await handshake.register(svc, frame, challenge, address)
                 else:
                     identity = await handshake.authenticate(svc, frame, challenge)
             else:

@@ -96,14 +96,14 @@ class RelayServer:
         self._per_address[address] += 1
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
-            await serve_connection(self._svc, ws, fmt)
+            await serve_connection(self._svc, ws, fmt, address)
         finally:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]
 
     def _client_address(self, ws: ServerConnection) -> str:
-        """What the per-address cap counts: the peer, or the client behind a trusted proxy."""
+        """What the per-address limits count: the peer, or the client behind a trusted proxy."""
         peer = str(ws.remote_address[0]) if ws.remote_address else "?"
         if not self._proxies:
             return peer
