@@ -135,8 +135,9 @@ async def measure(store: Store, args: argparse.Namespace) -> dict[str, dict[str,
     for round_ in range(args.rounds):
         order = ("none", "cap") if round_ % 2 == 0 else ("cap", "none")
         for kind in order:
-            cap = None if kind == "none" else CAP
             for name, pick in (("shallow", shallow), ("deep", deep)):
+                # Above the deep device's depth after the phase: nothing is refused.
+                cap = None if kind == "none" else max(CAP, args.depth + args.stores + 1)
                 rate, stored = await run(store, pick, args.stores, args.tasks, cap, body)
                 figures[name][kind].append(rate)
                 await ack_all(store, stored)

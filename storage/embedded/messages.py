@@ -39,14 +39,10 @@ WHERE EXISTS (
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 """
 
-# The cap of `store(max_per_device=N)`: the devices of the call already holding N rows (at
-# most N counted each). Jobs run one at a time on the writer, so nothing else adds rows
-# between this check and the insert of the same job.
-_HELD = """
-SELECT COUNT(*) FROM (
-    SELECT 1 FROM messages WHERE recipient_user = ? AND recipient_device = ? LIMIT ?
-)
-"""
+# The cap of `store(max_per_device=N)`: a device's stored rows, as triggers count them
+# (migration 0003). Jobs run one at a time on the writer, so nothing else adds rows between
+# this check and the insert of the same job.
+_HELD = "SELECT stored FROM queue_counts WHERE recipient_user = ? AND recipient_device = ?"
 _STORED = "SELECT 1 FROM messages WHERE recipient_user = ? AND recipient_device = ? AND id = ?"
 _ACTIVE = "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS NULL"
 
@@ -183,18 +179,19 @@ def _over_cap(
     conn: sqlite3.Connection, envelopes: Sequence[Envelope], cap: int
 ) -> list[tuple[str, int]]:
     """The active devices that `envelopes` would take past `cap` stored rows (a copy already
-    stored adds nothing). One indexed count per device of the call, in process: no round trip."""
+    stored adds nothing). A few indexed lookups per envelope, in process: no round trip."""
     adding: dict[tuple[str, int], int] = {}
     for e in envelopes:
         device = (e.recipient_user, e.recipient_device)
         if device in adding or conn.execute(_ACTIVE, device).fetchone() is not None:
             new = conn.execute(_STORED, (*device, e.id)).fetchone() is None
             adding[device] = adding.get(device, 0) + new
-    return sorted(
-        device
-        for device, count in adding.items()
-        if count and conn.execute(_HELD, (*device, cap)).fetchone()[0] + count > cap
-    )
+    full = []
+    for device, count in adding.items():
+        held = conn.execute(_HELD, device).fetchone()
+        if count and (0 if held is None else int(held[0])) + count > cap:
+            full.append(device)
+    return sorted(full)
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEnvelope:

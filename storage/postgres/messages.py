@@ -10,7 +10,7 @@ If a batch fails on something other than the connection (one bad row, a deadlock
 another node), each of its calls is applied again alone, so one call's failure is its own.
 
 A `store` with `max_per_device` is refused as a whole (QueueFull) when one of its devices
-already holds that many envelopes: the insert counts the device's rows itself (no extra
+already holds that many envelopes: the insert reads the device's count itself (no extra
 statement while every row goes in), and only when a row was left out does a second
 statement ask why; a refusal rolls the batch back and applies it again without that call.
 
@@ -51,9 +51,11 @@ _COLUMNS = (
 # * A (device, id) already stored is kept as is (a retried store is a no-op), also when
 #   two nodes store it at once: the unique index makes the second wait for the first and
 #   then do nothing. Only that uniqueness conflict is ignored.
-# * The cap ($12, NULL: none) counts the device's rows, at most $12 of them, after the
-#   batch took the device's advisory lock (_LOCK_DEVICES): no other batch adds rows for it
-#   until we commit, so the count stays true up to our own inserts, which it sees.
+# * The cap ($12, NULL: none) reads the device's count of stored rows, which triggers keep
+#   in queue_counts (migration 0003): one index lookup, whatever the queue's length. The
+#   batch holds the device's advisory lock (_LOCK_DEVICES), so no other batch changes that
+#   count until we commit, and each statement of the executemany sees the count as the
+#   statements before it left it.
 _INSERT = f"""
 INSERT INTO messages ({_COLUMNS})
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
@@ -62,26 +64,13 @@ WHERE EXISTS (
     WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
     FOR KEY SHARE
 ) AND (
-    $12::int IS NULL
-    OR (SELECT count(*) FROM (
-        SELECT 1 FROM messages WHERE recipient_user = $2 AND recipient_device = $3 LIMIT $12
-    ) AS held) < $12
+    $12::bigint IS NULL
+    OR COALESCE((
+        SELECT stored FROM queue_counts WHERE recipient_user = $2 AND recipient_device = $3
+    ), 0) < $12
 )
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 RETURNING recipient_user, recipient_device, id
-"""
-
-# Of the rows an insert left out, those refused by the cap: for an active device, and not
-# stored (a row already stored, or for a removed device, is left out by design).
-_OVER_CAP = """
-SELECT t.u, t.d, t.id
-FROM unnest($1::text[], $2::int[], $3::bytea[]) AS t(u, d, id)
-WHERE EXISTS (
-    SELECT 1 FROM devices WHERE user_id = t.u AND device = t.d AND removed_ms IS NULL
-) AND NOT EXISTS (
-    SELECT 1 FROM messages m
-    WHERE m.recipient_user = t.u AND m.recipient_device = t.d AND m.id = t.id
-)
 """
 
 # Every device a batch touches is locked for the rest of the transaction, in one global
@@ -403,19 +392,34 @@ async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> Non
     inserted = await conn.fetchmany(_INSERT, rows)
     if len(inserted) == len(rows):
         return  # the common case: every row went in
-    went_in = {(str(r[0]), int(r[1]), bytes(r[2])) for r in inserted}
-    left_out = sorted({(row[1], row[2], row[0]) for row in rows} - went_in)
-    over = await conn.fetch(
-        _OVER_CAP,
-        [key[0] for key in left_out],
-        [key[1] for key in left_out],
-        [key[2] for key in left_out],
-    )
-    if not over:
-        return  # duplicates and removed devices: left out by design
-    over_keys: set[_RowKey] = {(str(r[0]), int(r[1]), bytes(r[2])) for r in over}
-    refused = [op for op in run if any((r[1], r[2], r[0]) in over_keys for r in op.inserts)]
-    raise _OverCap(refused, {(key[0], key[1]) for key in over_keys})
+    over = await _refused_by_cap(conn, rows, inserted)
+    if over:
+        refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
+        raise _OverCap(refused, {(key[0], key[1]) for key in over})
+
+
+class _Probe(Exception):
+    """Undoes the probe's savepoint."""
+
+
+async def _refused_by_cap(
+    conn: Connection, rows: Sequence[tuple[object, ...]], inserted: list[Row]
+) -> set[_RowKey]:
+    """Of the rows the insert left out, those the cap refused. A row is also left out when it
+    is stored already or its device is not active; the same insert without the cap tells them
+    apart through the unique index itself (whatever plan a lookup would get), in a savepoint
+    that is then rolled back. Only runs when a row was left out."""
+    went_in = {(str(r[0]), int(str(r[1])), bytes(r[2])) for r in inserted}
+    left_out = [row for row in rows if (row[1], row[2], row[0]) not in went_in]
+    over: set[_RowKey] = set()
+    try:
+        async with conn.transaction():
+            probed = await conn.fetchmany(_INSERT, [(*row[:-1], None) for row in left_out])
+            over = {(str(r[0]), int(str(r[1])), bytes(r[2])) for r in probed}
+            raise _Probe
+    except _Probe:
+        pass
+    return over
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
