@@ -27,22 +27,29 @@ _COLUMNS = (
 # The recipient must be an active device: removal deletes a device's messages, and a
 # store racing a removal (they are serialised jobs) must not leave any behind. A
 # (device, id) already stored is kept as is, so a retried store is a no-op; only that
-# uniqueness conflict is ignored, any other violation is an error.
-_INSERT = f"""
-INSERT INTO messages ({_COLUMNS})
+# uniqueness conflict is ignored, any other violation is an error. With a cap, the device's
+# count of stored rows (kept by triggers, migration 0003) must be below it: jobs run one at a
+# time on the writer, so nothing else changes it between the read and the insert.
+_INSERT_TEMPLATE = """
+INSERT INTO messages ({columns})
 SELECT :id, :recipient_user, :recipient_device, :sender_user, :sender_device,
        :ts, :server_ts, :type, :body, :nonce, :expires_ms
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user = :recipient_user AND device = :recipient_device AND removed_ms IS NULL
-)
+){cap}
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 """
-
-# The cap of `store(max_per_device=N)`: a device's stored rows, as triggers count them
-# (migration 0003). Jobs run one at a time on the writer, so nothing else adds rows between
-# this check and the insert of the same job.
-_HELD = "SELECT stored FROM queue_counts WHERE recipient_user = ? AND recipient_device = ?"
+_INSERT = _INSERT_TEMPLATE.format(columns=_COLUMNS, cap="")
+_INSERT_CAPPED = _INSERT_TEMPLATE.format(
+    columns=_COLUMNS,
+    cap="""
+AND COALESCE((
+    SELECT stored FROM queue_counts
+    WHERE recipient_user = :recipient_user AND recipient_device = :recipient_device
+), 0) < :cap""",
+)
+# Why a row was left out: stored already, or its device not active; else the cap.
 _STORED = "SELECT 1 FROM messages WHERE recipient_user = ? AND recipient_device = ? AND id = ?"
 _ACTIVE = "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS NULL"
 
@@ -74,11 +81,17 @@ class SqliteMessageQueue:
         ]
 
         def job(conn: sqlite3.Connection) -> None:
-            if max_per_device is not None:
-                full = _over_cap(conn, envelopes, max_per_device)
-                if full:
-                    raise QueueFull(full)
-            conn.executemany(_INSERT, rows)
+            if max_per_device is None:
+                conn.executemany(_INSERT, rows)
+                return
+            left_out = [
+                row
+                for row in rows
+                if conn.execute(_INSERT_CAPPED, {**row, "cap": max_per_device}).rowcount == 0
+            ]
+            full = _over_cap(conn, left_out)
+            if full:
+                raise QueueFull(full)  # the job's savepoint undoes the rows that went in
 
         await self._db.run(job)
 
@@ -175,22 +188,17 @@ class SqliteMessageQueue:
         return await self._db.run(job)
 
 
-def _over_cap(
-    conn: sqlite3.Connection, envelopes: Sequence[Envelope], cap: int
-) -> list[tuple[str, int]]:
-    """The active devices that `envelopes` would take past `cap` stored rows (a copy already
-    stored adds nothing). A few indexed lookups per envelope, in process: no round trip."""
-    adding: dict[tuple[str, int], int] = {}
-    for e in envelopes:
-        device = (e.recipient_user, e.recipient_device)
-        if device in adding or conn.execute(_ACTIVE, device).fetchone() is not None:
-            new = conn.execute(_STORED, (*device, e.id)).fetchone() is None
-            adding[device] = adding.get(device, 0) + new
-    full = []
-    for device, count in adding.items():
-        held = conn.execute(_HELD, device).fetchone()
-        if count and (0 if held is None else int(held[0])) + count > cap:
-            full.append(device)
+def _over_cap(conn: sqlite3.Connection, left_out: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The devices of the rows the capped insert left out for the cap: active, and the row not
+    stored already. Runs only when a row was left out."""
+    full = set()
+    for row in left_out:
+        device = (row["recipient_user"], row["recipient_device"])
+        if (
+            conn.execute(_ACTIVE, device).fetchone() is not None
+            and conn.execute(_STORED, (*device, row["id"])).fetchone() is None
+        ):
+            full.add(device)
     return sorted(full)
 
 
