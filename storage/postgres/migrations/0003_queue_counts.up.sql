@@ -4,8 +4,8 @@
 --
 -- Row-level triggers: the writers insert and delete one row per statement (executemany),
 -- where a statement-level trigger with transition tables cost a third of the store and ack
--- throughput and a row-level one costs about a tenth (benchmarks/message_cap.py and the
--- A/B in the commit message); if the writers move to multi-row statements or COPY, a
+-- throughput and a row-level one about a sixth (store-level A/B, in the commit message of
+-- this migration); if the writers move to multi-row statements or COPY, a
 -- statement-level trigger that groups by device becomes the cheaper one.
 --
 -- Concurrency: a counter row is written under the same locks as the messages rows that
