@@ -51,7 +51,7 @@ FMT = WireFormat.MSGPACK
 def start_relay(
     data_dir: Path, env: dict[str, str], *extra: str
 ) -> tuple[subprocess.Popen[str], str]:
-    """A relay on a free port with no request limit; its WebSocket URL."""
+    """A relay on a free port with no request or registration limit; its WebSocket URL."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -66,6 +66,8 @@ def start_relay(
             "1000000",
             "--rate-requests-burst",
             "1000000",
+            "--max-registrations-per-address",
+            "0",
             "--log-level",
             "WARNING",
             *extra,

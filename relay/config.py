@@ -56,6 +56,8 @@ POSITIVE_SETTINGS = (
     "max_connections_per_address",
     "max_handshakes",
     "max_handshakes_per_address",
+    "rate_prekeys_per_target",
+    "max_stored_messages",
     "purge_interval",
     "shutdown_timeout",
     "presence_ttl",
@@ -106,6 +108,9 @@ class Settings:
     max_connections_per_address: int = 10_000
     max_handshakes: int = 10_000
     max_handshakes_per_address: int = 1_000
+    max_registrations_per_address: int = 20
+    rate_prekeys_per_target: int = 50
+    max_stored_messages: int = 10_000
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
     node_id: str | None = None
@@ -148,6 +153,11 @@ class Settings:
         if self.max_devices > 127:
             raise ConfigError(
                 "max_devices cannot exceed 127 (device numbers are 1..127)", setting="max_devices"
+            )
+        if self.max_registrations_per_address < 0:
+            raise ConfigError(
+                "max_registrations_per_address must be 0 (no limit) or more",
+                setting="max_registrations_per_address",
             )
         if self.prekey_low_water < 0:
             raise ConfigError("prekey_low_water must be 0 or more", setting="prekey_low_water")
@@ -314,6 +324,12 @@ SETTING_HELP: dict[str, str] = {
     "more are reset at accept",
     "max_handshakes_per_address": "connections still in their handshake per peer address "
     "(trusted proxies exempt); more are reset at accept",
+    "max_registrations_per_address": "registrations (new users and linked devices) an hour per "
+    "client address, equal burst; 0: no limit",
+    "rate_prekeys_per_target": "one-time pre-keys handed out an hour per target device "
+    "(equal burst); further bundles come without one",
+    "max_stored_messages": "stored messages per recipient device; a send that would store more "
+    "is refused with too_large",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
     "node_id": "name of this node among several sharing Redis",

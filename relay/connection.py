@@ -81,9 +81,11 @@ async def serve_connection(
     *,
     deadline: float,
     opened: Callable[[], None],
+    address: str,
 ) -> None:
     """`deadline` (loop time) ends the handshake, counted from the TCP accept; `opened` is
-    called when the handshake is over, whatever its outcome (relay.opening)."""
+    called when the handshake is over, whatever its outcome (relay.opening); `address`: the
+    client's, as the per-address limits count it."""
     svc.metrics.connection_opened()
     conn_log = ConnectionLog.opened(ws, fmt, svc.clock)
     out = Outbound(
@@ -97,7 +99,7 @@ async def serve_connection(
     session: DeviceSession | None = None
     try:
         try:
-            session = await _handshake(svc, ws, fmt, out, deadline)
+            session = await _handshake(svc, ws, fmt, out, deadline, address)
         finally:
             opened()
         if session is not None:
@@ -128,7 +130,12 @@ async def serve_connection(
 
 
 async def _handshake(
-    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound, deadline: float
+    svc: Services,
+    ws: ServerConnection,
+    fmt: WireFormat,
+    out: Outbound,
+    deadline: float,
+    address: str,
 ) -> DeviceSession | None:
     challenge = secrets.token_bytes(32)
     out.write(Challenge(nonce=challenge, server_time=svc.clock.now_ms()))
@@ -141,7 +148,7 @@ async def _handshake(
             if isinstance(frame, Register | Auth):
                 rid = frame.rid
                 if isinstance(frame, Register):
-                    identity = await handshake.register(svc, frame, challenge)
+                    identity = await handshake.register(svc, frame, challenge, address)
                 else:
                     identity = await handshake.authenticate(svc, frame, challenge)
             else:

@@ -4,6 +4,7 @@ Checks run in this order, the first failure answering: the frame; for a new
 account the registration token (`forbidden`); the registering key's signature
 (`auth_failed`); for a linked device the user (`auth_failed`), the linking
 device being active (`forbidden`) and its link signature (`auth_failed`);
+the client address's registration budget (`rate_limited`, `relay.registrations`);
 then a retired identity key (`forbidden`), a key held by another active
 device (`conflict`), and the device limit and numbering (`forbidden`). Keys are
 compared in their canonical X25519 form, so every encoding of one key pair meets.
@@ -20,6 +21,7 @@ from protocol.frames import Auth, Register
 from protocol.payloads import auth_payload, link_payload, register_payload
 from protocol.signatures import KeyScheme, identity_key_x25519, verify_signature
 from relay.device_session import DeviceSession
+from relay.registrations import take_registration
 from relay.services import Services
 from storage.errors import (
     DeviceLimitReached,
@@ -37,7 +39,8 @@ class Identity:
     device: int
 
 
-async def register(svc: Services, frame: Register, challenge: bytes) -> Identity:
+async def register(svc: Services, frame: Register, challenge: bytes, address: str) -> Identity:
+    """`address`: the client's, as the per-address limits count it (`relay.forwarded`)."""
     settings = svc.settings
     if frame.link is None and settings.registration_token is not None:
         token = frame.token or ""
@@ -59,10 +62,12 @@ async def register(svc: Services, frame: Register, challenge: bytes) -> Identity
     )
     try:
         if frame.link is None or frame.user is None:
+            await take_registration(svc, address)
             user = str(uuid.uuid4())
             record = await svc.store.devices.create_user(user, new)
         else:
             await _check_link(svc, frame)
+            await take_registration(svc, address)
             record = await svc.store.devices.add_device(
                 frame.user, new, max_devices=settings.max_devices
             )

@@ -214,6 +214,12 @@ class Metrics:
             "Devices whose one-time pre-keys fell below the low-water mark (keys.low events).",
             registry=r,
         )
+        self.prekeys_withheld = Counter(
+            "relay_prekeys_withheld_total",
+            "Bundles handed out without one-time keys: the target device's hourly budget "
+            "(--rate-prekeys-per-target) was spent.",
+            registry=r,
+        )
         self.stored_messages = Gauge(
             "relay_stored_messages",
             "Envelopes waiting in the store for their device's ack (refreshed periodically).",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from protocol.errors import ErrorCode, Refused
 from protocol.frames import (
     Bundle,
@@ -23,6 +25,7 @@ from storage.errors import KeyIdConflict, TooManyPreKeys
 from storage.records import DeviceRecord, KeyCounts, KeyUpload, OneTimeKey, SignedKey
 
 FETCH_TARGET_PERIOD_S = 600.0
+PREKEYS_TARGET_PERIOD_S = 3600.0
 
 
 async def upload(svc: Services, session: DeviceSession, frame: KeysUpload) -> None:
@@ -68,9 +71,12 @@ async def upload(svc: Services, session: DeviceSession, frame: KeysUpload) -> No
 async def fetch(svc: Services, session: DeviceSession, frame: KeysFetch) -> None:
     """Hand each one-time key out at most once; rate-limited against pre-key draining."""
     await _limit_fetches(svc, f"{session.user}:{session.device}", frame.user)
+    devices = await _fetched_devices(svc, frame)
+    # The hits of one fetch go out together (one Redis script call for all the devices).
+    budgets = await asyncio.gather(*(_one_time_budget(svc, frame.user, d) for d in devices))
     bundles: list[Bundle] = []
-    for device in await _fetched_devices(svc, frame):
-        bundle = await _claim_bundle(svc, frame.user, device)
+    for device, one_time in zip(devices, budgets, strict=True):
+        bundle = await _claim_bundle(svc, frame.user, device, one_time=one_time)
         if bundle is not None:
             bundles.append(bundle)
     session.out.write(KeysFetchOk(rid=frame.rid, user=frame.user, devices=tuple(bundles)))
@@ -101,6 +107,19 @@ async def _limit_fetches(svc: Services, requester: str, target: str) -> None:
             )
 
 
+async def _one_time_budget(svc: Services, user: str, device: DeviceRecord) -> bool:
+    """Whether the target device may hand out one-time keys in this bundle: at most
+    `--rate-prekeys-per-target` an hour, whoever asks, so that many requesters together
+    cannot drain them. Past it the bundle comes without (not an error)."""
+    limit = svc.settings.rate_prekeys_per_target
+    decision = await svc.store.rate_limiter.hit(
+        f"prekeys:{user}:{device.device}", rate_per_s=limit / PREKEYS_TARGET_PERIOD_S, burst=limit
+    )
+    if not decision.allowed:
+        svc.metrics.prekeys_withheld.inc()
+    return decision.allowed
+
+
 async def _fetched_devices(svc: Services, frame: KeysFetch) -> list[DeviceRecord]:
     """The target's active devices, or the one device the fetch names."""
     devices = await svc.store.devices.list_devices(frame.user)
@@ -113,10 +132,12 @@ async def _fetched_devices(svc: Services, frame: KeysFetch) -> list[DeviceRecord
     return devices
 
 
-async def _claim_bundle(svc: Services, user: str, device: DeviceRecord) -> Bundle | None:
+async def _claim_bundle(
+    svc: Services, user: str, device: DeviceRecord, *, one_time: bool
+) -> Bundle | None:
     """One device's bundle (its one-time keys now gone), or None without a signed pre-key."""
     claimed = await svc.store.keys.claim(
-        user, device.device, low_water=svc.settings.prekey_low_water
+        user, device.device, low_water=svc.settings.prekey_low_water, one_time=one_time
     )
     if claimed.fell_below_low_water:
         svc.metrics.prekey_low_water.inc()

@@ -22,7 +22,7 @@ from relay.delivery.outcome import Settled, settle, store_unpushed
 from relay.device_session import DeviceSession
 from relay.replies import error_frame
 from relay.services import Services
-from storage.errors import StorageError, Unavailable
+from storage.errors import QueueFull, StorageError, Unavailable
 from storage.records import (
     DeviceRecord,
     Envelope,
@@ -241,11 +241,13 @@ async def _route(
         await _push_elsewhere(svc, frame, elsewhere, routing)
     try:
         delivered, late = await _reach_outcome(svc, frame, routing)
-    except StorageError as exc:
+    except (StorageError, Refused) as exc:
         for w in routing.waiting:
             w.settle(svc, stored=False)
         await _give_up(svc, scope, frame)
-        session.out.write(error_frame(exc, frame.rid))
+        error = error_frame(exc, frame.rid)
+        svc.metrics.rejections.labels(str(error.code)).inc()
+        session.out.write(error)
         return
     stored = [e.recipient_device for e in (*routing.to_store, *late)]
     outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
@@ -326,7 +328,8 @@ async def _reach_outcome(
     svc: Services, frame: Send, routing: _Routing
 ) -> tuple[list[int], list[Envelope]]:
     """Store what must be stored, wait for the acks, store the late ones: the devices
-    delivered and the envelopes stored late. Raises StorageError when the store fails."""
+    delivered and the envelopes stored late. Raises StorageError when the store fails, Refused
+    when it refuses (a full queue)."""
     stored_now = asyncio.ensure_future(_store(svc, routing.to_store)) if routing.to_store else None
     try:
         if routing.waiting:
@@ -379,9 +382,18 @@ def _latency_observer(svc: Services, pushed_at: float) -> Callable[[asyncio.Futu
 
 
 async def _store(svc: Services, envelopes: list[Envelope]) -> None:
+    """Durable, or refused as a whole: `too_large` when a device's queue is full (the last
+    check of a send, made by the store's own insert: no extra round trip)."""
     if not envelopes:
         return
-    await svc.store.messages.store(envelopes)
+    cap = svc.settings.max_stored_messages
+    try:
+        await svc.store.messages.store(envelopes, max_per_device=cap)
+    except QueueFull as exc:
+        devices = ", ".join(str(device) for _, device in exc.devices)
+        raise Refused(
+            ErrorCode.TOO_LARGE, f"device {devices} of the recipient holds {cap} stored messages"
+        ) from exc
     for env in envelopes:
         svc.router.notify_stored(env.recipient_user, env.recipient_device)
     # Devices connected to other nodes pump them now; located after the commit, so a device

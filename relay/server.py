@@ -30,12 +30,13 @@ WRITE_HIGH_WATER = 256 * 1024
 LISTEN_BACKLOG = 4096  # a burst of connections waits in the kernel's accept queue (capped
 # by net.core.somaxconn), not dropped and retried by the clients
 
-ConnectionHandler = Callable[[Services, OpeningConnection, WireFormat], Awaitable[None]]
+ConnectionHandler = Callable[[Services, OpeningConnection, WireFormat, str], Awaitable[None]]
 
 
-async def serve_relay(svc: Services, ws: OpeningConnection, fmt: WireFormat) -> None:
-    """The relay's own handler: the handshake ends by the deadline counted from the accept."""
-    await serve_connection(svc, ws, fmt, deadline=ws.deadline, opened=ws.opened)
+async def serve_relay(svc: Services, ws: OpeningConnection, fmt: WireFormat, address: str) -> None:
+    """The relay's own handler: the handshake ends by the deadline counted from the accept;
+    `address` is the client's, as the per-address limits count it."""
+    await serve_connection(svc, ws, fmt, deadline=ws.deadline, opened=ws.opened, address=address)
 
 
 def choose_subprotocol(
@@ -124,14 +125,14 @@ class RelayServer:
         self._per_address[address] += 1
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
-            await self._connection_handler(self._svc, ws, fmt)
+            await self._connection_handler(self._svc, ws, fmt, address)
         finally:
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]
 
     def _client_address(self, ws: ServerConnection) -> str:
-        """What the per-address cap counts: the peer, or the client behind a trusted proxy."""
+        """What the per-address limits count: the peer, or the client behind a trusted proxy."""
         peer = str(ws.remote_address[0]) if ws.remote_address else "?"
         if not self._proxies:
             return peer

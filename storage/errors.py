@@ -9,7 +9,8 @@ StorageError
     ├── DeviceLimitReached the user has its maximum of active devices
     ├── DeviceNumbersExhausted
     ├── KeyIdConflict      a pre-key id already stored with another key
-    └── TooManyPreKeys     the upload would pass the stored one-time key cap
+    ├── TooManyPreKeys     the upload would pass the stored one-time key cap
+    └── QueueFull          a recipient device holds its maximum of stored messages
 """
 
 from __future__ import annotations
@@ -53,3 +54,11 @@ class KeyIdConflict(Rejected):
 
 class TooManyPreKeys(Rejected):
     pass
+
+
+class QueueFull(Rejected):
+    """Nothing of the `store` call was stored: `devices` (user, device) are full."""
+
+    def __init__(self, devices: list[tuple[str, int]]) -> None:
+        super().__init__(f"{len(devices)} recipient device(s) hold their maximum of messages")
+        self.devices = devices

@@ -66,20 +66,28 @@ class KeyStore(Protocol):
         """Store the keys all or nothing. Raises KeyIdConflict or TooManyPreKeys."""
         ...
 
-    async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
+    async def claim(
+        self, user: str, device: int, *, low_water: int, one_time: bool = True
+    ) -> ClaimedKeys:
         """Take one EC and one PQ one-time key (or the PQ last-resort key); each one-time key
         is handed out at most once, also under concurrent claims. A device without a signed
-        pre-key has no bundle: nothing is taken and every key field is None."""
+        pre-key has no bundle: nothing is taken and every key field is None. With
+        `one_time=False` no one-time key is taken: the signed pre-key and the PQ last-resort
+        key only (the per-target budget is spent)."""
         ...
 
     async def counts(self, user: str, device: int) -> KeyCounts: ...
 
 
 class MessageQueue(Protocol):
-    async def store(self, envelopes: Sequence[Envelope]) -> None:
+    async def store(
+        self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
+    ) -> None:
         """Durable (committed) when it returns. A (recipient device, id) already stored is kept
         as is, so a retried store is a no-op; envelopes for a device that is not active are
-        dropped."""
+        dropped. With `max_per_device`, a call that would add a row for a device already
+        holding that many (expired ones count until purged) stores nothing and raises
+        QueueFull; the check is part of the insert, not another round trip."""
         ...
 
     async def fetch(

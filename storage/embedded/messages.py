@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.reader import SqliteReader
+from storage.errors import QueueFull
 from storage.records import Envelope, PendingOrigin, StoredEnvelope
 
 ACK_CHUNK: Final = 500  # ids per DELETE: well under SQLite's bound-parameter limit
@@ -30,17 +31,31 @@ _COLUMNS = (
 # The recipient must be an active device: removal deletes a device's messages, and a
 # store racing a removal (they are serialised jobs) must not leave any behind. A
 # (device, id) already stored is kept as is, so a retried store is a no-op; only that
-# uniqueness conflict is ignored, any other violation is an error.
-_INSERT = f"""
-INSERT INTO messages ({_COLUMNS})
+# uniqueness conflict is ignored, any other violation is an error. With a cap, the device's
+# count of stored rows (kept by triggers, migration 0003) must be below it: jobs run one at a
+# time on the writer, so nothing else changes it between the read and the insert.
+_INSERT_TEMPLATE = """
+INSERT INTO messages ({columns})
 SELECT :id, :recipient_user, :recipient_device, :sender_user, :sender_device,
        :ts, :server_ts, :type, :body, :nonce, :expires_ms
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user = :recipient_user AND device = :recipient_device AND removed_ms IS NULL
-)
+){cap}
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 """
+_INSERT = _INSERT_TEMPLATE.format(columns=_COLUMNS, cap="")
+_INSERT_CAPPED = _INSERT_TEMPLATE.format(
+    columns=_COLUMNS,
+    cap="""
+AND COALESCE((
+    SELECT stored FROM queue_counts
+    WHERE recipient_user = :recipient_user AND recipient_device = :recipient_device
+), 0) < :cap""",
+)
+# Why a row was left out: stored already, or its device not active; else the cap.
+_STORED = "SELECT 1 FROM messages WHERE recipient_user = ? AND recipient_device = ? AND id = ?"
+_ACTIVE = "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS NULL"
 
 
 class SqliteMessageQueue:
@@ -48,7 +63,9 @@ class SqliteMessageQueue:
         self._db = db
         self._reader = reader
 
-    async def store(self, envelopes: Sequence[Envelope]) -> None:
+    async def store(
+        self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
+    ) -> None:
         if not envelopes:
             return
         rows = [
@@ -69,7 +86,17 @@ class SqliteMessageQueue:
         ]
 
         def job(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT, rows)
+            if max_per_device is None:
+                conn.executemany(_INSERT, rows)
+                return
+            left_out = [
+                row
+                for row in rows
+                if conn.execute(_INSERT_CAPPED, {**row, "cap": max_per_device}).rowcount == 0
+            ]
+            full = _over_cap(conn, left_out)
+            if full:
+                raise QueueFull(full)  # the job's savepoint undoes the rows that went in
 
         await self._db.run(job)
 
@@ -164,6 +191,20 @@ class SqliteMessageQueue:
             return int(count)
 
         return await self._db.run(job)
+
+
+def _over_cap(conn: sqlite3.Connection, left_out: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The devices of the rows the capped insert left out for the cap: active, and the row not
+    stored already. Runs only when a row was left out."""
+    full = set()
+    for row in left_out:
+        device = (row["recipient_user"], row["recipient_device"])
+        if (
+            conn.execute(_ACTIVE, device).fetchone() is not None
+            and conn.execute(_STORED, (*device, row["id"])).fetchone() is None
+        ):
+            full.add(device)
+    return sorted(full)
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEnvelope:

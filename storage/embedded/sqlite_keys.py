@@ -56,16 +56,22 @@ class SqliteKeyStore:
 
         return await self._db.run(job)
 
-    async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
+    async def claim(
+        self, user: str, device: int, *, low_water: int, one_time: bool = True
+    ) -> ClaimedKeys:
         def job(conn: sqlite3.Connection) -> ClaimedKeys:
             before = _counts(conn, user, device)
             signed = _signed(conn, "signed_prekeys", user, device)
             if signed is None:
                 # No bundle can be made without a signed pre-key: take nothing.
                 return ClaimedKeys(None, None, None, before, False)
-            ec_row = _take_oldest(conn, _EC, "key_id, key", user, device)
+            ec_row = _take_oldest(conn, _EC, "key_id, key", user, device) if one_time else None
             prekey = None if ec_row is None else OneTimeKey(id=int(ec_row[0]), key=bytes(ec_row[1]))
-            pq_row = _take_oldest(conn, _PQ, "key_id, key, signature", user, device)
+            pq_row = (
+                _take_oldest(conn, _PQ, "key_id, key, signature", user, device)
+                if one_time
+                else None
+            )
             if pq_row is None:
                 # No one-time PQ key left: the last-resort key is handed out, and kept.
                 pq_prekey = _signed(conn, "pq_last_resort_keys", user, device)

@@ -75,6 +75,10 @@ class Connection:
     async def executemany(self, query: str, args: Iterable[Sequence[object]]) -> None:
         await self._conn.executemany(query, args)
 
+    async def fetchmany(self, query: str, args: Iterable[Sequence[object]]) -> list[Row]:
+        """`executemany` that returns the rows of every execution (RETURNING)."""
+        return list(await self._conn.fetchmany(query, args))
+
     async def fetch(self, query: str, *args: object) -> list[Row]:
         return list(await self._conn.fetch(query, *args))
 

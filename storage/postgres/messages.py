@@ -9,6 +9,11 @@ callers, and an ack issued after a store of the same envelope is applied after i
 If a batch fails on something other than the connection (one bad row, a deadlock with
 another node), each of its calls is applied again alone, so one call's failure is its own.
 
+A `store` with `max_per_device` is refused as a whole (QueueFull) when one of its devices
+already holds that many envelopes: the insert reads the device's count itself (no extra
+statement while every row goes in), and only when a row was left out does a second
+statement ask why; a refusal rolls the batch back and applies it again without that call.
+
 Reads (`fetch`, `queue_state`, `pending_origins`) first wait for the writes to the same
 device queued before them, so an ack issued before a fetch is applied before it. The
 `pending_origins` lookups of many sends then share one statement (origins.OriginLookups).
@@ -24,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from storage.errors import Unavailable
+from storage.errors import QueueFull, StorageError, Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
 from storage.postgres.origins import OriginLookups
 from storage.records import Envelope, PendingOrigin, StoredEnvelope
@@ -48,6 +53,11 @@ _COLUMNS = (
 # * A (device, id) already stored is kept as is (a retried store is a no-op), also when
 #   two nodes store it at once: the unique index makes the second wait for the first and
 #   then do nothing. Only that uniqueness conflict is ignored.
+# * The cap ($12, NULL: none) reads the device's count of stored rows, which triggers keep
+#   in queue_counts (migration 0003): one index lookup, whatever the queue's length. The
+#   batch holds the device's advisory lock (_LOCK_DEVICES), so no other batch changes that
+#   count until we commit, and each statement of the executemany sees the count as the
+#   statements before it left it.
 _INSERT = f"""
 INSERT INTO messages ({_COLUMNS})
 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
@@ -55,8 +65,14 @@ WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
     FOR KEY SHARE
+) AND (
+    $12::bigint IS NULL
+    OR COALESCE((
+        SELECT stored FROM queue_counts WHERE recipient_user = $2 AND recipient_device = $3
+    ), 0) < $12
 )
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
+RETURNING recipient_user, recipient_device, id
 """
 
 # Every device a batch touches is locked for the rest of the transaction, in one global
@@ -79,6 +95,7 @@ _ACK = (
 
 _Device = tuple[str, int]
 _InsertRow = tuple[bytes, str, int, str, int, int, int, int, bytes, bytes, int]
+_RowKey = tuple[str, int, bytes]  # (recipient user, device, id)
 
 
 @dataclass(slots=True)
@@ -88,6 +105,7 @@ class _Op:
     future: asyncio.Future[None]
     inserts: list[_InsertRow] = field(default_factory=list)
     ack: tuple[str, int, list[bytes]] | None = None
+    max_per_device: int | None = None  # stores: the cap of stored envelopes per device
 
     @property
     def size(self) -> int:
@@ -121,7 +139,9 @@ class PostgresMessageQueue:
         """Its counters tell how many lookups shared each statement."""
         return self._origins
 
-    async def store(self, envelopes: Sequence[Envelope]) -> None:
+    async def store(
+        self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
+    ) -> None:
         if not envelopes:
             return
         inserts = [
@@ -140,7 +160,7 @@ class PostgresMessageQueue:
             )
             for e in envelopes
         ]
-        await self._submit(_Op(self._new_future(), inserts=inserts))
+        await self._submit(_Op(self._new_future(), inserts=inserts, max_per_device=max_per_device))
 
     async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
         if not ids:
@@ -293,7 +313,7 @@ class PostgresMessageQueue:
 
     async def _commit(self, batch: list[_Op]) -> None:
         try:
-            await self._apply_in_one_transaction(batch)
+            await self._apply_capped(batch)
         except Unavailable as exc:
             if len(batch) == 1 or is_connection_failure(exc):
                 log.warning("group commit of %d calls failed: %s", len(batch), exc)
@@ -303,7 +323,7 @@ class PostgresMessageQueue:
             log.warning("group commit failed (%s); applying its %d calls alone", exc, len(batch))
             for op in batch:
                 try:
-                    await self._apply_in_one_transaction([op])
+                    await self._apply_capped([op])
                 except Unavailable as alone:
                     _settle(op.future, alone)
                 else:
@@ -311,6 +331,20 @@ class PostgresMessageQueue:
             return
         for op in batch:
             _settle(op.future, None)
+
+    async def _apply_capped(self, batch: list[_Op]) -> None:
+        """Apply the batch in one transaction; the stores that would pass a device's cap are
+        answered QueueFull, and the rest applied again without them (each round drops at least
+        one call, so this ends)."""
+        while batch:
+            try:
+                await self._apply_in_one_transaction(batch)
+                return
+            except _OverCap as over:
+                refused = {id(op) for op in over.ops}
+                for op in over.ops:
+                    _settle(op.future, QueueFull(sorted(op.devices() & over.devices)))
+                batch = [op for op in batch if id(op) not in refused]
 
     async def _apply_in_one_transaction(self, batch: list[_Op]) -> None:
         devices = sorted(set().union(*(op.devices() for op in batch)))
@@ -333,11 +367,51 @@ class PostgresMessageQueue:
         self.acks_committed += sum(0 if op.ack is None else len(op.ack[2]) for op in batch)
 
 
+class _OverCap(StorageError):
+    """Raised inside the batch's transaction (rolling it back): `ops` would pass a cap."""
+
+    def __init__(self, ops: list[_Op], devices: set[_Device]) -> None:
+        super().__init__("stores over a device's cap")
+        self.ops = ops
+        self.devices = devices
+
+
 async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> None:
-    if is_store:
-        await conn.executemany(_INSERT, [row for op in run for row in op.inserts])
-    else:
+    if not is_store:
         await conn.executemany(_ACK, [op.ack for op in run if op.ack is not None])
+        return
+    rows = [(*row, op.max_per_device) for op in run for row in op.inserts]
+    inserted = await conn.fetchmany(_INSERT, rows)
+    if len(inserted) == len(rows):
+        return  # the common case: every row went in
+    over = await _refused_by_cap(conn, rows, inserted)
+    if over:
+        refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
+        raise _OverCap(refused, {(key[0], key[1]) for key in over})
+
+
+class _Probe(Exception):
+    """Undoes the probe's savepoint."""
+
+
+async def _refused_by_cap(
+    conn: Connection, rows: Sequence[tuple[object, ...]], inserted: list[Row]
+) -> set[_RowKey]:
+    """Of the rows the insert left out, those the cap refused. A row is also left out when it
+    is stored already or its device is not active; the same insert without the cap tells them
+    apart through the unique index itself (whatever plan a lookup would get), in a savepoint
+    that is then rolled back. Only runs when a row was left out."""
+    went_in = {(str(r[0]), int(str(r[1])), bytes(r[2])) for r in inserted}
+    left_out = [row for row in rows if (row[1], row[2], row[0]) not in went_in]
+    over: set[_RowKey] = set()
+    try:
+        async with conn.transaction():
+            probed = await conn.fetchmany(_INSERT, [(*row[:-1], None) for row in left_out])
+            over = {(str(r[0]), int(str(r[1])), bytes(r[2])) for r in probed}
+            raise _Probe
+    except _Probe:
+        pass
+    return over
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:

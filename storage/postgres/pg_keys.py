@@ -36,7 +36,8 @@ _NO_KEYS: Final = KeyCounts(prekeys=0, pq_prekeys=0, signed_prekey_uploaded_ms=N
 #   one. A row is deleted only by the transaction holding its lock, so each key is returned
 #   by exactly one claim, whatever the number of claimers or processes. (A claim may find
 #   every remaining row locked by claims in flight and take none: those claims take them.)
-# * No signed pre-key, no bundle: the EXISTS makes both deletes take nothing.
+# * No signed pre-key, no bundle: the EXISTS makes both deletes take nothing; $3 false
+#   (the target's one-time budget is spent) does the same, the bundle keeping the rest.
 # * `counted` decrements the device's counts by what was taken. Its row lock orders the
 #   claims of one device (each waits for the previous one's commit and re-reads the row),
 #   so "before" (after + taken) and "after" are exact and exactly one claim sees a count go
@@ -50,7 +51,7 @@ WITH signed AS (
 ), ec AS (
     DELETE FROM {_EC} WHERE seq = (
         SELECT seq FROM {_EC}
-        WHERE user_id = $1 AND device = $2 AND EXISTS (SELECT 1 FROM signed)
+        WHERE user_id = $1 AND device = $2 AND $3 AND EXISTS (SELECT 1 FROM signed)
         ORDER BY seq LIMIT 1
         FOR UPDATE SKIP LOCKED
     )
@@ -58,7 +59,7 @@ WITH signed AS (
 ), pq AS (
     DELETE FROM {_PQ} WHERE seq = (
         SELECT seq FROM {_PQ}
-        WHERE user_id = $1 AND device = $2 AND EXISTS (SELECT 1 FROM signed)
+        WHERE user_id = $1 AND device = $2 AND $3 AND EXISTS (SELECT 1 FROM signed)
         ORDER BY seq LIMIT 1
         FOR UPDATE SKIP LOCKED
     )
@@ -132,9 +133,11 @@ class PostgresKeyStore:
             await _record_upload(conn, user, device, plan)
             return await _add_counts(conn, user, device, plan)
 
-    async def claim(self, user: str, device: int, *, low_water: int) -> ClaimedKeys:
+    async def claim(
+        self, user: str, device: int, *, low_water: int, one_time: bool = True
+    ) -> ClaimedKeys:
         async with self._db.connection("claim_prekeys") as conn:
-            row = await conn.fetchrow(_CLAIM, user, device)
+            row = await conn.fetchrow(_CLAIM, user, device, one_time)
         assert row is not None  # `taken` always has its one row
         after = KeyCounts(
             prekeys=int(row["prekeys"]),

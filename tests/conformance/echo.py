@@ -35,7 +35,7 @@ from relay.services import Services
 READY_PREFIX = "conformance echo: serving on "
 
 
-async def echo(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
+async def echo(svc: Services, ws: ServerConnection, fmt: WireFormat, address: str) -> None:
     """Every message back as it came (text as text, binary as binary), until the close."""
     try:
         async for message in ws:

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from storage.embedded import DATABASE_FILE, EmbeddedStore
-from storage.embedded.database import _migrations, _statements
+from storage.embedded.database import SCHEMA_VERSION, _migrations, _statements
 from storage.errors import IdentityKeyInUse, IdentityKeyRetired
 from storage.interfaces import Store
 from storage.postgres.migrate import migrate
@@ -153,7 +153,7 @@ def _embedded_state(path: Path) -> dict[str, tuple[bytes, bool, int, int]]:
         (version,) = conn.execute("PRAGMA user_version").fetchone()
     finally:
         conn.close()
-    assert version == 2
+    assert version == SCHEMA_VERSION
     return {
         user: (bytes(x25519), bool(active), keys, messages)
         for user, x25519, active, keys, messages in rows
@@ -199,7 +199,7 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
     rows = scenario()
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     await _insert_postgres(empty_database, rows)
-    assert await migrate(empty_database) == ["up 0002_canonical_identity_keys"]
+    assert await migrate(empty_database, to=2) == ["up 0002_canonical_identity_keys"]
     _assert_migrated(rows, await _postgres_state(empty_database))
 
     conn = await asyncpg.connect(empty_database)
@@ -220,8 +220,9 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
     for row in rows:
         assert state[row.user][:2] == (row.identity_x25519, row.active_after), row.name
     # And up again: the same result as the first time.
-    assert await migrate(empty_database) == ["up 0002_canonical_identity_keys"]
+    assert await migrate(empty_database, to=2) == ["up 0002_canonical_identity_keys"]
     _assert_migrated(rows, await _postgres_state(empty_database))
+    assert await migrate(empty_database) == ["up 0003_queue_counts"]
 
     prefix = f"relaytest:{secrets.token_hex(8)}:"
     store = await ProductionStore.open(
@@ -238,7 +239,7 @@ async def test_embedded_migration_canonicalises(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     _insert_embedded(data / DATABASE_FILE, rows)
-    store = await EmbeddedStore.open(data)  # migrates itself to version 2
+    store = await EmbeddedStore.open(data)  # migrates itself to the latest version
     try:
         _assert_migrated(rows, _embedded_state(data / DATABASE_FILE))
         await _assert_store_refuses_migrated_keys(store, rows)

@@ -35,11 +35,15 @@ async def open_production(backend: Backend) -> ProductionStore:
 
 
 async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
-    assert latest_version() == 2
+    assert latest_version() == 3
     ok, message = await check(empty_database)
     assert not ok and "schema version is 0" in message and "table users is missing" in message
 
-    assert await migrate(empty_database) == ["up 0001_initial", "up 0002_canonical_identity_keys"]
+    assert await migrate(empty_database) == [
+        "up 0001_initial",
+        "up 0002_canonical_identity_keys",
+        "up 0003_queue_counts",
+    ]
     assert await migrate(empty_database) == []  # already there
     ok, message = await check(empty_database)
     assert ok, message
@@ -56,15 +60,19 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         await conn.close()
 
     assert await migrate(empty_database, to=0) == [
+        "down 0003_queue_counts",
         "down 0002_canonical_identity_keys",
         "down 0001_initial",
     ]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 0, the latest is 2" in message
+    assert not ok and "schema version is 0, the latest is 3" in message
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 1, the latest is 2" in message
-    assert await migrate(empty_database) == ["up 0002_canonical_identity_keys"]
+    assert not ok and "schema version is 1, the latest is 3" in message
+    assert await migrate(empty_database) == [
+        "up 0002_canonical_identity_keys",
+        "up 0003_queue_counts",
+    ]
     ok, _ = await check(empty_database)
     assert ok
     with pytest.raises(ValueError):
@@ -82,7 +90,8 @@ async def test_migrate_of_an_unreachable_server_is_unavailable() -> None:
 
 async def test_concurrent_migrators_take_turns(empty_database: str) -> None:
     results = await asyncio.gather(*(migrate(empty_database) for _ in range(4)))
-    assert sorted(results) == [[], [], [], ["up 0001_initial", "up 0002_canonical_identity_keys"]]
+    everything = ["up 0001_initial", "up 0002_canonical_identity_keys", "up 0003_queue_counts"]
+    assert sorted(results) == [[], [], [], everything]
     assert (await check(empty_database))[0]
 
 

@@ -119,8 +119,14 @@ def stop_relays(relays: list[RelayProcess]) -> list[str]:
     return problems
 
 
+# Every test registers its users from 127.0.0.1, many more than an hourly per-address budget
+# allows; a test of that limit sets it.
+TEST_DEFAULTS: Mapping[str, Any] = {"max_registrations_per_address": 0}
+
+
 class RelayProcess:
-    """A relay server subprocess (`python -m relay serve`) on a port it picks itself."""
+    """A relay server subprocess (`python -m relay serve`) on a port it picks itself, with
+    TEST_DEFAULTS under the options given."""
 
     def __init__(
         self,
@@ -133,7 +139,7 @@ class RelayProcess:
         self.extra_env = dict(env or {})
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.options = dict(options or {})
+        self.options = {**TEST_DEFAULTS, **(options or {})}
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen[str] | None = None
         self.port: int | None = None

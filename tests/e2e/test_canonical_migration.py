@@ -15,7 +15,7 @@ import pytest
 
 from protocol.signatures import IdentityKeyPair, KeyScheme
 from storage.embedded import DATABASE_FILE
-from storage.embedded.database import _migrations, _statements
+from storage.embedded.database import SCHEMA_VERSION, _migrations, _statements
 
 from .commands import arun_relay
 from .support import Device, RelayProcess, error_of, stop_relays
@@ -87,7 +87,10 @@ async def test_relay_migrate_keeps_the_older_device(machine, tmp_path, relays):
         await conn.close()
 
     second = await arun_relay(["migrate", "--database-url", url])
-    assert second.stdout.splitlines() == ["up 0002_canonical_identity_keys"], second
+    assert second.stdout.splitlines() == [
+        "up 0002_canonical_identity_keys",
+        "up 0003_queue_counts",
+    ], second
     check = await arun_relay(["migrate", "--check", "--database-url", url])
     assert check.code == 0, check
     r = RelayProcess(tmp_path / "relay", {}, env=env)
@@ -108,7 +111,7 @@ async def test_embedded_store_migrates_itself_at_start(tmp_path, relays):
     await check_served(r.url, pair, *users_of(rows))
     conn = sqlite3.connect(data / DATABASE_FILE)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     finally:
         conn.close()
 

@@ -136,6 +136,23 @@ BAD_SETTINGS = [
         id="negative-in-toml",
     ),
     pytest.param(
+        ["--max-registrations-per-address", "-1"],
+        {},
+        None,
+        [
+            "max_registrations_per_address must be 0 (no limit) or more",
+            "(from flag --max-registrations-per-address)",
+        ],
+        id="negative-registration-budget",
+    ),
+    pytest.param(
+        [],
+        {"RELAY_MAX_STORED_MESSAGES": "0"},
+        None,
+        ["max_stored_messages must be greater than 0", "(from env RELAY_MAX_STORED_MESSAGES)"],
+        id="zero-stored-message-cap",
+    ),
+    pytest.param(
         [],
         {},
         "prot = 8000\n",

@@ -35,6 +35,7 @@ HIGH_RATES = {
     "rate_requests_burst": 100000,
     "rate_fetch_per_minute": 100000,
     "rate_fetch_per_target": 100000,
+    "rate_prekeys_per_target": 100000,
 }
 
 
