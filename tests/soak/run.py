@@ -91,6 +91,8 @@ class Node:
                     "1000000",
                     "--rate-requests-burst",
                     "1000000",
+                    "--max-registrations-per-address",  # every device registers from here
+                    "0",
                     "--log-level",
                     "WARNING",
                 ],
