@@ -17,6 +17,7 @@ from loadtest.figures import RunResult
 from loadtest.probe import Probe
 from loadtest.progress import ProgressLine
 from loadtest.results import ServerTrace, merge
+from loadtest.spread import connections_per_process
 from loadtest.workload import Scenario, Workload, split
 
 START_MARGIN = 0.5
@@ -38,7 +39,7 @@ def expected_seconds(w: Workload) -> float:
 def run_workload(w: Workload, probe: Probe | None, *, target: str, label: str) -> RunResult:
     """Run `w` against its URL and return the merged result."""
     ctx = multiprocessing.get_context("spawn")
-    shares = split(w)
+    shares = split(w, connections_per_process())
     up: Any = ctx.Queue()
     downs: list[Any] = [ctx.Queue() for _ in shares]
     procs = [

@@ -4,6 +4,7 @@ TLS on the same port."""
 from __future__ import annotations
 
 import logging
+import resource
 import ssl
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +26,20 @@ log = logging.getLogger("relay.server")
 
 CLOSE_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER = 256 * 1024
+# Connections the kernel holds for accept(): asyncio's default of 100 overflows in a connect
+# storm, and every dropped SYN costs its client a 1 s, 3 s, 7 s... retransmit. The kernel caps
+# the figure at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
+
+
+def raise_file_limit() -> int:
+    """Every connection is an open file: raise the soft limit to the hard one (the most the
+    system lets this process hold without privileges); the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
 
 
 def choose_subprotocol(
@@ -55,6 +70,7 @@ class RelayServer:
 
     async def start(self) -> Server:
         settings = self._svc.settings
+        log.info("open files limit", extra={"fields": {"limit": raise_file_limit()}})
         tls_options: dict[str, Any] = (
             {}
             if self._tls is None
@@ -72,6 +88,7 @@ class RelayServer:
             close_timeout=CLOSE_TIMEOUT_S,
             write_limit=WRITE_HIGH_WATER,
             server_header="relay",
+            backlog=LISTEN_BACKLOG,
             **tls_options,
         )
         return self.server
