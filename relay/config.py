@@ -53,6 +53,8 @@ POSITIVE_SETTINGS = (
     "max_bad_frames",
     "outbound_buffer_bytes",
     "slow_reader_timeout",
+    "ping_interval",
+    "ping_timeout",
     "max_connections_per_address",
     "purge_interval",
     "shutdown_timeout",
@@ -101,6 +103,8 @@ class Settings:
     max_bad_frames: int = 100
     outbound_buffer_bytes: int = 4 * 1024 * 1024
     slow_reader_timeout: float = 5.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     max_connections_per_address: int = 10_000
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
@@ -303,6 +307,8 @@ SETTING_HELP: dict[str, str] = {
     "max_bad_frames": "bad frames allowed in a burst (refilled 1/s) before closing with 1008",
     "outbound_buffer_bytes": "bytes queued to a client before deliveries wait",
     "slow_reader_timeout": "seconds the outbound buffer may stay full before closing with 1013",
+    "ping_interval": "seconds between the WebSocket pings the relay sends every connection",
+    "ping_timeout": "seconds a pong may take before the connection is closed with 1011",
     "max_connections_per_address": "concurrent connections per client address",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",

@@ -3,6 +3,7 @@ TLS on the same port."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import resource
 import ssl
@@ -20,6 +21,7 @@ from protocol.errors import CloseCode
 from relay.connection import serve_connection
 from relay.forwarded import FORWARDED_FOR, TrustedProxies
 from relay.http import PUBLIC_AND_ADMIN, PUBLIC_ONLY, OperationsEndpoints
+from relay.keepalive import Keepalive
 from relay.services import Services
 
 log = logging.getLogger("relay.server")
@@ -66,6 +68,10 @@ class RelayServer:
         self._proxies = TrustedProxies(svc.settings.trusted_networks)
         self._surface = PUBLIC_AND_ADMIN if svc.settings.admin_listen is None else PUBLIC_ONLY
         self._per_address: Counter[str] = Counter()
+        self._keepalive = Keepalive(
+            interval=svc.settings.ping_interval, timeout=svc.settings.ping_timeout
+        )
+        self._keepalive_task: asyncio.Task[None] | None = None
         self.server: Server | None = None
 
     async def start(self) -> Server:
@@ -89,8 +95,10 @@ class RelayServer:
             write_limit=WRITE_HIGH_WATER,
             server_header="relay",
             backlog=LISTEN_BACKLOG,
+            ping_interval=None,  # one keepalive task for all connections (relay.keepalive)
             **tls_options,
         )
+        self._keepalive_task = asyncio.create_task(self._keepalive.run(self.server.is_serving))
         return self.server
 
     def port(self) -> int:
@@ -111,10 +119,12 @@ class RelayServer:
             await ws.close(int(CloseCode.TRY_AGAIN_LATER), "too many connections from this address")
             return
         self._per_address[address] += 1
+        self._keepalive.add(ws)
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
             await serve_connection(self._svc, ws, fmt)
         finally:
+            self._keepalive.remove(ws)
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]

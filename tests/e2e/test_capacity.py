@@ -1,10 +1,12 @@
-"""What lets one relay hold many connections: its open-files limit and its listen queue."""
+"""What lets one relay hold many connections: its open-files limit, one keepalive for all."""
 
 from __future__ import annotations
 
 import asyncio
 import resource
 from pathlib import Path
+
+from websockets.frames import Frame, Opcode
 
 from .support import RelayProcess, new_user, stop_relays
 
@@ -43,3 +45,26 @@ async def test_the_relay_raises_its_open_files_limit_to_the_hard_limit(tmp_path:
     finally:
         problems = stop_relays([relay])
     assert not problems, problems
+
+
+async def test_one_keepalive_closes_the_connection_whose_pongs_stop_and_keeps_the_others(
+    relay_factory,
+) -> None:
+    relay = relay_factory(ping_interval=0.2, ping_timeout=0.5)
+    healthy, silent = await new_user(relay.url), await new_user(relay.url)
+    assert silent.ws is not None
+    protocol = silent.ws.protocol
+    send_frame = protocol.send_frame
+
+    def drop_pongs(frame: Frame) -> None:
+        if frame.opcode is not Opcode.PONG:
+            send_frame(frame)
+
+    protocol.send_frame = drop_pongs  # type: ignore[method-assign]
+    assert await silent.closed_code(timeout=10) == 1011
+    assert silent.close_reason == "keepalive ping timeout"
+    # By now the healthy connection has answered several pings and is still served.
+    assert not healthy.is_closed
+    answer = await healthy.request_ok({"t": "keys.count"})
+    assert answer["t"] == "ok"
+    await healthy.close()
