@@ -120,6 +120,11 @@ class RelayServer:
             return
         self._per_address[address] += 1
         self._keepalive.add(ws)
+        # The opening handshake is over and read: its headers would stay for the connection's
+        # life (about 3 KB of small objects each).
+        if ws.request is not None:
+            ws.request.headers.clear()
+        ws.response = None
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
             await serve_connection(self._svc, ws, fmt)
