@@ -13,7 +13,7 @@ SOURCES := protocol storage relay loadtest tests benchmarks requirements
 PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
-.PHONY: run test lint typecheck check-lock checks fuzz lock test-latest clean
+.PHONY: run test lint typecheck check-lock checks fuzz soak lock test-latest clean
 
 check-lock:
 	@$(PYTHON) requirements/lockcheck.py
@@ -56,6 +56,13 @@ checks:
 # Every fuzz target in turn for FUZZ_SECONDS each, from its committed corpus (tests/fuzz/).
 fuzz: check-lock $(DEV_STAMP)
 	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
+
+# Not part of the gate: a million envelopes through 20 node kills and a PostgreSQL and a
+# Redis restart (tests/soak/run.py; its short version runs in the suite). Report under
+# test-artifacts/soak/.
+SOAK_ENVELOPES ?= 1000000
+soak: check-lock $(DEV_STAMP)
+	$(BIN)/python -m tests.soak.run --envelopes $(SOAK_ENVELOPES) --kills 20 --out test-artifacts/soak
 
 # Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
 lock: | $(BIN)/python

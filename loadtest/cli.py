@@ -29,7 +29,7 @@ from protocol.client import TlsSetupError, context_for
 from protocol.version import version_line
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
-DEFAULT_DURATION = {Scenario.SOAK: 600.0}
+DEFAULT_DURATION = {Scenario.SOAK: 600.0, Scenario.FAULTS: 600.0}
 MAX_DEVICES = 100_000
 MAX_RATE = 1_000_000.0
 MAX_BODY = 256 * 1024
@@ -83,6 +83,26 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--hold", type=_bounded(float, 0, 3600), default=5.0, help="connect-storm hold")
     g.add_argument(
         "--jitter", type=_bounded(float, 0, 600), default=2.0, help="reconnect-storm jitter (s)"
+    )
+    g.add_argument(
+        "--also-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="faults: another node of the same cluster (repeat); devices are spread over the "
+        "nodes and move to the next one when theirs goes away",
+    )
+    g.add_argument(
+        "--offline-share",
+        type=_bounded(float, 0, 0.9),
+        default=0.2,
+        help="faults: share of its time a device spends offline (%(default)s)",
+    )
+    g.add_argument(
+        "--away",
+        type=_bounded(float, 0.1, 600),
+        default=3.0,
+        help="faults: mean seconds of one offline period (%(default)s)",
     )
     g.add_argument(
         "--grace",
@@ -164,6 +184,9 @@ def _workload(args: argparse.Namespace) -> Workload:
         subprotocol="relay.v1+json" if args.json else "relay.v1+msgpack",
         e2e=args.e2e,
         ca_file=args.ca_file,
+        also_urls=tuple(args.also_url),
+        offline_share=args.offline_share,
+        away=args.away,
     )
 
 
@@ -199,6 +222,12 @@ SUMMARY_ROWS: tuple[tuple[str, Callable[[RunResult], str]], ...] = (
     (
         "lost / duplicated / after ack",
         lambda r: f"{r.counts.lost} / {r.counts.duplicated} / {r.counts.delivered_after_ack}",
+    ),
+    (
+        "after a confirmed ack: sent once / retried",
+        lambda r: (
+            f"{r.counts.delivered_after_confirmed_ack} / {r.counts.retried_after_confirmed_ack}"
+        ),
     ),
     ("errors", lambda r: _figure(r.counts.errors)),
     ("ok p50 / p99 ms", lambda r: _ms(r.latency_ms.ok, r.latency_ms.ok.p50, r.latency_ms.ok.p99)),

@@ -32,6 +32,8 @@ METRICS: tuple[tuple[str, Figure], ...] = (
     ("lost", lambda r: r.counts.lost),
     ("duplicated", lambda r: r.counts.duplicated),
     ("delivered after ack", lambda r: r.counts.delivered_after_ack),
+    ("delivered after a confirmed ack", lambda r: r.counts.delivered_after_confirmed_ack),
+    ("retried, delivered after a confirmed ack", lambda r: r.counts.retried_after_confirmed_ack),
     ("unanswered", lambda r: r.counts.unanswered),
     ("errors", lambda r: r.counts.errors),
     ("max rate msg/s", _max_rate),

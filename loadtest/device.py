@@ -80,6 +80,10 @@ class PendingSend:
     entry: Entry
     type: int = 2
     sealed: bool = False
+    # Where and when it was last written: an answer to it confirms the acks written earlier
+    # on the same connection (frames take effect in order).
+    conn: WireConnection | None = None
+    mark: int = 0
 
 
 class SimDevice:
@@ -130,6 +134,9 @@ class SimDevice:
         self._ack_tasks: set[asyncio.Future[None]] = set()
         self._writer_task: asyncio.Task[None] | None = None
         self.queue_empty = asyncio.Event()
+        self.dropped = asyncio.Event()  # the server or the network ended the connection
+        self._marks = 0  # frames written, counted: orders acks before later sends
+        self._unconfirmed: list[tuple[WireConnection, int, list[bytes]]] = []
         self.on_deliver: Callable[[Deliver], None] | None = None
 
     # -- connection lifecycle
@@ -273,6 +280,7 @@ class SimDevice:
                             continue
                         out.sealed = True
                     rid = conn.next_rid()
+                    out.conn, out.mark = conn, self._next_mark()
                     frame = Send(
                         rid=rid,
                         id=out.msg_id,
@@ -284,8 +292,8 @@ class SimDevice:
                     self._sends[rid] = out
                     await conn.send_request(frame, self._on_send_answer)
                     if not out.entry.sent:
-                        self.ledger.mark_sent(out.entry)
                         self.recorder.sent(time.time(), out.entry.scheduled)
+                    self.ledger.mark_sent(out.entry)
         except ConnectionLost:
             return
 
@@ -311,6 +319,7 @@ class SimDevice:
             # The server (or the network) closed it: an unplanned disconnect.
             self.conn = None
             self.recorder.connection_error(f"closed:{conn.close_code or 1006}", now)
+            self.dropped.set()
             task, self._writer_task = self._writer_task, None
             if task is not None:
                 task.cancel()
@@ -318,6 +327,9 @@ class SimDevice:
     def _on_send_answer(self, rid: int, answer: Answer | Error | None) -> None:
         if answer is None:
             return  # the connection ended: the send stays in `_sends`, retried on the next
+        out = self._sends.get(rid)
+        if out is not None and out.conn is not None:
+            self._confirm_acks(out.conn, out.mark)
         self._on_answer(rid, str(answer.code) if isinstance(answer, Error) else None)
 
     def _on_answer(self, rid: int, code: str | None) -> None:
@@ -369,6 +381,24 @@ class SimDevice:
         if await conn.ack(ids):
             for msg_id in ids:
                 self.ledger.acked(msg_id)
+            # Counted once written: a send counted later was written after this ack.
+            self._unconfirmed.append((conn, self._next_mark(), ids))
+
+    def _next_mark(self) -> int:
+        self._marks += 1
+        return self._marks
+
+    def _confirm_acks(self, conn: WireConnection, mark: int) -> None:
+        """A request written at `mark` on `conn` was answered: the relay has read every ack
+        written before it on that connection. Acks of other, closed connections never will."""
+        keep: list[tuple[WireConnection, int, list[bytes]]] = []
+        for ack_conn, ack_mark, ids in self._unconfirmed:
+            if ack_conn is conn and ack_mark < mark:
+                for msg_id in ids:
+                    self.ledger.ack_confirmed(msg_id)
+            elif ack_conn is conn or not ack_conn.closed:
+                keep.append((ack_conn, ack_mark, ids))
+        self._unconfirmed = keep
 
 
 def new_message(

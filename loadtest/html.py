@@ -33,7 +33,15 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 @media (max-width: 900px) { body { margin: 1em 0.8em; } }
 """
 BAD_COUNTS = frozenset(
-    {"lost", "duplicated", "delivered_after_ack", "unanswered", "unexpected", "errors"}
+    {
+        "lost",
+        "duplicated",
+        "delivered_after_ack",
+        "delivered_after_confirmed_ack",
+        "unanswered",
+        "unexpected",
+        "errors",
+    }
 )
 LATENCY_COLUMNS = ("count", "mean", "p50", "p90", "p99", "p99.9", "max")
 BAD = ' class="bad"'

@@ -11,6 +11,16 @@ message's fate is fully described by a few counters:
 - `delivered_after_ack`: deliveries of an id that arrived after the recipient
   had already acknowledged it (a subset of `duplicated`; the spec forbids them
   when the ack reached the relay);
+- `delivered_after_confirmed_ack`: of those, deliveries after an ack the relay
+  is known to have read (a later request on the same connection was answered:
+  frames take effect in order), of messages sent once. An ack written just
+  before its connection died may never have been read, so only this figure is a
+  fault of the relay when connections and nodes fail;
+- `retried_after_confirmed_ack`: the same for messages whose sender retried the
+  send (same id and nonce, after losing its connection): a retry whose replay
+  record was lost (Redis restarted, or the node holding the claim died before
+  recording the outcome) is processed again and may be delivered again, as the
+  protocol allows;
 - `lost`: answered `ok` but never delivered by the end of the run;
 - `unanswered`: sent, but neither `ok` nor `error` came by the end;
 - `unexpected`: deliveries of ids this process never sent.
@@ -30,7 +40,7 @@ NONE, OK, ERROR = 0, 1, 2
 class Entry:
     """One message id's record (slots: the ledger of a soak run holds millions)."""
 
-    __slots__ = ("acked", "answer", "deliveries", "scheduled", "sent")
+    __slots__ = ("ack_confirmed", "acked", "answer", "deliveries", "resent", "scheduled", "sent")
 
     def __init__(self, scheduled: float) -> None:
         self.scheduled = scheduled
@@ -38,6 +48,8 @@ class Entry:
         self.answer = NONE
         self.deliveries = 0
         self.acked = False
+        self.ack_confirmed = False
+        self.resent = False  # written again after a reconnect (same id and nonce)
 
     @property
     def settled(self) -> bool:
@@ -55,6 +67,8 @@ class Counts:
     delivered: int = 0
     duplicated: int = 0
     delivered_after_ack: int = 0
+    delivered_after_confirmed_ack: int = 0
+    retried_after_confirmed_ack: int = 0
     lost: int = 0
     unanswered: int = 0
     unexpected: int = 0
@@ -71,6 +85,12 @@ class Counts:
             delivered=self.delivered + other.delivered,
             duplicated=self.duplicated + other.duplicated,
             delivered_after_ack=self.delivered_after_ack + other.delivered_after_ack,
+            delivered_after_confirmed_ack=(
+                self.delivered_after_confirmed_ack + other.delivered_after_confirmed_ack
+            ),
+            retried_after_confirmed_ack=(
+                self.retried_after_confirmed_ack + other.retried_after_confirmed_ack
+            ),
             lost=self.lost + other.lost,
             unanswered=self.unanswered + other.unanswered,
             unexpected=self.unexpected + other.unexpected,
@@ -97,6 +117,8 @@ class Ledger:
         self.errors_by_code: Counter[str] = Counter()
         self.duplicated = 0
         self.delivered_after_ack = 0
+        self.delivered_after_confirmed_ack = 0
+        self.retried_after_confirmed_ack = 0
         self.unexpected = 0
         self._open = 0
         self._closed_for_new = False
@@ -109,6 +131,8 @@ class Ledger:
         return entry
 
     def mark_sent(self, entry: Entry) -> None:
+        if entry.sent:
+            entry.resent = True
         entry.sent = True
 
     def answered(self, msg_id: bytes, ok: bool, code: str = "") -> Entry | None:
@@ -135,6 +159,10 @@ class Ledger:
             self.duplicated += 1
             if entry.acked:
                 self.delivered_after_ack += 1
+            if entry.ack_confirmed and entry.resent:
+                self.retried_after_confirmed_ack += 1
+            elif entry.ack_confirmed:
+                self.delivered_after_confirmed_ack += 1
             return None
         self._after(entry, was)
         return entry
@@ -143,6 +171,12 @@ class Ledger:
         entry = self.entries.get(msg_id)
         if entry is not None:
             entry.acked = True
+
+    def ack_confirmed(self, msg_id: bytes) -> None:
+        """The relay has read the ack of `msg_id` (a later request was answered)."""
+        entry = self.entries.get(msg_id)
+        if entry is not None:
+            entry.ack_confirmed = True
 
     def close(self) -> None:
         """No more entries will be scheduled: `settled` may fire."""
@@ -179,6 +213,8 @@ class Ledger:
             delivered=delivered,
             duplicated=self.duplicated,
             delivered_after_ack=self.delivered_after_ack,
+            delivered_after_confirmed_ack=self.delivered_after_confirmed_ack,
+            retried_after_confirmed_ack=self.retried_after_confirmed_ack,
             lost=lost,
             unanswered=unanswered,
             unexpected=self.unexpected,

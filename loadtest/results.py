@@ -28,7 +28,9 @@ from loadtest.worker import Outcome
 from loadtest.workload import Scenario, Workload
 
 HISTOGRAM_BARS = 40
-TIMED = frozenset({Scenario.STEADY, Scenario.SOAK, Scenario.FANOUT, Scenario.RECONNECT_STORM})
+TIMED = frozenset(
+    {Scenario.STEADY, Scenario.SOAK, Scenario.FANOUT, Scenario.RECONNECT_STORM, Scenario.FAULTS}
+)
 
 
 def summary(h: HdrHistogram) -> Latency:

@@ -46,9 +46,10 @@ async def setup(workload: Workload, share: Share, recorder: Recorder) -> Fleet:
     """Register this process's devices (a few at a time); offline scenarios close some again."""
     ledger = Ledger()
     tls = context_for(workload.url, workload.ca_file)  # one context for the process's devices
+    urls = workload.urls  # devices spread over the nodes (one node unless `faults`)
     devices = [
         SimDevice(
-            workload.url,
+            urls[share.global_index(i) % len(urls)],
             ledger,
             recorder,
             fmt=WireFormat(workload.subprotocol),
@@ -130,6 +131,7 @@ async def run(fleet: Fleet, t0: float) -> None:
         Scenario.OFFLINE_DRAIN: _offline_drain,
         Scenario.CONNECT_STORM: _connect_storm,
         Scenario.RECONNECT_STORM: _reconnect_storm,
+        Scenario.FAULTS: _faults,
     }[w.scenario]
     await runner(fleet, t0)
     fleet.ledger.close()
@@ -311,3 +313,74 @@ async def _reconnect_storm(fleet: Fleet, t0: float) -> None:
         _sampler(rec, end),
         storm(),
     )
+
+
+async def _faults(fleet: Fleet, t0: float) -> None:
+    """Traffic while devices come and go and nodes fail: each device alternates online and
+    offline periods (offline `offline_share` of the time, `away` s on average); a device
+    whose connection the server or network ends moves to the next node after up to `jitter`
+    s. After the traffic every device stays online until the ledger settles (or `grace`)."""
+    w, share, rec = fleet.workload, fleet.share, fleet.recorder
+    end = t0 + w.duration
+    rng = random.Random(2000 + share.index)
+    urls = list(w.urls)
+
+    async def reconnect(dev: SimDevice, delay: float) -> None:
+        """Until connected: a failed attempt moves to the next node, with a short backoff."""
+        if delay > 0:
+            await asyncio.sleep(delay)
+        backoff = 0.1
+        while not dev.connected:
+            try:
+                await dev.connect()
+            except DeviceError as exc:
+                rec.connection_error(exc.kind, time.time())
+                dev.url = urls[(urls.index(dev.url) + 1) % len(urls)]
+                await asyncio.sleep(backoff * (0.5 + rng.random()))
+                backoff = min(2.0, backoff * 2)
+
+    async def dropped_or(dev: SimDevice, seconds: float) -> bool:
+        """Wait up to `seconds`; True when the connection was ended meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(dev.dropped.wait(), max(0.0, seconds))
+        if not dev.dropped.is_set():
+            return False
+        dev.dropped.clear()
+        dev.url = urls[(urls.index(dev.url) + 1) % len(urls)]
+        await reconnect(dev, rng.uniform(0, w.jitter))
+        return True
+
+    async def life(dev: SimDevice) -> None:
+        await reconnect(dev, 0)
+
+        def online_period() -> float:
+            left = end - time.time()
+            if not w.offline_share:
+                return left
+            mean = w.away * (1 - w.offline_share) / w.offline_share
+            return min(rng.expovariate(1 / mean), left)
+
+        while time.time() < end:
+            if await dropped_or(dev, online_period()):
+                continue
+            if time.time() >= end:
+                break
+            await dev.close()  # a planned offline period: its messages are stored meanwhile
+            await asyncio.sleep(min(rng.expovariate(1 / w.away), max(0.0, end - time.time())))
+            await reconnect(dev, 0)
+        while True:  # online until cancelled: nodes may still fail during the grace period
+            await dropped_or(dev, 3600)
+
+    lives = [asyncio.create_task(life(d)) for d in fleet.devices]
+    try:
+        await asyncio.gather(
+            _paced(t0, share.rate, end, share.index / share.procs, _steady_emitter(fleet)),
+            _sampler(rec, end),
+        )
+        fleet.ledger.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(fleet.ledger.settled.wait(), w.grace)
+    finally:
+        for task in lives:
+            task.cancel()
+        await asyncio.gather(*lives, return_exceptions=True)

@@ -19,6 +19,7 @@ class Scenario(enum.StrEnum):
     CONNECT_STORM = "connect-storm"
     RECONNECT_STORM = "reconnect-storm"
     SOAK = "soak"
+    FAULTS = "faults"
 
 
 class Pairing(enum.StrEnum):
@@ -50,11 +51,21 @@ class Workload:
     subprotocol: str = "relay.v1+msgpack"
     e2e: bool = False
     ca_file: str | None = None  # PEM CA bundle that verifies a wss:// relay
+    # faults: further nodes of the same cluster; devices are spread over `url` and these and
+    # move to the next one when theirs goes away.
+    also_urls: tuple[str, ...] = ()
+    offline_share: float = 0.2  # faults: the share of its time a device spends offline
+    away: float = 3.0  # faults: mean seconds of one offline period
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.also_urls)
 
     def for_url(self, url: str) -> Workload:
         """The same workload against another server (the baseline forwarder, plain ws://)."""
         values = asdict(self)
         values["url"] = url
+        values["also_urls"] = ()
         values["ca_file"] = None
         values["scenario"] = self.scenario
         values["pairing"] = self.pairing
@@ -85,6 +96,7 @@ class Workload:
         values = asdict(self)
         values["scenario"] = str(self.scenario)
         values["pairing"] = str(self.pairing)
+        values["also_urls"] = list(self.also_urls)
         return values
 
 
@@ -97,6 +109,9 @@ SCENARIO_OPTIONS: dict[Scenario, frozenset[str]] = {
     Scenario.OFFLINE_DRAIN: frozenset({"queue", "size", "e2e"}),
     Scenario.CONNECT_STORM: frozenset({"connect_rate", "hold"}),
     Scenario.RECONNECT_STORM: frozenset({"rate", "duration", "pairing", "jitter", "size", "e2e"}),
+    Scenario.FAULTS: frozenset(
+        {"rate", "duration", "pairing", "size", "jitter", "also_urls", "offline_share", "away"}
+    ),
 }
 SCENARIO_SPECIFIC = frozenset().union(*SCENARIO_OPTIONS.values())
 

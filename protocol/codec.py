@@ -8,6 +8,7 @@ strings. Both decode into the same typed frames.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -87,6 +88,15 @@ def usable_rid(raw: Mapping[str, Any]) -> int | None:
     return None
 
 
+_DEFAULT_LIMITS = Limits()
+
+
+@functools.lru_cache(maxsize=64)
+def _client_context(limits: Limits, binary_as_text: bool) -> DecodeContext:
+    """One context per configuration, not one per frame (limits are frozen and hashable)."""
+    return DecodeContext(limits=limits, binary_as_text=binary_as_text)
+
+
 def decode_client_frame(
     data: bytes | str, fmt: WireFormat, limits: Limits | None = None
 ) -> ClientFrame:
@@ -99,7 +109,7 @@ def decode_client_frame(
         raise FrameError("t must name the frame type", rid=rid)
     if cls is None:
         raise UnknownFrameType(f"unknown frame type {kind[:64]!r}", rid=rid)
-    ctx = DecodeContext(limits=limits or Limits(), binary_as_text=not fmt.binary)
+    ctx = _client_context(limits or _DEFAULT_LIMITS, not fmt.binary)
     try:
         frame: ClientFrame = decode_fields(cls, raw, ctx, "")
     except FrameError as exc:

@@ -56,6 +56,8 @@ POSITIVE_SETTINGS = (
     "ping_interval",
     "ping_timeout",
     "max_connections_per_address",
+    "max_handshakes",
+    "max_handshakes_per_address",
     "purge_interval",
     "shutdown_timeout",
     "presence_ttl",
@@ -106,6 +108,8 @@ class Settings:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     max_connections_per_address: int = 10_000
+    max_handshakes: int = 10_000
+    max_handshakes_per_address: int = 1_000
     purge_interval: float = 60.0
     shutdown_timeout: float = 10.0
     node_id: str | None = None
@@ -286,7 +290,8 @@ SETTING_HELP: dict[str, str] = {
     "redis_prefix": "prefix of every Redis key this relay writes",
     "migrate": "at start, apply pending PostgreSQL schema migrations (under an advisory lock, "
     "so several nodes may start at once) instead of exiting 2 on an older schema",
-    "handshake_timeout": "seconds a new connection has to authenticate",
+    "handshake_timeout": "seconds a new connection has, from its TCP accept (with TLS: from the "
+    "end of the TLS handshake, which has as long), to upgrade and authenticate",
     "ack_timeout": "seconds to wait for a connected device's ack before storing",
     "backend_timeout": "seconds a store call may take before it counts as unavailable",
     "max_devices": "active devices a user may have",
@@ -306,10 +311,15 @@ SETTING_HELP: dict[str, str] = {
     "rate_fetch_per_target": "keys.fetch per 10 minutes per (requesting device, user) (and burst)",
     "max_bad_frames": "bad frames allowed in a burst (refilled 1/s) before closing with 1008",
     "outbound_buffer_bytes": "bytes queued to a client before deliveries wait",
-    "slow_reader_timeout": "seconds the outbound buffer may stay full before closing with 1013",
+    "slow_reader_timeout": "seconds a delivery may wait for its ack (or the outbound buffer stay "
+    "full) before the connection is closed with 1013",
     "ping_interval": "seconds between the WebSocket pings the relay sends every connection",
     "ping_timeout": "seconds a pong may take before the connection is closed with 1011",
     "max_connections_per_address": "concurrent connections per client address",
+    "max_handshakes": "connections still in their handshake (accepted, not yet authenticated); "
+    "more are reset at accept",
+    "max_handshakes_per_address": "connections still in their handshake per peer address "
+    "(trusted proxies exempt); more are reset at accept",
     "purge_interval": "seconds between purges of expired messages",
     "shutdown_timeout": "seconds a graceful shutdown may take",
     "node_id": "name of this node among several sharing Redis",

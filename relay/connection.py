@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -45,6 +45,7 @@ from relay import devices, handshake, prekeys
 from relay.buckets import TokenBucket
 from relay.connlog import ConnectionLog
 from relay.device_session import DeviceSession
+from relay.frame_deadline import FrameDeadline
 from relay.outbound import Outbound
 from relay.prekeys import signed_prekey_age_s
 from relay.replies import error_frame
@@ -68,9 +69,21 @@ HANDLERS: dict[type[Any], Handler] = {
 
 REPLACED_CLOSE_WAIT_S = 5.0
 REQUEST_TIMEOUT_FACTOR = 10  # a request may make several store calls in a row
+# A connection closed in its handshake has this long to answer the close frame (a client
+# answers at once; a flood's socket is not held for the full close timeout).
+HANDSHAKE_CLOSE_GRACE_S = 1.0
 
 
-async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat) -> None:
+async def serve_connection(
+    svc: Services,
+    ws: ServerConnection,
+    fmt: WireFormat,
+    *,
+    deadline: float,
+    opened: Callable[[], None],
+) -> None:
+    """`deadline` (loop time) ends the handshake, counted from the TCP accept; `opened` is
+    called when the handshake is over, whatever its outcome (relay.opening)."""
     svc.metrics.connection_opened()
     conn_log = ConnectionLog.opened(ws, fmt, svc.clock)
     out = Outbound(
@@ -82,7 +95,10 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
     )
     session: DeviceSession | None = None
     try:
-        session = await _handshake(svc, ws, fmt, out)
+        try:
+            session = await _handshake(svc, ws, fmt, out, deadline)
+        finally:
+            opened()
         if session is not None:
             await _frame_loop(svc, ws, fmt, session)
     except ConnectionClosed:
@@ -111,13 +127,13 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
 
 
 async def _handshake(
-    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound
+    svc: Services, ws: ServerConnection, fmt: WireFormat, out: Outbound, deadline: float
 ) -> DeviceSession | None:
     challenge = secrets.token_bytes(32)
     out.write(Challenge(nonce=challenge, server_time=svc.clock.now_ms()))
     rid: int | None = None
     try:
-        async with asyncio.timeout(svc.settings.handshake_timeout):
+        async with asyncio.timeout_at(deadline):
             data = await ws.recv()
             svc.metrics.frames_in.labels("handshake").inc()
             frame = decode_client_frame(data, fmt, svc.limits)
@@ -136,6 +152,7 @@ async def _handshake(
             return await _open_session(svc, out, identity, rid)
     except TimeoutError:
         svc.metrics.handshakes.labels("timeout").inc()
+        ws.close_timeout = HANDSHAKE_CLOSE_GRACE_S
         out.close(CloseCode.POLICY, "handshake timeout")
     except ConnectionClosed:
         raise
@@ -144,6 +161,7 @@ async def _handshake(
         svc.metrics.handshakes.labels(str(error.code)).inc()
         svc.metrics.rejections.labels(str(error.code)).inc()
         out.write(error)
+        ws.close_timeout = HANDSHAKE_CLOSE_GRACE_S
         out.close(CloseCode.POLICY, "handshake failed")
     return None
 
@@ -163,6 +181,8 @@ async def _open_session(
             burst=svc.settings.rate_requests_burst,
             clock=svc.clock.monotonic,
         ),
+        monotonic=svc.clock.monotonic,
+        slow_reader_s=svc.settings.slow_reader_timeout,
         link=svc.cluster,
     )
     older = svc.router.attach(session)
@@ -218,23 +238,25 @@ async def _frame_loop(
     bad_frames = TokenBucket(
         rate_per_s=1.0, burst=svc.settings.max_bad_frames, clock=svc.clock.monotonic
     )
+    # No frame holds its connection longer than a few backend timeouts: a store that hangs
+    # instead of failing is answered `unavailable`, and the connection goes on.
+    deadline = FrameDeadline(svc.settings.backend_timeout * REQUEST_TIMEOUT_FACTOR)
     try:
         async for data in ws:
             rid: int | None = None
+            deadline.start()
             try:
                 frame = decode_client_frame(data, fmt, svc.limits)
                 svc.metrics.frames_in.labels(frame.T).inc()
                 if isinstance(frame, Ack):
-                    async with _bounded(svc):
-                        await session.on_ack(frame.ids)
+                    await session.on_ack(frame.ids)
                     continue
                 rid = frame.rid
                 if isinstance(frame, Register | Auth):
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
                 if not isinstance(frame, Send):
                     session.check_rate()
-                async with _bounded(svc):
-                    await HANDLERS[type(frame)](svc, session, frame)
+                await HANDLERS[type(frame)](svc, session, frame)
             except FrameError as exc:
                 svc.metrics.frames_in.labels("invalid").inc()
                 svc.metrics.rejections.labels(str(exc.code)).inc()
@@ -244,24 +266,29 @@ async def _frame_loop(
                     return
             except ConnectionClosed:
                 raise
+            except asyncio.CancelledError:
+                if not deadline.expired():
+                    raise
+                timed_out = StorageUnavailable("the store did not answer in time")
+                _refuse(svc, session, timed_out, rid, send=isinstance(frame, Send))
             except Exception as exc:  # every failure becomes a precise error frame
-                error = error_frame(exc, rid)
-                svc.metrics.rejections.labels(str(error.code)).inc()
-                if rid is not None and isinstance(frame, Send):  # this frame's: rid is reset
-                    svc.metrics.envelopes_rejected.labels(str(error.code)).inc()
-                session.out.write(error)
+                _refuse(svc, session, exc, rid, send=rid is not None and isinstance(frame, Send))
+            finally:
+                deadline.finish()
             if session.out.closing:
                 return
     finally:
+        deadline.close()
         session.stop_pump()
 
 
-@contextlib.asynccontextmanager
-async def _bounded(svc: Services) -> AsyncIterator[None]:
-    """No frame holds its connection longer than a few backend timeouts: a store that hangs
-    instead of failing is answered `unavailable`, and the connection goes on."""
-    try:
-        async with asyncio.timeout(svc.settings.backend_timeout * REQUEST_TIMEOUT_FACTOR):
-            yield
-    except TimeoutError as exc:
-        raise StorageUnavailable("the store did not answer in time") from exc
+def _refuse(
+    svc: Services, session: DeviceSession, exc: BaseException, rid: int | None, *, send: bool
+) -> None:
+    """The error frame of a request that failed; `send`: a send frame refused before it was
+    accepted."""
+    error = error_frame(exc, rid)
+    svc.metrics.rejections.labels(str(error.code)).inc()
+    if send:
+        svc.metrics.envelopes_rejected.labels(str(error.code)).inc()
+    session.out.write(error)

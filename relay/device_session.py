@@ -79,6 +79,8 @@ class DeviceSession:
     window: int
     now_ms: Callable[[], int]
     requests: TokenBucket  # the device's request rate limit
+    monotonic: Callable[[], float]  # the clock of deliveries' ages
+    slow_reader_s: float  # the oldest delivery in flight may wait this long for its ack
     link: RemoteLink | None = None  # deliveries for and from other nodes
     token: str = field(default_factory=lambda: secrets.token_hex(8))  # names this connection
     reader_done: Flag = field(default_factory=Flag)
@@ -86,9 +88,10 @@ class DeviceSession:
     _waiting: dict[bytes, asyncio.Future[bool]] = field(default_factory=dict)  # live pushes
     _pump_due: bool = field(default=False, init=False)  # a change since the pump last looked
     _pump_task: asyncio.Task[None] | None = field(default=None, init=False)  # while it has work
+    _stall_check: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
-        self._rules = DeliveryWindow(self.window)
+        self._rules = DeliveryWindow(self.window, self.monotonic)
 
     @property
     def in_flight(self) -> int:
@@ -139,10 +142,11 @@ class DeviceSession:
             env.id, origin, buffer_has_room=self.out.has_room(), remote=remote
         )
         if decision is LivePush.SLOW_READER:
-            self.out.overflow()  # the client stopped reading; the sender stores this one
+            self.out.overflow("a live delivery found its outbound buffer full")  # sender stores it
         if decision is not LivePush.PUSH:
             return False
         self.out.write(to_deliver(env, online=online))
+        self._watch_stall()
         return True
 
     def mark_stored(self, message_ids: tuple[bytes, ...]) -> None:
@@ -169,6 +173,7 @@ class DeviceSession:
             self._kick_pump()
         if actions.delete:
             await self.messages.ack(self.user, self.device, list(actions.delete))
+            self._rules.deleted(actions.delete)
         if actions.remote and self.link is not None:
             await self.link.acked_remote(self, list(actions.remote))
 
@@ -237,8 +242,11 @@ class DeviceSession:
                     return False
             env = stored.envelope
             found = self._rules.found(stored.seq, env.id, origin_of(env), acked_elsewhere)
+            if found is StoredFound.NO_ROOM:
+                break  # live pushes took the room meanwhile; a later fetch resumes here
             if found is StoredFound.PUSH:
                 self.out.write(to_deliver(env))
+                self._watch_stall()
             elif found is StoredFound.STALE:
                 stale.append(env.id)
         if stale:
@@ -248,8 +256,34 @@ class DeviceSession:
             self.out.write(QueueEmpty())
         return done.again
 
+    # --- slow readers ----------------------------------------------------------
+
+    def _watch_stall(self) -> None:
+        """Check the oldest delivery in flight when it reaches the slow-reader timeout."""
+        if self._stall_check is not None:
+            return
+        oldest = self._rules.oldest_pushed_at()
+        if oldest is None or self._stopped():
+            return
+        delay = max(0.0, oldest + self.slow_reader_s - self.monotonic())
+        self._stall_check = asyncio.get_running_loop().call_later(delay, self._check_stall)
+
+    def _check_stall(self) -> None:
+        self._stall_check = None
+        if self._stopped():
+            return
+        if self._rules.overdue(self.slow_reader_s):
+            # Not read, or read and never acknowledged: either way the deliveries stay stored
+            # (or their senders store them) and come again on the next connection.
+            self.out.overflow("its oldest delivery waited too long for its ack")
+            return
+        self._watch_stall()
+
     def end(self) -> None:
         """The connection is gone: senders waiting for acks stop waiting and store instead."""
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
         actions = self._rules.ended()
         for waiting in self._waiting.values():
             if not waiting.done():

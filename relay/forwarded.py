@@ -41,6 +41,11 @@ class TrustedProxies:
     def trusts(self, address: Address) -> bool:
         return any(address in network for network in self._networks)
 
+    def trusts_peer(self, peer: str) -> bool:
+        """Whether the TCP peer `peer` (an address as text) is a trusted proxy."""
+        address = _address(peer)
+        return address is not None and self.trusts(address)
+
     def client_address(self, peer: str, forwarded_for: Iterable[str]) -> str:
         """`peer` itself, or the right-most untrusted address its proxies forwarded.
 

@@ -14,6 +14,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +26,7 @@ from prometheus_client import (
     platform_collector,
     process_collector,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 from relay.clock import SystemClock
 
@@ -51,6 +53,36 @@ LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 RECENT_WINDOW_S = 60.0  # the /v1/stats percentiles cover the last minute of deliveries
 RECENT_MAX = 4096  # ... or its last RECENT_MAX deliveries, whichever is fewer
+
+
+_M = TypeVar("_M", bound="_BoundChildren")
+
+
+class _BoundChildren(MetricWrapperBase):
+    """A labelled metric whose children are looked up in a plain dict once bound:
+    prometheus_client's `labels()` takes a lock and converts every value on each call, too
+    much for paths taken on every frame. Label values are fixed vocabularies, so the dict
+    stays small."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._bound: dict[tuple[object, ...], Any] = {}
+
+    def labels(self: _M, *labelvalues: object, **labelkwargs: object) -> _M:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        child: _M | None = self._bound.get(labelvalues)
+        if child is None:
+            child = self._bound[labelvalues] = super().labels(*labelvalues)
+        return child
+
+
+class LabelledCounter(_BoundChildren, Counter):
+    """A Counter with bound children (see _BoundChildren)."""
+
+
+class LabelledHistogram(_BoundChildren, Histogram):
+    """A Histogram with bound children (see _BoundChildren)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,28 +159,28 @@ class Metrics:
         self.authenticated = Gauge(
             "relay_authenticated_connections", "Connections past the handshake.", registry=r
         )
-        self.handshakes = Counter(
+        self.handshakes = LabelledCounter(
             "relay_handshakes_total", "Handshakes by result.", ["result"], registry=r
         )
-        self.frames_in = Counter(
+        self.frames_in = LabelledCounter(
             "relay_frames_received_total", "Frames received by type.", ["type"], registry=r
         )
-        self.frames_out = Counter(
+        self.frames_out = LabelledCounter(
             "relay_frames_sent_total", "Frames sent by type.", ["type"], registry=r
         )
-        self.envelopes = Counter(
+        self.envelopes = LabelledCounter(
             "relay_envelopes_total",
             "Device envelopes by outcome (accepted, delivered, stored, dropped_online).",
             ["outcome"],
             registry=r,
         )
-        self.envelopes_rejected = Counter(
+        self.envelopes_rejected = LabelledCounter(
             "relay_envelopes_rejected_total",
             "Sends refused before acceptance, by reason (the error code), one per send frame.",
             ["reason"],
             registry=r,
         )
-        self.rejections = Counter(
+        self.rejections = LabelledCounter(
             "relay_requests_rejected_total",
             "Requests answered with an error, by code.",
             ["code"],
@@ -187,7 +219,7 @@ class Metrics:
             "Envelopes waiting in the store for their device's ack (refreshed periodically).",
             registry=r,
         )
-        self.backend_latency = Histogram(
+        self.backend_latency = LabelledHistogram(
             "relay_backend_call_duration_seconds",
             "Calls to a storage backend (postgresql, redis, sqlite) by operation.",
             ["backend", "operation"],
@@ -205,7 +237,7 @@ class Metrics:
             "The event-loop lag measured most recently.",
             registry=r,
         )
-        self.closes = Counter(
+        self.closes = LabelledCounter(
             "relay_connection_closes_total",
             "Connections closed by close code.",
             ["code"],

@@ -92,9 +92,9 @@ class Outbound:
         try:
             await asyncio.wait_for(self._room.wait(), self._stall_s)
         except TimeoutError:
-            self.overflow()
+            self.overflow("its outbound buffer stayed full")
 
-    def overflow(self) -> None:
+    def overflow(self, cause: str) -> None:
         """The client stopped reading: drop what is queued (it stays stored) and close now,
         behind the bytes already handed to the socket."""
         if self.closing:
@@ -102,7 +102,7 @@ class Outbound:
         self.closing = True
         self.close_code = CloseCode.TRY_AGAIN_LATER
         self._queue.clear()
-        log.info("closing a slow reader: its outbound buffer is full")
+        log.info("closing a slow reader: %s", cause)
         self._metrics.closes.labels(str(int(CloseCode.TRY_AGAIN_LATER))).inc()
         self._closer = asyncio.create_task(
             self._ws.close(int(CloseCode.TRY_AGAIN_LATER), "slow reader")

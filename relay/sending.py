@@ -1,10 +1,11 @@
 """`send`: the checks in the spec's order, the two-phase replay guard, routing, the outcome.
 
-The checks and the nonce claim run in the connection's frame order; routing
-and the wait for acks run in a background task, so one slow recipient never
-holds up the sender's later frames. The answer is written when the outcome
-(delivered or durable for every device) is reached, and that outcome is kept
-under the nonce so a retry is answered the same without a second delivery.
+The nonce claim and the reads the checks need go to the store together (one round trip),
+and the checks then run in the connection's frame order; routing and the wait for acks run
+in a background task, so one slow recipient never holds up the sender's later frames. The
+answer is written when the outcome (delivered or durable for every device) is reached, and
+that outcome is kept under the nonce so a retry is answered the same without a second
+delivery.
 """
 
 from __future__ import annotations
@@ -33,54 +34,89 @@ from storage.records import (
 
 log = logging.getLogger("relay.send")
 
-MAX_CLAIM_ATTEMPTS = 3
 STORE_TIMEOUT_FACTOR = 10  # a group commit may carry many sends
 
 
 async def handle_send(svc: Services, session: DeviceSession, frame: Send) -> None:
-    """Check and claim now; route and answer in the background."""
+    """Claim the nonce and read what the checks need in one round trip, judge in the spec's
+    order, and give the claim back when a check refuses; route and answer in the background.
+
+    Claiming first is what makes the round trip one: the claim answers the replay check (it
+    returns the record holding the nonce, if any), and a refused send releases it before its
+    error is written, so a refused send never uses up its nonce."""
     scope = ReplayScope(session.user, session.device, frame.to)
-    replay = svc.store.replay
-    for _ in range(MAX_CLAIM_ATTEMPTS):
-        # The three reads are independent: issue them together (one store round trip, or one
-        # batch), then judge their results in the spec's order.
-        record, recipient_devices, stored_origins = await asyncio.gather(
-            replay.lookup(scope, frame.nonce),
-            svc.store.devices.list_devices(frame.to),
-            _stored_origins(svc, frame),
-        )
-        if record is not None:
-            _answer_from_record(svc, session, frame, scope, record)
-            return
+    held, recipient_devices, stored_origins = await _claim_and_read(svc, scope, frame)
+    if held is not None:
+        _answer_from_record(svc, session, frame, scope, held)
+        return
+    try:
         devices = _check(svc, session, frame, recipient_devices, stored_origins)
-        taken = await replay.claim(
+    except Exception:  # a refusal (or a fault) before acceptance: the nonce is not used up
+        await _give_up(svc, scope, frame)
+        raise
+    svc.spawn(_route(svc, session, frame, scope, devices))
+
+
+async def _claim_and_read(
+    svc: Services, scope: ReplayScope, frame: Send
+) -> tuple[ReplayRecord | None, list[DeviceRecord] | None, list[PendingOrigin]]:
+    """The claim's answer (None: taken now), the recipient's devices and the stored origins of
+    this id, issued together. A read that fails after the claim took the nonce gives it back,
+    so the sender's retry finds it free."""
+    claim = asyncio.ensure_future(
+        svc.store.replay.claim(
             scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
         )
-        if taken is None:
-            svc.spawn(_route(svc, session, frame, scope, devices))
-            return
-        # Another copy of this send won the race for the nonce: answer as it is answered.
-        _answer_from_record(svc, session, frame, scope, taken)
-        return
-    raise Refused(ErrorCode.UNAVAILABLE, "could not claim the nonce; retry")
+    )
+    listed = svc.store.devices.list_devices(frame.to)
+    origins: list[PendingOrigin] | BaseException = []
+    try:
+        if frame.online:  # an online message is never stored, so it has no stored origins
+            held, devices = await asyncio.gather(claim, listed, return_exceptions=True)
+        else:
+            targets = [m.device for m in frame.devices]
+            stored = svc.store.messages.pending_origins(frame.to, targets, frame.id)
+            held, devices, origins = await asyncio.gather(
+                claim, listed, stored, return_exceptions=True
+            )
+    except asyncio.CancelledError:
+        # The frame's deadline cut the reads short after the claim took the nonce: give it
+        # back (in the background: this task is being cancelled), so the retry of the
+        # `unavailable` answer finds it free instead of waiting for the claim to expire.
+        taken = claim.done() and not claim.cancelled() and claim.exception() is None
+        if taken and claim.result() is None:
+            svc.spawn(_give_up(svc, scope, frame))
+        raise
+    if isinstance(held, BaseException):
+        raise held
+    if isinstance(devices, BaseException) or isinstance(origins, BaseException):
+        if held is None:
+            await _give_up(svc, scope, frame)
+        raise next(r for r in (devices, origins) if isinstance(r, BaseException))
+    return held, devices, origins
 
 
 def _answer_from_record(
     svc: Services, session: DeviceSession, frame: Send, scope: ReplayScope, record: ReplayRecord
 ) -> None:
+    """The nonce is held: by an accepted send (its answer, or `replay` for another id), or by
+    a send still in flight or being judged (wait for it, whichever its id)."""
+    if record.outcome is None:
+        svc.spawn(_answer_when_done(svc, session, frame, scope))
+        return
     if record.message_id != frame.id:
         svc.metrics.replay_rejections.inc()
         raise Refused(ErrorCode.REPLAY, "nonce already used by another message", rid=frame.rid)
-    if record.outcome is not None:
-        session.out.write(_ok(frame, record.outcome))
-        return
-    svc.spawn(_answer_when_done(svc, session, frame, scope))
+    session.out.write(_ok(frame, record.outcome))
 
 
 async def _answer_when_done(
     svc: Services, session: DeviceSession, frame: Send, scope: ReplayScope
 ) -> None:
-    """A copy that arrived while the first was in flight gets the first one's answer."""
+    """A copy that arrived while the nonce was held by a send in flight gets that send's
+    answer; if that send was refused after all (its claim released), or its holder died, this
+    copy is processed anew, and a copy with another id is then refused `replay` only if the
+    first was accepted."""
     try:
         record = await svc.store.replay.wait_outcome(
             scope, frame.nonce, timeout_s=svc.settings.replay_pending_ttl
@@ -88,7 +124,6 @@ async def _answer_when_done(
         if record is not None and record.outcome is not None and record.message_id == frame.id:
             session.out.write(_ok(frame, record.outcome))
             return
-        # The first attempt was given up (refused, or its node died): process this one anew.
         await handle_send(svc, session, frame)
     except Exception as exc:  # every failure becomes the precise error frame
         session.out.write(error_frame(exc, frame.rid))
@@ -136,15 +171,6 @@ def _check(
     if stale:
         raise Refused(ErrorCode.STALE_DEVICES, "registration ids changed", stale=stale)
     return [addressable[m.device] for m in frame.devices]
-
-
-async def _stored_origins(svc: Services, frame: Send) -> list[PendingOrigin]:
-    """Who sent the stored envelopes with this id (an online message is never stored)."""
-    if frame.online:
-        return []
-    return await svc.store.messages.pending_origins(
-        frame.to, [m.device for m in frame.devices], frame.id
-    )
 
 
 def _check_conflict(
@@ -301,20 +327,23 @@ async def _reach_outcome(
 ) -> tuple[list[int], list[Envelope]]:
     """Store what must be stored, wait for the acks, store the late ones: the devices
     delivered and the envelopes stored late. Raises StorageError when the store fails."""
-    stored_now = asyncio.ensure_future(_store(svc, routing.to_store))
+    stored_now = asyncio.ensure_future(_store(svc, routing.to_store)) if routing.to_store else None
     try:
         if routing.waiting:
             wait_started = svc.clock.monotonic()
             await asyncio.wait([w.acked for w in routing.waiting], timeout=svc.settings.ack_timeout)
             svc.metrics.ack_wait.observe(svc.clock.monotonic() - wait_started)
         delivered, late = _settle(svc, frame, routing.waiting)
-        # Bounded: a store that hangs instead of failing is given up (a copy that commits
-        # later is kept once; the sender's retry finds it from the same origin).
-        async with asyncio.timeout(svc.settings.backend_timeout * STORE_TIMEOUT_FACTOR):
-            await _store(svc, late)  # no await since _settle: a late ack's delete comes after
-            await stored_now
+        if late or stored_now is not None:
+            # Bounded: a store that hangs instead of failing is given up (a copy that commits
+            # later is kept once; the sender's retry finds it from the same origin).
+            async with asyncio.timeout(svc.settings.backend_timeout * STORE_TIMEOUT_FACTOR):
+                await _store(svc, late)  # no await since _settle: a late ack's delete comes after
+                if stored_now is not None:
+                    await stored_now
     except TimeoutError:
-        stored_now.cancel()
+        if stored_now is not None:
+            stored_now.cancel()
         raise Unavailable("the store did not answer in time") from None
     return delivered, late
 

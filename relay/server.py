@@ -20,18 +20,18 @@ from protocol.codec import SUBPROTOCOLS, WireFormat, select_format
 from protocol.errors import CloseCode
 from relay.connection import serve_connection
 from relay.forwarded import FORWARDED_FOR, TrustedProxies
+from relay.heap import HeapTrimmer
 from relay.http import PUBLIC_AND_ADMIN, PUBLIC_ONLY, OperationsEndpoints
 from relay.keepalive import Keepalive
+from relay.opening import OpeningBudget, OpeningConnection, connection_class
 from relay.services import Services
 
 log = logging.getLogger("relay.server")
 
 CLOSE_TIMEOUT_S = 5.0
 WRITE_HIGH_WATER = 256 * 1024
-# Connections the kernel holds for accept(): asyncio's default of 100 overflows in a connect
-# storm, and every dropped SYN costs its client a 1 s, 3 s, 7 s... retransmit. The kernel caps
-# the figure at net.core.somaxconn.
-LISTEN_BACKLOG = 4096
+LISTEN_BACKLOG = 4096  # a burst of connections waits in the kernel's accept queue (capped
+# by net.core.somaxconn), not dropped and retried by the clients
 
 
 def raise_file_limit() -> int:
@@ -72,6 +72,13 @@ class RelayServer:
             interval=svc.settings.ping_interval, timeout=svc.settings.ping_timeout
         )
         self._keepalive_task: asyncio.Task[None] | None = None
+        self.opening = OpeningBudget(
+            total=svc.settings.max_handshakes,
+            per_address=svc.settings.max_handshakes_per_address,
+            exempt=self._proxies.trusts_peer,
+            on_refused=svc.metrics.handshakes.labels("refused").inc,
+        )
+        self.heap = HeapTrimmer(lambda: self.opening.opening)
         self.server: Server | None = None
 
     async def start(self) -> Server:
@@ -91,10 +98,14 @@ class RelayServer:
             subprotocols=[Subprotocol(p.value) for p in SUBPROTOCOLS],
             max_size=settings.max_frame_bytes,
             compression=None,
+            open_timeout=settings.handshake_timeout,
+            create_connection=connection_class(
+                self.opening, settings.handshake_timeout, self.heap.connection_ended
+            ),
+            backlog=LISTEN_BACKLOG,
             close_timeout=CLOSE_TIMEOUT_S,
             write_limit=WRITE_HIGH_WATER,
             server_header="relay",
-            backlog=LISTEN_BACKLOG,
             ping_interval=None,  # one keepalive task for all connections (relay.keepalive)
             **tls_options,
         )
@@ -114,6 +125,7 @@ class RelayServer:
         return await self._endpoints.handle(request, self._surface)
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, OpeningConnection)
         address = self._client_address(ws)
         if self._per_address[address] >= self._svc.settings.max_connections_per_address:
             await ws.close(int(CloseCode.TRY_AGAIN_LATER), "too many connections from this address")
@@ -127,7 +139,7 @@ class RelayServer:
         ws.response = None
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
-            await serve_connection(self._svc, ws, fmt)
+            await serve_connection(self._svc, ws, fmt, deadline=ws.deadline, opened=ws.opened)
         finally:
             self._keepalive.remove(ws)
             self._per_address[address] -= 1

@@ -15,14 +15,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from storage.directory_cache import CachedDeviceDirectory
 from storage.interfaces import BackendObserver, Store
-from storage.postgres import (
-    Database,
-    PostgresDeviceDirectory,
-    PostgresKeyStore,
-    PostgresMessageQueue,
-)
+from storage.postgres import Database, PostgresKeyStore, PostgresMessageQueue
 from storage.redis_store import RedisClient, RedisRateLimiter, RedisReplayGuard
+from storage.redis_store.versions import RedisDirectoryVersions
 
 __all__ = ["ProductionStore"]
 
@@ -41,10 +38,12 @@ class ProductionStore:
     ) -> None:
         self._db = db
         self._redis = redis
-        self._devices = PostgresDeviceDirectory(db, now_ms=clock or _wall_ms)
+        self._replay = RedisReplayGuard(redis, now_ms=clock)
+        # The directory versions ride in the replay guard's batches (one round trip a send).
+        versions = RedisDirectoryVersions(redis, self._replay.batcher)
+        self._devices = CachedDeviceDirectory(db, versions, now_ms=clock or _wall_ms)
         self._keys = PostgresKeyStore(db)
         self._messages = PostgresMessageQueue(db)
-        self._replay = RedisReplayGuard(redis, now_ms=clock)
         self._rate_limiter = RedisRateLimiter(redis, now_ms=clock)
         self._closed = False
 
@@ -77,7 +76,7 @@ class ProductionStore:
         return cls(db, redis, clock=clock)
 
     @property
-    def devices(self) -> PostgresDeviceDirectory:
+    def devices(self) -> CachedDeviceDirectory:
         return self._devices
 
     @property

@@ -12,6 +12,13 @@ slow reader. The rules that used to live in comments are properties of these tra
   again (it is marked durable instead, so the ack deletes it).
 * An ack of a durable (stored) delivery deletes it; an ack of an id not in flight deletes it
   too (it may have been delivered on an earlier connection).
+* The window holds for the pump too: live pushes may fill it while a fetch runs, and the
+  rest of that batch is then left for a later fetch (the cursor stops before it).
+* An id whose ack was read is never pushed again on this connection: a fetch that ran
+  before the ack's delete committed may still return it, so it is skipped until the delete
+  has committed and no fetch that started earlier is outstanding.
+* A delivery's age counts from its push: the oldest one in flight waiting longer than the
+  slow-reader timeout, for the socket or for its ack, means the client stopped reading.
 * The pump needs no fetch while it has caught up with the store and nothing was stored
   since; `queue_empty` is due once per connection, the first time a fetch comes back short.
 """
@@ -19,7 +26,7 @@ slow reader. The rules that used to live in comments are properties of these tra
 from __future__ import annotations
 
 import enum
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 
@@ -62,6 +69,8 @@ class StoredFound(enum.Enum):
     PUSH = "push"  # write it: it is in flight now (durable)
     IN_FLIGHT = "in_flight"  # already pushed live: now durable, its ack deletes it
     STALE = "stale"  # acked lately through another node: delete it instead of pushing it
+    ACKED = "acked"  # acked here; its delete is under way or raced this fetch: skip it
+    NO_ROOM = "no_room"  # live pushes filled the window while the fetch ran: stop the batch
 
 
 @dataclass(slots=True)
@@ -69,6 +78,7 @@ class _Entry:
     origin: SendOrigin
     durable: bool  # stored (pumped from the store, or stored after the ack timeout)
     remote: RemoteRef | None  # pushed for another node, which decides about storing
+    pushed_at: float  # the window's clock when it was written to the outbound buffer
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +119,7 @@ class DeliveryWindow:
     """The in-flight window, the pump's cursor and caught-up state, `queue_empty` once."""
 
     window: int
+    clock: Callable[[], float]  # monotonic seconds: a delivery's age
     phase: Phase = Phase.AWAITING_HANDSHAKE
     _inflight: dict[bytes, _Entry] = field(default_factory=dict)
     _cursor: int = 0
@@ -117,6 +128,10 @@ class DeliveryWindow:
     # a freed window slot then needs no fetch (most acks are of live pushes).
     _caught_up: bool = False
     _stored_epoch: int = 0
+    # Acked ids with a stored copy: skipped by the pump until their delete has committed
+    # (True) and a fetch has started since (one fetch runs at a time).
+    _deleting: dict[bytes, bool] = field(default_factory=dict)
+    _cut: bool = False  # the running fetch's batch was cut short for want of room
 
     # --- reading --------------------------------------------------------------------
 
@@ -134,6 +149,20 @@ class DeliveryWindow:
     def origin_of(self, message_id: bytes) -> SendOrigin | None:
         entry = self._inflight.get(message_id)
         return None if entry is None else entry.origin
+
+    def oldest_pushed_at(self) -> float | None:
+        """When the oldest delivery in flight was pushed; None when none is.
+
+        Entries are kept in push order (an ack removes one, nothing moves one), so the first
+        is the oldest."""
+        for entry in self._inflight.values():
+            return entry.pushed_at
+        return None
+
+    def overdue(self, timeout: float) -> bool:
+        """The oldest delivery in flight has waited `timeout` or longer for its ack."""
+        oldest = self.oldest_pushed_at()
+        return oldest is not None and self.clock() - oldest >= timeout
 
     # --- events ---------------------------------------------------------------------
 
@@ -157,7 +186,9 @@ class DeliveryWindow:
             return LivePush.SLOW_READER
         if message_id in self._inflight:
             return LivePush.REFUSE
-        self._inflight[message_id] = _Entry(origin, durable=False, remote=remote)
+        self._inflight[message_id] = _Entry(
+            origin, durable=False, remote=remote, pushed_at=self.clock()
+        )
         return LivePush.PUSH
 
     def stored(self, message_ids: Sequence[bytes]) -> None:
@@ -182,8 +213,17 @@ class DeliveryWindow:
                 delete.append(message_id)
             if entry.remote is not None:
                 remote.append((entry.remote, message_id))
+        for message_id in delete:
+            self._deleting[message_id] = False
         wake = bool(delivered) and not self._caught_up
         return AckActions(tuple(delivered), tuple(delete), tuple(remote), wake)
+
+    def deleted(self, message_ids: Sequence[bytes]) -> None:
+        """The store confirmed the deletes an ack asked for: fetches started from now on
+        cannot return these ids."""
+        for message_id in message_ids:
+            if message_id in self._deleting:
+                self._deleting[message_id] = True
 
     def store_changed(self) -> None:
         """Something was stored for this device (or may have been: a missed notice)."""
@@ -195,25 +235,41 @@ class DeliveryWindow:
         room = self.window - len(self._inflight)
         if self.phase is not Phase.OPEN or room <= 0:
             return None
+        # The previous fetch is over: ids deleted before this one starts cannot come back.
+        self._deleting = {m: done for m, done in self._deleting.items() if not done}
+        self._cut = False
         return Fetch(after_seq=self._cursor, limit=room, epoch=self._stored_epoch)
 
     def found(
         self, seq: int, message_id: bytes, origin: SendOrigin, acked_elsewhere: Container[bytes]
     ) -> StoredFound:
         """One fetched message, in store order; call with the outbound buffer having room."""
-        self._cursor = max(self._cursor, seq)
+        if self._cut:
+            return StoredFound.NO_ROOM
+        if message_id in self._deleting:
+            self._cursor = max(self._cursor, seq)
+            return StoredFound.ACKED
         entry = self._inflight.get(message_id)
         if entry is not None:
+            self._cursor = max(self._cursor, seq)
             entry.durable = True  # pushed live already; its ack deletes it
             return StoredFound.IN_FLIGHT
         if message_id in acked_elsewhere:
+            self._cursor = max(self._cursor, seq)
             return StoredFound.STALE  # acked; another node's delete is under way
-        self._inflight[message_id] = _Entry(origin, durable=True, remote=None)
+        if len(self._inflight) >= self.window:
+            self._cut = True
+            return StoredFound.NO_ROOM
+        self._cursor = max(self._cursor, seq)
+        self._inflight[message_id] = _Entry(
+            origin, durable=True, remote=None, pushed_at=self.clock()
+        )
         return StoredFound.PUSH
 
     def fetch_done(self, fetch: Fetch, count: int) -> FetchDone:
         """The fetch returned `count` messages, each passed to `found`."""
-        short = count < fetch.limit
+        short = count < fetch.limit and not self._cut
+        self._cut = False
         self._caught_up = short and fetch.epoch == self._stored_epoch
         queue_empty = short and self._queue_empty_due
         if queue_empty:
@@ -226,4 +282,5 @@ class DeliveryWindow:
         undelivered = tuple(self._inflight)
         remote = tuple(e.remote for e in self._inflight.values() if e.remote is not None)
         self._inflight.clear()
+        self._deleting.clear()
         return EndActions(undelivered, remote)

@@ -1,8 +1,12 @@
 """The embedded backend: one SQLite file under a data directory, for a single node.
 
-Everything goes through one `SqliteDatabase` (one connection, one worker thread, jobs in
-submission order, group commit); pending replay claims and rate-limit buckets live in
-memory, because they guard work of this process only.
+Every write goes through one `SqliteDatabase` (one connection, one worker thread, jobs in
+submission order, group commit), and so do the reads that must follow the caller's own
+unanswered writes (fetch, queue state, keys). The reads of the accept path (replay records,
+pending origins, device directory loads) go to one `SqliteReader` (a second connection,
+used on the event loop thread: WAL lets it read the committed state while a commit is on
+its way to the disk). Pending replay claims, the device directory and rate-limit buckets
+live in memory: the process owns its file, so what it committed is all there is.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.directory import SqliteDeviceDirectory
 from storage.embedded.messages import SqliteMessageQueue
+from storage.embedded.reader import SqliteReader
 from storage.embedded.replay import SqliteReplayGuard
 from storage.embedded.sqlite_keys import SqliteKeyStore
 from storage.errors import Unavailable
@@ -39,15 +44,17 @@ class EmbeddedStore:
     def __init__(
         self,
         db: SqliteDatabase,
+        reader: SqliteReader,
         *,
         now_ms: Callable[[], int],
         monotonic: Callable[[], float],
     ) -> None:
         self._db = db
-        self._devices = SqliteDeviceDirectory(db, now_ms=now_ms)
+        self._reader = reader
+        self._devices = SqliteDeviceDirectory(db, reader, now_ms=now_ms)
         self._keys = SqliteKeyStore(db)
-        self._messages = SqliteMessageQueue(db)
-        self._replay = SqliteReplayGuard(db, now_ms=now_ms, monotonic=monotonic)
+        self._messages = SqliteMessageQueue(db, reader)
+        self._replay = SqliteReplayGuard(db, reader, now_ms=now_ms, monotonic=monotonic)
         self._rate_limiter = TokenBucketLimiter(clock=monotonic)
 
     @classmethod
@@ -69,8 +76,14 @@ class EmbeddedStore:
             await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise Unavailable(f"cannot create the data directory {data_dir}: {exc}") from exc
-        db = await SqliteDatabase.open(data_dir / DATABASE_FILE, observe=observe)
-        return cls(db, now_ms=now_ms, monotonic=monotonic)
+        path = data_dir / DATABASE_FILE
+        db = await SqliteDatabase.open(path, observe=observe)  # creates and migrates first
+        try:
+            reader = SqliteReader.open(path)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, reader, now_ms=now_ms, monotonic=monotonic)
 
     @property
     def devices(self) -> SqliteDeviceDirectory:
@@ -103,6 +116,7 @@ class EmbeddedStore:
         return {"sqlite": ok}
 
     async def close(self) -> None:
+        self._reader.close()
         await self._db.close()
 
 

@@ -14,7 +14,11 @@ exception goes to its caller, the others commit together. Callers learn their re
 after the COMMIT, so a result in hand means the job is durable.
 
 A job is a plain function taking the connection; it must read everything it returns
-(`fetchall`) before returning. Driver errors become `storage.errors.Unavailable`.
+(`fetchall`) before returning. Driver errors become `storage.errors.Unavailable`. A job may
+carry a `settled` callback, run on the event loop when its outcome is known (committed or
+not) and before anyone awaiting it resumes: the in-memory state built on the store (the
+device cache) changes there, in step with what is committed. The results of a batch go back
+to the loop in one call, not one per job.
 """
 
 from __future__ import annotations
@@ -43,11 +47,16 @@ BUSY_TIMEOUT_MS: Final = 2000  # only another process (a backup tool) can hold t
 log = logging.getLogger(__name__)
 
 
+Settled = Callable[[bool], None]
+"""`settled(committed)`: told on the event loop whether the job's work was committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Submitted:
     job: Callable[[sqlite3.Connection], object]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    settled: Settled | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,18 +106,27 @@ class SqliteDatabase:
             raise
         return db
 
-    def run(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def run(
+        self, job: Callable[[sqlite3.Connection], T], *, settled: Settled | None = None
+    ) -> asyncio.Future[T]:
         """Queue the job now; the future gives its result once committed, or its exception.
 
         Queued at call time, not at first await: calls are served in the order they are
-        made. Cancelling the future does not cancel the job: it may still commit.
+        made. Cancelling the future does not cancel the job: it may still commit (and
+        `settled` is still told).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
             if not self._closed:
-                self._queue.put(_Submitted(job, loop, future))
+                self._queue.put(_Submitted(job, loop, future, settled))
                 return future
+        if settled is not None:
+            settled(False)
         future.set_exception(Unavailable("the embedded store is closed"))
         return future
 
@@ -130,9 +148,9 @@ class SqliteDatabase:
             conn = _connect(self._path, self._busy_timeout_ms)
         except BaseException as exc:
             error = exc if isinstance(exc, Unavailable) else _unavailable(exc)
-            _settle_threadsafe(started.get_loop(), started, _Outcome(error=error))
+            _deliver(started.get_loop(), [(started, None, _Outcome(error=error))])
             return
-        _settle_threadsafe(started.get_loop(), started, _Outcome())
+        _deliver(started.get_loop(), [(started, None, _Outcome())])
         try:
             stopping = False
             while not stopping:
@@ -175,13 +193,11 @@ class SqliteDatabase:
                 conn.execute("ROLLBACK")
             outcomes = [_Outcome(error=_unavailable(exc)) for _ in batch]
         except BaseException as exc:
-            for item in batch:
-                _settle_threadsafe(item.loop, item.future, _Outcome(error=_unavailable(exc)))
+            _deliver_all(batch, [_Outcome(error=_unavailable(exc)) for _ in batch])
             raise
         if self._observe is not None:
             self._observe("sqlite", "batch", time.perf_counter() - started)
-        for item, outcome in zip(batch, outcomes, strict=True):
-            _settle_threadsafe(item.loop, item.future, outcome)
+        _deliver_all(batch, outcomes)
 
     def _fail_queued(self) -> None:
         while True:
@@ -191,7 +207,7 @@ class SqliteDatabase:
                 return
             if item is not None:
                 error = Unavailable("the embedded store is closed")
-                _settle_threadsafe(item.loop, item.future, _Outcome(error=error))
+                _deliver(item.loop, [(item.future, item.settled, _Outcome(error=error))])
 
 
 def _run_job(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], object]) -> _Outcome:
@@ -292,17 +308,31 @@ def _unavailable(exc: BaseException) -> Unavailable:
     return error
 
 
-def _settle_threadsafe(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], outcome: _Outcome
-) -> None:
+_Delivery = tuple[asyncio.Future[Any], Settled | None, _Outcome]
+
+
+def _deliver_all(batch: list[_Submitted], outcomes: list[_Outcome]) -> None:
+    """One call into each caller's loop for the whole batch, not one per job."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Delivery]] = {}
+    for item, outcome in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(item.loop, []).append((item.future, item.settled, outcome))
+    for loop, deliveries in by_loop.items():
+        _deliver(loop, deliveries)
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, deliveries: list[_Delivery]) -> None:
     with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-        loop.call_soon_threadsafe(_settle, future, outcome)
+        loop.call_soon_threadsafe(_settle_all, deliveries)
 
 
-def _settle(future: asyncio.Future[Any], outcome: _Outcome) -> None:
-    if future.done():  # its caller was cancelled
-        return
-    if outcome.error is not None:
-        future.set_exception(outcome.error)
-    else:
-        future.set_result(outcome.value)
+def _settle_all(deliveries: list[_Delivery]) -> None:
+    """In job order: each job's `settled`, then its future (a cancelled caller's is skipped)."""
+    for future, settled, outcome in deliveries:
+        if settled is not None:
+            settled(outcome.error is None)
+        if future.done():
+            continue
+        if outcome.error is not None:
+            future.set_exception(outcome.error)
+        else:
+            future.set_result(outcome.value)

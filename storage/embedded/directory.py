@@ -1,16 +1,21 @@
 """Users and their devices in SQLite (the DeviceDirectory interface).
 
-Every method is one job on the database's single writer thread, so each check-then-insert
-below (identity key free? device number next?) cannot interleave with another job.
+Every write is one job on the database's single writer thread, so each check-then-insert
+below (identity key free? device number next?) cannot interleave with another job. Reads
+are answered from `DeviceCache` (committed state in memory; a miss is one read on the
+reader connection), so a send's device check never waits for a commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from storage.embedded.database import SqliteDatabase
+from storage.embedded.device_cache import DeviceCache, Devices
+from storage.embedded.reader import SqliteReader
 from storage.errors import (
     DeviceLimitReached,
     DeviceNumbersExhausted,
@@ -20,15 +25,38 @@ from storage.errors import (
 )
 from storage.records import MAX_DEVICE_NUMBER, DeviceRecord, NewDevice
 
+T = TypeVar("T")
+
 _DEVICE_COLUMNS = (
     "user, device, identity_key, key_scheme, registration_id, created_ms, last_seen_ms"
 )
 
 
 class SqliteDeviceDirectory:
-    def __init__(self, db: SqliteDatabase, *, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, db: SqliteDatabase, reader: SqliteReader, *, now_ms: Callable[[], int]
+    ) -> None:
         self._db = db
+        self._reader = reader
         self._now_ms = now_ms  # only for the removal time, which is kept for the record
+        self._cache = DeviceCache(self._load)
+
+    def _write(self, user: str, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """A job that changes the user's devices: the cached entry goes when it settles."""
+        return self._db.run(job, settled=lambda committed: self._cache.changed(user))
+
+    def _load(self, user: str) -> Devices:
+        def job(conn: sqlite3.Connection) -> Devices:
+            if conn.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is None:
+                return None
+            rows = conn.execute(
+                f"SELECT {_DEVICE_COLUMNS} FROM devices"
+                " WHERE user = ? AND removed_ms IS NULL ORDER BY device",
+                (user,),
+            ).fetchall()
+            return tuple(_record(row) for row in rows)
+
+        return self._reader.read(job)
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         def job(conn: sqlite3.Connection) -> DeviceRecord:
@@ -38,7 +66,7 @@ class SqliteDeviceDirectory:
             )
             return _insert_device(conn, user, 1, device)
 
-        return await self._db.run(job)
+        return await self._write(user, job)
 
     async def add_device(self, user: str, device: NewDevice, *, max_devices: int) -> DeviceRecord:
         def job(conn: sqlite3.Connection) -> DeviceRecord:
@@ -59,31 +87,17 @@ class SqliteDeviceDirectory:
             _check_identity_free(conn, device.identity_x25519)
             return _insert_device(conn, user, highest + 1, device)
 
-        return await self._db.run(job)
+        return await self._write(user, job)
 
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
-        def job(conn: sqlite3.Connection) -> DeviceRecord | None:
-            row = conn.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices"
-                " WHERE user = ? AND device = ? AND removed_ms IS NULL",
-                (user, device),
-            ).fetchone()
-            return None if row is None else _record(row)
-
-        return await self._db.run(job)
+        for record in self._cache.devices(user) or ():
+            if record.device == device:
+                return record
+        return None
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:
-        def job(conn: sqlite3.Connection) -> list[DeviceRecord] | None:
-            if conn.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is None:
-                return None
-            rows = conn.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices"
-                " WHERE user = ? AND removed_ms IS NULL ORDER BY device",
-                (user,),
-            ).fetchall()
-            return [_record(row) for row in rows]
-
-        return await self._db.run(job)
+        devices = self._cache.devices(user)
+        return None if devices is None else list(devices)
 
     async def remove_device(self, user: str, device: int) -> bool:
         now_ms = self._now_ms()
@@ -112,7 +126,7 @@ class SqliteDeviceDirectory:
             )
             return True
 
-        return await self._db.run(job)
+        return await self._write(user, job)
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
         def job(conn: sqlite3.Connection) -> None:
@@ -123,7 +137,13 @@ class SqliteDeviceDirectory:
                 (now_ms, user, device),
             )
 
-        await self._db.run(job)
+        def settled(committed: bool) -> None:
+            if committed:
+                self._cache.seen(user, device, now_ms)
+            else:
+                self._cache.changed(user)
+
+        await self._db.run(job, settled=settled)
 
 
 def _check_identity_free(conn: sqlite3.Connection, identity_x25519: bytes) -> None:

@@ -3,7 +3,10 @@
 Durability: `store` returns once its job is committed (group commit, synchronous=FULL).
 Ordering: `seq` is AUTOINCREMENT and jobs run in submission order on one writer thread, so
 a device's messages are fetched in the order they were stored, and an ack submitted before
-a fetch is applied before it.
+a fetch is applied before it: `fetch` and `queue_state` stay on the writer for that.
+`pending_origins` (the `conflict` check of every stored send) reads on the reader
+connection, at once: it sees every store and ack answered before it was asked, which is all
+a caller can rely on (a send whose store is still unanswered has no `ok` yet).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from storage.embedded.database import SqliteDatabase
+from storage.embedded.reader import SqliteReader
 from storage.records import Envelope, PendingOrigin, StoredEnvelope
 
 ACK_CHUNK: Final = 500  # ids per DELETE: well under SQLite's bound-parameter limit
@@ -40,8 +44,9 @@ ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 
 
 class SqliteMessageQueue:
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: SqliteDatabase, reader: SqliteReader) -> None:
         self._db = db
+        self._reader = reader
 
     async def store(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
@@ -135,7 +140,7 @@ class SqliteMessageQueue:
                 for device, sender_user, sender_device, nonce in rows
             ]
 
-        return await self._db.run(job)
+        return self._reader.read(job)
 
     async def purge_expired(self, now_ms: int) -> int:
         def job(conn: sqlite3.Connection) -> int:

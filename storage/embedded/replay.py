@@ -3,16 +3,15 @@
 A pending claim guards a send in flight in this very process, so it lives and dies with
 the process: after a restart the retry is processed again (at-least-once, clients drop
 duplicates). A completed record is the first answer, kept for the replay window; it is in
-SQLite so that a restart does not reopen the window.
+SQLite, committed before `complete` returns (so before the sender hears `ok`), so that a
+restart does not reopen the window.
 
-Atomicity of claim: the event loop runs one task at a time, so a check of the pending dict
-followed by a set with no await in between cannot interleave with another claim. The
-SQLite lookup needs an await, so the dict is checked again after it. Could a claim that
-was completed meanwhile slip through (its row written after our lookup read, its pending
-entry gone before we look again)? No: its holder set the entry after our first check, so
-its completing write is a job submitted after our lookup; jobs are answered in submission
-order, and the holder drops its entry only once its write is answered, so our second check
-runs first and still sees the entry.
+Completed records are read on the reader connection, at once, on the event loop: a claim
+checks its pending entries, reads, and takes the nonce with no await in between, so it
+cannot interleave with another claim. Nor can it slip between a completion's commit and
+the drop of its pending entry: the entry goes in the completion's `settled` callback, on
+the loop, after the commit; until then a claim finds the entry, from then on it reads the
+committed row.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from storage.embedded.database import SqliteDatabase
+from storage.embedded.reader import SqliteReader
 from storage.records import ReplayRecord, ReplayScope, SendOutcome
 
 PURGE_INTERVAL_S: Final = 60.0  # expired completed rows, and expired pending claims
@@ -44,11 +44,13 @@ class SqliteReplayGuard:
     def __init__(
         self,
         db: SqliteDatabase,
+        reader: SqliteReader,
         *,
         now_ms: Callable[[], int],
         monotonic: Callable[[], float],
     ) -> None:
         self._db = db
+        self._reader = reader
         self._now_ms = now_ms  # completed rows outlive the process: wall-clock expiry
         self._monotonic = monotonic  # pending claims do not: monotonic deadlines
         self._pending: dict[_Key, _ClaimInFlight] = {}
@@ -59,7 +61,7 @@ class SqliteReplayGuard:
         held = self._held((scope, nonce))
         if held is not None:
             return held
-        return await self._completed(scope, nonce)
+        return self._completed(scope, nonce)
 
     async def claim(
         self, scope: ReplayScope, nonce: bytes, message_id: bytes, *, pending_ttl_s: float
@@ -68,13 +70,10 @@ class SqliteReplayGuard:
         held = self._held(key)
         if held is not None:
             return held
-        done = await self._completed(scope, nonce)
+        done = self._completed(scope, nonce)
         if done is not None:
             return done
-        # Check again after the await; from here to the set there is no await (see above).
-        held = self._held(key)
-        if held is not None:
-            return held
+        # From the check of `_pending` to the set there is no await (see above).
         deadline = self._monotonic() + pending_ttl_s
         self._pending[key] = _ClaimInFlight(message_id, deadline, asyncio.Event())
         self._sweep()
@@ -118,9 +117,13 @@ class SqliteReplayGuard:
                 (*row, now_ms),
             )
 
-        await self._db.run(job)
-        # Only now, with the outcome committed, may the pending entry go (see above).
-        self._drop_if_held((scope, nonce), message_id)
+        def settled(committed: bool) -> None:
+            # On the loop once committed, before the caller resumes (see above); a failed
+            # completion keeps the claim, which its caller then releases or lets expire.
+            if committed:
+                self._drop_if_held((scope, nonce), message_id)
+
+        await self._db.run(job, settled=settled)
 
     async def release(self, scope: ReplayScope, nonce: bytes, message_id: bytes) -> None:
         self._drop_if_held((scope, nonce), message_id)
@@ -165,7 +168,7 @@ class SqliteReplayGuard:
             if entry.deadline <= now:
                 self._drop(key, entry)
 
-    async def _completed(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
+    def _completed(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
         now_ms = self._now_ms()
 
         def job(conn: sqlite3.Connection) -> ReplayRecord | None:
@@ -184,4 +187,4 @@ class SqliteReplayGuard:
             )
             return ReplayRecord(message_id=bytes(message_id), outcome=outcome)
 
-        return await self._db.run(job)
+        return self._reader.read(job)

@@ -1,9 +1,16 @@
-"""Users and their devices in PostgreSQL (the DeviceDirectory interface)."""
+"""Users and their devices in PostgreSQL (the DeviceDirectory interface).
+
+`changed(user)`, when given, runs at each change to a user's devices: inside the
+transaction of add_device and remove_device, after the user's row lock is taken and before
+the commit (if it fails, the change is rolled back), and after the update of `touch`. The
+node's cache of device lists (storage.directory_cache) bumps the user's version there, and
+reads through `list_devices_settled`.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from storage.errors import (
     DeviceLimitReached,
@@ -22,9 +29,16 @@ _IDENTITY_CONSTRAINT = "devices_identity_x25519_key"
 
 
 class PostgresDeviceDirectory:
-    def __init__(self, db: Database, *, now_ms: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        now_ms: Callable[[], int],
+        changed: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._db = db
         self._now_ms = now_ms  # only for the removal time, which is kept for the record
+        self._changed = changed
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         async with self._db.transaction("create_user") as conn:
@@ -64,6 +78,8 @@ class PostgresDeviceDirectory:
             await _check_identity_free(conn, device.identity_x25519)
             record = await _insert_device(conn, user, highest + 1, device)
             await record_event(conn, user, highest + 1, "add_device", {})
+            if self._changed is not None:
+                await self._changed(user)  # under the user's row lock, before the commit
             return record
 
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
@@ -78,22 +94,28 @@ class PostgresDeviceDirectory:
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:
         async with self._db.connection("list_devices") as conn:
-            # One statement, one snapshot: the user row and its devices together.
-            rows = await conn.fetch(
-                "SELECT u.user_id AS known, d.user_id, d.device, d.identity_key, d.key_scheme,"
-                " d.registration_id, d.created_ms, d.last_seen_ms"
-                " FROM users u LEFT JOIN devices d"
-                " ON d.user_id = u.user_id AND d.removed_ms IS NULL"
-                " WHERE u.user_id = $1 ORDER BY d.device",
-                user,
-            )
-        if not rows:
-            return None
-        return [_record(row) for row in rows if row["device"] is not None]
+            return await _list_devices(conn, user)
+
+    async def list_devices_settled(self, user: str) -> list[DeviceRecord] | None:
+        """`list_devices` once every change to the user's devices in progress now has
+        committed or rolled back: whatever finished its `changed` call before this one began
+        is in the answer."""
+        async with self._db.connection("list_devices") as conn:
+            # Concurrency: add_device and remove_device hold the user's row lock (FOR NO KEY
+            # UPDATE) from before their `changed` call until they end; FOR SHARE waits for
+            # them. Autocommit: the lock is released at once, and the next statement reads a
+            # new snapshot, which holds their commits.
+            known = await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1 FOR SHARE", user)
+            if known is None:
+                return None
+            return await _list_devices(conn, user)
 
     async def remove_device(self, user: str, device: int) -> bool:
         now_ms = self._now_ms()
         async with self._db.transaction("remove_device") as conn:
+            # The user's row first, as add_device takes it: changes of one user take turns,
+            # and list_devices_settled waits for them.
+            await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE", user)
             # Concurrency: FOR UPDATE conflicts with the FOR KEY SHARE lock that every stored
             # message and the FOR NO KEY UPDATE lock that every key upload takes on this row.
             # A store or upload that got its lock first commits before we go on, and the
@@ -133,6 +155,8 @@ class PostgresDeviceDirectory:
                 device,
             )
             await record_event(conn, user, device, "remove_device", {})
+            if self._changed is not None:
+                await self._changed(user)  # under the user's row lock, before the commit
             return True
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
@@ -145,6 +169,23 @@ class PostgresDeviceDirectory:
                 device,
                 now_ms,
             )
+        if self._changed is not None:
+            await self._changed(user)  # after the commit: last_seen is in what reads see
+
+
+async def _list_devices(conn: Connection, user: str) -> list[DeviceRecord] | None:
+    # One statement, one snapshot: the user row and its devices together.
+    rows = await conn.fetch(
+        "SELECT u.user_id AS known, d.user_id, d.device, d.identity_key, d.key_scheme,"
+        " d.registration_id, d.created_ms, d.last_seen_ms"
+        " FROM users u LEFT JOIN devices d"
+        " ON d.user_id = u.user_id AND d.removed_ms IS NULL"
+        " WHERE u.user_id = $1 ORDER BY d.device",
+        user,
+    )
+    if not rows:
+        return None
+    return [_record(row) for row in rows if row["device"] is not None]
 
 
 async def _check_identity_free(conn: Connection, identity_x25519: bytes) -> None:

@@ -10,7 +10,8 @@ If a batch fails on something other than the connection (one bad row, a deadlock
 another node), each of its calls is applied again alone, so one call's failure is its own.
 
 Reads (`fetch`, `queue_state`, `pending_origins`) first wait for the writes to the same
-device queued before them, so an ack issued before a fetch is applied before it.
+device queued before them, so an ack issued before a fetch is applied before it. The
+`pending_origins` lookups of many sends then share one statement (origins.OriginLookups).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Final
 
 from storage.errors import Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
+from storage.postgres.origins import OriginLookups
 from storage.records import Envelope, PendingOrigin, StoredEnvelope
 
 MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
@@ -108,10 +110,16 @@ class PostgresMessageQueue:
         self._closed = False
         # The newest write queued for each device, for reads to wait on.
         self._last_write: dict[_Device, asyncio.Future[None]] = {}
+        self._origins = OriginLookups(db)
         # Group commit figures: envelopes_committed / batches_committed is the mean group.
         self.batches_committed = 0
         self.envelopes_committed = 0
         self.acks_committed = 0
+
+    @property
+    def origins(self) -> OriginLookups:
+        """Its counters tell how many lookups shared each statement."""
+        return self._origins
 
     async def store(self, envelopes: Sequence[Envelope]) -> None:
         if not envelopes:
@@ -179,24 +187,7 @@ class PostgresMessageQueue:
         wanted = sorted(set(devices))
         for device in wanted:
             await self._writes_before((user, device))
-        async with self._db.connection("pending_origins") as conn:
-            rows = await conn.fetch(
-                "SELECT recipient_device, sender_user, sender_device, nonce FROM messages"
-                " WHERE recipient_user = $1 AND id = $2 AND recipient_device = ANY($3::int[])"
-                " ORDER BY recipient_device",
-                user,
-                message_id,
-                wanted,
-            )
-        return [
-            PendingOrigin(
-                device=int(row["recipient_device"]),
-                sender_user=str(row["sender_user"]),
-                sender_device=int(row["sender_device"]),
-                nonce=bytes(row["nonce"]),
-            )
-            for row in rows
-        ]
+        return await self._origins.lookup(user, wanted, message_id)
 
     async def purge_expired(self, now_ms: int) -> int:
         # SKIP LOCKED: rows that a batch is deleting (acks) are left to it; the purge never
@@ -228,6 +219,7 @@ class PostgresMessageQueue:
         self._wakeup.set()
         if self._writer is not None:
             await asyncio.shield(self._writer)
+        await self._origins.close()
 
     # The writer.
 

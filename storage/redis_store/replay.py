@@ -9,6 +9,8 @@ clock for all nodes), or an injected clock in tests, which then move time by han
 
 Every operation is a step of one Lua script, and every call made in the same event-loop turn
 goes to Redis as one EVALSHA (see client.ScriptBatcher): one round trip for many senders.
+The device directory's versions (storage.redis_store.versions) are steps of the same script,
+so a send's nonce claim and the check of its recipient's cached device list share it.
 A script runs atomically, so each step's read-then-write is atomic too:
 * claim: `SET key pending NX PX ttl` after dropping a record past its deadline; the first
   claim wins, every other one gets the record that holds the nonce.
@@ -34,9 +36,11 @@ _SCRIPT = Script(
     r"""
 -- KEYS[i]: the nonce record of call i.
 -- ARGV[1]: now in ms, or '' for the server's clock.
--- ARGV[2 + 4(i-1) ...]: op (L lookup, C claim, D complete, R release), message id (hex),
---   ms (C: pending TTL, D: replay window), outcome (D: 'delivered|stored').
--- Reply per call: L and C the live record or false (C: false = claimed now); D and R 1 or 0.
+-- ARGV[2 + 4(i-1) ...]: op (L lookup, C claim, D complete, R release; V and B read and
+--   bump a directory version), message id (hex; V and B: a fresh token), ms (C: pending
+--   TTL, D: replay window, V and B: the version's expiry), outcome (D: 'delivered|stored').
+-- Reply per call: L and C the live record or false (C: false = claimed now); D and R 1 or 0;
+--   V the version; B 1.
 local now = tonumber(ARGV[1])
 if not now then
     local t = redis.call('TIME')
@@ -64,9 +68,25 @@ local out = {}
 for i, key in ipairs(KEYS) do
     local base = 2 + (i - 1) * 4
     local op, id, ms, outcome = ARGV[base], ARGV[base + 1], tonumber(ARGV[base + 2]), ARGV[base + 3]
-    local value = live(key)
+    local value = false
+    if op ~= 'V' and op ~= 'B' then
+        value = live(key)
+    end
     local deadline = string.format('%.0f', now + (ms or 0))
-    if op == 'L' then
+    if op == 'V' then
+        -- A directory version (storage.redis_store.versions): read it, or start it with
+        -- the fresh token `id` when there is none (new, expired or lost).
+        local version = redis.call('GET', key)
+        if not version then
+            redis.call('SET', key, id, 'PX', ms)
+            version = id
+        end
+        out[i] = version
+    elseif op == 'B' then
+        -- A directory change: a fresh token, never seen before, so no cache matches it.
+        redis.call('SET', key, id, 'PX', ms)
+        out[i] = 1
+    elseif op == 'L' then
         out[i] = value
     elseif op == 'C' then
         if value then

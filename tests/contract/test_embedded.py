@@ -15,6 +15,7 @@ import pytest
 
 from storage.embedded import DATABASE_FILE, EmbeddedStore
 from storage.embedded.database import SCHEMA_VERSION, SqliteDatabase
+from storage.embedded.reader import SqliteReader
 from storage.embedded.replay import SqliteReplayGuard
 from storage.errors import Unavailable
 from storage.records import ReplayScope, SendOutcome
@@ -162,7 +163,8 @@ async def test_ready(tmp_path: Path) -> None:
 
 async def test_expired_replay_rows_are_purged(db: SqliteDatabase) -> None:
     clock = FakeClock()
-    guard = SqliteReplayGuard(db, now_ms=clock.now_ms, monotonic=clock.monotonic)
+    reader = SqliteReader.open(db.path)
+    guard = SqliteReplayGuard(db, reader, now_ms=clock.now_ms, monotonic=clock.monotonic)
     outcome = SendOutcome(delivered=(1,), stored=())
     for n in range(5):
         scope = ReplayScope("a", n, "b")
@@ -178,6 +180,7 @@ async def test_expired_replay_rows_are_purged(db: SqliteDatabase) -> None:
     assert await guard.claim(scope, b"nonce", b"id", pending_ttl_s=30) is None
     await guard.complete(scope, b"nonce", b"id", outcome, window_s=60.0)
     assert await db.run(count) == 1
+    reader.close()
 
 
 CHILD = """

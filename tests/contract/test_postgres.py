@@ -154,6 +154,29 @@ async def test_group_commit(production: Backend) -> None:
     assert sorted(s.envelope.id for s in fetched) == sorted(e.id for e in stored)
 
 
+async def test_pending_origins_of_many_sends_share_one_statement(production: Backend) -> None:
+    store = await open_production(production)
+    users = [await make_user(store, devices=2) for _ in range(20)]
+    ids = [secrets.token_bytes(16) for _ in users]
+    # Every other user has the id stored for device 2, from a sender of its own.
+    await store.messages.store(
+        [
+            envelope(user, 2, id=ids[n], sender_user=f"sender-{n}", sender_device=3)
+            for n, user in enumerate(users)
+            if n % 2 == 0
+        ]
+    )
+    lookups = store.messages.origins
+    statements = lookups.statements
+    found = await asyncio.gather(
+        *(store.messages.pending_origins(user, [1, 2], ids[n]) for n, user in enumerate(users))
+    )
+    assert lookups.statements - statements < len(users)
+    for n, origins in enumerate(found):
+        expected = [(2, f"sender-{n}", 3)] if n % 2 == 0 else []
+        assert [(o.device, o.sender_user, o.sender_device) for o in origins] == expected
+
+
 async def test_an_ack_issued_right_after_a_store_is_applied_after_it(production: Backend) -> None:
     store = await open_production(production)
     user = await make_user(store)
@@ -214,6 +237,13 @@ async def test_an_unreachable_database_is_unavailable_fast() -> None:
             await store.devices.get_device("u", 1)
         with pytest.raises(Unavailable):
             await store.messages.store([envelope("u", 1)])
+        # Lookups sharing one statement share its failure; the next ones are tried anew.
+        for _ in range(2):
+            lookups = await asyncio.gather(
+                *(store.messages.pending_origins("u", [1], secrets.token_bytes(16)) for _ in "ab"),
+                return_exceptions=True,
+            )
+            assert all(isinstance(result, Unavailable) for result in lookups)
         assert time.monotonic() - started < 2.0
         assert await store.ready() == {"postgresql": False, "redis": True}
     finally:

@@ -448,6 +448,27 @@ async def test_concurrent_copies_of_one_send(relay):
     await close_all(a, b)
 
 
+async def test_other_id_waits_for_the_send_holding_the_nonce(relay):
+    """Another id with the nonce of a send still in flight is judged once that send is
+    answered: `replay`, as that send was accepted."""
+    a = await new_user(relay.url)
+    b = await new_user(relay.url)  # connected, acks by hand: the first send waits
+    await b.next_push("queue_empty")
+    nonce = new_nonce()
+    first = asyncio.create_task(a.request(a.send_frame(b, nonce=nonce)))
+    deliver = await b.next_push("deliver")
+    copy = dict(a.send_frame(b, nonce=nonce, id=new_id()), rid=a.next_rid())
+    other = asyncio.create_task(a.request(copy))
+    await a.sync()  # answered after every earlier frame took effect: the copy is waiting
+    assert [f for f in a.received if f.get("rid") == copy["rid"]] == []
+    await b.ack(deliver["id"])
+    assert (await first)["delivered"] == [1]
+    error_of(await other, "replay")
+    await b.sync()
+    await b.no_push("deliver", timeout=0.5)
+    await close_all(a, b)
+
+
 # --------------------------------------------------------------------------- conflict
 
 

@@ -2,7 +2,10 @@
 
 The test plays the drivers around `DeliveryWindow`: one sender (waiting for acks, storing on
 timeout, refusal or the connection's end), a model store (an ordered queue), and the device
-(connecting, reading, acking what it received). After every step:
+(connecting, reading, acking what it received). A fetch and an ack's delete take time, as
+they do against a real store: a fetch returns what was stored when it started, and other
+events (acks above all) may come between its start and its result, or between an ack and its
+delete's commit. After every step:
 
 * every accepted envelope is exactly one of: in flight awaiting its ack (not stored), stored,
   or acknowledged;
@@ -18,7 +21,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from relay.delivery import DeliveryWindow, LivePush, SendOrigin, StoredFound
+from relay.delivery import DeliveryWindow, Fetch, LivePush, SendOrigin, StoredFound
 
 WINDOW = 3
 ORIGIN = SendOrigin("alice", 1, b"n" * 16)
@@ -37,6 +40,8 @@ class OneDevice(RuleBasedStateMachine):
         self.window: DeliveryWindow | None = None
         self.pushed_seqs: list[int] = []  # stored messages pushed on this connection
         self.queue_empties = 0
+        self.fetching: tuple[Fetch, list[tuple[int, bytes]]] | None = None  # started, no result
+        self.deleting: list[bytes] = []  # acked; their delete has not committed yet
 
     # --- the store and the sender ---------------------------------------------------
 
@@ -81,7 +86,9 @@ class OneDevice(RuleBasedStateMachine):
     @precondition(lambda self: self.window is None)
     @rule()
     def connect(self) -> None:
-        self.window = DeliveryWindow(WINDOW)
+        self.window = DeliveryWindow(
+            WINDOW, lambda: 0.0
+        )  # ages: tests/unit/test_delivery_window.py
         self.window.opened()
         self.pushed_seqs = []
         self.queue_empties = 0
@@ -97,6 +104,8 @@ class OneDevice(RuleBasedStateMachine):
                 self.waiting.discard(message_id)
                 self._store(message_id)
         self.window = None
+        self.fetching = None
+        self._commit_deletes()  # the store runs them before the next connection's fetch
 
     @precondition(lambda self: self.window is not None and self.received)
     @rule(data=st.data())
@@ -106,20 +115,38 @@ class OneDevice(RuleBasedStateMachine):
         actions = self.window.acked(ids)
         for message_id in actions.delivered:
             self.waiting.discard(message_id)
-        for message_id in actions.delete:
-            self.store.pop(message_id, None)
+        self.deleting.extend(actions.delete)
         self.acknowledged.update(ids)  # the device has them: none may stay stored or pending
         self.unacked_here.difference_update(ids)
 
-    @precondition(lambda self: self.window is not None)
+    def _commit_deletes(self) -> None:
+        for message_id in self.deleting:
+            self.store.pop(message_id, None)
+        if self.window is not None:
+            self.window.deleted(self.deleting)
+        self.deleting = []
+
+    @precondition(lambda self: self.deleting)
     @rule()
-    def pump(self) -> None:
+    def deletes_commit(self) -> None:
+        self._commit_deletes()
+
+    @precondition(lambda self: self.window is not None and self.fetching is None)
+    @rule()
+    def fetch_starts(self) -> None:
         assert self.window is not None
         fetch = self.window.next_fetch()
         if fetch is None:
             return
         batch = [(seq, m) for m, seq in self.store.items() if seq > fetch.after_seq]
-        batch = batch[: fetch.limit]
+        self.fetching = (fetch, batch[: fetch.limit])
+
+    @precondition(lambda self: self.fetching is not None)
+    @rule()
+    def fetch_returns(self) -> None:
+        assert self.window is not None and self.fetching is not None
+        fetch, batch = self.fetching
+        self.fetching = None
         for seq, message_id in batch:
             if self.window.found(seq, message_id, ORIGIN, ()) is StoredFound.PUSH:
                 self._pushed(message_id)
@@ -139,7 +166,8 @@ class OneDevice(RuleBasedStateMachine):
                 and self.window.is_in_flight(message_id)
                 and message_id not in self.store
             )
-            places = [live, message_id in self.store, message_id in self.acknowledged]
+            stored = message_id in self.store and message_id not in self.deleting
+            places = [live, stored, message_id in self.acknowledged]
             assert places.count(True) == 1, (message_id, places)
             assert live == (message_id in self.waiting)
 

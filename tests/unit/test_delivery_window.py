@@ -16,12 +16,20 @@ ALICE = SendOrigin("alice", 1, b"n" * 16)
 NOTHING: frozenset[bytes] = frozenset()
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def mid(i: int) -> bytes:
     return i.to_bytes(16, "big")
 
 
-def open_window(size: int = 4) -> DeliveryWindow:
-    window = DeliveryWindow(size)
+def open_window(size: int = 4, clock: FakeClock | None = None) -> DeliveryWindow:
+    window = DeliveryWindow(size, clock or FakeClock())
     window.opened()
     return window
 
@@ -40,7 +48,7 @@ def pump(window: DeliveryWindow, store: list[tuple[int, bytes]]) -> tuple[list[b
 
 
 def test_nothing_is_pushed_before_the_handshake_answer() -> None:
-    window = DeliveryWindow(4)
+    window = DeliveryWindow(4, FakeClock())
     assert offer(window, 1) is LivePush.REFUSE
     assert window.next_fetch() is None
     window.opened()
@@ -133,6 +141,45 @@ def test_a_store_during_a_fetch_keeps_the_pump_looking() -> None:
     assert window.acked([mid(1)]).wake_pump
 
 
+def test_an_id_acked_while_a_fetch_runs_is_not_pushed_again() -> None:
+    """The fetch was queued before the ack's delete, so it still returns the acked id."""
+    window = open_window()
+    offer(window, 1)
+    window.stored([mid(1)])  # the sender's ack timeout elapsed: it stores the envelope
+    window.store_changed()
+    fetch = window.next_fetch()
+    assert fetch is not None
+    assert window.acked([mid(1)]).delete == (mid(1),)  # read while the fetch runs
+    assert window.found(1, mid(1), ALICE, NOTHING) is StoredFound.ACKED
+    window.fetch_done(fetch, 1)
+    assert window.in_flight == 0
+
+
+def test_an_acked_id_stays_skipped_until_its_delete_has_committed() -> None:
+    window = open_window()
+    offer(window, 1)
+    window.stored([mid(1)])
+    window.acked([mid(1)])
+    window.store_changed()
+    assert pump(window, [(1, mid(1))]) == ([], True)  # the delete has not committed yet
+    window.deleted([mid(1)])
+    fetch = window.next_fetch()  # started after the commit: the id cannot come back
+    assert fetch is not None
+    assert window.found(2, mid(1), ALICE, NOTHING) is StoredFound.PUSH  # stored anew
+
+
+def test_a_delete_committed_during_a_fetch_still_skips_that_fetchs_copy() -> None:
+    window = open_window()
+    offer(window, 1)
+    window.stored([mid(1)])
+    window.store_changed()
+    fetch = window.next_fetch()
+    assert fetch is not None
+    window.acked([mid(1)])
+    window.deleted([mid(1)])  # committed, but the fetch began before it
+    assert window.found(1, mid(1), ALICE, NOTHING) is StoredFound.ACKED
+
+
 def test_the_pump_skips_and_deletes_ids_acked_through_another_node() -> None:
     window = open_window()
     fetch = window.next_fetch()
@@ -211,3 +258,32 @@ def test_a_sends_outcome_per_device() -> None:
     assert settle(acked=False, online=False) is Settled.LATE
     assert settle(acked=False, online=True) is Settled.DROPPED
     assert store_unpushed(online=False) and not store_unpushed(online=True)
+
+
+def test_oldest_delivery_ages_from_its_push_until_its_ack() -> None:
+    clock = FakeClock()
+    window = open_window(clock=clock)
+    assert window.oldest_pushed_at() is None and not window.overdue(5.0)
+    offer(window, 1)
+    clock.now += 3.0
+    pushed, _ = pump(window, [(1, mid(2))])
+    assert pushed == [mid(2)]
+    assert window.oldest_pushed_at() == 100.0
+    clock.now += 2.0  # the live push has waited 5 s, the stored one 2 s
+    assert window.overdue(5.0) and not window.overdue(5.5)
+    window.acked([mid(1)])
+    assert window.oldest_pushed_at() == 103.0 and not window.overdue(5.0)
+    window.stored([mid(2)])  # marked durable: its age does not restart
+    clock.now += 3.0
+    assert window.overdue(5.0)
+    window.acked([mid(2)])
+    assert window.oldest_pushed_at() is None and not window.overdue(0.0)
+
+
+def test_no_age_after_the_connection_ended() -> None:
+    clock = FakeClock()
+    window = open_window(clock=clock)
+    offer(window, 1)
+    window.ended()
+    clock.now += 60.0
+    assert not window.overdue(5.0)

@@ -1,0 +1,139 @@
+"""`pending_origins` for many sends in one statement: the lookups made in the same
+event-loop turn (and those made while the previous statement is on the wire) share one
+pooled connection and one round trip, instead of a pool checkout and a query each.
+
+One statement is one snapshot, so each lookup in it sees what a statement of its own,
+started at that moment, would see: what its caller waited for (the writes queued before
+it, see messages.PostgresMessageQueue) has committed by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from storage.errors import Unavailable
+from storage.postgres.database import Database
+from storage.records import PendingOrigin
+
+__all__ = ["OriginLookups"]
+
+MAX_LOOKUPS: Final = 500  # lookups in one statement; more wait for the next one
+
+# The unique index (recipient_user, recipient_device, id) answers each row of `q`.
+_ORIGINS = """
+SELECT q.n, m.recipient_device, m.sender_user, m.sender_device, m.nonce
+FROM unnest($1::int[], $2::text[], $3::int[], $4::bytea[]) AS q(n, u, d, id)
+JOIN messages m ON m.recipient_user = q.u AND m.recipient_device = q.d AND m.id = q.id
+ORDER BY q.n, m.recipient_device
+"""
+
+
+@dataclass(slots=True)
+class _Lookup:
+    user: str
+    devices: Sequence[int]
+    message_id: bytes
+    future: asyncio.Future[list[PendingOrigin]]
+
+
+class OriginLookups:
+    """Batches `pending_origins` lookups; one statement on the wire at a time."""
+
+    def __init__(self, db: Database, *, max_lookups: int = MAX_LOOKUPS) -> None:
+        self._db = db
+        self._max_lookups = max_lookups
+        self._pending: list[_Lookup] = []
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._closed = False
+        self.statements = 0  # statements sent; lookups / statements is the mean batch
+        self.lookups = 0
+
+    async def lookup(
+        self, user: str, devices: Sequence[int], message_id: bytes
+    ) -> list[PendingOrigin]:
+        """Who sent the stored envelopes named `message_id` for these devices of `user`."""
+        if self._closed:
+            raise Unavailable("the message queue is closed")
+        loop = asyncio.get_running_loop()
+        call = _Lookup(user, devices, message_id, loop.create_future())
+        self._pending.append(call)
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._run(), name="relay-postgres-origins")
+        self._wakeup.set()
+        return await call.future
+
+    async def close(self) -> None:
+        """Answer what is queued, then stop."""
+        self._closed = True
+        self._wakeup.set()
+        if self._worker is not None:
+            await asyncio.shield(self._worker)
+
+    async def _run(self) -> None:
+        while True:
+            # Woken by the first lookup; runs once the lookups of that turn are in.
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch = self._pending[: self._max_lookups]
+                del self._pending[: self._max_lookups]
+                try:
+                    await self._send(batch)
+                except BaseException as exc:  # cancelled: nobody may wait forever
+                    for call in [*batch, *self._pending]:
+                        _settle(call.future, error=Unavailable(f"origin lookups stopped: {exc!r}"))
+                    self._pending.clear()
+                    raise
+            if self._closed:
+                return
+
+    async def _send(self, batch: list[_Lookup]) -> None:
+        numbers: list[int] = []
+        users: list[str] = []
+        devices: list[int] = []
+        ids: list[bytes] = []
+        for n, call in enumerate(batch):
+            for device in call.devices:
+                numbers.append(n)
+                users.append(call.user)
+                devices.append(device)
+                ids.append(call.message_id)
+        self.statements += 1
+        self.lookups += len(batch)
+        try:
+            async with self._db.connection("pending_origins") as conn:
+                rows = await conn.fetch(_ORIGINS, numbers, users, devices, ids)
+        except Unavailable as exc:
+            for call in batch:
+                _settle(call.future, error=exc)
+            return
+        found: list[list[PendingOrigin]] = [[] for _ in batch]
+        for row in rows:
+            found[int(row["n"])].append(
+                PendingOrigin(
+                    device=int(row["recipient_device"]),
+                    sender_user=str(row["sender_user"]),
+                    sender_device=int(row["sender_device"]),
+                    nonce=bytes(row["nonce"]),
+                )
+            )
+        for call, origins in zip(batch, found, strict=True):
+            _settle(call.future, value=origins)
+
+
+def _settle(
+    future: asyncio.Future[list[PendingOrigin]],
+    *,
+    value: list[PendingOrigin] | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value or [])

@@ -1,0 +1,179 @@
+"""The production store's cached device lists: each node's copy is checked against the
+user's version in Redis at every read, so a change made on another node is seen at once,
+and a read of a current copy costs no PostgreSQL round trip."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+import asyncpg
+import pytest
+import redis.asyncio as redis_asyncio
+
+from storage.errors import Unavailable
+from storage.production import ProductionStore
+from storage.records import ReplayScope
+from storage.redis_store.versions import RedisDirectoryVersions
+
+from .support import REDIS_URL, START_MS, Backend, make_user, new_device
+
+WAIT_S = 5.0
+
+
+async def two_nodes(backend: Backend) -> tuple[ProductionStore, ProductionStore]:
+    first, second = await backend.open(), await backend.open()
+    assert isinstance(first, ProductionStore) and isinstance(second, ProductionStore)
+    return first, second
+
+
+async def listed(store: ProductionStore, user: str) -> list[int]:
+    devices = await store.devices.list_devices(user)
+    assert devices is not None
+    return [d.device for d in devices]
+
+
+async def test_a_device_removed_on_one_node_is_refused_by_another_at_once(
+    production: Backend,
+) -> None:
+    a, b = await two_nodes(production)
+    user = await make_user(a, devices=2)
+    assert await listed(a, user) == [1, 2]
+    assert await listed(a, user) == [1, 2]
+    assert a.devices.hits == 1  # the second read was answered from the copy
+    assert await b.devices.remove_device(user, 2)
+    assert await listed(a, user) == [1]
+
+
+async def test_a_device_added_or_touched_on_another_node_is_seen_at_once(
+    production: Backend,
+) -> None:
+    a, b = await two_nodes(production)
+    user = await make_user(a)
+    assert await listed(a, user) == [1]
+    await b.devices.add_device(user, new_device(), max_devices=6)
+    assert await listed(a, user) == [1, 2]
+    await b.devices.touch(user, 2, START_MS + 5_000)
+    devices = await a.devices.list_devices(user)
+    assert devices is not None and devices[1].last_seen_ms == START_MS + 5_000
+
+
+async def test_a_read_waits_for_a_change_in_progress(production: Backend) -> None:
+    """A change bumps the version before it commits; a read that sees the new version must
+    not cache the rows as they were before that commit."""
+    a, b = await two_nodes(production)
+    user = await make_user(a, devices=2)
+    assert production.database_url is not None
+    conn = await asyncpg.connect(production.database_url)
+    try:
+        removal = conn.transaction()
+        await removal.start()
+        # What remove_device does on node B, stopped before its commit.
+        await conn.execute("SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE", user)
+        await conn.execute(
+            "UPDATE devices SET removed_ms = 1 WHERE user_id = $1 AND device = 2", user
+        )
+        await RedisDirectoryVersions(b.redis, b.replay.batcher).bump(user)
+        reading = asyncio.create_task(listed(a, user))
+        await _until_a_statement_waits_for_a_lock(conn)
+        assert not reading.done()
+        await removal.commit()
+        assert await asyncio.wait_for(reading, WAIT_S) == [1]
+        assert await listed(a, user) == [1]
+    finally:
+        await conn.close()
+
+
+async def test_a_lost_version_never_matches_an_old_copy(production: Backend) -> None:
+    a, _ = await two_nodes(production)
+    user = await make_user(a, devices=2)
+    assert await listed(a, user) == [1, 2]
+    client = redis_asyncio.Redis.from_url(REDIS_URL)
+    try:
+        # Redis loses the version (restart, eviction); the rows change meanwhile.
+        assert await client.delete(f"{production.redis_prefix}dirversion:{user}") == 1
+    finally:
+        await client.aclose()
+    assert production.database_url is not None
+    conn = await asyncpg.connect(production.database_url)
+    try:
+        await conn.execute(
+            "UPDATE devices SET removed_ms = 1 WHERE user_id = $1 AND device = 2", user
+        )
+    finally:
+        await conn.close()
+    assert await listed(a, user) == [1]
+
+
+async def test_a_current_copy_costs_no_postgresql_and_shares_the_claims_round_trip(
+    production: Backend,
+) -> None:
+    a, _ = await two_nodes(production)
+    user = await make_user(a, devices=2)
+    await listed(a, user)
+    production.observed.clear()
+    trips = a.redis.round_trips
+    scope = ReplayScope("sender", 1, user)
+    claimed, devices = await asyncio.gather(
+        a.replay.claim(scope, secrets.token_bytes(16), b"m" * 16, pending_ttl_s=5),
+        a.devices.list_devices(user),
+    )
+    assert claimed is None
+    assert devices is not None and [d.device for d in devices] == [1, 2]
+    assert a.redis.round_trips == trips + 1
+    assert [op for backend, op, _ in production.observed if backend == "postgresql"] == []
+
+
+async def test_concurrent_misses_share_one_postgresql_read(production: Backend) -> None:
+    a, b = await two_nodes(production)
+    user = await make_user(b, devices=3)
+    production.observed.clear()
+    lists = await asyncio.gather(*(listed(a, user) for _ in range(20)))
+    assert lists == [[1, 2, 3]] * 20
+    reads = [op for name, op, _ in production.observed if name == "postgresql"]
+    assert reads == ["list_devices"]
+    assert (a.devices.hits, a.devices.misses) == (0, 20)
+
+
+async def test_unknown_users_are_not_cached(production: Backend) -> None:
+    a, b = await two_nodes(production)
+    user = "not-yet-" + secrets.token_hex(4)
+    assert await a.devices.list_devices(user) is None
+    await b.devices.create_user(user, new_device())
+    assert await listed(a, user) == [1]
+
+
+async def test_with_redis_unreachable_lists_come_from_postgresql_and_changes_roll_back(
+    production: Backend,
+) -> None:
+    a = await production.open()
+    user = await make_user(a, devices=2)
+    assert production.database_url is not None
+    cut_off = await ProductionStore.open(
+        database_url=production.database_url,
+        redis_url="redis://127.0.0.1:1/0",
+        redis_prefix=production.redis_prefix,
+        timeout_s=0.5,
+    )
+    try:
+        assert await listed(cut_off, user) == [1, 2]
+        assert (cut_off.devices.hits, cut_off.devices.misses) == (0, 1)
+        with pytest.raises(Unavailable):
+            await cut_off.devices.remove_device(user, 2)  # its version cannot be bumped
+        assert await listed(cut_off, user) == [1, 2]  # so the removal was rolled back
+    finally:
+        await cut_off.close()
+
+
+async def _until_a_statement_waits_for_a_lock(conn: asyncpg.Connection) -> None:
+    """Until another backend of this database waits on a lock (the read): each check is a
+    server round trip, within WAIT_S."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if await conn.fetchval(
+            "SELECT count(*) > 0 FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            return
+    raise AssertionError("the read never waited for the change's lock")
