@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 log = logging.getLogger("relay.keepalive")
 
 TICK_S = 1.0
+STALE_SLACK = 64  # closed connections the ping order may hold before it is rebuilt
 PONG_LATE_CODE = 1011  # as websockets closes on a late pong
 PONG_LATE_REASON = "keepalive ping timeout"
 
@@ -68,12 +69,18 @@ class Keepalive:
                 return  # the rest were sent later
 
     def _ping_share(self, now: float) -> None:
+        if len(self._turns) > 2 * len(self._members) + STALE_SLACK:
+            # Mostly closed connections: drop them now, not when their turns come, so a closed
+            # connection is not kept alive by the ping order.
+            self._turns = deque(ws for ws in self._turns if ws in self._members)
         share = math.ceil(len(self._members) * self._tick / self._interval)
-        for _ in range(min(share, len(self._turns))):
+        pinged = 0
+        while pinged < share and self._turns:
             ws = self._turns.popleft()
             if ws not in self._members:
                 continue  # gone since its last turn
             self._turns.append(ws)
+            pinged += 1
             if ws not in self._pongs:
                 self._spawn(self._ping(ws, now))
 
