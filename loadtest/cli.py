@@ -75,7 +75,10 @@ def _parser() -> argparse.ArgumentParser:
         "--queue", type=_bounded(int, 1, 100_000), default=100, help="offline-drain: per device"
     )
     g.add_argument(
-        "--connect-rate", type=_bounded(float, 1, 100_000), default=500.0, help="connections/s"
+        "--connect-rate",
+        type=_bounded(float, 1, 100_000),
+        default=500.0,
+        help="connections/s (connect-storm --find-max: the first step)",
     )
     g.add_argument("--hold", type=_bounded(float, 0, 3600), default=5.0, help="connect-storm hold")
     g.add_argument(
@@ -189,7 +192,7 @@ def _workload(args: argparse.Namespace) -> Workload:
 
 def _run_target(w: Workload, probe: Probe | None, name: str, args: argparse.Namespace) -> RunResult:
     def once(step: Workload) -> RunResult:
-        label = f"{name} @ {step.rate:g}/s" if args.find_max else name
+        label = f"{name} @ {step.stepped_rate:g}/s" if args.find_max else name
         return run_workload(step, probe, target=step.url, label=label)
 
     if args.find_max:

@@ -99,6 +99,7 @@ class SimDevice:
         prekeys: int = 5,
         e2e: bool = False,
         ssl: SSLContext | None = None,
+        source: str | None = None,
     ) -> None:
         self.url = url
         self.options = WireOptions(
@@ -108,6 +109,7 @@ class SimDevice:
             max_frame_bytes=MAX_FRAME,
             ping_interval=None,
             ssl=ssl,
+            local_address=source,
         )
         self.ledger = ledger
         self.recorder = recorder

@@ -13,13 +13,16 @@ import time
 from typing import Any
 
 from loadtest import worker
+from loadtest.device import HANDSHAKE_TIMEOUT, OPEN_TIMEOUT
 from loadtest.figures import RunResult
 from loadtest.probe import Probe
 from loadtest.progress import ProgressLine
 from loadtest.results import ServerTrace, merge
+from loadtest.spread import connections_per_process
 from loadtest.workload import Scenario, Workload, split
 
 START_MARGIN = 0.5
+MIN_CLOSE_RATE = 100.0  # connections a second a busy relay closes at least, for the deadline
 
 
 class RunFailed(Exception):
@@ -29,7 +32,10 @@ class RunFailed(Exception):
 def expected_seconds(w: Workload) -> float:
     """An upper bound of the measured phase, for the run's deadline."""
     if w.scenario is Scenario.CONNECT_STORM:
-        return w.devices / w.connect_rate + w.hold
+        # A connection may finish its handshake up to the device's timeouts after its
+        # scheduled instant, and every connection is closed before the process reports.
+        late = OPEN_TIMEOUT + HANDSHAKE_TIMEOUT
+        return w.devices / w.connect_rate + late + w.hold + w.devices / MIN_CLOSE_RATE
     if w.scenario is Scenario.OFFLINE_DRAIN:
         return 3 * w.grace + w.devices * w.queue / 50
     return w.duration
@@ -38,7 +44,7 @@ def expected_seconds(w: Workload) -> float:
 def run_workload(w: Workload, probe: Probe | None, *, target: str, label: str) -> RunResult:
     """Run `w` against its URL and return the merged result."""
     ctx = multiprocessing.get_context("spawn")
-    shares = split(w)
+    shares = split(w, connections_per_process())
     up: Any = ctx.Queue()
     downs: list[Any] = [ctx.Queue() for _ in shares]
     procs = [

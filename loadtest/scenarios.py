@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from loadtest.device import DeviceError, SimDevice, new_message
 from loadtest.ledger import Ledger
 from loadtest.recorder import Recorder
+from loadtest.spread import source_address
 from loadtest.workload import Pairing, Scenario, Share, Workload
 from protocol.client.tls import context_for
 from protocol.codec import WireFormat
@@ -55,6 +56,7 @@ async def setup(workload: Workload, share: Share, recorder: Recorder) -> Fleet:
             prekeys=workload.prekeys,
             e2e=workload.e2e,
             ssl=tls,
+            source=source_address(workload.url, workload.devices, share.global_index(i)),
         )
         for i in range(share.devices)
     ]
@@ -254,12 +256,10 @@ async def _offline_drain(fleet: Fleet, t0: float) -> None:
 
 
 async def _connect_storm(fleet: Fleet, t0: float) -> None:
-    """Open connections at `connect_rate` (all processes together) up to every device; hold."""
+    """Open connections at `connect_rate` (all processes together) up to every device, then
+    hold them all for `hold` seconds (from the last handshake, however late the ramp ends)."""
     w, share, rec = fleet.workload, fleet.share, fleet.recorder
-    total = w.devices
-    ramp_end = t0 + total / w.connect_rate
-    end = ramp_end + w.hold
-    sampler = asyncio.create_task(_sampler(rec, end))
+    sampler = asyncio.create_task(_sampler(rec, float("inf")))
 
     async def open_one(local: int, dev: SimDevice) -> None:
         scheduled = t0 + share.global_index(local) / w.connect_rate
@@ -272,8 +272,10 @@ async def _connect_storm(fleet: Fleet, t0: float) -> None:
             rec.connection_error(exc.kind, time.time())
 
     await asyncio.gather(*(open_one(i, d) for i, d in enumerate(fleet.devices)))
-    rec.mark("ramp_done", time.time())
-    await sampler
+    ramp_done = time.time()
+    rec.mark("ramp_done", ramp_done)
+    sampler.cancel()
+    await _sampler(rec, ramp_done + w.hold)
 
 
 async def _reconnect_storm(fleet: Fleet, t0: float) -> None:

@@ -21,6 +21,7 @@ from loadtest.device import DeviceError
 from loadtest.ledger import Counts
 from loadtest.recorder import Recorder, Recording
 from loadtest.scenarios import Fleet, run, setup, teardown
+from loadtest.spread import raise_file_limit
 from loadtest.workload import Share, Workload
 
 PROGRESS_EVERY = 1.0
@@ -48,6 +49,7 @@ class Outcome:
 def main(workload: Workload, share: Share, up: Queue[Any], down: Queue[Any]) -> None:
     """Process entry point (spawned by the runner)."""
     try:
+        raise_file_limit()  # one socket per device connection
         with contextlib.suppress(ImportError):
             import uvloop
 

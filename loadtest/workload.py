@@ -78,6 +78,20 @@ class Workload:
         values["pairing"] = self.pairing
         return Workload(**values)
 
+    @property
+    def stepped_rate(self) -> float:
+        """The rate a maximum search steps: connections per second in a connect storm."""
+        return self.connect_rate if self.scenario is Scenario.CONNECT_STORM else self.rate
+
+    def with_stepped_rate(self, rate: float) -> Workload:
+        if self.scenario is not Scenario.CONNECT_STORM:
+            return self.with_rate(rate)
+        values = asdict(self)
+        values["connect_rate"] = rate
+        values["scenario"] = self.scenario
+        values["pairing"] = self.pairing
+        return Workload(**values)
+
     def as_json(self) -> dict[str, Any]:
         values = asdict(self)
         values["scenario"] = str(self.scenario)
@@ -121,11 +135,15 @@ class Share:
         return local * self.procs + self.index
 
 
-def split(workload: Workload) -> list[Share]:
-    """Divide devices (keeping pairs and groups whole) and rate over the processes."""
+def split(workload: Workload, per_process: int | None = None) -> list[Share]:
+    """Divide devices (keeping pairs and groups whole) and rate over the processes; more
+    processes than asked when one could not hold `per_process` connections (its file limit)."""
     unit = workload.group + 1 if workload.scenario is Scenario.FANOUT else 2
     units = max(1, workload.devices // unit)
-    procs = max(1, min(workload.procs, units))
+    wanted = workload.procs
+    if per_process is not None:
+        wanted = max(wanted, -(-workload.devices // per_process))
+    procs = max(1, min(wanted, units))
     shares: list[Share] = []
     for i in range(procs):
         n_units = units // procs + (1 if i < units % procs else 0)

@@ -53,6 +53,8 @@ POSITIVE_SETTINGS = (
     "max_bad_frames",
     "outbound_buffer_bytes",
     "slow_reader_timeout",
+    "ping_interval",
+    "ping_timeout",
     "max_connections_per_address",
     "max_handshakes",
     "max_handshakes_per_address",
@@ -105,6 +107,8 @@ class Settings:
     max_bad_frames: int = 100
     outbound_buffer_bytes: int = 4 * 1024 * 1024
     slow_reader_timeout: float = 5.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
     max_connections_per_address: int = 10_000
     max_handshakes: int = 10_000
     max_handshakes_per_address: int = 1_000
@@ -319,6 +323,8 @@ SETTING_HELP: dict[str, str] = {
     "outbound_buffer_bytes": "bytes queued to a client before deliveries wait",
     "slow_reader_timeout": "seconds a delivery may wait for its ack (or the outbound buffer stay "
     "full) before the connection is closed with 1013",
+    "ping_interval": "seconds between the WebSocket pings the relay sends every connection",
+    "ping_timeout": "seconds a pong may take before the connection is closed with 1011",
     "max_connections_per_address": "concurrent connections per client address",
     "max_handshakes": "connections still in their handshake (accepted, not yet authenticated); "
     "more are reset at accept",

@@ -95,7 +95,6 @@ async def serve_connection(
         stall_s=svc.settings.slow_reader_timeout,
         metrics=svc.metrics,
     )
-    writer = asyncio.create_task(out.run())
     session: DeviceSession | None = None
     try:
         try:
@@ -119,9 +118,9 @@ async def serve_connection(
         if not out.closing:
             out.close(CloseCode.NORMAL)
         try:
-            await asyncio.wait_for(writer, timeout=svc.settings.shutdown_timeout)
+            await asyncio.wait_for(out.finished(), timeout=svc.settings.shutdown_timeout)
         except TimeoutError:
-            writer.cancel()
+            out.stop()
         conn_log.closed(
             ws,
             session.user if session is not None else None,
@@ -242,7 +241,7 @@ async def _finish_handshake(
 async def _frame_loop(
     svc: Services, ws: ServerConnection, fmt: WireFormat, session: DeviceSession
 ) -> None:
-    pump = asyncio.create_task(session.pump())
+    session.start_pump()
     bad_frames = TokenBucket(
         rate_per_s=1.0, burst=svc.settings.max_bad_frames, clock=svc.clock.monotonic
     )
@@ -287,7 +286,7 @@ async def _frame_loop(
                 return
     finally:
         deadline.close()
-        pump.cancel()
+        session.stop_pump()
 
 
 def _refuse(

@@ -27,6 +27,7 @@ from relay.delivery import (
     SendOrigin,
     StoredFound,
 )
+from relay.flag import Flag
 from relay.outbound import Outbound
 from storage.errors import StorageError
 from storage.interfaces import MessageQueue
@@ -82,10 +83,11 @@ class DeviceSession:
     slow_reader_s: float  # the oldest delivery in flight may wait this long for its ack
     link: RemoteLink | None = None  # deliveries for and from other nodes
     token: str = field(default_factory=lambda: secrets.token_hex(8))  # names this connection
-    reader_done: asyncio.Event = field(default_factory=asyncio.Event)
+    reader_done: Flag = field(default_factory=Flag)
     _rules: DeliveryWindow = field(init=False)
     _waiting: dict[bytes, asyncio.Future[bool]] = field(default_factory=dict)  # live pushes
-    _pump_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _pump_due: bool = field(default=False, init=False)  # a change since the pump last looked
+    _pump_task: asyncio.Task[None] | None = field(default=None, init=False)  # while it has work
     _stall_check: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
@@ -168,7 +170,7 @@ class DeviceSession:
             if waiting is not None and not waiting.done():
                 waiting.set_result(True)
         if actions.wake_pump:
-            self._pump_wake.set()
+            self._kick_pump()
         if actions.delete:
             await self.messages.ack(self.user, self.device, list(actions.delete))
             self._rules.deleted(actions.delete)
@@ -180,16 +182,29 @@ class DeviceSession:
     def wake_pump(self) -> None:
         """Something was stored for this device (or may have been: a missed notice)."""
         self._rules.store_changed()
-        self._pump_wake.set()
+        self._kick_pump()
 
     def _stopped(self) -> bool:
         return self.ended or self.out.closing
 
-    async def pump(self) -> None:
-        """Push stored messages into free window slots until the session ends."""
+    def start_pump(self) -> None:
+        """Push stored messages into free window slots from now until the session ends. The
+        pump runs as a task only while it has work: an idle connection holds none."""
+        self._kick_pump()
+
+    def stop_pump(self) -> None:
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+
+    def _kick_pump(self) -> None:
+        self._pump_due = True
+        if self._pump_task is None and not self._stopped():
+            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def _pump(self) -> None:
         try:
             while not self._stopped():
-                self._pump_wake.clear()
+                self._pump_due = False
                 fetch = self._rules.next_fetch()
                 if fetch is not None:
                     again = await self._pump_batch(fetch)
@@ -197,10 +212,13 @@ class DeviceSession:
                         return
                     if again:
                         continue  # the window may have room again already
-                await self._pump_wake.wait()
+                if not self._pump_due:
+                    return  # idle; the next change starts a new pump
         except StorageError:
             log.warning("stored-message pump stopped: store unavailable; closing the connection")
             self.out.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
+        finally:
+            self._pump_task = None
 
     async def _pump_batch(self, fetch: Fetch) -> bool:
         """One fetch, pushed while the outbound buffer has room; whether to fetch again."""
@@ -267,7 +285,6 @@ class DeviceSession:
             self._stall_check.cancel()
             self._stall_check = None
         actions = self._rules.ended()
-        self._pump_wake.set()
         for waiting in self._waiting.values():
             if not waiting.done():
                 waiting.set_result(False)

@@ -1,7 +1,9 @@
 """The outbound side of one WebSocket: an ordered queue of encoded frames and a writer task.
 
 Frames are queued without waiting, so a handler never blocks on a slow
-reader. The stored-message pump waits for room in the buffer; a live
+reader. The writer task lives only while frames wait: an idle connection holds
+none (a connection is idle nearly all of its life, and a task with its
+coroutine costs about a kilobyte). The stored-message pump waits for room in the buffer; a live
 delivery that finds it full, or a buffer that stays full for the
 slow-reader timeout, means the client stopped reading: it is closed with
 1013 and its messages stay stored. A close is queued like a frame, so an error
@@ -21,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from protocol.codec import WireFormat, encode
 from protocol.errors import CloseCode
 from protocol.frames import ClientFrame, ServerFrame
+from relay.flag import Flag
 from relay.metrics import Metrics
 
 log = logging.getLogger("relay.outbound")
@@ -48,9 +51,8 @@ class Outbound:
         self._metrics = metrics
         self._queue: deque[bytes | str | _Close] = deque()
         self._queued_bytes = 0
-        self._wake = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._room = Flag(is_set=True)
         self._stall_s = stall_s
         self._watchdog: asyncio.Task[None] | None = None
         self.closing = False
@@ -64,7 +66,7 @@ class Outbound:
         self._queue.append(data)
         self._queued_bytes += len(data)
         self._metrics.frames_out.labels(frame.T).inc()
-        self._wake.set()
+        self._start_writer()
         if self._queued_bytes >= self._limit:
             self._room.clear()
             if self._watchdog is None or self._watchdog.done():
@@ -84,7 +86,7 @@ class Outbound:
         self.closing = True
         self.close_code = code
         self._queue.append(_Close(code, reason))
-        self._wake.set()
+        self._start_writer()
 
     async def _watch_stall(self) -> None:
         try:
@@ -107,22 +109,38 @@ class Outbound:
         )
         self._room.set()  # release waiters; has_room() is False from now on
 
-    async def run(self) -> None:
+    async def finished(self) -> None:
+        """Return once every frame queued so far (a close included) is written, or the
+        connection is gone."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    def stop(self) -> None:
+        """Stop writing (the connection is being given up); what is queued is dropped."""
+        self._queue.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_queued())
+
+    async def _write_queued(self) -> None:
+        """Write until the queue is empty, then end (a later `write` starts a new writer)."""
         try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                while self._queue:
-                    item = self._queue.popleft()
-                    if isinstance(item, _Close):
-                        self._metrics.closes.labels(str(int(item.code))).inc()
-                        await self._ws.close(int(item.code), item.reason)
-                        return
-                    await self._ws.send(item)
-                    # Counted until written: a frame stuck behind a full socket still fills
-                    # the buffer.
-                    self._queued_bytes -= len(item)
-                    if self._queued_bytes < self._limit:
-                        self._room.set()
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _Close):
+                    self._metrics.closes.labels(str(int(item.code))).inc()
+                    await self._ws.close(int(item.code), item.reason)
+                    return
+                await self._ws.send(item)
+                # Counted until written: a frame stuck behind a full socket still fills
+                # the buffer.
+                self._queued_bytes -= len(item)
+                if self._queued_bytes < self._limit:
+                    self._room.set()
         except ConnectionClosed:
             return
+        finally:
+            self._writer = None

@@ -3,7 +3,9 @@ TLS on the same port."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import resource
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +22,7 @@ from relay.connection import serve_connection
 from relay.forwarded import FORWARDED_FOR, TrustedProxies
 from relay.heap import HeapTrimmer
 from relay.http import PUBLIC_AND_ADMIN, PUBLIC_ONLY, OperationsEndpoints
+from relay.keepalive import Keepalive
 from relay.opening import OpeningBudget, OpeningConnection, connection_class
 from relay.services import Services
 
@@ -37,6 +40,16 @@ async def serve_relay(svc: Services, ws: OpeningConnection, fmt: WireFormat, add
     """The relay's own handler: the handshake ends by the deadline counted from the accept;
     `address` is the client's, as the per-address limits count it."""
     await serve_connection(svc, ws, fmt, deadline=ws.deadline, opened=ws.opened, address=address)
+
+
+def raise_file_limit() -> int:
+    """Every connection is an open file: raise the soft limit to the hard one (the most the
+    system lets this process hold without privileges); the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
 
 
 def choose_subprotocol(
@@ -67,6 +80,10 @@ class RelayServer:
         self._proxies = TrustedProxies(svc.settings.trusted_networks)
         self._surface = PUBLIC_AND_ADMIN if svc.settings.admin_listen is None else PUBLIC_ONLY
         self._per_address: Counter[str] = Counter()
+        self._keepalive = Keepalive(
+            interval=svc.settings.ping_interval, timeout=svc.settings.ping_timeout
+        )
+        self._keepalive_task: asyncio.Task[None] | None = None
         self.opening = OpeningBudget(
             total=svc.settings.max_handshakes,
             per_address=svc.settings.max_handshakes_per_address,
@@ -78,6 +95,7 @@ class RelayServer:
 
     async def start(self) -> Server:
         settings = self._svc.settings
+        log.info("open files limit", extra={"fields": {"limit": raise_file_limit()}})
         tls_options: dict[str, Any] = (
             {}
             if self._tls is None
@@ -100,8 +118,10 @@ class RelayServer:
             close_timeout=CLOSE_TIMEOUT_S,
             write_limit=WRITE_HIGH_WATER,
             server_header="relay",
+            ping_interval=None,  # one keepalive task for all connections (relay.keepalive)
             **tls_options,
         )
+        self._keepalive_task = asyncio.create_task(self._keepalive.run(self.server.is_serving))
         return self.server
 
     def port(self) -> int:
@@ -123,10 +143,17 @@ class RelayServer:
             await ws.close(int(CloseCode.TRY_AGAIN_LATER), "too many connections from this address")
             return
         self._per_address[address] += 1
+        self._keepalive.add(ws)
+        # The opening handshake is over and read: its headers would stay for the connection's
+        # life (about 3 KB of small objects each).
+        if ws.request is not None:
+            ws.request.headers.clear()
+        ws.response = None
         try:
             fmt = WireFormat(ws.subprotocol) if ws.subprotocol else WireFormat.MSGPACK
             await self._connection_handler(self._svc, ws, fmt, address)
         finally:
+            self._keepalive.remove(ws)
             self._per_address[address] -= 1
             if self._per_address[address] <= 0:
                 del self._per_address[address]

@@ -94,6 +94,7 @@ class WireOptions:
     ping_interval: float | None = 20.0
     compression: bool = False
     ssl: SSLContext | None = None  # None: ws://, or the default verifying context for wss://
+    local_address: str | None = None  # the source address to connect from; None: the system's
 
 
 @dataclass(slots=True)
@@ -149,7 +150,9 @@ class WireConnection:
         """
         options = options or WireOptions()
         offer = (options.fmt.value,) if options.offer is None else options.offer
-        tls: dict[str, Any] = {} if options.ssl is None else {"ssl": options.ssl}
+        transport: dict[str, Any] = {} if options.ssl is None else {"ssl": options.ssl}
+        if options.local_address is not None:
+            transport["local_addr"] = (options.local_address, 0)
         ws = await connect(
             url,
             subprotocols=[Subprotocol(name) for name in offer] or None,
@@ -159,7 +162,7 @@ class WireConnection:
             max_queue=options.max_queue,
             ping_interval=options.ping_interval,
             compression="deflate" if options.compression else None,
-            **tls,
+            **transport,
         )
         try:
             fmt = _negotiated(ws.subprotocol, options.fmt, offer)
