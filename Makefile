@@ -13,7 +13,7 @@ SOURCES := protocol storage relay loadtest tests benchmarks requirements
 PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
-.PHONY: run test lint typecheck check-lock checks fuzz lock test-latest clean
+.PHONY: run test lint typecheck check-lock checks fuzz lock test-latest bench clean
 
 check-lock:
 	@$(PYTHON) requirements/lockcheck.py
@@ -56,6 +56,12 @@ checks:
 # Every fuzz target in turn for FUZZ_SECONDS each, from its committed corpus (tests/fuzz/).
 fuzz: check-lock $(DEV_STAMP)
 	$(BIN)/python -m tests.fuzz.run --seconds $(FUZZ_SECONDS)
+
+# Issue 13's figures for both stores, as one table (a few minutes; not part of `make test`).
+# BENCH_ARGS="--runs 3" for medians; PostgreSQL and Redis as in the README.
+BENCH_ARGS ?=
+bench: check-lock $(DEV_STAMP)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
 lock: | $(BIN)/python
