@@ -91,6 +91,7 @@ async def serve_connection(svc: Services, ws: ServerConnection, fmt: WireFormat)
     finally:
         svc.metrics.connection_closed()
         if session is not None:
+            await session.deletes_done()  # a newer connection must not fetch them again
             session.end()
             svc.router.detach(session)
             svc.cluster.detached(session)
@@ -164,6 +165,7 @@ async def _open_session(
             burst=svc.settings.rate_requests_burst,
             clock=svc.clock.monotonic,
         ),
+        store_timeout_s=svc.settings.backend_timeout * REQUEST_TIMEOUT_FACTOR,
         link=svc.cluster,
     )
     older = svc.router.attach(session)

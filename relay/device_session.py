@@ -78,12 +78,15 @@ class DeviceSession:
     window: int
     now_ms: Callable[[], int]
     requests: TokenBucket  # the device's request rate limit
+    store_timeout_s: float  # bound of a store call made outside a request (batched deletes)
     link: RemoteLink | None = None  # deliveries for and from other nodes
     token: str = field(default_factory=lambda: secrets.token_hex(8))  # names this connection
     reader_done: asyncio.Event = field(default_factory=asyncio.Event)
     _rules: DeliveryWindow = field(init=False)
     _waiting: dict[bytes, asyncio.Future[bool]] = field(default_factory=dict)  # live pushes
     _pump_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _deletes: list[bytes] = field(default_factory=list)  # acked stored ids not yet deleted
+    _deleter: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self._rules = DeliveryWindow(self.window)
@@ -166,9 +169,37 @@ class DeviceSession:
         if actions.wake_pump:
             self._pump_wake.set()
         if actions.delete:
-            await self.messages.ack(self.user, self.device, list(actions.delete))
+            self._delete_later(actions.delete)
         if actions.remote and self.link is not None:
             await self.link.acked_remote(self, list(actions.remote))
+
+    def _delete_later(self, ids: tuple[bytes, ...]) -> None:
+        """Delete acked stored copies in batches: the acks that come while one delete runs
+        go in the next one, so a drain's acks cost a few store calls, not one each, and the
+        frame loop reads the next frame without waiting for the store."""
+        self._deletes.extend(ids)
+        if self._deleter is None or self._deleter.done():
+            self._deleter = asyncio.create_task(self._delete_batches())
+
+    async def _delete_batches(self) -> None:
+        while self._deletes:
+            ids, self._deletes = self._deletes, []
+            try:
+                async with asyncio.timeout(self.store_timeout_s):
+                    await self.messages.ack(self.user, self.device, ids)
+            except (StorageError, TimeoutError):
+                # The copies stay stored and are delivered again on a later connection (the
+                # client drops an id it has seen); this one is closed, as the pump would be.
+                log.warning("could not delete acked messages: store unavailable; closing")
+                self._deletes.clear()
+                self.out.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
+                return
+
+    async def deletes_done(self) -> None:
+        """Every acked stored copy is deleted (or its delete failed): a connection that
+        replaces this one must not find them."""
+        if self._deleter is not None and not self._deleter.done():
+            await asyncio.shield(self._deleter)
 
     # --- stored messages -------------------------------------------------------
 
