@@ -61,6 +61,7 @@ ROWS = (
     Row("half_p99", "delivery p99 at half the relay's max", "ms", "<= 10"),
     Row("half_p99_forwarder", "forwarder delivery p99, same rate", "ms", ""),
     Row("closed_online", "online path, 32 outstanding per sender", "msg/s", ""),
+    Row("closed_online_cpu", "relay CPU per message, online path", "µs", ""),
     Row("closed_stored", "stored path (recipient offline)", "msg/s", ""),
     Row("stored_ratio", "stored / online", "x", ">= 0.5"),
     Row("drain", "drain", "msg/s", ">= 20,000"),
@@ -88,8 +89,8 @@ def _cell(value: float | None, unit: str) -> str:
         return "—"
     if unit == "x":
         return f"{value:.2f}"
-    if unit == "ms":
-        return f"{value:.1f} ms"
+    if unit in ("ms", "µs"):
+        return f"{value:.1f} ms" if unit == "ms" else f"{value:.0f} µs"
     return f"{value:,.0f} {unit}"
 
 
@@ -111,7 +112,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 @dataclass(frozen=True, slots=True)
 class Relay:
     url: str
-    env: dict[str, str]
+    pid: int
 
 
 @contextlib.contextmanager
@@ -126,7 +127,7 @@ def relay(store: str, args: argparse.Namespace) -> Iterator[Relay]:
     ):
         proc, url = send_paths.start_relay(Path(tmp), env)
         try:
-            yield Relay(url, env)
+            yield Relay(url, proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -202,10 +203,12 @@ def measure(store: str, args: argparse.Namespace, figures: Figures, forwarder: l
             figures.add(store, "half_p99", p99)
             figures.add(store, "half_p99_forwarder", p99_fw)
             print(f"  {store}: delivery p99 at {relay_max / 2:.0f}/s {p99} ms (fwd {p99_fw})")
-        online, stored, _ = asyncio.run(
-            send_paths.one_run(target.url, args.pairs, args.messages, 1024)
+        paths = asyncio.run(
+            send_paths.one_run(target.url, args.pairs, args.messages, 1024, target.pid)
         )
+        online, stored = paths.online.rate, paths.stored.rate
         figures.add(store, "closed_online", online)
+        figures.add(store, "closed_online_cpu", paths.online.cpu_us)
         figures.add(store, "closed_stored", stored)
         figures.add(store, "stored_ratio", stored / online)
         print(f"  {store}: online {online:,.0f} msg/s, stored {stored:,.0f} msg/s", flush=True)

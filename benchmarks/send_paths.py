@@ -5,8 +5,10 @@ offline, then drained), against a relay started here on a fresh data directory.
     python benchmarks/send_paths.py --admin-dsn postgresql://postgres@127.0.0.1:5432/postgres \
         --redis-url redis://127.0.0.1:6379/0      # production mode: a fresh database per run
 
-Prints messages per second for each path, the median over the runs, the ratio
-stored/online, and (production mode) the average number of envelopes per group commit.
+Prints messages per second for each path with the relay's CPU per message (its user + system
+time over the path, from /proc), the median over the runs, the ratio stored/online, and
+(production mode) the average number of envelopes per group commit. `--tree DIR` runs the
+relay from another source tree (e.g. `git archive REV | tar -x -C DIR`), for A/B runs.
 A benchmark, not a test: figures vary with the machine's load.
 """
 
@@ -24,7 +26,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -132,28 +135,71 @@ async def sender(ws: ClientConnection, to: str, count: int, size: int, window: i
             raise RuntimeError(f"unexpected {reply}")
 
 
-async def one_run(url: str, pairs: int, messages: int, size: int) -> tuple[float, float, float]:
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One path's figures: messages per second, and the relay's CPU per message when known."""
+
+    rate: float
+    cpu_us: float | None
+
+    def __str__(self) -> str:
+        cpu = "" if self.cpu_us is None else f" ({self.cpu_us:.0f} µs relay CPU/msg)"
+        return f"{self.rate:,.0f} msg/s{cpu}"
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    online: Phase
+    stored: Phase
+    drain: Phase
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of a process so far (Linux /proc); None when not readable."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(total: int, pid: int | None, *work: Awaitable[None]) -> Phase:
+    """Run `work` concurrently: `total` messages per second of it, and the relay's CPU."""
+    cpu = cpu_seconds(pid)
+    start = time.perf_counter()
+    await asyncio.gather(*work)
+    elapsed = time.perf_counter() - start
+    after = cpu_seconds(pid)
+    used = None if cpu is None or after is None else (after - cpu) / total * 1e6
+    return Phase(total / elapsed, used)
+
+
+async def one_run(
+    url: str, pairs: int, messages: int, size: int, relay_pid: int | None = None
+) -> Paths:
     senders = [await register(url) for _ in range(pairs)]
     receivers = [await register(url) for _ in range(pairs)]
     for ws, _, _ in receivers:
         await ws.recv()  # queue_empty
     total = pairs * messages
-    start = time.perf_counter()
-    await asyncio.gather(
+    online = await timed(
+        total,
+        relay_pid,
         *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
         *(receiver(r[0], messages) for r in receivers),
     )
-    online = total / (time.perf_counter() - start)
     # Stored path: receivers offline.
     offline_ids = []
     for ws, user, key in receivers:
         offline_ids.append((user, key))
         await ws.close()
-    start = time.perf_counter()
-    await asyncio.gather(
-        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True))
+    stored = await timed(
+        total,
+        relay_pid,
+        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
     )
-    stored = total / (time.perf_counter() - start)
 
     # Drain: reconnect and read everything.
     async def drain(user: str, key: IdentityKeyPair) -> None:
@@ -170,12 +216,10 @@ async def one_run(url: str, pairs: int, messages: int, size: int) -> tuple[float
         await receiver(ws, messages)
         await ws.close()
 
-    start = time.perf_counter()
-    await asyncio.gather(*(drain(u, k) for u, k in offline_ids))
-    drained = total / (time.perf_counter() - start)
+    drained = await timed(total, relay_pid, *(drain(u, k) for u, k in offline_ids))
     for ws, _, _ in senders:
         await ws.close()
-    return online, stored, drained
+    return Paths(online, stored, drained)
 
 
 @contextlib.contextmanager
@@ -239,27 +283,43 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--admin-dsn", help="PostgreSQL URL to create run databases with")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--tree", type=Path, help="run the relay from this source tree (first on PYTHONPATH)"
+    )
     args = parser.parse_args()
-    results = []
+    tree = {} if args.tree is None else {"PYTHONPATH": str(args.tree.resolve())}
+    results: list[Paths] = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
-            proc, url = start_relay(Path(tmp), env)
+            proc, url = start_relay(Path(tmp), {**env, **tree})
             try:
-                results.append(asyncio.run(one_run(url, args.pairs, args.messages, args.size)))
+                paths = asyncio.run(one_run(url, args.pairs, args.messages, args.size, proc.pid))
+                results.append(paths)
                 commits = group_commit_figure(url)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-        online, stored, drained = results[-1]
         print(
-            f"run {run + 1}: online {online:,.0f} msg/s  stored {stored:,.0f} msg/s  "
-            f"drain {drained:,.0f} msg/s{commits}"
+            f"run {run + 1}: online {paths.online}  stored {paths.stored}  "
+            f"drain {paths.drain}{commits}",
+            flush=True,
         )
-    med = [statistics.median(r[i] for r in results) for i in range(3)]
+    med = {
+        name: Phase(
+            statistics.median(getattr(r, name).rate for r in results),
+            _median_or_none([getattr(r, name).cpu_us for r in results]),
+        )
+        for name in ("online", "stored", "drain")
+    }
     print(
-        f"median of {args.runs}: online {med[0]:,.0f} msg/s  stored {med[1]:,.0f} msg/s  "
-        f"drain {med[2]:,.0f} msg/s  stored/online {med[1] / med[0]:.2f}"
+        f"median of {args.runs}: online {med['online']}  stored {med['stored']}  "
+        f"drain {med['drain']}  stored/online {med['stored'].rate / med['online'].rate:.2f}"
     )
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 if __name__ == "__main__":
