@@ -125,12 +125,17 @@ def relay(store: str, args: argparse.Namespace) -> Iterator[Relay]:
         tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp,
         send_paths.production_env(options) as env,
     ):
-        proc, url = send_paths.start_relay(Path(tmp), env)
-        try:
-            yield Relay(url, proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        log_path = Path(tmp, "relay.log")
+        with log_path.open("w") as log:
+            proc, url = send_paths.start_relay(Path(tmp), env, log=log)
+            try:
+                yield Relay(url, proc.pid)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+        warnings = [line for line in log_path.read_text().splitlines() if "WARNING" in line]
+        if warnings:
+            print(f"  {store}: the relay logged {len(warnings)} warnings, e.g. {warnings[0]}")
 
 
 def loadtest(scenario: str, url: str, *options: str) -> report.Report:
@@ -264,14 +269,14 @@ def parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = parser().parse_args()
     figures = Figures()
+    drain_label = f"{args.drain_devices} devices x {args.drain_queue} stored"
     for run in range(args.runs):
         print(f"run {run + 1} of {args.runs}", flush=True)
         forwarder: list[float] = []
         for store in args.stores:
             measure(store, args, figures, forwarder)
-    drain_label = f"{args.drain_devices} devices x {args.drain_queue} stored"
-    print()
-    print(table(figures, args.stores, args.runs, drain_label))
+        print()  # the medians so far: an interrupted series still leaves its figures
+        print(table(figures, args.stores, run + 1, drain_label), flush=True)
 
 
 if __name__ == "__main__":

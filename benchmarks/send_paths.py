@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -52,9 +53,10 @@ FMT = WireFormat.MSGPACK
 
 
 def start_relay(
-    data_dir: Path, env: dict[str, str], *extra: str
+    data_dir: Path, env: dict[str, str], *extra: str, log: IO[str] | None = None
 ) -> tuple[subprocess.Popen[str], str]:
-    """A relay on a free port with no request limit; its WebSocket URL."""
+    """A relay on a free port with no request limit; its WebSocket URL. Its log goes to
+    `log` (default: this process's stderr)."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -74,6 +76,7 @@ def start_relay(
             *extra,
         ],
         stdout=subprocess.PIPE,
+        stderr=log,
         text=True,
         env={**os.environ, **env},
     )
