@@ -36,7 +36,6 @@ from pathlib import Path
 import send_paths
 
 from loadtest import report
-from loadtest.figures import RunResult
 
 BIN = Path(sys.executable).parent
 STORES = ("embedded", "production")
@@ -138,8 +137,8 @@ def relay(store: str, args: argparse.Namespace) -> Iterator[Relay]:
             print(f"  {store}: the relay logged {len(warnings)} warnings, e.g. {warnings[0]}")
 
 
-def loadtest(scenario: str, url: str, *options: str) -> report.Report:
-    """One `relay-loadtest` invocation; its report."""
+def loadtest(scenario: str, url: str, *options: str) -> report.Report | None:
+    """One `relay-loadtest` invocation; its report, or None (and why) if the run failed."""
     with tempfile.TemporaryDirectory(prefix="relay-bench-report-") as out:
         done = subprocess.run(
             [str(BIN / "relay-loadtest"), scenario, "--url", url, "--out", out, *options],
@@ -147,11 +146,13 @@ def loadtest(scenario: str, url: str, *options: str) -> report.Report:
             text=True,
         )
         if done.returncode != 0:
-            raise SystemExit(f"relay-loadtest {scenario} failed:\n{done.stdout}{done.stderr}")
+            why = (done.stdout + done.stderr).strip().splitlines()[-3:]
+            print(f"    relay-loadtest {scenario} failed: {' / '.join(why)}", flush=True)
+            return None
         return report.load(Path(out, "report.json"))
 
 
-def online_max(url: str, args: argparse.Namespace, *, baseline: bool) -> report.Report:
+def online_max(url: str, args: argparse.Namespace, *, baseline: bool) -> report.Report | None:
     return loadtest(
         "steady",
         url,
@@ -162,8 +163,9 @@ def online_max(url: str, args: argparse.Namespace, *, baseline: bool) -> report.
     )
 
 
-def _max_rate(run: RunResult) -> float | None:
-    search = run.max_throughput
+def _max_rate(rep: report.Report | None, name: str) -> float | None:
+    run = None if rep is None else rep.runs.get(name)
+    search = None if run is None else run.max_throughput
     return None if search is None or not search.max_rate else search.max_rate
 
 
@@ -171,12 +173,15 @@ def handshakes(url: str, args: argparse.Namespace) -> tuple[float | None, float 
     """The highest connect rate whose handshake p99 stayed under 100 ms; that p99."""
     best: tuple[float | None, float | None] = (None, None)
     for rate in args.connect_rates:
-        run = loadtest(
+        rep = loadtest(
             "connect-storm",
             url,
             *("--devices", str(args.storm_devices), "--connect-rate", str(rate)),
             *("--hold", "0.5", "--grace", "3"),
-        ).runs["relay"]
+        )
+        if rep is None:
+            break
+        run = rep.runs["relay"]
         p99 = run.latency_ms.handshake.p99
         print(f"    connect-storm {rate}/s: handshake p99 {p99} ms, errors {run.connection_errors}")
         if p99 is None or p99 >= HANDSHAKE_P99_MS or run.connection_errors:
@@ -186,53 +191,75 @@ def handshakes(url: str, args: argparse.Namespace) -> tuple[float | None, float 
 
 
 def measure(store: str, args: argparse.Namespace, figures: Figures, forwarder: list[float]) -> None:
-    """Every figure of one store, on one fresh relay."""
+    """Every figure of one store, on one fresh relay; a part that fails leaves its figure out."""
     with relay(store, args) as target:
         search = online_max(target.url, args, baseline=not forwarder)
-        relay_max = _max_rate(search.runs["relay"])
-        if "baseline" in search.runs:
-            forwarder.append(_max_rate(search.runs["baseline"]) or 0.0)
+        relay_max = _max_rate(search, "relay")
+        if not forwarder:
+            forwarder.append(_max_rate(search, "baseline") or 0.0)
         figures.add(store, "online", relay_max)
-        figures.add(store, "forwarder", forwarder[-1] or None)
-        figures.add(store, "online_ratio", _ratio(relay_max, forwarder[-1]))
-        print(f"  {store}: online max {relay_max} msg/s, forwarder {forwarder[-1]}", flush=True)
+        figures.add(store, "forwarder", forwarder[0] or None)
+        figures.add(store, "online_ratio", _ratio(relay_max, forwarder[0]))
+        print(f"  {store}: online max {relay_max} msg/s, forwarder {forwarder[0]}", flush=True)
         if relay_max:
-            half = loadtest(
-                "steady",
-                target.url,
-                *("--devices", "100", "--size", "1024", "--rate", str(round(relay_max / 2))),
-                *("--duration", str(args.step_seconds), "--grace", "3", "--baseline"),
+            half_p99(store, target, relay_max, args, figures)
+        try:
+            paths = asyncio.run(
+                send_paths.one_run(target.url, args.pairs, args.messages, 1024, target.pid)
             )
-            p99 = half.runs["relay"].latency_ms.delivery.p99
-            p99_fw = half.runs["baseline"].latency_ms.delivery.p99
-            figures.add(store, "half_p99", p99)
-            figures.add(store, "half_p99_forwarder", p99_fw)
-            print(f"  {store}: delivery p99 at {relay_max / 2:.0f}/s {p99} ms (fwd {p99_fw})")
-        paths = asyncio.run(
-            send_paths.one_run(target.url, args.pairs, args.messages, 1024, target.pid)
-        )
-        online, stored = paths.online.rate, paths.stored.rate
-        figures.add(store, "closed_online", online)
-        figures.add(store, "closed_online_cpu", paths.online.cpu_us)
-        figures.add(store, "closed_stored", stored)
-        figures.add(store, "stored_ratio", stored / online)
-        print(f"  {store}: online {online:,.0f} msg/s, stored {stored:,.0f} msg/s", flush=True)
-        drain = loadtest(
-            "offline-drain",
-            target.url,
-            *("--devices", str(2 * args.drain_devices), "--queue", str(args.drain_queue)),
-            *("--size", "1024", "--grace", "10"),
-        ).runs["relay"]
-        figures.add(store, "drain", drain.throughput.drain_per_s)
-        print(
-            f"  {store}: drain {drain.throughput.drain_per_s or 0:,.0f} msg/s "
-            f"({drain.counts.delivered} of {drain.counts.sent} delivered)",
-            flush=True,
-        )
+        except Exception as exc:  # a refused or lost send: no figure for this run
+            print(f"    send_paths failed: {exc!r}", flush=True)
+        else:
+            online, stored = paths.online.rate, paths.stored.rate
+            figures.add(store, "closed_online", online)
+            figures.add(store, "closed_online_cpu", paths.online.cpu_us)
+            figures.add(store, "closed_stored", stored)
+            figures.add(store, "stored_ratio", stored / online)
+            print(f"  {store}: online {paths.online}, stored {paths.stored}", flush=True)
+        drain(store, target, args, figures)
         rate, p99 = handshakes(target.url, args)
         figures.add(store, "handshakes", rate)
         figures.add(store, "handshake_p99", p99)
         print(f"  {store}: handshakes {rate}/s, p99 {p99} ms", flush=True)
+
+
+def half_p99(
+    store: str, target: Relay, relay_max: float, args: argparse.Namespace, figures: Figures
+) -> None:
+    rep = loadtest(
+        "steady",
+        target.url,
+        *("--devices", "100", "--size", "1024", "--rate", str(round(relay_max / 2))),
+        *("--duration", str(args.step_seconds), "--grace", "3", "--baseline"),
+    )
+    if rep is None:
+        return
+    p99 = rep.runs["relay"].latency_ms.delivery.p99
+    p99_fw = rep.runs["baseline"].latency_ms.delivery.p99
+    figures.add(store, "half_p99", p99)
+    figures.add(store, "half_p99_forwarder", p99_fw)
+    print(f"  {store}: delivery p99 at {relay_max / 2:.0f}/s {p99} ms (fwd {p99_fw})", flush=True)
+
+
+def drain(store: str, target: Relay, args: argparse.Namespace, figures: Figures) -> None:
+    """The drain rate, counted only when every stored message was delivered."""
+    rep = loadtest(
+        "offline-drain",
+        target.url,
+        *("--devices", str(2 * args.drain_devices), "--queue", str(args.drain_queue)),
+        *("--size", "1024", "--grace", "10"),
+    )
+    if rep is None:
+        return
+    run = rep.runs["relay"]
+    complete = run.counts.delivered == run.counts.sent == args.drain_devices * args.drain_queue
+    figures.add(store, "drain", run.throughput.drain_per_s if complete else None)
+    print(
+        f"  {store}: drain {run.throughput.drain_per_s or 0:,.0f} msg/s "
+        f"({run.counts.delivered} of {run.counts.sent} delivered"
+        f"{'' if complete else ': not counted'})",
+        flush=True,
+    )
 
 
 def _rates(text: str) -> list[int]:
@@ -272,7 +299,7 @@ def main() -> None:
     drain_label = f"{args.drain_devices} devices x {args.drain_queue} stored"
     for run in range(args.runs):
         print(f"run {run + 1} of {args.runs}", flush=True)
-        forwarder: list[float] = []
+        forwarder: list[float] = []  # searched with the first store, shared by both
         for store in args.stores:
             measure(store, args, figures, forwarder)
         print()  # the medians so far: an interrupted series still leaves its figures
