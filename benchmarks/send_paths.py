@@ -53,10 +53,16 @@ FMT = WireFormat.MSGPACK
 
 
 def start_relay(
-    data_dir: Path, env: dict[str, str], *extra: str, log: IO[str] | None = None
+    data_dir: Path,
+    env: dict[str, str],
+    *extra: str,
+    log: IO[str] | None = None,
+    tree: Path | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     """A relay on a free port with no request limit; its WebSocket URL. Its log goes to
-    `log` (default: this process's stderr)."""
+    `log` (default: this process's stderr); `tree`: the source tree to run it from."""
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -79,6 +85,7 @@ def start_relay(
         stderr=log,
         text=True,
         env={**os.environ, **env},
+        cwd=tree,  # `python -m` puts the working directory first, before PYTHONPATH
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -180,19 +187,30 @@ async def timed(total: int, pid: int | None, *work: Awaitable[None]) -> Phase:
 
 
 async def one_run(
-    url: str, pairs: int, messages: int, size: int, relay_pid: int | None = None
+    url: str,
+    pairs: int,
+    messages: int,
+    size: int,
+    relay_pid: int | None = None,
+    *,
+    online_path: bool = True,
 ) -> Paths:
     senders = [await register(url) for _ in range(pairs)]
     receivers = [await register(url) for _ in range(pairs)]
     for ws, _, _ in receivers:
         await ws.recv()  # queue_empty
     total = pairs * messages
-    online = await timed(
-        total,
-        relay_pid,
-        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
-        *(receiver(r[0], messages) for r in receivers),
-    )
+    online = Phase(0.0, None)
+    if online_path:
+        online = await timed(
+            total,
+            relay_pid,
+            *(
+                sender(s[0], r[1], messages, size, 32)
+                for s, r in zip(senders, receivers, strict=True)
+            ),
+            *(receiver(r[0], messages) for r in receivers),
+        )
     # Stored path: receivers offline.
     offline_ids = []
     for ws, user, key in receivers:
@@ -289,14 +307,26 @@ def main() -> None:
     parser.add_argument(
         "--tree", type=Path, help="run the relay from this source tree (first on PYTHONPATH)"
     )
+    parser.add_argument(
+        "--no-online", action="store_true", help="only the stored path and the drain"
+    )
     args = parser.parse_args()
-    tree = {} if args.tree is None else {"PYTHONPATH": str(args.tree.resolve())}
+    tree = None if args.tree is None else args.tree.resolve()
     results: list[Paths] = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
-            proc, url = start_relay(Path(tmp), {**env, **tree})
+            proc, url = start_relay(Path(tmp), env, tree=tree)
             try:
-                paths = asyncio.run(one_run(url, args.pairs, args.messages, args.size, proc.pid))
+                paths = asyncio.run(
+                    one_run(
+                        url,
+                        args.pairs,
+                        args.messages,
+                        args.size,
+                        proc.pid,
+                        online_path=not args.no_online,
+                    )
+                )
                 results.append(paths)
                 commits = group_commit_figure(url)
             finally:
@@ -314,9 +344,11 @@ def main() -> None:
         )
         for name in ("online", "stored", "drain")
     }
+    online, stored = med["online"].rate, med["stored"].rate
+    ratio = f"  stored/online {stored / online:.2f}" if online else ""
     print(
         f"median of {args.runs}: online {med['online']}  stored {med['stored']}  "
-        f"drain {med['drain']}  stored/online {med['stored'].rate / med['online'].rate:.2f}"
+        f"drain {med['drain']}{ratio}"
     )
 
 
