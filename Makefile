@@ -16,7 +16,7 @@ SOURCES := protocol storage relay loadtest tests benchmarks requirements
 PIP_LOCKED := -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps
 PIP_PROJECT := -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
-.PHONY: run test lint typecheck check-lock checks fuzz soak conformance lock test-latest clean
+.PHONY: run test lint typecheck check-lock checks fuzz soak conformance bench lock test-latest clean
 
 check-lock:
 	@$(PYTHON) requirements/lockcheck.py
@@ -78,6 +78,11 @@ $(CONFORMANCE_STAMP): requirements/conformance.txt
 
 conformance: check-lock $(RUNTIME_STAMP) $(CONFORMANCE_STAMP)
 	$(BIN)/python -m tests.conformance.run --kosoku $(CONFORMANCE_VENV)/bin/kosoku $(CONFORMANCE_ARGS)
+# Issue 13's figures for both stores, as one table (a few minutes; not part of `make test`).
+# BENCH_ARGS="--runs 3" for medians; PostgreSQL and Redis as in the README.
+BENCH_ARGS ?=
+bench: check-lock $(DEV_STAMP)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # Regenerate both locks from pyproject.toml with uv (from the dev set, or bootstrapped).
 lock: | $(BIN)/python

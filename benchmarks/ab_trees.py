@@ -65,6 +65,7 @@ def one_run(tree: Path, rate: int, duration: float) -> Figures:
         relay = subprocess.Popen(
             [*serve, "--data-dir", f"{folder}/data"],
             env=env,
+            cwd=tree,  # `python -m` puts the working directory first, before PYTHONPATH
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -5,8 +5,10 @@ offline, then drained), against a relay started here on a fresh data directory.
     python benchmarks/send_paths.py --admin-dsn postgresql://postgres@127.0.0.1:5432/postgres \
         --redis-url redis://127.0.0.1:6379/0      # production mode: a fresh database per run
 
-Prints messages per second for each path, the median over the runs, the ratio
-stored/online, and (production mode) the average number of envelopes per group commit.
+Prints messages per second for each path with the relay's CPU per message (its user + system
+time over the path, from /proc), the median over the runs, the ratio stored/online, and
+(production mode) the average number of envelopes per group commit. `--tree DIR` runs the
+relay from another source tree (e.g. `git archive REV | tar -x -C DIR`), for A/B runs.
 A benchmark, not a test: figures vary with the machine's load.
 """
 
@@ -24,8 +26,10 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -49,9 +53,17 @@ FMT = WireFormat.MSGPACK
 
 
 def start_relay(
-    data_dir: Path, env: dict[str, str], *extra: str
+    data_dir: Path,
+    env: dict[str, str],
+    *extra: str,
+    log: IO[str] | None = None,
+    tree: Path | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
-    """A relay on a free port with no request or registration limit; its WebSocket URL."""
+    """A relay on a free port with no request or registration limit; its WebSocket URL. Its
+    log goes to `log` (default: this process's stderr); `tree`: the source tree to run it
+    from."""
+    if tree is not None:
+        env = {**env, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -73,8 +85,10 @@ def start_relay(
             *extra,
         ],
         stdout=subprocess.PIPE,
+        stderr=log,
         text=True,
         env={**os.environ, **env},
+        cwd=tree,  # `python -m` puts the working directory first, before PYTHONPATH
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -134,28 +148,82 @@ async def sender(ws: ClientConnection, to: str, count: int, size: int, window: i
             raise RuntimeError(f"unexpected {reply}")
 
 
-async def one_run(url: str, pairs: int, messages: int, size: int) -> tuple[float, float, float]:
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One path's figures: messages per second, and the relay's CPU per message when known."""
+
+    rate: float
+    cpu_us: float | None
+
+    def __str__(self) -> str:
+        cpu = "" if self.cpu_us is None else f" ({self.cpu_us:.0f} µs relay CPU/msg)"
+        return f"{self.rate:,.0f} msg/s{cpu}"
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    online: Phase
+    stored: Phase
+    drain: Phase
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU of a process so far (Linux /proc); None when not readable."""
+    if pid is None:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(total: int, pid: int | None, *work: Awaitable[None]) -> Phase:
+    """Run `work` concurrently: `total` messages per second of it, and the relay's CPU."""
+    cpu = cpu_seconds(pid)
+    start = time.perf_counter()
+    await asyncio.gather(*work)
+    elapsed = time.perf_counter() - start
+    after = cpu_seconds(pid)
+    used = None if cpu is None or after is None else (after - cpu) / total * 1e6
+    return Phase(total / elapsed, used)
+
+
+async def one_run(
+    url: str,
+    pairs: int,
+    messages: int,
+    size: int,
+    relay_pid: int | None = None,
+    *,
+    online_path: bool = True,
+) -> Paths:
     senders = [await register(url) for _ in range(pairs)]
     receivers = [await register(url) for _ in range(pairs)]
     for ws, _, _ in receivers:
         await ws.recv()  # queue_empty
     total = pairs * messages
-    start = time.perf_counter()
-    await asyncio.gather(
-        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
-        *(receiver(r[0], messages) for r in receivers),
-    )
-    online = total / (time.perf_counter() - start)
+    online = Phase(0.0, None)
+    if online_path:
+        online = await timed(
+            total,
+            relay_pid,
+            *(
+                sender(s[0], r[1], messages, size, 32)
+                for s, r in zip(senders, receivers, strict=True)
+            ),
+            *(receiver(r[0], messages) for r in receivers),
+        )
     # Stored path: receivers offline.
     offline_ids = []
     for ws, user, key in receivers:
         offline_ids.append((user, key))
         await ws.close()
-    start = time.perf_counter()
-    await asyncio.gather(
-        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True))
+    stored = await timed(
+        total,
+        relay_pid,
+        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
     )
-    stored = total / (time.perf_counter() - start)
 
     # Drain: reconnect and read everything.
     async def drain(user: str, key: IdentityKeyPair) -> None:
@@ -172,12 +240,10 @@ async def one_run(url: str, pairs: int, messages: int, size: int) -> tuple[float
         await receiver(ws, messages)
         await ws.close()
 
-    start = time.perf_counter()
-    await asyncio.gather(*(drain(u, k) for u, k in offline_ids))
-    drained = total / (time.perf_counter() - start)
+    drained = await timed(total, relay_pid, *(drain(u, k) for u, k in offline_ids))
     for ws, _, _ in senders:
         await ws.close()
-    return online, stored, drained
+    return Paths(online, stored, drained)
 
 
 @contextlib.contextmanager
@@ -241,27 +307,57 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--admin-dsn", help="PostgreSQL URL to create run databases with")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--tree", type=Path, help="run the relay from this source tree (first on PYTHONPATH)"
+    )
+    parser.add_argument(
+        "--no-online", action="store_true", help="only the stored path and the drain"
+    )
     args = parser.parse_args()
-    results = []
+    tree = None if args.tree is None else args.tree.resolve()
+    results: list[Paths] = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
-            proc, url = start_relay(Path(tmp), env)
+            proc, url = start_relay(Path(tmp), env, tree=tree)
             try:
-                results.append(asyncio.run(one_run(url, args.pairs, args.messages, args.size)))
+                paths = asyncio.run(
+                    one_run(
+                        url,
+                        args.pairs,
+                        args.messages,
+                        args.size,
+                        proc.pid,
+                        online_path=not args.no_online,
+                    )
+                )
+                results.append(paths)
                 commits = group_commit_figure(url)
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-        online, stored, drained = results[-1]
         print(
-            f"run {run + 1}: online {online:,.0f} msg/s  stored {stored:,.0f} msg/s  "
-            f"drain {drained:,.0f} msg/s{commits}"
+            f"run {run + 1}: online {paths.online}  stored {paths.stored}  "
+            f"drain {paths.drain}{commits}",
+            flush=True,
         )
-    med = [statistics.median(r[i] for r in results) for i in range(3)]
+    med = {
+        name: Phase(
+            statistics.median(getattr(r, name).rate for r in results),
+            _median_or_none([getattr(r, name).cpu_us for r in results]),
+        )
+        for name in ("online", "stored", "drain")
+    }
+    online, stored = med["online"].rate, med["stored"].rate
+    ratio = f"  stored/online {stored / online:.2f}" if online else ""
     print(
-        f"median of {args.runs}: online {med[0]:,.0f} msg/s  stored {med[1]:,.0f} msg/s  "
-        f"drain {med[2]:,.0f} msg/s  stored/online {med[1] / med[0]:.2f}"
+        f"median of {args.runs}: online {med['online']}  stored {med['stored']}  "
+        f"drain {med['drain']}{ratio}"
     )
+
+
+def _median_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ async def serve_connection(
     finally:
         svc.metrics.connection_closed()
         if session is not None:
+            await session.deletes_done()  # a newer connection must not fetch them again
             session.end()
             svc.router.detach(session)
             svc.cluster.detached(session)
@@ -190,6 +191,7 @@ async def _open_session(
         ),
         monotonic=svc.clock.monotonic,
         slow_reader_s=svc.settings.slow_reader_timeout,
+        store_timeout_s=svc.settings.backend_timeout * REQUEST_TIMEOUT_FACTOR,
         link=svc.cluster,
     )
     older = svc.router.attach(session)
@@ -263,6 +265,8 @@ async def _frame_loop(
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
                 if not isinstance(frame, Send):
                     session.check_rate()
+                # Acks take effect before any later request: their batched deletes first.
+                await session.deletes_done()
                 await HANDLERS[type(frame)](svc, session, frame)
             except FrameError as exc:
                 svc.metrics.frames_in.labels("invalid").inc()

@@ -81,6 +81,7 @@ class DeviceSession:
     requests: TokenBucket  # the device's request rate limit
     monotonic: Callable[[], float]  # the clock of deliveries' ages
     slow_reader_s: float  # the oldest delivery in flight may wait this long for its ack
+    store_timeout_s: float  # bound of a store call made outside a request (batched deletes)
     link: RemoteLink | None = None  # deliveries for and from other nodes
     token: str = field(default_factory=lambda: secrets.token_hex(8))  # names this connection
     reader_done: Flag = field(default_factory=Flag)
@@ -89,6 +90,8 @@ class DeviceSession:
     _pump_due: bool = field(default=False, init=False)  # a change since the pump last looked
     _pump_task: asyncio.Task[None] | None = field(default=None, init=False)  # while it has work
     _stall_check: asyncio.TimerHandle | None = None
+    _deletes: list[bytes] = field(default_factory=list)  # acked stored ids not yet deleted
+    _deleter: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self._rules = DeliveryWindow(self.window, self.monotonic)
@@ -172,10 +175,38 @@ class DeviceSession:
         if actions.wake_pump:
             self._kick_pump()
         if actions.delete:
-            await self.messages.ack(self.user, self.device, list(actions.delete))
-            self._rules.deleted(actions.delete)
+            self._delete_later(actions.delete)
         if actions.remote and self.link is not None:
             await self.link.acked_remote(self, list(actions.remote))
+
+    def _delete_later(self, ids: tuple[bytes, ...]) -> None:
+        """Delete acked stored copies in batches: the acks that come while one delete runs
+        go in the next one, so a drain's acks cost a few store calls, not one each, and the
+        frame loop reads the next frame without waiting for the store."""
+        self._deletes.extend(ids)
+        if self._deleter is None or self._deleter.done():
+            self._deleter = asyncio.create_task(self._delete_batches())
+
+    async def _delete_batches(self) -> None:
+        while self._deletes:
+            ids, self._deletes = self._deletes, []
+            try:
+                async with asyncio.timeout(self.store_timeout_s):
+                    await self.messages.ack(self.user, self.device, ids)
+                self._rules.deleted(ids)
+            except (StorageError, TimeoutError):
+                # The copies stay stored and are delivered again on a later connection (the
+                # client drops an id it has seen); this one is closed, as the pump would be.
+                log.warning("could not delete acked messages: store unavailable; closing")
+                self._deletes.clear()
+                self.out.close(CloseCode.TRY_AGAIN_LATER, "store unavailable")
+                return
+
+    async def deletes_done(self) -> None:
+        """Every acked stored copy is deleted (or its delete failed): a connection that
+        replaces this one must not find them."""
+        if self._deleter is not None and not self._deleter.done():
+            await asyncio.shield(self._deleter)
 
     # --- stored messages -------------------------------------------------------
 
