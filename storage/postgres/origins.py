@@ -17,6 +17,7 @@ from typing import Final
 from storage.errors import Unavailable
 from storage.postgres.database import Database
 from storage.records import PendingOrigin
+from storage.turn_batches import TurnBatches, answer, fail
 
 __all__ = ["OriginLookups"]
 
@@ -44,11 +45,12 @@ class OriginLookups:
 
     def __init__(self, db: Database, *, max_lookups: int = MAX_LOOKUPS) -> None:
         self._db = db
-        self._max_lookups = max_lookups
-        self._pending: list[_Lookup] = []
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
+        self._batches: TurnBatches[_Lookup] = TurnBatches(
+            self._send,
+            max_batch=max_lookups,
+            name="relay-postgres-origins",
+            closed_message="the message queue is closed",
+        )
         self.statements = 0  # statements sent; lookups / statements is the mean batch
         self.lookups = 0
 
@@ -56,40 +58,13 @@ class OriginLookups:
         self, user: str, devices: Sequence[int], message_id: bytes
     ) -> list[PendingOrigin]:
         """Who sent the stored envelopes named `message_id` for these devices of `user`."""
-        if self._closed:
-            raise Unavailable("the message queue is closed")
-        loop = asyncio.get_running_loop()
-        call = _Lookup(user, devices, message_id, loop.create_future())
-        self._pending.append(call)
-        if self._worker is None or self._worker.done():
-            self._worker = loop.create_task(self._run(), name="relay-postgres-origins")
-        self._wakeup.set()
+        call = _Lookup(user, devices, message_id, asyncio.get_running_loop().create_future())
+        self._batches.add(call)
         return await call.future
 
     async def close(self) -> None:
         """Answer what is queued, then stop."""
-        self._closed = True
-        self._wakeup.set()
-        if self._worker is not None:
-            await asyncio.shield(self._worker)
-
-    async def _run(self) -> None:
-        while True:
-            # Woken by the first lookup; runs once the lookups of that turn are in.
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                batch = self._pending[: self._max_lookups]
-                del self._pending[: self._max_lookups]
-                try:
-                    await self._send(batch)
-                except BaseException as exc:  # cancelled: nobody may wait forever
-                    for call in [*batch, *self._pending]:
-                        _settle(call.future, error=Unavailable(f"origin lookups stopped: {exc!r}"))
-                    self._pending.clear()
-                    raise
-            if self._closed:
-                return
+        await self._batches.close()
 
     async def _send(self, batch: list[_Lookup]) -> None:
         numbers: list[int] = []
@@ -109,7 +84,7 @@ class OriginLookups:
                 rows = await conn.fetch(_ORIGINS, numbers, users, devices, ids)
         except Unavailable as exc:
             for call in batch:
-                _settle(call.future, error=exc)
+                fail(call.future, exc)
             return
         found: list[list[PendingOrigin]] = [[] for _ in batch]
         for row in rows:
@@ -122,18 +97,4 @@ class OriginLookups:
                 )
             )
         for call, origins in zip(batch, found, strict=True):
-            _settle(call.future, value=origins)
-
-
-def _settle(
-    future: asyncio.Future[list[PendingOrigin]],
-    *,
-    value: list[PendingOrigin] | None = None,
-    error: BaseException | None = None,
-) -> None:
-    if future.done():  # its caller was cancelled
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value or [])
+            answer(call.future, origins)

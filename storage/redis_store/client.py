@@ -29,6 +29,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from storage.errors import Unavailable
 from storage.interfaces import BackendObserver
+from storage.turn_batches import TurnBatches, answer, fail
 
 __all__ = ["Arg", "RedisClient", "Script", "ScriptBatcher"]
 
@@ -192,51 +193,25 @@ class ScriptBatcher:
         self._script = script
         self._width = width
         self._now_ms = now_ms
-        self._max_calls = max_calls
-        self._pending: list[_Call] = []
-        self._wakeup = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
-        self._closed = False
+        self._batches: TurnBatches[_Call] = TurnBatches(
+            self._send,
+            max_batch=max_calls,
+            name="relay-redis-batcher",
+            closed_message="the redis store is closed",
+        )
         self.batches_sent = 0
         self.calls_sent = 0
 
     async def call(self, key: str, *args: Arg) -> Reply:
         if len(args) != self._width:
             raise ValueError(f"expected {self._width} arguments, got {len(args)}")
-        if self._closed:
-            raise Unavailable("the redis store is closed")
-        loop = asyncio.get_running_loop()
-        call = _Call(key, args, loop.create_future())
-        self._pending.append(call)
-        if self._worker is None:
-            self._worker = loop.create_task(self._run(), name="relay-redis-batcher")
-        self._wakeup.set()
+        call = _Call(key, args, asyncio.get_running_loop().create_future())
+        self._batches.add(call)
         return await call.future
 
     async def close(self) -> None:
         """Send what is queued, then stop."""
-        self._closed = True
-        self._wakeup.set()
-        if self._worker is not None:
-            await asyncio.shield(self._worker)
-
-    async def _run(self) -> None:
-        while True:
-            # Woken by the first call; runs after the calls of that event-loop turn are in.
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._pending:
-                batch = self._pending[: self._max_calls]
-                del self._pending[: self._max_calls]
-                try:
-                    await self._send(batch)
-                except BaseException as exc:  # cancelled: nobody may wait forever
-                    for call in [*batch, *self._pending]:
-                        _settle(call.future, error=Unavailable(f"redis batcher stopped: {exc!r}"))
-                    self._pending.clear()
-                    raise
-            if self._closed:
-                return
+        await self._batches.close()
 
     async def _send(self, batch: list[_Call]) -> None:
         now = "" if self._now_ms is None else str(int(self._now_ms()))
@@ -249,23 +224,12 @@ class ScriptBatcher:
             replies = await self._client.evalsha(self._script, [c.key for c in batch], args)
         except Unavailable as exc:
             for call in batch:
-                _settle(call.future, error=exc)
+                fail(call.future, exc)
             return
         if not isinstance(replies, list) or len(replies) != len(batch):
             error = Unavailable(f"redis: unexpected script reply {replies!r:.100}")
             for call in batch:
-                _settle(call.future, error=error)
+                fail(call.future, error)
             return
         for call, reply in zip(batch, replies, strict=True):
-            _settle(call.future, value=reply)
-
-
-def _settle(
-    future: asyncio.Future[Reply], *, value: Reply = None, error: BaseException | None = None
-) -> None:
-    if future.done():  # its caller was cancelled
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
+            answer(call.future, reply)
