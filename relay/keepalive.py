@@ -3,8 +3,9 @@
 websockets would run a keepalive task per connection (a coroutine asleep for the
 interval, its timer and future: about a kilobyte each, held by every idle
 connection). The relay serves with websockets' keepalive off and runs this one
-task instead. Each tick it pings its share of the connections in turn, so every
-connection is pinged once per interval and the pings spread evenly over it; a
+task instead. Each tick it pings its share of the connections whose ping is due (an
+interval after they joined or were last pinged), so every connection is pinged once per
+interval and a crowd's pings spread over it; a
 connection whose pong is more than `timeout` late is closed with 1011, as
 websockets does.
 """
@@ -35,14 +36,16 @@ class Keepalive:
         self._timeout = timeout
         self._tick = min(tick, interval)
         self._members: set[ServerConnection] = set()
-        self._turns: deque[ServerConnection] = deque()  # the ping order; removed ones skipped
+        # The ping order, each with the loop time its next ping is due (a ping interval after
+        # it joined or was last pinged, so the deque stays in due order); removed ones skipped.
+        self._turns: deque[tuple[ServerConnection, float]] = deque()
         # Pings in flight, oldest first: when each was sent and the future of its pong.
         self._pongs: dict[ServerConnection, tuple[float, asyncio.Future[float]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # pings being written, late closes
 
     def add(self, ws: ServerConnection) -> None:
         self._members.add(ws)
-        self._turns.append(ws)
+        self._turns.append((ws, asyncio.get_running_loop().time() + self._interval))
 
     def remove(self, ws: ServerConnection) -> None:
         self._members.discard(ws)
@@ -72,14 +75,14 @@ class Keepalive:
         if len(self._turns) > 2 * len(self._members) + STALE_SLACK:
             # Mostly closed connections: drop them now, not when their turns come, so a closed
             # connection is not kept alive by the ping order.
-            self._turns = deque(ws for ws in self._turns if ws in self._members)
+            self._turns = deque((ws, due) for ws, due in self._turns if ws in self._members)
         share = math.ceil(len(self._members) * self._tick / self._interval)
         pinged = 0
-        while pinged < share and self._turns:
-            ws = self._turns.popleft()
+        while pinged < share and self._turns and self._turns[0][1] <= now:
+            ws, _ = self._turns.popleft()
             if ws not in self._members:
                 continue  # gone since its last turn
-            self._turns.append(ws)
+            self._turns.append((ws, now + self._interval))
             pinged += 1
             if ws not in self._pongs:
                 self._spawn(self._ping(ws, now))
