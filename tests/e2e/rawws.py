@@ -167,6 +167,8 @@ class RawWebSocket:
         return rest == b""
 
     async def abort(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError):
+        """Drop the connection: no WebSocket closing handshake, nor TLS's (what the relay
+        writes meanwhile, a keepalive ping say, does not matter)."""
+        self.writer.transport.abort()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
             await self.writer.wait_closed()
