@@ -230,7 +230,8 @@ class SimDevice:
         if abort:
             conn.abort()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), OPEN_TIMEOUT)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await conn.close()
         await self._stop_writer()
 
     async def _stop_writer(self) -> None:

@@ -114,7 +114,8 @@ async def _start_sessions(fleet: Fleet, gate: asyncio.Semaphore) -> None:
         a.submit(new_message(first, b.user, w.size, time.time()))
     first.close()
     try:
-        await asyncio.wait_for(first.settled.wait(), w.grace + len(links) / 50)
+        async with asyncio.timeout(w.grace + len(links) / 50):
+            await first.settled.wait()
     except TimeoutError:
         raise DeviceError("e2e:first_messages_not_delivered") from None
     for d in devs:
@@ -136,7 +137,8 @@ async def run(fleet: Fleet, t0: float) -> None:
     await runner(fleet, t0)
     fleet.ledger.close()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(fleet.ledger.settled.wait(), w.grace)
+        async with asyncio.timeout(w.grace):
+            await fleet.ledger.settled.wait()
     fleet.recorder.mark("settled", time.time())
 
 
@@ -241,7 +243,8 @@ async def _offline_drain(fleet: Fleet, t0: float) -> None:
     async def drain(dev: SimDevice) -> None:
         try:
             await dev.connect(started)
-            await asyncio.wait_for(dev.queue_empty.wait(), w.grace + w.queue / 10)
+            async with asyncio.timeout(w.grace + w.queue / 10):
+                await dev.queue_empty.wait()
             rec.drained(time.time(), started)
         except (DeviceError, TimeoutError) as exc:
             rec.connection_error(str(exc) or "drain:timeout", time.time())
@@ -249,7 +252,8 @@ async def _offline_drain(fleet: Fleet, t0: float) -> None:
     await asyncio.gather(*(drain(d) for d in receivers))
     ledger.close()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(ledger.settled.wait(), w.grace)
+        async with asyncio.timeout(w.grace):
+            await ledger.settled.wait()
     rec.mark("drain_end", time.time())
     sampler.cancel()
     rec.sample(time.time())
@@ -342,7 +346,8 @@ async def _faults(fleet: Fleet, t0: float) -> None:
     async def dropped_or(dev: SimDevice, seconds: float) -> bool:
         """Wait up to `seconds`; True when the connection was ended meanwhile."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(dev.dropped.wait(), max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await dev.dropped.wait()
         if not dev.dropped.is_set():
             return False
         dev.dropped.clear()
@@ -379,7 +384,8 @@ async def _faults(fleet: Fleet, t0: float) -> None:
         )
         fleet.ledger.close()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fleet.ledger.settled.wait(), w.grace)
+            async with asyncio.timeout(w.grace):
+                await fleet.ledger.settled.wait()
     finally:
         for task in lives:
             task.cancel()

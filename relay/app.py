@@ -28,6 +28,7 @@ from relay.tls import ServerTls
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, Store
+from storage.stopping import stop_tasks
 
 log = logging.getLogger("relay")
 
@@ -140,8 +141,7 @@ async def _serve_until_signal(
         log.info("shutting down")
         begun = loop.time()
         deadline = begun + settings.shutdown_timeout
-        purger.cancel()
-        queue_depth.cancel()
+        await stop_tasks([purger, queue_depth])
         loop_lag.stop()
         await sampler.stop()
         await _close_connections(server, svc, deadline)
@@ -150,6 +150,10 @@ async def _serve_until_signal(
             await admin.stop()
         await svc.cluster.stop()  # leaves the node registry; the presence entries are released
         await store.close()  # applies the writes already queued (group-commit batches)
+        # Tasks still running (a connection's last store call, a spawned publish) are stopped
+        # here, bounded, rather than by asyncio.run, which waits for them without a bound.
+        current = asyncio.current_task()
+        await stop_tasks([t for t in asyncio.all_tasks() if t is not current], within_s=2.0)
         log.info("stopped", extra={"fields": {"duration_s": round(loop.time() - begun, 3)}})
 
 
@@ -173,7 +177,8 @@ async def _close_connections(server: Server, svc: Services, deadline: float) -> 
         for ws in server.connections
     ]
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(server.wait_closed(), max(0.0, deadline - loop.time()))
+        async with asyncio.timeout_at(deadline):
+            await server.wait_closed()
     for closer in closers:
         closer.cancel()
 

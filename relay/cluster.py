@@ -54,6 +54,7 @@ from storage.node_records import (
     Refresh,
 )
 from storage.records import Envelope
+from storage.stopping import stop_task
 
 log = logging.getLogger("relay.cluster")
 
@@ -123,9 +124,7 @@ class Cluster:
 
     async def stop(self) -> None:
         if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+            await stop_task(self._refresher)
         with contextlib.suppress(StorageError):
             await self._presence.leave()
         await self._bus.close()
@@ -166,7 +165,8 @@ class Cluster:
             if not await self._bus.publish(holder.node, message):
                 return  # that node is gone: nothing of its connection can still take effect
             with contextlib.suppress(TimeoutError):
-                acked = await asyncio.wait_for(reply, REPLACED_CLOSE_WAIT_S)
+                async with asyncio.timeout(REPLACED_CLOSE_WAIT_S):
+                    acked = await reply
                 self._recent.remember(session.user, session.device, acked)
         finally:
             self._closing.pop(ref, None)
@@ -348,7 +348,8 @@ class Cluster:
     async def _reply_closed(self, message: BusClose, session: DeviceSession | None) -> None:
         if session is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.reader_done.wait(), REPLACED_CLOSE_WAIT_S)
+                async with asyncio.timeout(REPLACED_CLOSE_WAIT_S):
+                    await session.reader_done.wait()
         recent = self._recent.latest(message.user, message.device)
         assert message.reply_to is not None
         await self._bus.publish(message.reply_to, BusClosed(message.ref, recent))

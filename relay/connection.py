@@ -119,7 +119,8 @@ async def serve_connection(
         if not out.closing:
             out.close(CloseCode.NORMAL)
         try:
-            await asyncio.wait_for(out.finished(), timeout=svc.settings.shutdown_timeout)
+            async with asyncio.timeout(svc.settings.shutdown_timeout):
+                await out.finished()
         except TimeoutError:
             out.stop()
         conn_log.closed(
@@ -212,7 +213,8 @@ async def _finish_handshake(
         # all) takes effect before this one counts and drains the queue.
         older.out.close(CloseCode.REPLACED, "replaced by a newer connection")
         try:
-            await asyncio.wait_for(older.reader_done.wait(), timeout=REPLACED_CLOSE_WAIT_S)
+            async with asyncio.timeout(REPLACED_CLOSE_WAIT_S):
+                await older.reader_done.wait()
         except TimeoutError:
             older.end()
     # Presence says this node holds the device now; a connection on another node is closed

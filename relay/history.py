@@ -24,6 +24,7 @@ from typing import Final
 
 from relay.clock import Clock
 from relay.metrics import Metrics
+from storage.stopping import stop_task
 
 log = logging.getLogger("relay.history")
 
@@ -197,8 +198,7 @@ class HistorySampler:
         """Cancel the task and wait until it has ended."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.wait([task])  # returns once it ended; raises nothing of the task's
+            await stop_task(task)
 
     async def _run(self) -> None:
         due = self._clock.monotonic()

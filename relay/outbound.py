@@ -97,7 +97,8 @@ class Outbound:
 
     async def _watch_stall(self) -> None:
         try:
-            await asyncio.wait_for(self._room.wait(), self._stall_s)
+            async with asyncio.timeout(self._stall_s):
+                await self._room.wait()
         except TimeoutError:
             self.overflow("its outbound buffer stayed full")
 

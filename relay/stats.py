@@ -84,7 +84,8 @@ def store_kind(*, production: bool) -> str:
 async def node_registry(svc: Services) -> list[NodeInfo] | None:
     """The live nodes from the shared registry; None when it does not answer in time."""
     try:
-        return await asyncio.wait_for(svc.cluster.nodes(), NODES_TIMEOUT_S)
+        async with asyncio.timeout(NODES_TIMEOUT_S):
+            return await svc.cluster.nodes()
     except (StorageError, TimeoutError):
         return None
 

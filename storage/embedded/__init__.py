@@ -110,7 +110,8 @@ class EmbeddedStore:
             return bool(conn.execute("SELECT 1").fetchone() == (1,))
 
         try:
-            ok = await asyncio.wait_for(self._db.run(ping), READY_TIMEOUT_S)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                ok = await self._db.run(ping)
         except (Unavailable, TimeoutError):
             ok = False
         return {"sqlite": ok}

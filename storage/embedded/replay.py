@@ -136,7 +136,8 @@ class SqliteReplayGuard:
             remaining = min(timeout_s, entry.deadline - self._monotonic())
             if remaining > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(entry.settled.wait(), remaining)
+                    async with asyncio.timeout(remaining):
+                        await entry.settled.wait()
         return await self.lookup(scope, nonce)
 
     def _held(self, key: _Key) -> ReplayRecord | None:

@@ -167,7 +167,8 @@ class Database:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._pool.close(), self.timeout_s * 5)
+            async with asyncio.timeout(self.timeout_s * 5):
+                await self._pool.close()
             return
         self._pool.terminate()
 

@@ -35,6 +35,7 @@ from storage.node_records import (
 )
 from storage.records import Envelope
 from storage.redis_store.client import RedisClient, Script, ScriptBatcher
+from storage.stopping import stop_tasks
 
 __all__ = ["RedisNodeBus", "decode_message", "encode_message"]
 
@@ -241,11 +242,7 @@ class RedisNodeBus:
         return isinstance(receivers, int) and receivers > 0
 
     async def close(self) -> None:
-        for task in (self._listener, self._handler):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await stop_tasks(t for t in (self._listener, self._handler) if t is not None)
         await self._publisher.close()
 
     async def _handle(self, on_message: Callable[[BusMessage], None]) -> None:

@@ -80,9 +80,12 @@ class RedisClient:
         self._observe = observe
         self.round_trips = 0  # commands sent (a batch is one)
         self._reachable = True  # logged on each change, not on each failed call
+        # No socket_timeout: redis-py bounds each write with asyncio.wait_for when it is set,
+        # and on Python 3.11 wait_for drops a cancellation that arrives as the write ends, so
+        # a task cancelled there went on running. Every call is bounded by asyncio.timeout
+        # in `_evalsha` and `ping` instead, which keeps the cancellation.
         self._redis = redis_asyncio.Redis.from_url(
             url,
-            socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=30,
