@@ -194,6 +194,9 @@ async def _open_session(
         slow_reader_s=svc.settings.slow_reader_timeout,
         store_timeout_s=svc.settings.backend_timeout * REQUEST_TIMEOUT_FACTOR,
         link=svc.cluster,
+        # The origin's ack timeout started before the bus carried the delivery here: half
+        # of it leaves room for that transit.
+        remote_late_s=svc.settings.ack_timeout / 2,
     )
     older = svc.router.attach(session)
     try:

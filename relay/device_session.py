@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 from collections.abc import Callable, Container
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ class DeviceSession:
     slow_reader_s: float  # the oldest delivery in flight may wait this long for its ack
     store_timeout_s: float  # bound of a store call made outside a request (batched deletes)
     link: RemoteLink | None = None  # deliveries for and from other nodes
+    # A remote delivery acked this long after its push is deleted here too (DeliveryWindow).
+    remote_late_s: float = math.inf
     token: str = field(default_factory=lambda: secrets.token_hex(8))  # names this connection
     reader_done: Flag = field(default_factory=Flag)
     _rules: DeliveryWindow = field(init=False)
@@ -94,7 +97,7 @@ class DeviceSession:
     _deleter: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
-        self._rules = DeliveryWindow(self.window, self.monotonic)
+        self._rules = DeliveryWindow(self.window, self.monotonic, self.remote_late_s)
 
     @property
     def in_flight(self) -> int:

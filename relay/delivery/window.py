@@ -26,6 +26,7 @@ slow reader. The rules that used to live in comments are properties of these tra
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
@@ -120,6 +121,10 @@ class DeliveryWindow:
 
     window: int
     clock: Callable[[], float]  # monotonic seconds: a delivery's age
+    # A delivery from another node acked this long after its push may have been stored by
+    # its origin (whose ack timeout ran out first): the ack deletes the stored copy here too,
+    # because an origin killed after storing it never will. Infinite: never.
+    remote_late_s: float = math.inf
     phase: Phase = Phase.AWAITING_HANDSHAKE
     _inflight: dict[bytes, _Entry] = field(default_factory=dict)
     _cursor: int = 0
@@ -203,13 +208,16 @@ class DeliveryWindow:
         delivered: list[bytes] = []
         delete: list[bytes] = []
         remote: list[tuple[RemoteRef, bytes]] = []
+        now = self.clock()
         for message_id in message_ids:
             entry = self._inflight.pop(message_id, None)
             if entry is None:
                 delete.append(message_id)  # delivered on an earlier connection, maybe
                 continue
             delivered.append(message_id)
-            if entry.durable:
+            if entry.durable or (
+                entry.remote is not None and now - entry.pushed_at >= self.remote_late_s
+            ):
                 delete.append(message_id)
             if entry.remote is not None:
                 remote.append((entry.remote, message_id))

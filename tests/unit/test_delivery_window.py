@@ -222,6 +222,33 @@ def test_a_stored_notice_from_another_node_makes_the_ack_delete() -> None:
     assert window.acked([mid(1)]).delete == (mid(1),)
 
 
+def test_a_late_ack_of_a_remote_delivery_deletes_here_too() -> None:
+    """The origin may have stored it when its ack timeout ran out and been killed before it
+    could delete it: the node that took the ack deletes the stored copy itself."""
+    clock = FakeClock()
+    window = DeliveryWindow(4, clock, remote_late_s=1.0)
+    window.opened()
+    window.offer_live(mid(1), ALICE, buffer_has_room=True, remote=RemoteRef("n", 1))
+    window.offer_live(mid(2), ALICE, buffer_has_room=True, remote=RemoteRef("n", 2))
+    offer(window, 3)  # a local live push: its sender here decides about storing
+    clock.now += 0.5
+    early = window.acked([mid(1)])
+    assert early.delete == ()  # in time: the origin has not stored it
+    assert early.remote == ((RemoteRef("n", 1), mid(1)),)
+    clock.now += 0.5
+    late = window.acked([mid(2), mid(3)])
+    assert late.delete == (mid(2),)  # the local one is the sender's to delete, as before
+    assert late.remote == ((RemoteRef("n", 2), mid(2)),)
+
+
+def test_remote_acks_never_delete_without_a_late_bound() -> None:
+    clock = FakeClock()
+    window = open_window(clock=clock)
+    window.offer_live(mid(1), ALICE, buffer_has_room=True, remote=RemoteRef("n", 1))
+    clock.now += 3600
+    assert window.acked([mid(1)]).delete == ()
+
+
 def test_the_origin_of_an_in_flight_id_is_known_for_conflict_checks() -> None:
     window = open_window()
     offer(window, 1)
