@@ -22,7 +22,7 @@ from protocol.signatures import KeyScheme, verify_signature
 from relay.device_session import DeviceSession
 from relay.services import Services
 from storage.errors import KeyIdConflict, TooManyPreKeys
-from storage.records import DeviceRecord, KeyCounts, KeyUpload, OneTimeKey, SignedKey
+from storage.records import DeviceRecord, KeyCounts, KeyUpload, OneTimeKey, Requester, SignedKey
 
 FETCH_TARGET_PERIOD_S = 600.0
 PREKEYS_TARGET_PERIOD_S = 3600.0
@@ -76,7 +76,13 @@ async def fetch(svc: Services, session: DeviceSession, frame: KeysFetch) -> None
     budgets = await asyncio.gather(*(_one_time_budget(svc, frame.user, d) for d in devices))
     bundles: list[Bundle] = []
     for device, one_time in zip(devices, budgets, strict=True):
-        bundle = await _claim_bundle(svc, frame.user, device, one_time=one_time)
+        bundle = await _claim_bundle(
+            svc,
+            frame.user,
+            device,
+            one_time=one_time,
+            requester=Requester(session.user, session.device),
+        )
         if bundle is not None:
             bundles.append(bundle)
     session.out.write(KeysFetchOk(rid=frame.rid, user=frame.user, devices=tuple(bundles)))
@@ -133,11 +139,15 @@ async def _fetched_devices(svc: Services, frame: KeysFetch) -> list[DeviceRecord
 
 
 async def _claim_bundle(
-    svc: Services, user: str, device: DeviceRecord, *, one_time: bool
+    svc: Services, user: str, device: DeviceRecord, *, one_time: bool, requester: Requester
 ) -> Bundle | None:
     """One device's bundle (its one-time keys now gone), or None without a signed pre-key."""
     claimed = await svc.store.keys.claim(
-        user, device.device, low_water=svc.settings.prekey_low_water, one_time=one_time
+        user,
+        device.device,
+        low_water=svc.settings.prekey_low_water,
+        one_time=one_time,
+        requester=requester,
     )
     if claimed.fell_below_low_water:
         svc.metrics.prekey_low_water.inc()

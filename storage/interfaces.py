@@ -15,12 +15,14 @@ from storage.records import (
     DeviceRecord,
     Envelope,
     KeyCounts,
+    KeyEvent,
     KeyUpload,
     NewDevice,
     PendingOrigin,
     RateDecision,
     ReplayRecord,
     ReplayScope,
+    Requester,
     SendOutcome,
     StoredEnvelope,
 )
@@ -67,16 +69,37 @@ class KeyStore(Protocol):
         ...
 
     async def claim(
-        self, user: str, device: int, *, low_water: int, one_time: bool = True
+        self,
+        user: str,
+        device: int,
+        *,
+        low_water: int,
+        one_time: bool = True,
+        requester: Requester | None = None,
     ) -> ClaimedKeys:
         """Take one EC and one PQ one-time key (or the PQ last-resort key); each one-time key
         is handed out at most once, also under concurrent claims. A device without a signed
         pre-key has no bundle: nothing is taken and every key field is None. With
         `one_time=False` no one-time key is taken: the signed pre-key and the PQ last-resort
-        key only (the per-target budget is spent)."""
+        key only (the per-target budget is spent). A bundle handed out is recorded in the
+        audit trail with its key ids and `requester`, in the same transaction."""
         ...
 
     async def counts(self, user: str, device: int) -> KeyCounts: ...
+
+
+class KeyAudit(Protocol):
+    """The key-event audit trail (kinds and details: storage.audit_events). The directory
+    and the key store write it, each event in the transaction of the change it records."""
+
+    async def events(self, user: str, *, since_ms: int | None = None) -> list[KeyEvent]:
+        """The user's events (every device), oldest first; with `since_ms`, those at or
+        after it."""
+        ...
+
+    async def purge_events(self, before_ms: int) -> int:
+        """Delete the events older than `before_ms` (the retention); the number deleted."""
+        ...
 
 
 class MessageQueue(Protocol):
@@ -223,6 +246,9 @@ class Store(Protocol):
 
     @property
     def messages(self) -> MessageQueue: ...
+
+    @property
+    def audit(self) -> KeyAudit: ...
 
     @property
     def replay(self) -> ReplayGuard: ...

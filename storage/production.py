@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 from storage.directory_cache import CachedDeviceDirectory
 from storage.interfaces import BackendObserver, Store
 from storage.postgres import Database, PostgresKeyStore, PostgresMessageQueue
+from storage.postgres.audit import PostgresKeyAudit
 from storage.redis_store import RedisClient, RedisRateLimiter, RedisReplayGuard
 from storage.redis_store.versions import RedisDirectoryVersions
 
@@ -42,7 +43,8 @@ class ProductionStore:
         # The directory versions ride in the replay guard's batches (one round trip a send).
         versions = RedisDirectoryVersions(redis, self._replay.batcher)
         self._devices = CachedDeviceDirectory(db, versions, now_ms=clock or _wall_ms)
-        self._keys = PostgresKeyStore(db)
+        self._keys = PostgresKeyStore(db, now_ms=clock or _wall_ms)
+        self._audit = PostgresKeyAudit(db)
         self._messages = PostgresMessageQueue(db)
         self._rate_limiter = RedisRateLimiter(redis, now_ms=clock)
         self._closed = False
@@ -62,7 +64,7 @@ class ProductionStore:
         URL the drivers cannot use.
 
         `clock` (ms since the epoch) is for tests: it replaces the Redis server's clock for
-        replay and rate-limit expiry, and dates device removals. Leave it None.
+        replay and rate-limit expiry, and dates device removals and key events. Leave it None.
         `observe` hears the duration of every PostgreSQL and Redis call (for metrics).
         """
         db = await Database.open(database_url, timeout_s=timeout_s, observe=observe)
@@ -86,6 +88,10 @@ class ProductionStore:
     @property
     def messages(self) -> PostgresMessageQueue:
         return self._messages
+
+    @property
+    def audit(self) -> PostgresKeyAudit:
+        return self._audit
 
     @property
     def replay(self) -> RedisReplayGuard:

@@ -131,3 +131,26 @@ class ReplayRecord:
 class RateDecision:
     allowed: bool
     retry_after_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """The device that fetched a bundle: recorded with the one-time keys it was given."""
+
+    user: str
+    device: int
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEvent:
+    """One row of the key-event audit trail (storage.audit_events names the kinds).
+
+    `detail` holds public key ids, counts and the requester of a claim, never key material
+    and never anything about messages."""
+
+    id: int
+    at_ms: int
+    user: str
+    device: int
+    kind: str
+    detail: dict[str, object]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from storage.embedded.audit import SqliteKeyAudit
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.directory import SqliteDeviceDirectory
 from storage.embedded.messages import SqliteMessageQueue
@@ -52,7 +53,8 @@ class EmbeddedStore:
         self._db = db
         self._reader = reader
         self._devices = SqliteDeviceDirectory(db, reader, now_ms=now_ms)
-        self._keys = SqliteKeyStore(db)
+        self._keys = SqliteKeyStore(db, now_ms=now_ms)
+        self._audit = SqliteKeyAudit(db)
         self._messages = SqliteMessageQueue(db, reader)
         self._replay = SqliteReplayGuard(db, reader, now_ms=now_ms, monotonic=monotonic)
         self._rate_limiter = TokenBucketLimiter(clock=monotonic)
@@ -96,6 +98,10 @@ class EmbeddedStore:
     @property
     def messages(self) -> SqliteMessageQueue:
         return self._messages
+
+    @property
+    def audit(self) -> SqliteKeyAudit:
+        return self._audit
 
     @property
     def replay(self) -> SqliteReplayGuard:

@@ -13,6 +13,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from storage.audit_events import ADD_DEVICE, IDENTITY_KEY_RETIRED, REGISTER, REMOVE_DEVICE
+from storage.embedded.audit import record_event
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.device_cache import DeviceCache, Devices
 from storage.embedded.reader import SqliteReader
@@ -38,7 +40,7 @@ class SqliteDeviceDirectory:
     ) -> None:
         self._db = db
         self._reader = reader
-        self._now_ms = now_ms  # only for the removal time, which is kept for the record
+        self._now_ms = now_ms  # dates removals and audit events, which are kept for the record
         self._cache = DeviceCache(self._load)
 
     def _write(self, user: str, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
@@ -59,16 +61,22 @@ class SqliteDeviceDirectory:
         return self._reader.read(job)
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
+        now_ms = self._now_ms()
+
         def job(conn: sqlite3.Connection) -> DeviceRecord:
             _check_identity_free(conn, device.identity_x25519)
             conn.execute(
                 "INSERT INTO users (user, created_ms) VALUES (?, ?)", (user, device.created_ms)
             )
-            return _insert_device(conn, user, 1, device)
+            record = _insert_device(conn, user, 1, device)
+            record_event(conn, user, 1, REGISTER, {}, at_ms=now_ms)
+            return record
 
         return await self._write(user, job)
 
     async def add_device(self, user: str, device: NewDevice, *, max_devices: int) -> DeviceRecord:
+        now_ms = self._now_ms()
+
         def job(conn: sqlite3.Connection) -> DeviceRecord:
             if conn.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is None:
                 raise UnknownUser(user)
@@ -85,7 +93,9 @@ class SqliteDeviceDirectory:
             if highest >= MAX_DEVICE_NUMBER:
                 raise DeviceNumbersExhausted(user)
             _check_identity_free(conn, device.identity_x25519)
-            return _insert_device(conn, user, highest + 1, device)
+            record = _insert_device(conn, user, highest + 1, device)
+            record_event(conn, user, highest + 1, ADD_DEVICE, {}, at_ms=now_ms)
+            return record
 
         return await self._write(user, job)
 
@@ -124,6 +134,8 @@ class SqliteDeviceDirectory:
                 "DELETE FROM messages WHERE recipient_user = ? AND recipient_device = ?",
                 (user, device),
             )
+            record_event(conn, user, device, REMOVE_DEVICE, {}, at_ms=now_ms)
+            record_event(conn, user, device, IDENTITY_KEY_RETIRED, {}, at_ms=now_ms)
             return True
 
         return await self._write(user, job)

@@ -11,23 +11,29 @@ savepoint is rolled back on any error): nothing of it is stored.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from typing import Any, Final
 
+from storage.audit_events import claim_event, upload_events
+from storage.embedded.audit import record_event
 from storage.embedded.database import SqliteDatabase
 from storage.key_rules import StoredKeys, fell_below_low_water, named_ids, plan_upload
-from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, SignedKey
+from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, Requester, SignedKey
 
 _EC: Final = "one_time_prekeys"
 _PQ: Final = "one_time_pq_prekeys"
 
 
 class SqliteKeyStore:
-    def __init__(self, db: SqliteDatabase) -> None:
+    def __init__(self, db: SqliteDatabase, *, now_ms: Callable[[], int]) -> None:
         self._db = db
+        self._now_ms = now_ms  # dates the audit events
 
     async def upload(
         self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
     ) -> KeyCounts:
+        at_ms = self._now_ms()
+
         def job(conn: sqlite3.Connection) -> KeyCounts:
             if not _is_active(conn, user, device):
                 # Removal deleted this device's keys; an upload racing it stores none.
@@ -52,13 +58,23 @@ class SqliteKeyStore:
                         " VALUES (?, ?, ?, ?, ?, ?)",
                         (user, device, signed.id, signed.key, signed.signature, now_ms),
                     )
+            for kind, detail in upload_events(plan):
+                record_event(conn, user, device, kind, detail, at_ms=at_ms)
             return _counts(conn, user, device)
 
         return await self._db.run(job)
 
     async def claim(
-        self, user: str, device: int, *, low_water: int, one_time: bool = True
+        self,
+        user: str,
+        device: int,
+        *,
+        low_water: int,
+        one_time: bool = True,
+        requester: Requester | None = None,
     ) -> ClaimedKeys:
+        at_ms = self._now_ms()
+
         def job(conn: sqlite3.Connection) -> ClaimedKeys:
             before = _counts(conn, user, device)
             signed = _signed(conn, "signed_prekeys", user, device)
@@ -78,6 +94,11 @@ class SqliteKeyStore:
             else:
                 key_id, key, signature = pq_row
                 pq_prekey = SignedKey(id=int(key_id), key=bytes(key), signature=bytes(signature))
+            one_time_pq = None if pq_row is None else pq_prekey
+            kind, detail = claim_event(
+                signed, prekey, one_time_pq, one_time=one_time, requester=requester
+            )
+            record_event(conn, user, device, kind, detail, at_ms=at_ms)
             after = KeyCounts(
                 prekeys=before.prekeys - (prekey is not None),
                 pq_prekeys=before.pq_prekeys - (pq_row is not None),

@@ -9,9 +9,9 @@ reads through `list_devices_settled`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
+from storage.audit_events import ADD_DEVICE, IDENTITY_KEY_RETIRED, REGISTER, REMOVE_DEVICE
 from storage.errors import (
     DeviceLimitReached,
     DeviceNumbersExhausted,
@@ -19,6 +19,7 @@ from storage.errors import (
     IdentityKeyRetired,
     UnknownUser,
 )
+from storage.postgres.audit import record_event
 from storage.postgres.database import Connection, Database, Row, UniqueViolation
 from storage.records import MAX_DEVICE_NUMBER, DeviceRecord, NewDevice
 
@@ -37,7 +38,7 @@ class PostgresDeviceDirectory:
         changed: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._db = db
-        self._now_ms = now_ms  # only for the removal time, which is kept for the record
+        self._now_ms = now_ms  # dates removals and audit events, which are kept for the record
         self._changed = changed
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
@@ -49,7 +50,7 @@ class PostgresDeviceDirectory:
                 "INSERT INTO users (user_id, created_ms) VALUES ($1, $2)", user, device.created_ms
             )
             record = await _insert_device(conn, user, 1, device)
-            await record_event(conn, user, 1, "register", {})
+            await record_event(conn, user, 1, REGISTER, {}, at_ms=self._now_ms())
             return record
 
     async def add_device(self, user: str, device: NewDevice, *, max_devices: int) -> DeviceRecord:
@@ -77,7 +78,7 @@ class PostgresDeviceDirectory:
                 raise DeviceNumbersExhausted(user)
             await _check_identity_free(conn, device.identity_x25519)
             record = await _insert_device(conn, user, highest + 1, device)
-            await record_event(conn, user, highest + 1, "add_device", {})
+            await record_event(conn, user, highest + 1, ADD_DEVICE, {}, at_ms=self._now_ms())
             if self._changed is not None:
                 await self._changed(user)  # under the user's row lock, before the commit
             return record
@@ -154,7 +155,8 @@ class PostgresDeviceDirectory:
                 user,
                 device,
             )
-            await record_event(conn, user, device, "remove_device", {})
+            await record_event(conn, user, device, REMOVE_DEVICE, {}, at_ms=now_ms)
+            await record_event(conn, user, device, IDENTITY_KEY_RETIRED, {}, at_ms=now_ms)
             if self._changed is not None:
                 await self._changed(user)  # under the user's row lock, before the commit
             return True
@@ -238,19 +240,6 @@ async def _insert_device(
         registration_id=device.registration_id,
         created_ms=device.created_ms,
         last_seen_ms=device.created_ms,
-    )
-
-
-async def record_event(
-    conn: Connection, user: str, device: int, kind: str, detail: dict[str, object]
-) -> None:
-    """One audit row. `detail` holds key ids and counts, never key material."""
-    await conn.execute(
-        "INSERT INTO key_events (user_id, device, kind, detail) VALUES ($1, $2, $3, $4::jsonb)",
-        user,
-        device,
-        kind,
-        json.dumps(detail),
     )
 
 

@@ -9,8 +9,10 @@ decided by `storage.key_rules`; this module does the reading and writing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
+from storage.audit_events import NONE_LEFT, WITHHELD, upload_events
 from storage.key_rules import (
     StoredKeys,
     UploadPlan,
@@ -18,9 +20,9 @@ from storage.key_rules import (
     named_ids,
     plan_upload,
 )
+from storage.postgres.audit import AT_FROM_MS, record_event
 from storage.postgres.database import Connection, Database, Row
-from storage.postgres.directory import record_event
-from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, SignedKey
+from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, Requester, SignedKey
 
 _EC: Final = "one_time_prekeys"
 _PQ: Final = "one_time_pq_prekeys"
@@ -43,7 +45,8 @@ _NO_KEYS: Final = KeyCounts(prekeys=0, pq_prekeys=0, signed_prekey_uploaded_ms=N
 #   so "before" (after + taken) and "after" are exact and exactly one claim sees a count go
 #   from the low-water mark to below it. The count row is the last lock a claim takes, and
 #   uploads and removals take it after their key rows too: no lock cycle, no deadlock.
-# * `audit` records a bundle handed out without a one-time EC key (ids only).
+# * `audit` records the bundle handed out, in the same statement: the detail of
+#   storage.audit_events.claim_event, built here in SQL (ids and the requester only).
 _CLAIM = f"""
 WITH signed AS (
     SELECT key_id, key, signature, uploaded_ms FROM signed_prekeys
@@ -73,13 +76,21 @@ WITH signed AS (
     WHERE c.user_id = $1 AND c.device = $2 AND t.ec_n + t.pq_n > 0
     RETURNING c.prekeys, c.pq_prekeys
 ), audit AS (
-    INSERT INTO key_events (user_id, device, kind, detail)
-    SELECT $1, $2, 'claim_without_prekey',
+    INSERT INTO key_events (user_id, device, kind, detail, at)
+    SELECT $1, $2,
+           CASE WHEN t.ec_n = 0 THEN 'claim_without_prekey' ELSE 'prekey_claimed' END,
            jsonb_build_object('signed_prekey_id', s.key_id,
                               'pq_prekey_id', (SELECT key_id FROM pq),
-                              'pq_last_resort', t.pq_n = 0)
+                              'pq_last_resort', t.pq_n = 0,
+                              'requester_user', $4::text,
+                              'requester_device', $5::integer)
+           || CASE WHEN t.ec_n = 0
+                   THEN jsonb_build_object('reason', CASE WHEN $3 THEN '{NONE_LEFT}'
+                                                          ELSE '{WITHHELD}' END)
+                   ELSE jsonb_build_object('prekey_id', (SELECT key_id FROM ec))
+              END,
+           {AT_FROM_MS.format("$6::bigint")}
     FROM taken t, signed s
-    WHERE t.ec_n = 0
 )
 SELECT s.key_id AS s_id, s.key AS s_key, s.signature AS s_sig, s.uploaded_ms,
        ec.key_id AS ec_id, ec.key AS ec_key,
@@ -106,8 +117,9 @@ LEFT JOIN signed_prekeys s ON s.user_id = $1 AND s.device = $2
 
 
 class PostgresKeyStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, now_ms: Callable[[], int]) -> None:
         self._db = db
+        self._now_ms = now_ms  # dates the audit events
 
     async def upload(
         self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
@@ -130,14 +142,29 @@ class PostgresKeyStore:
             plan = plan_upload(upload, stored, max_stored=max_stored)
             await _insert_one_time(conn, user, device, plan)
             await _replace_signed(conn, user, device, plan, now_ms)
-            await _record_upload(conn, user, device, plan)
+            for kind, detail in upload_events(plan):
+                await record_event(conn, user, device, kind, detail, at_ms=self._now_ms())
             return await _add_counts(conn, user, device, plan)
 
     async def claim(
-        self, user: str, device: int, *, low_water: int, one_time: bool = True
+        self,
+        user: str,
+        device: int,
+        *,
+        low_water: int,
+        one_time: bool = True,
+        requester: Requester | None = None,
     ) -> ClaimedKeys:
         async with self._db.connection("claim_prekeys") as conn:
-            row = await conn.fetchrow(_CLAIM, user, device, one_time)
+            row = await conn.fetchrow(
+                _CLAIM,
+                user,
+                device,
+                one_time,
+                None if requester is None else requester.user,
+                None if requester is None else requester.device,
+                self._now_ms(),
+            )
         assert row is not None  # `taken` always has its one row
         after = KeyCounts(
             prekeys=int(row["prekeys"]),
@@ -269,22 +296,6 @@ async def _replace_signed(
                 signed.signature,
                 now_ms,
             )
-
-
-async def _record_upload(conn: Connection, user: str, device: int, plan: UploadPlan) -> None:
-    """The audit events of an upload (ids only)."""
-    if plan.signed_prekey is not None:
-        await record_event(
-            conn, user, device, "signed_prekey_rotated", {"key_id": plan.signed_prekey.id}
-        )
-    if plan.prekeys or plan.pq_prekeys or plan.pq_last_resort is not None:
-        detail: dict[str, object] = {
-            "prekey_ids": [k.id for k in plan.prekeys],
-            "pq_prekey_ids": [k.id for k in plan.pq_prekeys],
-        }
-        if plan.pq_last_resort is not None:
-            detail["pq_last_resort_id"] = plan.pq_last_resort.id
-        await record_event(conn, user, device, "prekeys_uploaded", detail)
 
 
 async def _add_counts(conn: Connection, user: str, device: int, plan: UploadPlan) -> KeyCounts:

@@ -35,7 +35,7 @@ async def open_production(backend: Backend) -> ProductionStore:
 
 
 async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
-    assert latest_version() == 3
+    assert latest_version() == 4
     ok, message = await check(empty_database)
     assert not ok and "schema version is 0" in message and "table users is missing" in message
 
@@ -43,6 +43,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0001_initial",
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
+        "up 0004_key_event_kinds",
     ]
     assert await migrate(empty_database) == []  # already there
     ok, message = await check(empty_database)
@@ -60,18 +61,20 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         await conn.close()
 
     assert await migrate(empty_database, to=0) == [
+        "down 0004_key_event_kinds",
         "down 0003_queue_counts",
         "down 0002_canonical_identity_keys",
         "down 0001_initial",
     ]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 0, the latest is 3" in message
+    assert not ok and "schema version is 0, the latest is 4" in message
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 1, the latest is 3" in message
+    assert not ok and "schema version is 1, the latest is 4" in message
     assert await migrate(empty_database) == [
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
+        "up 0004_key_event_kinds",
     ]
     ok, _ = await check(empty_database)
     assert ok
@@ -90,7 +93,12 @@ async def test_migrate_of_an_unreachable_server_is_unavailable() -> None:
 
 async def test_concurrent_migrators_take_turns(empty_database: str) -> None:
     results = await asyncio.gather(*(migrate(empty_database) for _ in range(4)))
-    everything = ["up 0001_initial", "up 0002_canonical_identity_keys", "up 0003_queue_counts"]
+    everything = [
+        "up 0001_initial",
+        "up 0002_canonical_identity_keys",
+        "up 0003_queue_counts",
+        "up 0004_key_event_kinds",
+    ]
     assert sorted(results) == [[], [], [], everything]
     assert (await check(empty_database))[0]
 
@@ -129,13 +137,35 @@ async def test_key_events_are_written_without_key_material(production: Backend) 
         (2, "add_device"),
         (1, "signed_prekey_rotated"),
         (1, "prekeys_uploaded"),
+        (1, "prekey_claimed"),
         (1, "claim_without_prekey"),
         (2, "remove_device"),
+        (2, "identity_key_retired"),
     ]
     details = [json.loads(r["detail"]) for r in rows]
     assert details[2] == {"key_id": 7}
-    assert details[3] == {"prekey_ids": [1], "pq_prekey_ids": [3], "pq_last_resort_id": 9}
-    assert details[4] == {"signed_prekey_id": 7, "pq_prekey_id": None, "pq_last_resort": True}
+    assert details[3] == {
+        "prekeys": 1,
+        "pq_prekeys": 1,
+        "prekey_ids": [1],
+        "pq_prekey_ids": [3],
+        "pq_last_resort_id": 9,
+    }
+    no_requester = {"requester_user": None, "requester_device": None}
+    assert details[4] == {
+        "signed_prekey_id": 7,
+        "prekey_id": 1,
+        "pq_prekey_id": 3,
+        "pq_last_resort": False,
+        **no_requester,
+    }
+    assert details[5] == {
+        "signed_prekey_id": 7,
+        "pq_prekey_id": None,
+        "pq_last_resort": True,
+        "reason": "none left",
+        **no_requester,
+    }
     assert {c["column_name"] for c in columns} == {
         "id",
         "at",
