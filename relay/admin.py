@@ -1,6 +1,6 @@
 """The operator's commands besides `serve`: show the settings, read a node's stats, list a
-user's devices, purge expired messages. Each returns the process exit code and prints for
-people by default, or JSON for scripts."""
+user's devices or key events, purge expired messages and old key events. Each returns the
+process exit code and prints for people by default, or JSON for scripts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from relay.config import Settings, shown_value
 from relay.config_sources import LoadedSettings
 from storage.errors import StorageError
 from storage.interfaces import Store
-from storage.records import DeviceRecord
+from storage.records import DeviceRecord, KeyEvent
 
 DEFAULT_STATS_URL = "http://127.0.0.1:8765"
 STATS_PATH = "/v1/stats"
@@ -186,6 +186,12 @@ def _utc(ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _utc_ms(ms: int) -> str:
+    """To the millisecond: several key events often share a second."""
+    moment = datetime.datetime.fromtimestamp(ms // 1000, tz=datetime.UTC)
+    return f"{moment.strftime('%Y-%m-%dT%H:%M:%S')}.{ms % 1000:03d}Z"
+
+
 def device_rows(records: Sequence[DeviceRecord]) -> list[DeviceRow]:
     return [
         DeviceRow(
@@ -259,6 +265,83 @@ async def list_devices(settings: Settings, user: str) -> list[DeviceRow]:
     return device_rows(records)
 
 
+# --- relay audit USER --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    at: str  # UTC, to the millisecond
+    at_ms: int
+    device: int
+    kind: str
+    detail: dict[str, object]
+
+
+def since_ms(text: str) -> int:
+    """`--since`: milliseconds since the epoch, or an ISO 8601 date or time (UTC when it
+    names no offset); exit 2 otherwise."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise AdminError(
+            f"--since must be an ISO 8601 time such as 2026-01-31T12:00:00Z or milliseconds "
+            f"since the epoch, not {text[:64]!r}",
+            code=2,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def audit_rows(events: Sequence[KeyEvent]) -> list[AuditRow]:
+    return [
+        AuditRow(at=_utc_ms(e.at_ms), at_ms=e.at_ms, device=e.device, kind=e.kind, detail=e.detail)
+        for e in events
+    ]
+
+
+def render_audit(user: str, rows: Sequence[AuditRow], fmt: str) -> str:
+    if fmt == "json":
+        document = {"user": user, "events": [_audit_dict(r) for r in rows]}
+        return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8")
+    lines = [f"user {user}: {len(rows)} key event{'s' if len(rows) != 1 else ''}"]
+    for r in rows:
+        detail = " ".join(f"{k}={_detail_value(v)}" for k, v in r.detail.items())
+        lines.append(f"{r.at}  device {r.device}  {r.kind}  {detail}".rstrip())
+    return "\n".join(lines)
+
+
+def _detail_value(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str | int | float):
+        return str(value).replace(" ", "_")  # one token: "none left" -> none_left
+    return orjson.dumps(value).decode("utf-8")
+
+
+def _audit_dict(row: AuditRow) -> dict[str, object]:
+    return {f.name: getattr(row, f.name) for f in fields(AuditRow)}
+
+
+async def key_events(settings: Settings, user: str, since: int | None) -> list[AuditRow]:
+    """`user` in canonical form (see `canonical_user`); AdminError for a user the store
+    does not know."""
+    store, _ = await _open_existing_store(settings)
+    try:
+        events = await store.audit.events(user, since_ms=since)
+        known = bool(events) or await store.devices.list_devices(user) is not None
+    except StorageError as exc:
+        raise AdminError(f"the store did not answer: {exc}") from None
+    finally:
+        await store.close()
+    if not known:
+        raise AdminError(f"no user {user} in the store")
+    return audit_rows(events)
+
+
 # --- relay purge -------------------------------------------------------------------------
 
 
@@ -266,8 +349,17 @@ async def purge(settings: Settings, now_ms: int) -> str:
     store, kind = await _open_existing_store(settings)
     try:
         deleted = await store.messages.purge_expired(now_ms)
+        events = await store.audit.purge_events(settings.audit_cutoff_ms(now_ms))
     except StorageError as exc:
         raise AdminError(f"the store did not answer: {exc}") from None
     finally:
         await store.close()
-    return f"purged {deleted} expired messages from the {kind} store"
+    return (
+        f"purged {deleted} expired messages and {events} key events older than "
+        f"audit_retention ({_duration(settings.audit_retention)}) from the {kind} store"
+    )
+
+
+def _duration(seconds: float) -> str:
+    days = seconds / 86400
+    return f"{days:g} days" if days >= 1 and days == int(days) else f"{seconds:g} s"

@@ -184,12 +184,17 @@ async def _close_connections(server: Server, svc: Services, deadline: float) -> 
 
 
 async def _purge_forever(svc: Services) -> None:
-    """Expired stored messages are deleted in the background."""
+    """Expired stored messages and key events past the audit retention are deleted in the
+    background."""
     while True:
         try:
-            deleted = await svc.store.messages.purge_expired(svc.clock.now_ms())
+            now_ms = svc.clock.now_ms()
+            deleted = await svc.store.messages.purge_expired(now_ms)
             if deleted:
                 log.info("purged %d expired messages", deleted)
+            events = await svc.store.audit.purge_events(svc.settings.audit_cutoff_ms(now_ms))
+            if events:
+                log.info("purged %d key events past the audit retention", events)
         except StorageError:
             log.warning("purge skipped: store unavailable")
         await asyncio.sleep(svc.settings.purge_interval)

@@ -1,4 +1,4 @@
-"""The `relay` command line: serve, migrate, purge, config show, stats, devices, docs.
+"""The `relay` command line: serve, migrate, purge, config show, stats, devices, audit, docs.
 
 `serve` and `config show` take every setting; the commands that only open the store take
 `--config` and the store settings (`relay.config.STORE_SETTINGS`), so their `--help` lists
@@ -24,13 +24,16 @@ from relay.admin import (
     AdminError,
     canonical_user,
     fetch_stats,
+    key_events,
     list_devices,
     purge,
+    render_audit,
     render_devices,
     render_settings,
     render_stats,
+    since_ms,
 )
-from relay.config import MIGRATE_SETTINGS, STORE_SETTINGS, ConfigError
+from relay.config import MIGRATE_SETTINGS, PURGE_SETTINGS, STORE_SETTINGS, ConfigError
 from relay.config_sources import (
     LoadedSettings,
     add_settings_arguments,
@@ -76,11 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     purge_cmd = commands.add_parser(
         "purge",
-        help="delete expired stored messages now",
-        description="Delete the expired stored messages of the configured store now "
-        "(a running relay also does so every purge_interval seconds).",
+        help="delete expired stored messages and old key events now",
+        description="Delete the expired stored messages of the configured store now, and the "
+        "key events older than audit_retention (a running relay also does so every "
+        "purge_interval seconds).",
     )
-    add_settings_arguments(purge_cmd, STORE_SETTINGS)
+    add_settings_arguments(purge_cmd, PURGE_SETTINGS)
     config = commands.add_parser(
         "config",
         help="show the effective settings",
@@ -127,6 +131,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     devices.add_argument("--json", action="store_true", help="print JSON")
     add_settings_arguments(devices, STORE_SETTINGS)
+    audit = commands.add_parser(
+        "audit",
+        help="print a user's key events from the store",
+        description="Print the key-event audit trail of a user from the configured store, "
+        "oldest first: registrations, device links and removals, identity-key retirements, "
+        "signed pre-key rotations, pre-key uploads and claims (key ids, never keys).",
+    )
+    audit.add_argument(
+        "user", metavar="USER", help="the user id, a UUID (any case, dashes optional)"
+    )
+    audit.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only events at or after TIME: ISO 8601 (UTC unless it names an offset, "
+        "e.g. 2026-01-31T12:00:00Z) or milliseconds since the epoch",
+    )
+    audit.add_argument("--json", action="store_true", help="print JSON")
+    add_settings_arguments(audit, STORE_SETTINGS)
     docs = commands.add_parser(
         "docs",
         help="list or print the documentation installed with the package",
@@ -155,9 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "docs":
         return _docs(args.topic)
     try:
-        if args.command == "devices":
+        if args.command in ("devices", "audit"):
             args.user = canonical_user(args.user)
-        names = STORE_SETTINGS if args.command in ("purge", "devices") else None
+        since = since_ms(args.since) if args.command == "audit" and args.since else None
+        names = {
+            "purge": PURGE_SETTINGS,
+            "devices": STORE_SETTINGS,
+            "audit": STORE_SETTINGS,
+        }.get(args.command)
         loaded = load_settings(args, os.environ, names)
     except AdminError as exc:
         print(f"relay: {exc}", file=sys.stderr)
@@ -177,6 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "devices":
             rows = asyncio.run(list_devices(loaded.settings, args.user))
             print(render_devices(args.user, rows, "json" if args.json else "text"))
+            return 0
+        if args.command == "audit":
+            events = asyncio.run(key_events(loaded.settings, args.user, since))
+            print(render_audit(args.user, events, "json" if args.json else "text"))
             return 0
     except AdminError as exc:
         print(f"relay: {exc}", file=sys.stderr)

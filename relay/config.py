@@ -27,6 +27,8 @@ URL_SETTINGS = frozenset({"database_url", "redis_url"})
 STORE_SETTINGS = frozenset(
     {"data_dir", "database_url", "redis_url", "redis_prefix", "backend_timeout"}
 )
+# `relay purge` also deletes the key events older than the audit retention.
+PURGE_SETTINGS = STORE_SETTINGS | {"audit_retention"}
 # `relay migrate` touches PostgreSQL alone.
 MIGRATE_SETTINGS = frozenset({"database_url"})
 MASK = "***"
@@ -61,6 +63,7 @@ POSITIVE_SETTINGS = (
     "rate_prekeys_per_target",
     "max_stored_messages",
     "purge_interval",
+    "audit_retention",
     "shutdown_timeout",
     "presence_ttl",
 )
@@ -116,6 +119,7 @@ class Settings:
     rate_prekeys_per_target: int = 50
     max_stored_messages: int = 10_000
     purge_interval: float = 60.0
+    audit_retention: float = 90 * DAY
     shutdown_timeout: float = 10.0
     node_id: str | None = None
     presence_ttl: float = 30.0
@@ -266,6 +270,10 @@ class Settings:
         """PostgreSQL and Redis instead of the embedded store."""
         return self.database_url is not None
 
+    def audit_cutoff_ms(self, now_ms: int) -> int:
+        """Key events dated before this are past the audit retention (the purge deletes them)."""
+        return now_ms - round(self.audit_retention * 1000)
+
     @property
     def replay_pending_ttl(self) -> float:
         """How long a send may stay in flight before a retry may take its nonce over."""
@@ -336,7 +344,9 @@ SETTING_HELP: dict[str, str] = {
     "(equal burst); further bundles come without one",
     "max_stored_messages": "stored messages per recipient device; a send that would store more "
     "is refused with too_large",
-    "purge_interval": "seconds between purges of expired messages",
+    "purge_interval": "seconds between purges of expired messages and old key events",
+    "audit_retention": "seconds a key event (registrations, links, removals, key uploads and "
+    "claims) is kept in the audit trail",
     "shutdown_timeout": "seconds a graceful shutdown may take",
     "node_id": "name of this node among several sharing Redis",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",

@@ -187,7 +187,8 @@ def add_settings_arguments(
         if isinstance(f.default, bool):
             default = "on" if f.default else "off"
         help_text = f"{meaning} (env {env_name(f.name)}; default {default})"
-        group = store if f.name in STORE_SETTINGS else serve
+        # A store command's settings are all about the store (`relay purge`: what it keeps).
+        group = store if names is not None or f.name in STORE_SETTINGS else serve
         if str(f.type) == "bool":  # a switch: --migrate / --no-migrate
             group.add_argument(
                 flag_name(f.name),

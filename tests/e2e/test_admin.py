@@ -164,7 +164,7 @@ async def test_devices_takes_any_spelling_of_a_uuid(relay):
 
 
 def test_admin_commands_on_a_missing_embedded_store(tmp_path):
-    for command in (["devices", str(uuid.uuid4())], ["purge"]):
+    for command in (["devices", str(uuid.uuid4())], ["audit", str(uuid.uuid4())], ["purge"]):
         result = run_relay([*command, "--data-dir", str(tmp_path / "nothing")])
         assert result.code == 1, command
         assert "no embedded store" in result.stderr
@@ -196,6 +196,7 @@ async def test_purge_deletes_expired_messages(relay_factory):
         (["purge"], "Delete the expired stored messages"),
         (["stats"], "--url"),
         (["devices"], "USER"),
+        (["audit"], "--since"),
         (["migrate"], "--database-url"),
         (["docs"], "TOPIC"),
         (["config", "show"], "--format"),
@@ -208,5 +209,5 @@ def test_every_command_has_help(command, expected):
     assert result.code == 0, result.stderr
     assert result.stdout.startswith("usage: relay")
     assert expected in result.stdout
-    if command and command[0] in ("purge", "devices", "serve", "migrate"):
+    if command and command[0] in ("purge", "devices", "audit", "serve", "migrate"):
         assert "--config FILE" in result.stdout

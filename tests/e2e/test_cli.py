@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from relay.config import MIGRATE_SETTINGS, STORE_SETTINGS, Settings
+from relay.config import MIGRATE_SETTINGS, PURGE_SETTINGS, STORE_SETTINGS, Settings
 from relay.config_sources import flag_name
 
 from .commands import COMMAND_TIMEOUT_S, arun_relay, run_relay
@@ -87,8 +87,9 @@ def test_version_is_the_package_version():
 @pytest.mark.parametrize(
     ("command", "settings", "own"),
     [
-        (["purge"], STORE_SETTINGS, set()),
+        (["purge"], PURGE_SETTINGS, set()),
         (["devices"], STORE_SETTINGS, {"--json"}),
+        (["audit"], STORE_SETTINGS, {"--json", "--since"}),
         (["migrate"], MIGRATE_SETTINGS, {"--to", "--check"}),
         (["serve"], ALL_SETTINGS, set()),
         (["config", "show"], ALL_SETTINGS, {"--format"}),
