@@ -306,10 +306,12 @@ def audit_rows(events: Sequence[KeyEvent]) -> list[AuditRow]:
 def render_audit(user: str, rows: Sequence[AuditRow], fmt: str) -> str:
     if fmt == "json":
         document = {"user": user, "events": [_audit_dict(r) for r in rows]}
-        return orjson.dumps(document, option=orjson.OPT_INDENT_2).decode("utf-8")
+        # Sorted keys: PostgreSQL's jsonb orders a detail's keys its own way.
+        options = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+        return orjson.dumps(document, option=options).decode("utf-8")
     lines = [f"user {user}: {len(rows)} key event{'s' if len(rows) != 1 else ''}"]
     for r in rows:
-        detail = " ".join(f"{k}={_detail_value(v)}" for k, v in r.detail.items())
+        detail = " ".join(f"{k}={_detail_value(v)}" for k, v in sorted(r.detail.items()))
         lines.append(f"{r.at}  device {r.device}  {r.kind}  {detail}".rstrip())
     return "\n".join(lines)
 
@@ -317,6 +319,8 @@ def render_audit(user: str, rows: Sequence[AuditRow], fmt: str) -> str:
 def _detail_value(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str | int | float):
         return str(value).replace(" ", "_")  # one token: "none left" -> none_left
     return orjson.dumps(value).decode("utf-8")
