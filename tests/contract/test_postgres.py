@@ -297,3 +297,29 @@ async def test_ready_and_close(production: Backend) -> None:
     with pytest.raises(Unavailable):
         await store.messages.store([envelope("u", 1)])
     await store.close()  # twice is fine
+
+
+async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) -> None:
+    """Version 3's check knows neither prekey_claimed nor identity_key_retired: going down
+    deletes those rows (and only those), and going up again records them anew."""
+    store = await open_production(production)
+    user = await make_user(store, devices=2)
+    assert await store.devices.remove_device(user, 2)
+    assert production.database_url is not None
+    assert await migrate(production.database_url, to=3) == ["down 0004_key_event_kinds"]
+    conn = await asyncpg.connect(production.database_url)
+    try:
+        kinds = await conn.fetch("SELECT kind FROM key_events WHERE user_id = $1 ORDER BY id", user)
+        assert [r["kind"] for r in kinds] == ["register", "add_device", "remove_device"]
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO key_events (user_id, device, kind) VALUES ($1, 1, 'prekey_claimed')",
+                user,
+            )
+    finally:
+        await conn.close()
+    assert await migrate(production.database_url) == ["up 0004_key_event_kinds"]
+    fresh = await open_production(production)  # new connections: statements prepared anew
+    other = await make_user(fresh, devices=2)
+    assert await fresh.devices.remove_device(other, 2)
+    assert [e.kind for e in await fresh.audit.events(other)][-1] == "identity_key_retired"
