@@ -25,6 +25,7 @@ from storage.records import (
     Requester,
     SendOutcome,
     StoredEnvelope,
+    WrappedKey,
 )
 
 BackendObserver = Callable[[str, str, float], None]
@@ -140,6 +141,39 @@ class MessageQueue(Protocol):
     async def stored_count(self) -> int:
         """Envelopes in the store, for every device (expired ones count until purged): the
         queue depth an operator watches. One cheap query; not for the hot path."""
+        ...
+
+
+class DataKeyTable(Protocol):
+    """The keys of encryption at rest (storage.at_rest), kept wrapped by the master key in
+    the store's `data_keys` table. Key ids are chosen by the caller (the next free one): two
+    nodes creating a key at once collide on the id and one of them gets False."""
+
+    async def wrapped_keys(self) -> list[WrappedKey]:
+        """Every key, by id."""
+        ...
+
+    async def insert_key(self, key: WrappedKey, *, replacing: int | None) -> bool:
+        """Store `key`. A data key (state "active") goes in only if the active data key is
+        still `replacing` (None: there is none), which is retired (retired_ms = the new key's
+        created_ms) in the same transaction. The index key goes in only if there is none.
+        False, and nothing written, when that does not hold or the id is taken."""
+        ...
+
+    async def rewrap(self, old_master_key_id: str, keys: Sequence[WrappedKey]) -> None:
+        """Replace the wrapping of every key in one transaction. Raises StorageError, and
+        changes nothing, unless `keys` names exactly the keys stored and each stored one is
+        wrapped under `old_master_key_id`."""
+        ...
+
+    async def usage(self) -> dict[int, int]:
+        """The number of stored messages sealed with each data key (ids with none left out).
+        Scans the messages: for `relay keys status` and the purge, not the hot path."""
+        ...
+
+    async def delete_retired(self, retired_before_ms: int) -> list[int]:
+        """Delete the data keys retired before `retired_before_ms` that no stored message
+        uses (checked in the same transaction); their ids."""
         ...
 
 

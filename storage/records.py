@@ -154,3 +154,30 @@ class KeyEvent:
     device: int
     kind: str
     detail: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedFields:
+    """What a stored envelope keeps sealed (storage.at_rest.sealing), once opened."""
+
+    sender_user: str
+    sender_device: int
+    ts: int
+    type: int
+    nonce: bytes
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class WrappedKey:
+    """A data key or the index key as the store keeps it: wrapped by the master key
+    `master_key_id`. `state` is "active" (the data key new rows are sealed with; the index
+    key is always active) or "retired" (still opens the rows sealed with it)."""
+
+    id: int
+    purpose: str  # "data" | "index"
+    state: str
+    created_ms: int
+    retired_ms: int | None
+    master_key_id: str
+    wrapped: bytes

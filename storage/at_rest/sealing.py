@@ -1,0 +1,191 @@
+"""A stored envelope's sender user and device, timestamp, type, nonce and body, sealed
+together with a data key (XChaCha20-Poly1305). The associated data binds the recipient user
+and device, the message id and the key id, so a sealed value copied to another row (another
+recipient, another id) or relabelled with another key id does not open.
+
+The columns the queries need stay clear: recipient (a blinded user id, see keyring), id,
+seq, server time and expiry. A row of a store without encryption at rest has key id 0 and
+its fields in the clear columns; `ClearSealer` writes those.
+
+Sealed layout: 24-byte nonce + ciphertext of
+  sender_device u16 | ts i64 | type u32 | len u16 + sender_user (UTF-8) | len u16 + nonce | body
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Final, Protocol
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.utils
+
+from storage.at_rest.keyring import KeyRing
+from storage.records import Envelope, OpenedFields
+
+__all__ = [
+    "CLEAR_KEY_ID",
+    "ClearSealer",
+    "EnvelopeSealer",
+    "RingSealer",
+    "SealedColumns",
+]
+
+CLEAR_KEY_ID: Final = 0  # the row's fields are in the clear columns
+_NONCE_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_CONTEXT: Final = b"relay-envelope-v1\x00"
+_HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
+_LEN = struct.Struct(">H")
+
+log = logging.getLogger(__name__)
+
+SealedColumns = tuple[int, bytes | None]
+"""(key id, sealed bytes); key id 0 with None: the fields go to the clear columns."""
+
+
+class EnvelopeSealer(Protocol):
+    def seal(self, envelope: Envelope) -> SealedColumns: ...
+
+    def open(
+        self,
+        recipient_user: str,
+        recipient_device: int,
+        message_id: bytes,
+        key_id: int,
+        sealed: bytes,
+    ) -> OpenedFields | None:
+        """The fields, or None (logged and counted) when the row does not open: it is then
+        skipped, never delivered half-read."""
+        ...
+
+    async def load(self, key_ids: Iterable[int]) -> None:
+        """Make sure these data keys are at hand (a row sealed by another node with a key
+        made since this node last looked). Unknown ids stay unknown; never raises."""
+        ...
+
+
+class ClearSealer:
+    """No encryption at rest: every row in the clear columns."""
+
+    def seal(self, envelope: Envelope) -> SealedColumns:
+        return CLEAR_KEY_ID, None
+
+    def open(
+        self,
+        recipient_user: str,
+        recipient_device: int,
+        message_id: bytes,
+        key_id: int,
+        sealed: bytes,
+    ) -> OpenedFields | None:
+        log.error("stored message sealed with data key %d, but encryption at rest is off", key_id)
+        return None
+
+    async def load(self, key_ids: Iterable[int]) -> None:
+        return None
+
+
+class RingSealer:
+    """Seals with the ring's active data key; opens with whichever key a row names."""
+
+    def __init__(
+        self,
+        ring: KeyRing,
+        *,
+        load_keys: Callable[[set[int]], Awaitable[None]] | None = None,
+        on_undecryptable: Callable[[str], None] | None = None,
+    ) -> None:
+        self._ring = ring
+        self._load_keys = load_keys
+        self._on_undecryptable = on_undecryptable
+
+    def seal(self, envelope: Envelope) -> SealedColumns:
+        key_id = self._ring.active_id
+        user = envelope.sender_user.encode()
+        plain = b"".join(
+            (
+                _HEAD.pack(envelope.sender_device, envelope.ts, envelope.type, len(user)),
+                user,
+                _LEN.pack(len(envelope.nonce)),
+                envelope.nonce,
+                envelope.body,
+            )
+        )
+        nonce = nacl.utils.random(_NONCE_BYTES)
+        aad = _associated(envelope.recipient_user, envelope.recipient_device, envelope.id, key_id)
+        sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            plain, aad, nonce, self._ring.active_key
+        )
+        return key_id, nonce + sealed
+
+    def open(
+        self,
+        recipient_user: str,
+        recipient_device: int,
+        message_id: bytes,
+        key_id: int,
+        sealed: bytes,
+    ) -> OpenedFields | None:
+        key = self._ring.data_key(key_id)
+        if key is None:
+            self._undecryptable("unknown_key", key_id, message_id)
+            return None
+        aad = _associated(recipient_user, recipient_device, message_id, key_id)
+        try:
+            plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
+                sealed[_NONCE_BYTES:], aad, sealed[:_NONCE_BYTES], key
+            )
+            return _fields(plain)
+        except (nacl.exceptions.CryptoError, ValueError, TypeError, struct.error):
+            self._undecryptable("does_not_open", key_id, message_id)
+            return None
+
+    async def load(self, key_ids: Iterable[int]) -> None:
+        missing = set(key_ids) - self._ring.known_ids()
+        missing.discard(CLEAR_KEY_ID)
+        if missing and self._load_keys is not None:
+            await self._load_keys(missing)
+
+    def _undecryptable(self, reason: str, key_id: int, message_id: bytes) -> None:
+        log.error(
+            "stored message %s (data key %d) skipped: %s",
+            message_id.hex(),
+            key_id,
+            reason.replace("_", " "),
+        )
+        if self._on_undecryptable is not None:
+            self._on_undecryptable(reason)
+
+
+def _associated(user: str, device: int, message_id: bytes, key_id: int) -> bytes:
+    encoded = user.encode()
+    return b"".join(
+        (
+            _CONTEXT,
+            struct.pack(">IHH", key_id, device, len(encoded)),
+            encoded,
+            message_id,
+        )
+    )
+
+
+def _fields(plain: bytes) -> OpenedFields:
+    sender_device, ts, type_, user_len = _HEAD.unpack_from(plain)
+    at = _HEAD.size
+    user = plain[at : at + user_len].decode()
+    at += user_len
+    (nonce_len,) = _LEN.unpack_from(plain, at)
+    at += _LEN.size
+    nonce = plain[at : at + nonce_len]
+    if len(nonce) != nonce_len:
+        raise ValueError("truncated")
+    return OpenedFields(
+        sender_user=user,
+        sender_device=sender_device,
+        ts=ts,
+        type=type_,
+        nonce=bytes(nonce),
+        body=bytes(plain[at + nonce_len :]),
+    )
