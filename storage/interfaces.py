@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from storage.at_rest.sealing import EnvelopeSealer
 from storage.node_records import BusMessage, Holder, NodeInfo, Refresh
 from storage.records import (
     ClaimedKeys,
@@ -174,6 +175,38 @@ class DataKeyTable(Protocol):
     async def delete_retired(self, retired_before_ms: int) -> list[int]:
         """Delete the data keys retired before `retired_before_ms` that no stored message
         uses (checked in the same transaction); their ids."""
+        ...
+
+
+class ClearData(Protocol):
+    """What a store holds in the clear from before encryption at rest (a store made before
+    schema version 5, or run without encryption), and the steps that convert it
+    (storage.at_rest.conversion drives them; `relay migrate` runs them)."""
+
+    async def user_ids_state(self) -> str:
+        """"blinded" (converted: every user id is a keyed hash), "clear" (users exist and are
+        not converted) or "empty" (no user yet and never converted)."""
+        ...
+
+    async def blind_user_ids(
+        self,
+        blind_user: Callable[[str], str],
+        blind_nonce: Callable[[bytes], bytes],
+        seal_text: Callable[[str], str],
+    ) -> int:
+        """In one transaction: every user id in every table becomes `blind_user(id)` (a
+        replay record's nonce `blind_nonce(nonce)`, a claim event's requester user
+        `seal_text(user)`), and the store is marked "blinded". Nothing happens when it is
+        marked already. The number of users converted."""
+        ...
+
+    async def seal_clear_messages(self, sealer: EnvelopeSealer, *, limit: int) -> int:
+        """Seal up to `limit` stored messages still in the clear columns, in one
+        transaction; the number sealed (0: none left)."""
+        ...
+
+    async def clear_messages(self) -> int:
+        """Stored messages still in the clear columns."""
         ...
 
 
