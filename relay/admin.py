@@ -17,6 +17,7 @@ import orjson
 
 from relay.config import Settings, shown_value
 from relay.config_sources import LoadedSettings
+from storage.at_rest.opening import AtRestError
 from storage.errors import StorageError
 from storage.interfaces import Store
 from storage.records import DeviceRecord, KeyEvent
@@ -221,7 +222,7 @@ def _row_dict(row: DeviceRow) -> dict[str, object]:
     return {f.name: getattr(row, f.name) for f in fields(DeviceRow)}
 
 
-async def _open_existing_store(settings: Settings) -> tuple[Store, str]:
+async def open_existing_store(settings: Settings) -> tuple[Store, str]:
     """The configured store; an embedded one must exist already (no empty store is made)."""
     from relay.app import open_store
     from storage.embedded import DATABASE_FILE
@@ -232,6 +233,8 @@ async def _open_existing_store(settings: Settings) -> tuple[Store, str]:
         store, kind = await open_store(settings)
     except StorageError as exc:
         raise AdminError(f"cannot open the store: {exc}") from None
+    except AtRestError as exc:
+        raise AdminError(str(exc), code=2) from None
     return store, kind
 
 
@@ -253,7 +256,7 @@ def canonical_user(text: str) -> str:
 
 async def list_devices(settings: Settings, user: str) -> list[DeviceRow]:
     """`user` in canonical form (see `canonical_user`)."""
-    store, _ = await _open_existing_store(settings)
+    store, _ = await open_existing_store(settings)
     try:
         records = await store.devices.list_devices(user)
     except StorageError as exc:
@@ -333,7 +336,7 @@ def _audit_dict(row: AuditRow) -> dict[str, object]:
 async def key_events(settings: Settings, user: str, since: int | None) -> list[AuditRow]:
     """`user` in canonical form (see `canonical_user`); AdminError for a user the store
     does not know."""
-    store, _ = await _open_existing_store(settings)
+    store, _ = await open_existing_store(settings)
     try:
         events = await store.audit.events(user, since_ms=since)
         known = bool(events) or await store.devices.list_devices(user) is not None
@@ -350,7 +353,7 @@ async def key_events(settings: Settings, user: str, since: int | None) -> list[A
 
 
 async def purge(settings: Settings, now_ms: int) -> str:
-    store, kind = await _open_existing_store(settings)
+    store, kind = await open_existing_store(settings)
     try:
         deleted = await store.messages.purge_expired(now_ms)
         events = await store.audit.purge_events(settings.audit_cutoff_ms(now_ms))

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from websockets.asyncio.server import Server
 
@@ -25,6 +26,10 @@ from relay.schemaguard import SchemaWatch, check_at_start
 from relay.server import RelayServer
 from relay.services import Services
 from relay.tls import ServerTls
+from storage.at_rest.blinded import AtRestCapable, BlindedStore
+from storage.at_rest.master_key import LocalKeyFile, MasterKeyError, read_key_file
+from storage.at_rest.opening import DEFAULT_KEY_FILE, AtRestSettings, open_at_rest
+from storage.at_rest.vault import REFRESH_INTERVAL_S
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, Store
@@ -36,22 +41,50 @@ SHUTDOWN_REASON = "server shutting down"
 
 
 async def open_store(
-    settings: Settings, *, observe: BackendObserver | None = None
+    settings: Settings,
+    *,
+    observe: BackendObserver | None = None,
+    on_undecryptable: Callable[[str], None] | None = None,
+    convert: bool | None = None,
 ) -> tuple[Store, str]:
-    """PostgreSQL and Redis when both URLs are set; the embedded store otherwise."""
+    """PostgreSQL and Redis when both URLs are set; the embedded store otherwise. With
+    encryption at rest (the default), the store seen through its keys (storage.at_rest).
+    Raises AtRestError when it cannot be opened as configured.
+
+    `convert`: whether clear data may be encrypted here (default: the embedded store, and
+    a production node started with --migrate)."""
+    raw: AtRestCapable
     if settings.database_url is not None and settings.redis_url is not None:
         from storage.production import ProductionStore
 
-        store: Store = await ProductionStore.open(
+        raw = await ProductionStore.open(
             database_url=settings.database_url,
             redis_url=settings.redis_url,
             redis_prefix=settings.redis_prefix,
             timeout_s=settings.backend_timeout,
             observe=observe,
         )
-        return store, "postgresql+redis"
-    embedded = await EmbeddedStore.open(settings.data_dir, observe=observe)
-    return embedded, f"embedded ({settings.data_dir})"
+        kind = "postgresql+redis"
+        default_key_file = None
+        may_convert = settings.migrate
+    else:
+        raw = await EmbeddedStore.open(settings.data_dir, observe=observe)
+        kind = f"embedded ({settings.data_dir})"
+        default_key_file = settings.data_dir / DEFAULT_KEY_FILE
+        may_convert = True
+    at_rest = AtRestSettings(
+        enabled=settings.at_rest_encryption,
+        master_key_file=settings.master_key_file,
+        rotation_s=settings.data_key_rotation,
+        default_key_file=default_key_file,
+        convert=may_convert if convert is None else convert,
+    )
+    try:
+        store = await open_at_rest(raw, at_rest, on_undecryptable=on_undecryptable)
+    except BaseException:
+        await raw.close()
+        raise
+    return store, kind + (", encrypted at rest" if isinstance(store, BlindedStore) else "")
 
 
 async def run(
@@ -98,7 +131,11 @@ async def run(
 async def build_services(settings: Settings, clock: Clock) -> tuple[Services, str]:
     """The store, the registries and the cluster, wired together; and the store's kind."""
     metrics = Metrics()
-    store, store_kind = await open_store(settings, observe=metrics.observe_backend)
+    store, store_kind = await open_store(
+        settings,
+        observe=metrics.observe_backend,
+        on_undecryptable=lambda reason: metrics.undecryptable.labels(reason).inc(),
+    )
     router = Router()
     cluster = open_cluster(
         settings,
@@ -131,6 +168,10 @@ async def _serve_until_signal(
         loop.add_signal_handler(sig, stop.set)
     purger = asyncio.create_task(_purge_forever(svc))
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
+    upkeep = [purger, queue_depth]
+    if isinstance(store, BlindedStore):
+        upkeep.append(asyncio.create_task(_refresh_keys_forever(store)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: svc.spawn(_reload_master_key(svc, store)))
     loop_lag = LoopLagMonitor(metrics)
     loop_lag.start()
     sampler = HistorySampler(history, lambda: read_metrics(metrics), svc.clock)
@@ -141,7 +182,7 @@ async def _serve_until_signal(
         log.info("shutting down")
         begun = loop.time()
         deadline = begun + settings.shutdown_timeout
-        await stop_tasks([purger, queue_depth])
+        await stop_tasks(upkeep)
         loop_lag.stop()
         await sampler.stop()
         await _close_connections(server, svc, deadline)
@@ -195,6 +236,49 @@ async def _purge_forever(svc: Services) -> None:
             events = await svc.store.audit.purge_events(svc.settings.audit_cutoff_ms(now_ms))
             if events:
                 log.info("purged %d key events past the audit retention", events)
+            if isinstance(svc.store, BlindedStore):
+                keys = await svc.store.vault.delete_unused()
+                if keys:
+                    log.info("deleted data keys %s: no stored message uses them", keys)
         except StorageError:
             log.warning("purge skipped: store unavailable")
         await asyncio.sleep(svc.settings.purge_interval)
+
+
+async def _refresh_keys_forever(store: BlindedStore) -> None:
+    """Pick up data keys other nodes or `relay keys` made, and rotate the active one when due."""
+    while True:
+        await asyncio.sleep(REFRESH_INTERVAL_S)
+        await _refresh_keys(store)
+
+
+async def _refresh_keys(store: BlindedStore) -> None:
+    try:
+        await store.vault.refresh()
+    except StorageError:
+        log.warning("data key refresh skipped: store unavailable")
+    except MasterKeyError as exc:
+        log.error("data key refresh failed: %s", exc)
+
+
+async def _reload_master_key(svc: Services, store: BlindedStore) -> None:
+    """SIGHUP: read the master key file again (after `relay keys rotate-master`), then the
+    keys. A file that cannot be read, or a key that is not the one the store's keys are
+    wrapped by, leaves the node on the key it has."""
+    settings = svc.settings
+    path = settings.master_key_file or settings.data_dir / DEFAULT_KEY_FILE
+    try:
+        wrapper = LocalKeyFile(await asyncio.to_thread(read_key_file, path))
+    except MasterKeyError as exc:
+        log.error("master key not reloaded: %s", exc)
+        return
+    previous = store.vault.master_key_id
+    try:
+        await store.vault.use_master(wrapper)
+    except MasterKeyError as exc:
+        log.error("master key not reloaded: %s", exc)
+        return
+    except StorageError:
+        log.warning("master key not reloaded: store unavailable; send SIGHUP again")
+        return
+    log.info("master key reloaded: %s (was %s)", wrapper.key_id, previous)

@@ -1,4 +1,5 @@
-"""The `relay` command line: serve, migrate, purge, config show, stats, devices, audit, docs.
+"""The `relay` command line: serve, migrate, purge, config show, stats, devices, audit, keys,
+docs.
 
 `serve` and `config show` take every setting; the commands that only open the store take
 `--config` and the store settings (`relay.config.STORE_SETTINGS`), so their `--help` lists
@@ -16,6 +17,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from protocol.version import version_line
 from relay.admin import (
@@ -33,7 +35,7 @@ from relay.admin import (
     render_stats,
     since_ms,
 )
-from relay.config import MIGRATE_SETTINGS, PURGE_SETTINGS, STORE_SETTINGS, ConfigError
+from relay.config import MIGRATE_SETTINGS, PURGE_SETTINGS, STORE_SETTINGS, ConfigError, Settings
 from relay.config_sources import (
     LoadedSettings,
     add_settings_arguments,
@@ -149,6 +151,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--json", action="store_true", help="print JSON")
     add_settings_arguments(audit, STORE_SETTINGS)
+    keys = commands.add_parser(
+        "keys",
+        help="show or rotate the keys of encryption at rest",
+        description="The data keys that seal stored messages and the master key that wraps "
+        "them (docs/security.md, Data at rest).",
+    )
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_status_cmd = keys_commands.add_parser(
+        "status",
+        help="every key, its state, age and stored messages, and the master key's fingerprint",
+    )
+    keys_status_cmd.add_argument("--json", action="store_true", help="print JSON")
+    add_settings_arguments(keys_status_cmd, STORE_SETTINGS)
+    rotate_data_cmd = keys_commands.add_parser(
+        "rotate-data",
+        help="make a new active data key now",
+        description="A new data key seals new stored messages from now on; the old one keeps "
+        "opening its rows and is deleted once no stored message uses it.",
+    )
+    add_settings_arguments(rotate_data_cmd, STORE_SETTINGS)
+    rotate_master_cmd = keys_commands.add_parser(
+        "rotate-master",
+        help="re-wrap every key under a new master key",
+        description="Re-wrap every data key and the index key under the key in --new-key-file, "
+        "in one transaction; stored messages are not rewritten. Then give every node the new "
+        "key file and send it SIGHUP.",
+    )
+    rotate_master_cmd.add_argument(
+        "--new-key-file",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="the new master key (32 bytes: raw, 64 hex digits or base64)",
+    )
+    add_settings_arguments(rotate_master_cmd, STORE_SETTINGS)
     docs = commands.add_parser(
         "docs",
         help="list or print the documentation installed with the package",
@@ -184,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "purge": PURGE_SETTINGS,
             "devices": STORE_SETTINGS,
             "audit": STORE_SETTINGS,
+            "keys": STORE_SETTINGS,
         }.get(args.command)
         loaded = load_settings(args, os.environ, names)
     except AdminError as exc:
@@ -209,10 +247,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             events = asyncio.run(key_events(loaded.settings, args.user, since))
             print(render_audit(args.user, events, "json" if args.json else "text"))
             return 0
+        if args.command == "keys":
+            return _keys(args, loaded.settings)
     except AdminError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.code
     return _serve(loaded)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    from relay.keys_admin import keys_status, render_status, rotate_data, rotate_master
+
+    if args.keys_command == "status":
+        report = asyncio.run(keys_status(settings))
+        print(render_status(report, "json" if args.json else "text"))
+    elif args.keys_command == "rotate-data":
+        print(asyncio.run(rotate_data(settings)))
+    else:
+        print(asyncio.run(rotate_master(settings, args.new_key_file)))
+    return 0
 
 
 def _serve(loaded: LoadedSettings) -> int:
@@ -221,6 +274,7 @@ def _serve(loaded: LoadedSettings) -> int:
     from relay.logs import setup_logging
     from relay.schemaguard import SchemaRefused
     from relay.tls import CertificateError, ServerTls
+    from storage.at_rest.opening import AtRestError
 
     settings = loaded.settings
     setup_logging(settings.log_level, settings.log_format)
@@ -243,6 +297,9 @@ def _serve(loaded: LoadedSettings) -> int:
     except SchemaRefused as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.code
+    except AtRestError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
     except AdminListenError as exc:
         print(f"relay: bad setting: {exc} (from {loaded.sources['admin_listen']})", file=sys.stderr)
         return 2

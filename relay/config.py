@@ -25,12 +25,23 @@ URL_SETTINGS = frozenset({"database_url", "redis_url"})
 # The settings of the commands that open the store without serving (`relay purge`, `relay
 # devices`); every other setting, including any added later, is for `relay serve` only.
 STORE_SETTINGS = frozenset(
-    {"data_dir", "database_url", "redis_url", "redis_prefix", "backend_timeout"}
+    {
+        "data_dir",
+        "database_url",
+        "redis_url",
+        "redis_prefix",
+        "backend_timeout",
+        "at_rest_encryption",
+        "master_key_file",
+        "data_key_rotation",
+    }
 )
 # `relay purge` also deletes the key events older than the audit retention.
 PURGE_SETTINGS = STORE_SETTINGS | {"audit_retention"}
 # `relay migrate` touches PostgreSQL alone.
-MIGRATE_SETTINGS = frozenset({"database_url"})
+MIGRATE_SETTINGS = frozenset(
+    {"database_url", "at_rest_encryption", "master_key_file", "data_key_rotation"}
+)
 MASK = "***"
 # TOML's integer range; every integer setting must fit (a file, a variable or a flag).
 INT_SETTING_RANGE = (-(2**63), 2**63 - 1)
@@ -64,6 +75,7 @@ POSITIVE_SETTINGS = (
     "max_stored_messages",
     "purge_interval",
     "audit_retention",
+    "data_key_rotation",
     "shutdown_timeout",
     "presence_ttl",
 )
@@ -120,6 +132,9 @@ class Settings:
     max_stored_messages: int = 10_000
     purge_interval: float = 60.0
     audit_retention: float = 90 * DAY
+    at_rest_encryption: bool = True
+    master_key_file: Path | None = None
+    data_key_rotation: float = DAY
     shutdown_timeout: float = 10.0
     node_id: str | None = None
     presence_ttl: float = 30.0
@@ -347,6 +362,12 @@ SETTING_HELP: dict[str, str] = {
     "purge_interval": "seconds between purges of expired messages and old key events",
     "audit_retention": "seconds a key event (registrations, links, removals, key uploads and "
     "claims) is kept in the audit trail",
+    "at_rest_encryption": "seal stored messages and blind user ids in the store with keys "
+    "wrapped by the master key (docs/security.md, Data at rest)",
+    "master_key_file": "file holding the 32-byte master key (raw, 64 hex digits or base64); "
+    "SIGHUP rereads it",
+    "data_key_rotation": "seconds a data key seals new stored messages before a new one "
+    "replaces it",
     "shutdown_timeout": "seconds a graceful shutdown may take",
     "node_id": "name of this node among several sharing Redis",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
@@ -366,6 +387,8 @@ UNSET_MEANING: dict[str, str] = {
     "database_url": "unset (the embedded store)",
     "redis_url": "unset (the embedded store)",
     "registration_token": "unset (open registration)",
+    "master_key_file": "unset (embedded: DATA_DIR/master.key, made on first start; production: "
+    "required unless at_rest_encryption is false)",
     "tls_cert": "unset (plain ws:// and http://)",
     "tls_key": "unset (plain ws:// and http://)",
     "trusted_proxies": "unset (X-Forwarded-For is ignored)",

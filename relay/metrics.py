@@ -180,6 +180,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.undecryptable = LabelledCounter(
+            "relay_envelopes_undecryptable_total",
+            "Stored envelopes skipped because they did not open (encryption at rest), by reason"
+            " (unknown_key, does_not_open).",
+            ["reason"],
+            registry=r,
+        )
         self.rejections = LabelledCounter(
             "relay_requests_rejected_total",
             "Requests answered with an error, by code.",

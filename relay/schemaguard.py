@@ -120,9 +120,12 @@ class SchemaWatch:
     replaced, since their prepared statements may name tables dropped meanwhile."""
 
     def __init__(self, store: Store, *, clock: Clock, recheck_s: float = RECHECK_S) -> None:
+        from storage.at_rest.blinded import BlindedStore
         from storage.postgres.migrate import latest_version
         from storage.production import ProductionStore
 
+        if isinstance(store, BlindedStore):
+            store = store.inner
         assert isinstance(store, ProductionStore), "the schema guard is for production mode"
         self._db = store.database
         self._recheck_s = recheck_s

@@ -81,6 +81,10 @@ class KeyRing:
         digest = hmac.new(self._index_key, label + b"\x00" + value, hashlib.sha256).digest()
         return digest[:_BLIND_BYTES]
 
+    def blind_nonce(self, nonce: bytes) -> bytes:
+        """A replay nonce as the replay records keep it."""
+        return self.blind(b"nonce", nonce)
+
     def seal_text(self, text: str) -> str:
         """`text` sealed under the index key (random nonce), as printable text: for the few
         stored values that are read back but never looked up (a bundle's requester)."""

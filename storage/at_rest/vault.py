@@ -190,9 +190,13 @@ class DataKeyVault:
             self._wrapper = new_wrapper
             return len(rewrapped)
 
-    def use_master(self, wrapper: KeyWrapper) -> None:
-        """Take a new master key (SIGHUP after `relay keys rotate-master`)."""
-        self._wrapper = wrapper
+    async def use_master(self, wrapper: KeyWrapper) -> None:
+        """Take a new master key (SIGHUP after `relay keys rotate-master`), once it is shown
+        to be the one the stored keys are wrapped by; else MasterKeyError and no change."""
+        async with self._lock:
+            _check_master(await self._table.wrapped_keys(), wrapper)
+            self._wrapper = wrapper
+            await self._reload_locked()
 
     async def status(self) -> list[KeyStatus]:
         stored = await self._table.wrapped_keys()
