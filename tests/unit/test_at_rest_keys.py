@@ -1,0 +1,190 @@
+"""The at-rest key material on its own: key files, the key ring's keyed hashes and sealed
+text, and envelope sealing (bound to recipient, id and key id)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from storage.at_rest.keyring import BLIND_PREFIX, KeyRing, SealError
+from storage.at_rest.master_key import (
+    LocalKeyFile,
+    MasterKeyError,
+    create_key_file,
+    fingerprint,
+    read_key_file,
+)
+from storage.at_rest.sealing import RingSealer
+from storage.records import Envelope
+
+KEY = bytes(range(32))
+USER = "6f1c2a9e-8d3b-4c5a-9e7f-1a2b3c4d5e6f"
+
+
+def _ring(active: int = 1) -> KeyRing:
+    return KeyRing(index_key=os.urandom(32), data_keys={active: os.urandom(32)}, active_id=active)
+
+
+def _envelope(**changes: object) -> Envelope:
+    base = Envelope(
+        id=b"\x01" * 16,
+        recipient_user="b:recipient",
+        recipient_device=2,
+        sender_user=USER,
+        sender_device=3,
+        ts=1_700_000_000_123,
+        server_ts=1_700_000_000_456,
+        type=1,
+        body=b"ciphertext body",
+        nonce=b"\x07" * 16,
+        expires_ms=1_800_000_000_000,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [KEY, KEY.hex().encode() + b"\n", base64.b64encode(KEY) + b"\n", KEY.hex().upper().encode()],
+    ids=["raw", "hex", "base64", "HEX"],
+)
+def test_a_key_file_holds_the_key_in_any_of_three_forms(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "master.key"
+    path.write_bytes(content)
+    assert read_key_file(path) == KEY
+
+
+@pytest.mark.parametrize("content", [b"", b"short", KEY[:31], KEY.hex()[:-1].encode(), b"x" * 300])
+def test_a_file_without_a_32_byte_key_is_refused_in_one_line(
+    tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "master.key"
+    path.write_bytes(content)
+    with pytest.raises(MasterKeyError) as caught:
+        read_key_file(path)
+    assert "\n" not in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+def test_a_missing_key_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(MasterKeyError, match="does not exist"):
+        read_key_file(tmp_path / "absent.key")
+
+
+def test_a_created_key_file_is_private_and_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    key = create_key_file(path)
+    assert read_key_file(path) == key
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with pytest.raises(MasterKeyError, match="exists already"):
+        create_key_file(path)
+    assert read_key_file(path) == key
+
+
+def test_wrapping_is_bound_to_the_master_key_and_the_context() -> None:
+    wrapper = LocalKeyFile(KEY)
+    wrapped = wrapper.wrap(b"k" * 32, context=b"data/1")
+    assert wrapper.unwrap(wrapped, context=b"data/1") == b"k" * 32
+    with pytest.raises(MasterKeyError):
+        wrapper.unwrap(wrapped, context=b"data/2")
+    with pytest.raises(MasterKeyError):
+        LocalKeyFile(os.urandom(32)).unwrap(wrapped, context=b"data/1")
+    assert wrapper.key_id == fingerprint(KEY) != LocalKeyFile(os.urandom(32)).key_id
+    assert KEY.hex() not in wrapper.key_id
+
+
+def test_blinded_ids_are_stable_per_index_key_and_show_nothing_of_the_id() -> None:
+    ring, other = _ring(), _ring()
+    blinded = ring.blind_user(USER)
+    assert blinded == ring.blind_user(USER) != ring.blind_user(USER.replace("6", "7"))
+    assert blinded != other.blind_user(USER)
+    assert blinded.startswith(BLIND_PREFIX)
+    assert USER not in blinded and USER.replace("-", "") not in blinded
+    assert ring.blind_nonce(b"n" * 16) == ring.blind_nonce(b"n" * 16) != ring.blind(b"x", b"n" * 16)
+
+
+def test_sealed_text_opens_only_under_its_index_key() -> None:
+    ring = _ring()
+    sealed = ring.seal_text(USER)
+    assert USER not in sealed and sealed != ring.seal_text(USER)  # random nonce each time
+    assert ring.open_text(sealed) == USER
+    assert ring.open_text(USER) == USER  # a value never sealed comes back as it is
+    with pytest.raises(SealError):
+        _ring().open_text(sealed)
+
+
+def test_an_envelope_opens_to_every_sealed_field() -> None:
+    ring = _ring()
+    sealer = RingSealer(ring)
+    envelope = _envelope()
+    key_id, sealed = sealer.seal(envelope)
+    assert key_id == 1 and sealed is not None
+    for secret in (envelope.body, envelope.nonce, envelope.sender_user.encode()):
+        assert secret not in sealed
+    opened = sealer.open(envelope.recipient_user, 2, envelope.id, key_id, sealed)
+    assert opened is not None
+    assert (opened.sender_user, opened.sender_device, opened.ts, opened.type) == (
+        USER,
+        3,
+        envelope.ts,
+        1,
+    )
+    assert (opened.nonce, opened.body) == (envelope.nonce, envelope.body)
+
+
+def test_an_empty_body_and_a_long_sender_round_trip() -> None:
+    sealer = RingSealer(_ring())
+    envelope = _envelope(body=b"", sender_user="x" * 300, nonce=b"")
+    key_id, sealed = sealer.seal(envelope)
+    assert sealed is not None
+    opened = sealer.open("b:recipient", 2, envelope.id, key_id, sealed)
+    assert opened is not None and opened.body == b"" and opened.sender_user == "x" * 300
+
+
+@pytest.mark.parametrize(
+    "place",
+    ["another recipient", "another device", "another id", "another key id", "a flipped bit"],
+)
+def test_a_sealed_row_moved_or_changed_does_not_open_and_is_reported(place: str) -> None:
+    ring = _ring()
+    ring.install(2, os.urandom(32), active=False)
+    reasons: list[str] = []
+    sealer = RingSealer(ring, on_undecryptable=reasons.append)
+    envelope = _envelope()
+    key_id, sealed = sealer.seal(envelope)
+    assert sealed is not None
+    user, device, message_id = envelope.recipient_user, 2, envelope.id
+    if place == "another recipient":
+        user = "b:someone-else"
+    elif place == "another device":
+        device = 3
+    elif place == "another id":
+        message_id = b"\x02" * 16
+    elif place == "another key id":
+        key_id = 2
+    else:
+        sealed = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    assert sealer.open(user, device, message_id, key_id, sealed) is None
+    assert reasons == ["does_not_open"]
+
+
+def test_a_row_naming_an_unknown_key_is_reported_as_such() -> None:
+    reasons: list[str] = []
+    sealer = RingSealer(_ring(), on_undecryptable=reasons.append)
+    _key_id, sealed = sealer.seal(_envelope())
+    assert sealed is not None
+    assert sealer.open("b:recipient", 2, b"\x01" * 16, 9, sealed) is None
+    assert reasons == ["unknown_key"]
+
+
+def test_sealing_follows_the_active_key() -> None:
+    ring = _ring()
+    sealer = RingSealer(ring)
+    ring.install(5, os.urandom(32), active=True)
+    key_id, sealed = sealer.seal(_envelope())
+    assert key_id == 5 and sealed is not None
+    assert sealer.open("b:recipient", 2, b"\x01" * 16, 5, sealed) is not None
