@@ -137,6 +137,20 @@ async def scan_relay(relay: RelayProcess, plaintexts: list[bytes]) -> tuple[list
     return findings, len(records)
 
 
+async def scan_database(
+    relay: RelayProcess, plaintexts: list[bytes]
+) -> tuple[list[Finding], int]:
+    """What a stolen disk or database dump shows: the SQLite file with its WAL (rows and raw
+    bytes), or every PostgreSQL table; not Redis, which keeps nothing on disk here."""
+    url = relay.extra_env.get("RELAY_DATABASE_URL")
+    if url is None:
+        records = [*sqlite_rows(relay.data_dir), *data_files(relay.data_dir)]
+    else:
+        records = await _postgres_rows(url)
+    findings = [f for where, blob in records for f in _search(where, blob, plaintexts)]
+    return findings, len(records)
+
+
 def scan_directory(directory: Path, plaintexts: list[bytes]) -> tuple[list[Finding], int]:
     """Every file under a directory (a client's local store), searched."""
     records = list(data_files(directory))

@@ -10,7 +10,9 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import redis
@@ -58,6 +60,7 @@ class StoreProvisioner:
         self.mode = mode
         self._databases: list[str] = []
         self._prefixes: list[str] = []
+        self._key_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def new_store_env(self) -> dict[str, str]:
         """Environment variables for one relay (and its restarts): its own database and prefix."""
@@ -80,7 +83,17 @@ class StoreProvisioner:
             "RELAY_DATABASE_URL": url,
             "RELAY_REDIS_URL": REDIS_URL,
             "RELAY_REDIS_PREFIX": prefix,
+            "RELAY_MASTER_KEY_FILE": str(self._master_key_file(tag)),
         }
+
+    def _master_key_file(self, tag: str) -> Path:
+        """Every node of one store gets the same master key (encryption at rest)."""
+        if self._key_dir is None:
+            self._key_dir = tempfile.TemporaryDirectory(prefix="relay-e2e-keys-")
+        path = Path(self._key_dir.name) / f"{tag}.key"
+        path.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
+        path.chmod(0o600)
+        return path
 
     def cleanup(self) -> None:
         for name in self._databases:
@@ -95,3 +108,6 @@ class StoreProvisioner:
             client.close()
         self._databases.clear()
         self._prefixes.clear()
+        if self._key_dir is not None:
+            self._key_dir.cleanup()
+            self._key_dir = None

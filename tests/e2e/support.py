@@ -170,6 +170,9 @@ class RelayProcess:
             if value is True:  # a switch such as --migrate
                 argv.append("--" + name.replace("_", "-"))
                 continue
+            if value is False:  # a switch turned off: --no-migrate
+                argv.append("--no-" + name.replace("_", "-"))
+                continue
             argv += ["--" + name.replace("_", "-"), str(value)]
         return argv
 

@@ -1,0 +1,93 @@
+"""Encryption at rest, seen from a copy of the database: after messages are stored for
+offline devices, no sender's user id (as text, hex, raw 16 bytes or base64), no nonce and no
+body is anywhere in it; the same run without encryption shows them (the scanner can fail);
+and the stored messages still reach their recipients intact."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+from e2e.support import Device, new_user, offline_user
+
+from .conftest import StartRelay
+from .scan import Finding, scan_database
+from .sdk import distinctive
+
+SENDERS = 3
+MESSAGES_EACH = 4
+
+
+def _user_forms(user: str) -> list[bytes]:
+    """A user id as text (dashed), its 16 raw bytes and its 32 hex digits; the scanner adds
+    hex and base64 of each."""
+    parsed = uuid.UUID(user)
+    return [user.encode(), parsed.bytes, parsed.hex.encode()]
+
+
+async def _store_for_offline(
+    relay_url: str,
+) -> tuple[list[Device], list[Device], list[dict[str, Any]]]:
+    receivers = await offline_user(relay_url, devices=2)
+    senders = [await new_user(relay_url) for _ in range(SENDERS)]
+    sent: list[dict[str, Any]] = []
+    try:
+        for sender in senders:
+            for _ in range(MESSAGES_EACH):
+                body, nonce = distinctive("body"), secrets.token_bytes(16)
+                answer = await sender.send_message(receivers[0], body=body, nonce=nonce)
+                assert answer["t"] == "ok" and answer["stored"] == [1, 2], answer
+                sent.append({"sender": sender.user, "body": body, "nonce": nonce})
+    finally:
+        for sender in senders:
+            await sender.close()
+    return receivers, senders, sent
+
+
+def _secrets(senders: list[Device], sent: list[dict[str, Any]]) -> list[bytes]:
+    found: list[bytes] = []
+    for sender in senders:
+        assert sender.user is not None
+        found += _user_forms(sender.user)
+    for message in sent:
+        found += [message["body"], message["nonce"]]
+    return found
+
+
+async def test_a_copy_of_the_database_names_no_sender_and_shows_no_nonce_or_body(
+    relay_factory: StartRelay,
+) -> None:
+    relay = relay_factory()
+    receivers, senders, sent = await _store_for_offline(relay.url)
+
+    findings, records = await scan_database(relay, _secrets(senders, sent))
+    assert records > 0
+    assert findings == [], _shown(findings)
+
+    # Still there, intact, for each device.
+    for device in receivers:
+        await device.reconnect()
+        delivered = await device.drain()
+        await device.close()
+        assert sorted(d["body"] for d in delivered) == sorted(m["body"] for m in sent)
+        assert {d["from"] for d in delivered} == {s.user for s in senders}
+        assert sorted(d["nonce"] for d in delivered) == sorted(m["nonce"] for m in sent)
+
+
+async def test_without_encryption_at_rest_the_scanner_finds_senders_nonces_and_bodies(
+    relay_factory: StartRelay,
+) -> None:
+    relay = relay_factory(at_rest_encryption=False)
+    _, senders, sent = await _store_for_offline(relay.url)
+
+    findings, _ = await scan_database(relay, _secrets(senders, sent))
+    found = {f.plaintext for f in findings}
+    for sender in senders:
+        assert sender.user is not None
+        assert sender.user.encode() in found
+    assert all(m["body"] in found and m["nonce"] in found for m in sent)
+
+
+def _shown(findings: list[Finding]) -> str:
+    return "\n".join(f"{f.where}: {f.plaintext!r} as {f.form}" for f in findings[:20])
