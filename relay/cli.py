@@ -35,7 +35,14 @@ from relay.admin import (
     render_stats,
     since_ms,
 )
-from relay.config import MIGRATE_SETTINGS, PURGE_SETTINGS, STORE_SETTINGS, ConfigError, Settings
+from relay.config import (
+    AT_REST_SETTINGS,
+    MIGRATE_SETTINGS,
+    PURGE_SETTINGS,
+    STORE_SETTINGS,
+    ConfigError,
+    Settings,
+)
 from relay.config_sources import (
     LoadedSettings,
     add_settings_arguments,
@@ -339,6 +346,7 @@ def _docs(topic: str | None) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     try:
         database_url = load_database_url(args, os.environ)
+        at_rest = load_settings(args, os.environ, AT_REST_SETTINGS).settings
     except ConfigError as exc:
         print(f"relay: bad setting: {exc}", file=sys.stderr)
         return 2
@@ -349,13 +357,21 @@ def _migrate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    from relay.at_rest_upgrade import encrypt_clear_data, pending_encryption
+    from storage.at_rest.opening import AtRestError
     from storage.errors import StorageError
-    from storage.postgres.migrate import check, migrate
+    from storage.postgres.migrate import check, latest_version, migrate
 
+    encrypting = at_rest.at_rest_encryption and args.to in (None, latest_version())
     try:
         if args.check:
             ok, message = asyncio.run(check(database_url))
             print(message)
+            if ok and encrypting:
+                pending = asyncio.run(pending_encryption(database_url))
+                if pending is not None:
+                    print(f"encryption at rest pending: {pending}; run `relay migrate`")
+                    return 1
             return 0 if ok else 1
         try:
             steps = asyncio.run(migrate(database_url, to=args.to))
@@ -364,6 +380,13 @@ def _migrate(args: argparse.Namespace) -> int:
             return 2
         for line in steps or ["schema up to date"]:
             print(line)
+        if encrypting:
+            done = asyncio.run(encrypt_clear_data(database_url, at_rest))
+            if done is not None:
+                print(done)
+    except AtRestError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
     except StorageError as exc:
         print(f"relay: migrate failed: {exc}", file=sys.stderr)
         return 1

@@ -39,9 +39,9 @@ STORE_SETTINGS = frozenset(
 # `relay purge` also deletes the key events older than the audit retention.
 PURGE_SETTINGS = STORE_SETTINGS | {"audit_retention"}
 # `relay migrate` touches PostgreSQL alone.
-MIGRATE_SETTINGS = frozenset(
-    {"database_url", "at_rest_encryption", "master_key_file", "data_key_rotation"}
-)
+# ... and, when it encrypts a store holding clear data, the master key.
+AT_REST_SETTINGS = frozenset({"at_rest_encryption", "master_key_file", "data_key_rotation"})
+MIGRATE_SETTINGS = frozenset({"database_url"}) | AT_REST_SETTINGS
 MASK = "***"
 # TOML's integer range; every integer setting must fit (a file, a variable or a flag).
 INT_SETTING_RANGE = (-(2**63), 2**63 - 1)
