@@ -268,6 +268,10 @@ def production_env(args: argparse.Namespace) -> Iterator[dict[str, str]]:
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
     prefix = f"relaybench:{tag}:"
+    key_dir = tempfile.TemporaryDirectory(prefix="relay-bench-key-")
+    key_file = Path(key_dir.name) / "master.key"
+    key_file.write_text(os.urandom(32).hex() + "\n", encoding="ascii")
+    key_file.chmod(0o600)
     try:
         subprocess.run(
             [sys.executable, "-m", "relay", "migrate", "--database-url", url],
@@ -278,8 +282,10 @@ def production_env(args: argparse.Namespace) -> Iterator[dict[str, str]]:
             "RELAY_DATABASE_URL": url,
             "RELAY_REDIS_URL": args.redis_url,
             "RELAY_REDIS_PREFIX": prefix,
+            "RELAY_MASTER_KEY_FILE": str(key_file),
         }
     finally:
+        key_dir.cleanup()
         asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         client = redis.Redis.from_url(args.redis_url)
         keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
@@ -313,46 +319,81 @@ def main() -> None:
     parser.add_argument(
         "--no-online", action="store_true", help="only the stored path and the drain"
     )
+    parser.add_argument(
+        "--at-rest",
+        choices=["on", "off", "both"],
+        default="on",
+        help="encryption at rest of the relay's store; `both` measures a relay with it and "
+        "one without in each run (alternating which goes first) and prints on/off ratios",
+    )
     args = parser.parse_args()
     tree = None if args.tree is None else args.tree.resolve()
-    results: list[Paths] = []
+    modes = ["off", "on"] if args.at_rest == "both" else [args.at_rest]
+    results: dict[str, list[Paths]] = {mode: [] for mode in modes}
     for run in range(args.runs):
-        with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
-            proc, url = start_relay(Path(tmp), env, tree=tree)
-            try:
-                paths = asyncio.run(
-                    one_run(
-                        url,
-                        args.pairs,
-                        args.messages,
-                        args.size,
-                        proc.pid,
-                        online_path=not args.no_online,
-                    )
-                )
-                results.append(paths)
-                commits = group_commit_figure(url)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
+        for mode in modes if run % 2 == 0 else modes[::-1]:
+            with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
+                paths, commits = _measure(args, Path(tmp), {**env, **_at_rest_env(mode)}, tree)
+            results[mode].append(paths)
+            print(
+                f"run {run + 1} (at rest {mode}): online {paths.online}  stored {paths.stored}  "
+                f"drain {paths.drain}{commits}",
+                flush=True,
+            )
+    medians = {mode: _medians(found) for mode, found in results.items()}
+    for mode, med in medians.items():
+        online, stored = med["online"].rate, med["stored"].rate
+        ratio = f"  stored/online {stored / online:.2f}" if online else ""
         print(
-            f"run {run + 1}: online {paths.online}  stored {paths.stored}  "
-            f"drain {paths.drain}{commits}",
-            flush=True,
+            f"median of {args.runs} (at rest {mode}): online {med['online']}  "
+            f"stored {med['stored']}  drain {med['drain']}{ratio}"
         )
-    med = {
+    if args.at_rest == "both":
+        on, off = medians["on"], medians["off"]
+        shown = []
+        for name in ("online", "stored", "drain"):
+            if off[name].rate:
+                shown.append(f"{name} rate {on[name].rate / off[name].rate:.3f}")
+            on_cpu, off_cpu = on[name].cpu_us, off[name].cpu_us
+            if on_cpu and off_cpu:
+                shown.append(f"{name} CPU/msg {on_cpu / off_cpu:.3f}")
+        print("encryption at rest on / off: " + ", ".join(shown))
+
+
+def _at_rest_env(mode: str) -> dict[str, str]:
+    """Encryption at rest is on by default (production_env gives the master key)."""
+    return {"RELAY_AT_REST_ENCRYPTION": "false"} if mode == "off" else {}
+
+
+def _measure(
+    args: argparse.Namespace, data_dir: Path, env: dict[str, str], tree: Path | None
+) -> tuple[Paths, str]:
+    proc, url = start_relay(data_dir / "data", env, tree=tree)
+    try:
+        paths = asyncio.run(
+            one_run(
+                url,
+                args.pairs,
+                args.messages,
+                args.size,
+                proc.pid,
+                online_path=not args.no_online,
+            )
+        )
+        return paths, group_commit_figure(url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _medians(results: list[Paths]) -> dict[str, Phase]:
+    return {
         name: Phase(
             statistics.median(getattr(r, name).rate for r in results),
             _median_or_none([getattr(r, name).cpu_us for r in results]),
         )
         for name in ("online", "stored", "drain")
     }
-    online, stored = med["online"].rate, med["stored"].rate
-    ratio = f"  stored/online {stored / online:.2f}" if online else ""
-    print(
-        f"median of {args.runs}: online {med['online']}  stored {med['stored']}  "
-        f"drain {med['drain']}{ratio}"
-    )
 
 
 def _median_or_none(values: list[float | None]) -> float | None:

@@ -137,9 +137,7 @@ async def scan_relay(relay: RelayProcess, plaintexts: list[bytes]) -> tuple[list
     return findings, len(records)
 
 
-async def scan_database(
-    relay: RelayProcess, plaintexts: list[bytes]
-) -> tuple[list[Finding], int]:
+async def scan_database(relay: RelayProcess, plaintexts: list[bytes]) -> tuple[list[Finding], int]:
     """What a stolen disk or database dump shows: the SQLite file with its WAL (rows and raw
     bytes), or every PostgreSQL table; not Redis, which keeps nothing on disk here."""
     url = relay.extra_env.get("RELAY_DATABASE_URL")

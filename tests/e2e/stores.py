@@ -22,6 +22,18 @@ REDIS_URL = os.environ.get("RELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
 MODES = ("embedded", "production")
 
 
+_KEY_DIR = tempfile.TemporaryDirectory(prefix="relay-test-keys-")  # removed at exit
+
+
+def master_key_env() -> dict[str, str]:
+    """A new master key file for one production store (every node of it gets the same env):
+    production mode encrypts at rest and needs one."""
+    path = Path(_KEY_DIR.name) / f"{secrets.token_hex(6)}.key"
+    path.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
+    path.chmod(0o600)
+    return {"RELAY_MASTER_KEY_FILE": str(path)}
+
+
 def _database_url(name: str) -> str:
     base, _, _ = ADMIN_DSN.rpartition("/")
     return f"{base}/{name}"
@@ -60,7 +72,6 @@ class StoreProvisioner:
         self.mode = mode
         self._databases: list[str] = []
         self._prefixes: list[str] = []
-        self._key_dir: tempfile.TemporaryDirectory[str] | None = None
 
     def new_store_env(self) -> dict[str, str]:
         """Environment variables for one relay (and its restarts): its own database and prefix."""
@@ -83,17 +94,8 @@ class StoreProvisioner:
             "RELAY_DATABASE_URL": url,
             "RELAY_REDIS_URL": REDIS_URL,
             "RELAY_REDIS_PREFIX": prefix,
-            "RELAY_MASTER_KEY_FILE": str(self._master_key_file(tag)),
+            **master_key_env(),
         }
-
-    def _master_key_file(self, tag: str) -> Path:
-        """Every node of one store gets the same master key (encryption at rest)."""
-        if self._key_dir is None:
-            self._key_dir = tempfile.TemporaryDirectory(prefix="relay-e2e-keys-")
-        path = Path(self._key_dir.name) / f"{tag}.key"
-        path.write_text(secrets.token_hex(32) + "\n", encoding="ascii")
-        path.chmod(0o600)
-        return path
 
     def cleanup(self) -> None:
         for name in self._databases:
@@ -108,6 +110,3 @@ class StoreProvisioner:
             client.close()
         self._databases.clear()
         self._prefixes.clear()
-        if self._key_dir is not None:
-            self._key_dir.cleanup()
-            self._key_dir = None

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .stores import REDIS_URL
+from .stores import REDIS_URL, master_key_env
 from .support import (
     Device,
     RelayProcess,
@@ -175,6 +175,7 @@ async def test_postgres_cluster_stopped_immediate_loses_nothing_acknowledged(
             "RELAY_DATABASE_URL": cluster.url,
             "RELAY_REDIS_URL": REDIS_URL,
             "RELAY_REDIS_PREFIX": machine.new_prefix(),
+            **master_key_env(),
         }
         r = relays.start(env, backend_timeout=1, **HIGH_RATES)
         sender = await new_user(r.url)

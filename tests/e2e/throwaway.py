@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from .stores import REDIS_URL, _admin, _database_url
+from .stores import REDIS_URL, _admin, _database_url, master_key_env
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -216,6 +216,7 @@ class MachineStores:
             "RELAY_DATABASE_URL": self.new_database(migrated=migrated),
             "RELAY_REDIS_URL": redis_url,
             "RELAY_REDIS_PREFIX": self.new_prefix(redis_url),
+            **master_key_env(),
         }
 
     def cleanup(self) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tests.e2e.stores import master_key_env
 from tests.e2e.throwaway import PgCluster, RedisServer, free_port, migrate
 
 NODES = 3
@@ -218,6 +219,7 @@ def run(args: argparse.Namespace) -> Summary:
             "RELAY_DATABASE_URL": database,
             "RELAY_REDIS_URL": redis_server.url,
             "RELAY_REDIS_PREFIX": "soak:",
+            **master_key_env(),
         }
         logs = Path(tempfile.mkdtemp(prefix="relay-soak-logs-"))
         nodes = [Node(f"soak-{i + 1}", env, logs) for i in range(NODES)]
