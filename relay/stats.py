@@ -166,6 +166,7 @@ def _ms(seconds: float | None) -> float | None:
 def _group_commit(svc: Services) -> dict[str, int] | None:
     """Batches and envelopes committed by a store that batches its writes."""
     messages = svc.store.messages
+    messages = getattr(messages, "inner", messages)  # under encryption at rest's view
     batches = getattr(messages, "batches_committed", None)
     envelopes = getattr(messages, "envelopes_committed", None)
     if isinstance(batches, int) and isinstance(envelopes, int):

@@ -153,6 +153,11 @@ class BlindedMessages:
         self._inner = inner
         self._blind = ring.blind_user
 
+    @property
+    def inner(self) -> MessageQueue:
+        """The backend's queue (its own counters, e.g. group commits)."""
+        return self._inner
+
     async def store(
         self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
     ) -> None:
