@@ -147,6 +147,7 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     try:
         assert await db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()) == (2,)  # FULL
         assert await db.run(lambda c: c.execute("PRAGMA foreign_keys").fetchone()) == (1,)
+        assert await db.run(lambda c: c.execute("PRAGMA secure_delete").fetchone()) == (1,)
     finally:
         await db.close()
 
