@@ -6,15 +6,18 @@ Each step is one job on the writer thread, hence one transaction: a crash leaves
 as it was before the step or after it, never half converted. Two things make the bytes on
 disk follow the rows:
 
-* `PRAGMA secure_delete` is on for the job, so SQLite zeroes the space of every old value
-  it replaces (freed cells and pages) instead of leaving it in the file.
+* `PRAGMA secure_delete` is on for the writer connection (database.py), so SQLite zeroes
+  the space of every old value it replaces (freed cells and pages) instead of leaving it
+  in the file.
 * A WAL checkpoint (TRUNCATE) follows the commit: the new pages are copied into the
   database file and the WAL, which still holds copies of pages as they were before, is
   truncated to nothing. A checkpoint kept from completing (a reader in the middle of a
   read) is logged; SQLite's own checkpoints finish the copy later.
 
-What this cannot reach: bytes freed before the conversion (rows deleted earlier, with
-secure_delete off) may still sit in free space of the file until it is rebuilt (VACUUM).
+It is on at all times, so rows deleted before the conversion (acked messages, claimed
+keys) left nothing behind either. Only a file written by an older relay on an SQLite built
+without secure_delete by default may still hold such bytes in free space, until it is
+rebuilt (VACUUM).
 
 Conversion runs when the store is opened, before it serves (storage.at_rest.conversion,
 `relay migrate`). The embedded store keeps state in memory keyed by user ids (the device
@@ -89,7 +92,7 @@ class SqliteClearData:
             conn.create_function("relay_blind_nonce", 1, blind_nonce, deterministic=True)
             conn.create_function("relay_seal_text", 1, seal_text)
             try:
-                with _secure_delete(conn), _deferred_foreign_keys(conn):
+                with _deferred_foreign_keys(conn):
                     _blind(conn)
             finally:
                 for name in ("relay_blind_user", "relay_blind_nonce", "relay_seal_text"):
@@ -119,13 +122,12 @@ class SqliteClearData:
                 key_id, sealed = sealer.seal(_envelope(row))
                 if sealed is not None:
                     updates.append((key_id, sealed, row[0]))
-            with _secure_delete(conn):
-                conn.executemany(
-                    "UPDATE messages SET key_id = ?, sealed = ?, sender_user = NULL,"
-                    " sender_device = NULL, ts = NULL, type = NULL, body = NULL, nonce = NULL"
-                    " WHERE seq = ?",
-                    updates,
-                )
+            conn.executemany(
+                "UPDATE messages SET key_id = ?, sealed = ?, sender_user = NULL,"
+                " sender_device = NULL, ts = NULL, type = NULL, body = NULL, nonce = NULL"
+                " WHERE seq = ?",
+                updates,
+            )
             return len(updates)
 
         sealed = await self._db.run(job)
@@ -171,17 +173,6 @@ def _blind(conn: sqlite3.Connection) -> None:
     broken = conn.execute("PRAGMA foreign_key_check").fetchall()
     if broken:
         raise StorageError(f"blinding the user ids broke {len(broken)} references")
-
-
-@contextmanager
-def _secure_delete(conn: sqlite3.Connection) -> Iterator[None]:
-    """SQLite zeroes what the job deletes or replaces, rather than leaving it in free space."""
-    (before,) = conn.execute("PRAGMA secure_delete").fetchone()
-    conn.execute("PRAGMA secure_delete = ON")
-    try:
-        yield
-    finally:
-        conn.execute(f"PRAGMA secure_delete = {int(before)}")
 
 
 @contextmanager
