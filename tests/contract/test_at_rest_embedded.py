@@ -376,7 +376,13 @@ async def test_conversion_leaves_nothing_in_the_clear(tmp_path: Path) -> None:
     assert await store.replay.claim(scope, replay_nonces[2], pending_id, pending_ttl_s=60) is None
     assert await store.devices.list_devices(recipient) is not None  # cached
 
-    secrets_in_clear = [u.encode() for u in users] + [e.body for e in sent]
+    # Deleted before the conversion: acked messages.
+    # (Many, so that whole pages go to the free list, which no later change rewrites.)
+    acked = [envelope(recipient, 2, sender_user=sender, body=os.urandom(900)) for _ in range(100)]
+    await store.messages.store(acked)
+    await store._db.checkpoint()  # in the database file, not only in the WAL
+    await store.messages.ack(recipient, 2, [e.id for e in acked])
+    secrets_in_clear = [u.encode() for u in users] + [e.body for e in [*sent, *acked]]
     secrets_in_clear += [e.nonce for e in sent] + replay_nonces[:2]
     before = file_bytes(path)
     assert all(s in before for s in secrets_in_clear)  # the scan does find them
@@ -555,3 +561,26 @@ async def test_migration_5_keeps_rows_counts_and_seq(tmp_path: Path) -> None:
         assert schema_after == schema_before  # the same indexes and triggers
     finally:
         await store.close()
+
+
+async def test_a_failed_blinding_changes_nothing(store: EmbeddedStore) -> None:
+    """The job fails half way (after users, before devices): nothing of it is kept, the
+    deferred references are rolled back with it, and the writer commits the next jobs."""
+    user = await make_user(store, devices=2)
+    calls: list[str] = []
+
+    def blind_user(value: str) -> str:
+        calls.append(value)
+        if len(calls) > 1:
+            raise RuntimeError("no index key")
+        return "b:" + value
+
+    with pytest.raises(StorageError):
+        await store.clear_data.blind_user_ids(blind_user, bytes, str)
+    assert calls  # it did run, and renamed `users` before it failed
+    assert await store.clear_data.user_ids_state() == "clear"
+    assert sql(store, "SELECT user FROM users") == [(user,)]
+    devices = await store.devices.list_devices(user)
+    assert devices is not None and len(devices) == 2
+    later = await make_user(store)  # the next jobs commit (no broken reference left behind)
+    assert sql(store, "SELECT COUNT(*) FROM users WHERE user IN (?, ?)", user, later) == [(2,)]
