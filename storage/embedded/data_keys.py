@@ -114,7 +114,11 @@ class SqliteDataKeyTable:
             if not candidates:
                 return []  # the usual case: no scan of the messages
             # One scan of the messages (no index on key_id: it would cost every store).
-            # In the same job as the delete, so no row sealed with a key can appear between.
+            # In the same job as the delete, so no committed row can appear between. Nor can
+            # a row sealed with a deleted key come later: a store seals and queues its job in
+            # one step (messages.py), jobs run in FIFO order, and this process sealed with
+            # the key's successor from the rotation on; another process sharing the file
+            # (`relay keys`) is covered by the grace period (vault.RETIRED_GRACE_MS).
             marks = ", ".join("?" * len(candidates))
             used = {
                 int(key_id)
