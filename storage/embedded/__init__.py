@@ -7,6 +7,10 @@ pending origins, device directory loads) go to one `SqliteReader` (a second conn
 used on the event loop thread: WAL lets it read the committed state while a commit is on
 its way to the disk). Pending replay claims, the device directory and rate-limit buckets
 live in memory: the process owns its file, so what it committed is all there is.
+
+Encryption at rest (storage.at_rest): the wrapped keys are in `data_keys`, the conversion of
+a clear store's data is `clear_data`, and `use_sealer` makes the message queue seal new rows
+and open sealed ones. The store stores the ids it is given; blinding them is its caller's.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from storage.at_rest.sealing import EnvelopeSealer
 from storage.embedded.audit import SqliteKeyAudit
+from storage.embedded.clear_data import SqliteClearData
+from storage.embedded.data_keys import SqliteDataKeyTable
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.directory import SqliteDeviceDirectory
 from storage.embedded.messages import SqliteMessageQueue
@@ -26,7 +33,7 @@ from storage.embedded.reader import SqliteReader
 from storage.embedded.replay import SqliteReplayGuard
 from storage.embedded.sqlite_keys import SqliteKeyStore
 from storage.errors import Unavailable
-from storage.interfaces import BackendObserver, Store
+from storage.interfaces import BackendObserver, ClearData, DataKeyTable, Store
 from storage.ratelimit import TokenBucketLimiter
 
 __all__ = ["DATABASE_FILE", "EmbeddedStore"]
@@ -58,6 +65,8 @@ class EmbeddedStore:
         self._messages = SqliteMessageQueue(db, reader)
         self._replay = SqliteReplayGuard(db, reader, now_ms=now_ms, monotonic=monotonic)
         self._rate_limiter = TokenBucketLimiter(clock=monotonic)
+        self._data_keys = SqliteDataKeyTable(db)
+        self._clear_data = SqliteClearData(db, on_blinded=self._forget_clear_ids)
 
     @classmethod
     async def open(
@@ -111,6 +120,23 @@ class EmbeddedStore:
     def rate_limiter(self) -> TokenBucketLimiter:
         return self._rate_limiter
 
+    @property
+    def data_keys(self) -> SqliteDataKeyTable:
+        return self._data_keys
+
+    @property
+    def clear_data(self) -> SqliteClearData:
+        return self._clear_data
+
+    def use_sealer(self, sealer: EnvelopeSealer) -> None:
+        """Seal stored messages with `sealer` from now on (and open sealed ones with it)."""
+        self._messages.use_sealer(sealer)
+
+    def _forget_clear_ids(self) -> None:
+        """The user ids and nonces were blinded under the in-memory state: drop it all."""
+        self._devices.forget_cached()
+        self._replay.drop_pending()
+
     async def ready(self) -> dict[str, bool]:
         def ping(conn: sqlite3.Connection) -> bool:
             return bool(conn.execute("SELECT 1").fetchone() == (1,))
@@ -132,3 +158,7 @@ if TYPE_CHECKING:
     def _is_a_store(store: EmbeddedStore) -> Store:
         """mypy checks here that EmbeddedStore implements every interface."""
         return store
+
+    def _at_rest_parts(store: EmbeddedStore) -> tuple[DataKeyTable, ClearData]:
+        """And that its parts for encryption at rest implement theirs."""
+        return store.data_keys, store.clear_data

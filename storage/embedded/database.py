@@ -19,6 +19,9 @@ carry a `settled` callback, run on the event loop when its outcome is known (com
 not) and before anyone awaiting it resumes: the in-memory state built on the store (the
 device cache) changes there, in step with what is committed. The results of a batch go back
 to the loop in one call, not one per job.
+
+A few maintenance jobs must run outside any transaction (a WAL checkpoint): `run_alone`
+queues one that runs by itself, between two batches, in the same FIFO order.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class _Submitted:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
     settled: Settled | None = None
+    alone: bool = False  # outside any transaction, in a batch of its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class SqliteDatabase:
         self._lock = threading.Lock()  # makes "closed?" and "queue it" one step
         self._thread = threading.Thread(target=self._serve, name=f"sqlite:{path.name}", daemon=True)
         self._started: asyncio.Future[None] | None = None
+        self._held: _Submitted | None = None  # a job `alone`, taken off the queue, runs next
 
     @classmethod
     async def open(
@@ -130,6 +135,31 @@ class SqliteDatabase:
         future.set_exception(Unavailable("the embedded store is closed"))
         return future
 
+    def run_alone(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Like `run`, but the job runs outside any transaction, with no other job in its
+        batch (for statements that cannot run in one: a WAL checkpoint, VACUUM). A job that
+        raises changes only what it committed itself."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if not self._closed:
+                self._queue.put(_Submitted(job, loop, future, alone=True))
+                return future
+        future.set_exception(Unavailable("the embedded store is closed"))
+        return future
+
+    async def checkpoint(self) -> bool:
+        """Copy the WAL into the database file and truncate the WAL to nothing, so that
+        neither file keeps a page as it was before the last commit (with secure_delete,
+        which zeroes what a job deletes, nothing deleted is left in either). False when a
+        reader kept it from completing (it is done at the next one, or by SQLite's own)."""
+
+        def job(conn: sqlite3.Connection) -> bool:
+            busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            return not busy
+
+        return await self.run_alone(job)
+
     async def close(self) -> None:
         """Finish the jobs already queued, then close the connection and stop the thread."""
         with self._lock:
@@ -155,7 +185,9 @@ class SqliteDatabase:
             stopping = False
             while not stopping:
                 batch, stopping = self._next_batch()
-                if batch:
+                if len(batch) == 1 and batch[0].alone:
+                    _run_alone(conn, batch[0])
+                elif batch:
                     self._run_batch(conn, batch)
         finally:
             with contextlib.suppress(sqlite3.Error):
@@ -165,9 +197,13 @@ class SqliteDatabase:
             self._fail_queued()
 
     def _next_batch(self) -> tuple[list[_Submitted], bool]:
-        """Block for one job, then take every job queued behind it, up to MAX_BATCH."""
+        """Block for one job, then take every job queued behind it, up to MAX_BATCH. A job
+        `alone` is a batch by itself: one found behind others waits for the next call."""
         batch: list[_Submitted] = []
-        item = self._queue.get()
+        item = self._held if self._held is not None else self._queue.get()
+        self._held = None
+        if item is not None and item.alone:
+            return [item], False
         while item is not None:
             batch.append(item)
             if len(batch) >= MAX_BATCH:
@@ -175,6 +211,9 @@ class SqliteDatabase:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
+                return batch, False
+            if item is not None and item.alone:
+                self._held = item
                 return batch, False
         return batch, True
 
@@ -200,6 +239,10 @@ class SqliteDatabase:
         _deliver_all(batch, outcomes)
 
     def _fail_queued(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            error = Unavailable("the embedded store is closed")
+            _deliver(held.loop, [(held.future, held.settled, _Outcome(error=error))])
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -208,6 +251,18 @@ class SqliteDatabase:
             if item is not None:
                 error = Unavailable("the embedded store is closed")
                 _deliver(item.loop, [(item.future, item.settled, _Outcome(error=error))])
+
+
+def _run_alone(conn: sqlite3.Connection, item: _Submitted) -> None:
+    """A job `alone`: no transaction around it, driver errors become Unavailable."""
+    try:
+        outcome = _Outcome(value=item.job(conn))
+    except sqlite3.Error as exc:
+        log.warning("sqlite job failed: %s", exc)
+        outcome = _Outcome(error=_unavailable(exc))
+    except Exception as exc:
+        outcome = _Outcome(error=exc)
+    _deliver(item.loop, [(item.future, item.settled, outcome)])
 
 
 def _run_job(conn: sqlite3.Connection, job: Callable[[sqlite3.Connection], object]) -> _Outcome:
@@ -241,6 +296,10 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
         # FULL: a COMMIT is on disk before the relay answers ok, even across power loss.
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows are zeroed in the file, not left in free space: with encryption at
+        # rest, what a copy of the file shows is what the rows show. (Many builds of SQLite
+        # have it on by default already; this makes every build alike.)
+        conn.execute("PRAGMA secure_delete = ON")
         _migrate(conn)
     except BaseException:
         conn.close()

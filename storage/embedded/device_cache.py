@@ -47,6 +47,10 @@ class DeviceCache:
         """A write for `user` settled (committed or not): read again at the next ask."""
         self._entries.pop(user, None)
 
+    def clear(self) -> None:
+        """Every entry goes: the users were renamed (encryption at rest blinded their ids)."""
+        self._entries.clear()
+
     def seen(self, user: str, device: int, now_ms: int) -> None:
         """A committed `touch`: the device's `last_seen_ms` moves forward, never back."""
         devices = self._entries.get(user)

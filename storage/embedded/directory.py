@@ -99,6 +99,10 @@ class SqliteDeviceDirectory:
 
         return await self._write(user, job)
 
+    def forget_cached(self) -> None:
+        """Drop every cached user (their ids changed under the cache: ClearData)."""
+        self._cache.clear()
+
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
         for record in self._cache.devices(user) or ():
             if record.device == device:

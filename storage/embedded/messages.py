@@ -7,6 +7,12 @@ a fetch is applied before it: `fetch` and `queue_state` stay on the writer for t
 `pending_origins` (the `conflict` check of every stored send) reads on the reader
 connection, at once: it sees every store and ack answered before it was asked, which is all
 a caller can rely on (a send whose store is still unanswered has no `ok` yet).
+
+Encryption at rest: the queue seals with its `EnvelopeSealer` (`use_sealer`; `ClearSealer`
+until then, which keeps every row in the clear columns). A sealed row keeps only what the
+queries need in the clear (recipient, id, seq, server time, expiry, key id); `fetch` and
+`pending_origins` open it on the event loop after the read, and leave out a row that does
+not open (the sealer logs and counts it), never delivering it half-read.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Final
 
+from storage.at_rest.sealing import CLEAR_KEY_ID, ClearSealer, EnvelopeSealer
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.reader import SqliteReader
 from storage.errors import QueueFull
@@ -25,8 +32,12 @@ PURGE_CHUNK: Final = 5000  # expired rows per job, so a big purge never stalls t
 
 _COLUMNS = (
     "id, recipient_user, recipient_device, sender_user, sender_device,"
-    " ts, server_ts, type, body, nonce, expires_ms"
+    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed"
 )
+
+# Read back as written, a `sealed` value that is not a blob (a row changed behind the
+# store's back) as one, so that it fails to open, and is skipped, rather than failing the read.
+_SELECTED = _COLUMNS.replace(", sealed", ", CAST(sealed AS BLOB)")
 
 # The recipient must be an active device: removal deletes a device's messages, and a
 # store racing a removal (they are serialised jobs) must not leave any behind. A
@@ -37,7 +48,7 @@ _COLUMNS = (
 _INSERT_TEMPLATE = """
 INSERT INTO messages ({columns})
 SELECT :id, :recipient_user, :recipient_device, :sender_user, :sender_device,
-       :ts, :server_ts, :type, :body, :nonce, :expires_ms
+       :ts, :server_ts, :type, :body, :nonce, :expires_ms, :key_id, :sealed
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user = :recipient_user AND device = :recipient_device AND removed_ms IS NULL
@@ -59,31 +70,29 @@ _ACTIVE = "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS
 
 
 class SqliteMessageQueue:
-    def __init__(self, db: SqliteDatabase, reader: SqliteReader) -> None:
+    def __init__(
+        self, db: SqliteDatabase, reader: SqliteReader, *, sealer: EnvelopeSealer | None = None
+    ) -> None:
         self._db = db
         self._reader = reader
+        self._sealer: EnvelopeSealer = ClearSealer() if sealer is None else sealer
+
+    @property
+    def sealer(self) -> EnvelopeSealer:
+        return self._sealer
+
+    def use_sealer(self, sealer: EnvelopeSealer) -> None:
+        """Seal the rows stored from now on with `sealer`, and open sealed rows with it."""
+        self._sealer = sealer
 
     async def store(
         self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
     ) -> None:
         if not envelopes:
             return
-        rows = [
-            {
-                "id": e.id,
-                "recipient_user": e.recipient_user,
-                "recipient_device": e.recipient_device,
-                "sender_user": e.sender_user,
-                "sender_device": e.sender_device,
-                "ts": e.ts,
-                "server_ts": e.server_ts,
-                "type": e.type,
-                "body": e.body,
-                "nonce": e.nonce,
-                "expires_ms": e.expires_ms,
-            }
-            for e in envelopes
-        ]
+        # Sealed here, on the loop, before the job is queued: the job is queued in call
+        # order all the same (no await before `run`).
+        rows = [_row(e, self._sealer) for e in envelopes]
 
         def job(conn: sqlite3.Connection) -> None:
             if max_per_device is None:
@@ -103,16 +112,21 @@ class SqliteMessageQueue:
     async def fetch(
         self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int
     ) -> list[StoredEnvelope]:
-        def job(conn: sqlite3.Connection) -> list[StoredEnvelope]:
+        def job(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             rows = conn.execute(
-                f"SELECT seq, {_COLUMNS} FROM messages"
+                f"SELECT seq, {_SELECTED} FROM messages"
                 " WHERE recipient_user = ? AND recipient_device = ? AND seq > ?"
                 " AND expires_ms > ? ORDER BY seq LIMIT ?",
                 (user, device, after_seq, now_ms, limit),
             ).fetchall()
-            return [_stored(row) for row in rows]
+            return [tuple(row) for row in rows]
 
-        return await self._db.run(job)
+        rows = await self._db.run(job)
+        sealer = self._sealer
+        sealed_ids = {int(row[_KEY_ID]) for row in rows if row[_KEY_ID] != CLEAR_KEY_ID}
+        if sealed_ids:  # a data key made by another node since this one last looked
+            await sealer.load(sealed_ids)
+        return [stored for row in rows if (stored := _stored(row, sealer)) is not None]
 
     async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
         if not ids:
@@ -149,25 +163,45 @@ class SqliteMessageQueue:
             return []
         wanted = sorted(set(devices))
 
-        def job(conn: sqlite3.Connection) -> list[PendingOrigin]:
+        def job(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             marks = ", ".join("?" * len(wanted))
             rows = conn.execute(
-                "SELECT recipient_device, sender_user, sender_device, nonce FROM messages"
-                f" WHERE recipient_user = ? AND id = ? AND recipient_device IN ({marks})"
-                " ORDER BY recipient_device",
+                "SELECT recipient_device, sender_user, sender_device, nonce, key_id,"
+                " CAST(sealed AS BLOB)"
+                " FROM messages WHERE recipient_user = ? AND id = ?"
+                f" AND recipient_device IN ({marks}) ORDER BY recipient_device",
                 (user, message_id, *wanted),
             ).fetchall()
-            return [
-                PendingOrigin(
-                    device=int(device),
-                    sender_user=str(sender_user),
-                    sender_device=int(sender_device),
-                    nonce=bytes(nonce),
-                )
-                for device, sender_user, sender_device, nonce in rows
-            ]
+            return [tuple(row) for row in rows]
 
-        return self._reader.read(job)
+        rows = self._reader.read(job)
+        sealer = self._sealer
+        sealed_ids = {int(row[4]) for row in rows if row[4] != CLEAR_KEY_ID}
+        if sealed_ids:
+            await sealer.load(sealed_ids)
+        origins: list[PendingOrigin] = []
+        for device, sender_user, sender_device, nonce, key_id, sealed in rows:
+            if key_id == CLEAR_KEY_ID:
+                origins.append(
+                    PendingOrigin(
+                        device=int(device),
+                        sender_user=str(sender_user),
+                        sender_device=int(sender_device),
+                        nonce=bytes(nonce),
+                    )
+                )
+                continue
+            opened = sealer.open(user, int(device), message_id, int(key_id), bytes(sealed))
+            if opened is not None:  # else logged and counted by the sealer; left out
+                origins.append(
+                    PendingOrigin(
+                        device=int(device),
+                        sender_user=opened.sender_user,
+                        sender_device=opened.sender_device,
+                        nonce=opened.nonce,
+                    )
+                )
+        return origins
 
     async def purge_expired(self, now_ms: int) -> int:
         def job(conn: sqlite3.Connection) -> int:
@@ -207,8 +241,40 @@ def _over_cap(conn: sqlite3.Connection, left_out: list[dict[str, Any]]) -> list[
     return sorted(full)
 
 
-def _stored(row: tuple[Any, ...]) -> StoredEnvelope:
-    seq, id_, r_user, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp = row
+_KEY_ID: Final = 12  # the place of key_id in a fetched row (seq, then _COLUMNS)
+
+
+def _row(e: Envelope, sealer: EnvelopeSealer) -> dict[str, Any]:
+    """The insert's parameters: the clear columns, or the sealed ones (clear columns NULL)."""
+    key_id, sealed = sealer.seal(e)
+    clear = sealed is None
+    return {
+        "id": e.id,
+        "recipient_user": e.recipient_user,
+        "recipient_device": e.recipient_device,
+        "sender_user": e.sender_user if clear else None,
+        "sender_device": e.sender_device if clear else None,
+        "ts": e.ts if clear else None,
+        "server_ts": e.server_ts,
+        "type": e.type if clear else None,
+        "body": e.body if clear else None,
+        "nonce": e.nonce if clear else None,
+        "expires_ms": e.expires_ms,
+        "key_id": CLEAR_KEY_ID if clear else key_id,
+        "sealed": sealed,
+    }
+
+
+def _stored(row: tuple[Any, ...], sealer: EnvelopeSealer) -> StoredEnvelope | None:
+    """The row as stored, opened if sealed; None when it does not open (the sealer said so)."""
+    seq, id_, r_user, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp = row[:12]
+    key_id, sealed = row[12], row[13]
+    if key_id != CLEAR_KEY_ID:
+        opened = sealer.open(str(r_user), int(r_device), bytes(id_), int(key_id), bytes(sealed))
+        if opened is None:
+            return None
+        s_user, s_device, ts = opened.sender_user, opened.sender_device, opened.ts
+        type_, body, nonce = opened.type, opened.body, opened.nonce
     return StoredEnvelope(
         seq=int(seq),
         envelope=Envelope(

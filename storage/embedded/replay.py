@@ -140,6 +140,13 @@ class SqliteReplayGuard:
                         await entry.settled.wait()
         return await self.lookup(scope, nonce)
 
+    def drop_pending(self) -> None:
+        """Drop every pending claim (its waiters wake and read the store): the ids and nonces
+        they are keyed by were blinded under them (ClearData). A claim's send then ends as
+        one whose claim expired: its completion writes the record all the same."""
+        for key, entry in list(self._pending.items()):
+            self._drop(key, entry)
+
     def _held(self, key: _Key) -> ReplayRecord | None:
         """The unexpired pending claim on `key` as a record; an expired one is dropped."""
         entry = self._pending.get(key)

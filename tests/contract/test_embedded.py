@@ -58,6 +58,20 @@ async def test_jobs_run_in_submission_order(db: SqliteDatabase) -> None:
     assert order == list(range(2000))
 
 
+async def test_a_job_alone_runs_in_order_outside_any_transaction(db: SqliteDatabase) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def job(name: str) -> Callable[[sqlite3.Connection], None]:
+        return lambda conn: seen.append((name, conn.in_transaction))
+
+    queued = [db.run(job("before")), db.run_alone(job("alone")), db.run(job("after"))]
+    queued.append(db.run_alone(job("alone again")))
+    await asyncio.gather(*queued, db.checkpoint())
+    assert seen == [("before", True), ("alone", False), ("after", True), ("alone again", False)]
+    assert await db.checkpoint()  # nothing holds the WAL: it completes
+    assert (db.path.parent / (db.path.name + "-wal")).stat().st_size == 0
+
+
 async def test_a_failing_job_is_rolled_back_alone(db: SqliteDatabase) -> None:
     def insert_then_fail(conn: sqlite3.Connection) -> None:
         conn.execute("INSERT INTO t (x) VALUES (2)")
@@ -133,6 +147,7 @@ async def test_pragmas_and_schema_version(tmp_path: Path) -> None:
     try:
         assert await db.run(lambda c: c.execute("PRAGMA synchronous").fetchone()) == (2,)  # FULL
         assert await db.run(lambda c: c.execute("PRAGMA foreign_keys").fetchone()) == (1,)
+        assert await db.run(lambda c: c.execute("PRAGMA secure_delete").fetchone()) == (1,)
     finally:
         await db.close()
 
