@@ -184,7 +184,7 @@ class ClearData(Protocol):
     (storage.at_rest.conversion drives them; `relay migrate` runs them)."""
 
     async def user_ids_state(self) -> str:
-        """"blinded" (converted: every user id is a keyed hash), "clear" (users exist and are
+        """ "blinded" (converted: every user id is a keyed hash), "clear" (users exist and are
         not converted) or "empty" (no user yet and never converted)."""
         ...
 
