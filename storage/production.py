@@ -15,10 +15,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+from storage.at_rest.sealing import EnvelopeSealer
 from storage.directory_cache import CachedDeviceDirectory
-from storage.interfaces import BackendObserver, Store
+from storage.interfaces import BackendObserver, ClearData, DataKeyTable, Store
 from storage.postgres import Database, PostgresKeyStore, PostgresMessageQueue
 from storage.postgres.audit import PostgresKeyAudit
+from storage.postgres.clear_data import PostgresClearData
+from storage.postgres.data_keys import PostgresDataKeyTable
 from storage.redis_store import RedisClient, RedisRateLimiter, RedisReplayGuard
 from storage.redis_store.versions import RedisDirectoryVersions
 
@@ -46,6 +49,8 @@ class ProductionStore:
         self._keys = PostgresKeyStore(db, now_ms=clock or _wall_ms)
         self._audit = PostgresKeyAudit(db)
         self._messages = PostgresMessageQueue(db)
+        self._data_keys = PostgresDataKeyTable(db)
+        self._clear_data = PostgresClearData(db, now_ms=clock or _wall_ms)
         self._rate_limiter = RedisRateLimiter(redis, now_ms=clock)
         self._closed = False
 
@@ -94,6 +99,21 @@ class ProductionStore:
         return self._audit
 
     @property
+    def data_keys(self) -> PostgresDataKeyTable:
+        """The wrapped keys of encryption at rest."""
+        return self._data_keys
+
+    @property
+    def clear_data(self) -> PostgresClearData:
+        """What is still in the clear from before encryption at rest, and its conversion."""
+        return self._clear_data
+
+    def use_sealer(self, sealer: EnvelopeSealer) -> None:
+        """Seal stored messages with `sealer` from now on, and open sealed ones with it. Made
+        after the store opens: the vault reads its keys from `data_keys`."""
+        self._messages.use_sealer(sealer)
+
+    @property
     def replay(self) -> RedisReplayGuard:
         return self._replay
 
@@ -137,3 +157,6 @@ if TYPE_CHECKING:
     def _is_a_store(store: ProductionStore) -> Store:
         """mypy checks here that ProductionStore implements every interface."""
         return store
+
+    def _has_at_rest_tables(store: ProductionStore) -> tuple[DataKeyTable, ClearData]:
+        return store.data_keys, store.clear_data

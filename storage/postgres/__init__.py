@@ -1,8 +1,9 @@
 """The PostgreSQL backend (asyncpg): users, devices, pre-keys and stored messages.
 
 `database` wraps asyncpg in typed functions and turns its errors into ours; `directory`,
-`keys` and `messages` implement the interfaces; `migrate` owns the versioned schema (the
-numbered SQL files in `migrations/`).
+`keys` and `messages` implement the interfaces; `data_keys` and `clear_data` are the store's
+side of encryption at rest; `migrate` owns the versioned schema (the numbered SQL files in
+`migrations/`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the stores get `Connection` (a thin typed wrapper) from `Database.connection()` 
 `Database.transaction()`, and every asyncpg exception that escapes a `translated()` block
 becomes `storage.errors.Unavailable` (connection lost, server down, timeout, any other
 server error). Errors a store wants to interpret (a unique violation) are caught inside the
-block, as `UniqueViolation`, which this module re-exports.
+block, as `UniqueViolation` or `ForeignKeyViolation`, which this module re-exports.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "Connection",
     "Database",
     "DeadlockDetected",
+    "ForeignKeyViolation",
     "Row",
     "UniqueViolation",
     "is_connection_failure",
@@ -39,6 +40,7 @@ MAX_POOL_SIZE: Final = 10
 # Re-exported so the stores can catch what they interpret without importing asyncpg.
 UniqueViolation: type[Exception] = asyncpg.UniqueViolationError
 DeadlockDetected: type[Exception] = asyncpg.DeadlockDetectedError
+ForeignKeyViolation: type[Exception] = asyncpg.ForeignKeyViolationError
 
 # A row as asyncpg returns it: indexable by position or column name.
 Row = Any

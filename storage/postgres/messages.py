@@ -17,6 +17,12 @@ statement ask why; a refusal rolls the batch back and applies it again without t
 Reads (`fetch`, `queue_state`, `pending_origins`) first wait for the writes to the same
 device queued before them, so an ack issued before a fetch is applied before it. The
 `pending_origins` lookups of many sends then share one statement (origins.OriginLookups).
+
+Encryption at rest (storage.at_rest.sealing): `store` seals each envelope with the queue's
+sealer before queueing it, so a sealed row carries its data key's id and the sealed bytes,
+its sender, time, type, body and nonce NULL (migration 0005); `ClearSealer`, the default,
+writes the clear columns as before. `fetch` and `pending_origins` open sealed rows and skip
+a row that does not open (the sealer reports it): never delivered half-read.
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from storage.at_rest.sealing import ClearSealer, EnvelopeSealer
 from storage.errors import QueueFull, StorageError, Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
 from storage.postgres.origins import OriginLookups
-from storage.records import Envelope, PendingOrigin, StoredEnvelope
+from storage.records import Envelope, OpenedFields, PendingOrigin, StoredEnvelope
 
 MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
 PURGE_CHUNK: Final = 5000  # expired rows per statement, so a big purge holds few locks
@@ -41,7 +48,7 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, recipient_user, recipient_device, sender_user, sender_device,"
-    " ts, server_ts, type, body, nonce, expires_ms"
+    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed"
 )
 
 # Concurrency argument of the insert:
@@ -50,26 +57,29 @@ _COLUMNS = (
 #   commit, re-checks `removed_ms IS NULL` on the new row version, finds it false and
 #   inserts nothing; if we got there first, the removal waits for our commit and its DELETE
 #   then sees (and deletes) our rows. KEY SHARE does not conflict with touch() or uploads.
+# * A sealed row's key ($12) is checked by the foreign key to data_keys, whose FOR KEY SHARE
+#   lock keeps the key from being deleted until we commit (storage/postgres/data_keys.py);
+#   a key deleted already makes the insert fail, never leaves a row no key opens.
 # * A (device, id) already stored is kept as is (a retried store is a no-op), also when
 #   two nodes store it at once: the unique index makes the second wait for the first and
 #   then do nothing. Only that uniqueness conflict is ignored.
-# * The cap ($12, NULL: none) reads the device's count of stored rows, which triggers keep
+# * The cap ($14, NULL: none) reads the device's count of stored rows, which triggers keep
 #   in queue_counts (migration 0003): one index lookup, whatever the queue's length. The
 #   batch holds the device's advisory lock (_LOCK_DEVICES), so no other batch changes that
 #   count until we commit, and each statement of the executemany sees the count as the
 #   statements before it left it.
 _INSERT = f"""
 INSERT INTO messages ({_COLUMNS})
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
     FOR KEY SHARE
 ) AND (
-    $12::bigint IS NULL
+    $14::bigint IS NULL
     OR COALESCE((
         SELECT stored FROM queue_counts WHERE recipient_user = $2 AND recipient_device = $3
-    ), 0) < $12
+    ), 0) < $14
 )
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 RETURNING recipient_user, recipient_device, id
@@ -94,7 +104,23 @@ _ACK = (
 )
 
 _Device = tuple[str, int]
-_InsertRow = tuple[bytes, str, int, str, int, int, int, int, bytes, bytes, int]
+# id, recipient user and device, the clear fields (sender user and device, ts, server ts,
+# type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed.
+_InsertRow = tuple[
+    bytes,
+    str,
+    int,
+    str | None,
+    int | None,
+    int | None,
+    int,
+    int | None,
+    bytes | None,
+    bytes | None,
+    int,
+    int | None,
+    bytes | None,
+]
 _RowKey = tuple[str, int, bytes]  # (recipient user, device, id)
 
 
@@ -128,7 +154,8 @@ class PostgresMessageQueue:
         self._closed = False
         # The newest write queued for each device, for reads to wait on.
         self._last_write: dict[_Device, asyncio.Future[None]] = {}
-        self._origins = OriginLookups(db)
+        self._sealer: EnvelopeSealer = ClearSealer()
+        self._origins = OriginLookups(db, self._sealer)
         # Group commit figures: envelopes_committed / batches_committed is the mean group.
         self.batches_committed = 0
         self.envelopes_committed = 0
@@ -139,27 +166,18 @@ class PostgresMessageQueue:
         """Its counters tell how many lookups shared each statement."""
         return self._origins
 
+    def use_sealer(self, sealer: EnvelopeSealer) -> None:
+        """Seal the envelopes stored from now on with `sealer`, and open sealed rows with it
+        (made once the store is open: the data keys are read from it)."""
+        self._sealer = sealer
+        self._origins.use_sealer(sealer)
+
     async def store(
         self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
     ) -> None:
         if not envelopes:
             return
-        inserts = [
-            (
-                e.id,
-                e.recipient_user,
-                e.recipient_device,
-                e.sender_user,
-                e.sender_device,
-                e.ts,
-                e.server_ts,
-                e.type,
-                e.body,
-                e.nonce,
-                e.expires_ms,
-            )
-            for e in envelopes
-        ]
+        inserts = [_insert_row(e, self._sealer) for e in envelopes]
         await self._submit(_Op(self._new_future(), inserts=inserts, max_per_device=max_per_device))
 
     async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
@@ -183,7 +201,7 @@ class PostgresMessageQueue:
                 now_ms,
                 limit,
             )
-        return [_stored(row) for row in rows]
+        return await _opened(rows, self._sealer)
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
         await self._writes_before((user, device))
@@ -429,20 +447,87 @@ def _consume(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-def _stored(row: Row) -> StoredEnvelope:
-    return StoredEnvelope(
-        seq=int(row["seq"]),
-        envelope=Envelope(
-            id=bytes(row["id"]),
-            recipient_user=str(row["recipient_user"]),
-            recipient_device=int(row["recipient_device"]),
+def _insert_row(e: Envelope, sealer: EnvelopeSealer) -> _InsertRow:
+    key_id, sealed = sealer.seal(e)
+    if sealed is None:
+        return (
+            e.id,
+            e.recipient_user,
+            e.recipient_device,
+            e.sender_user,
+            e.sender_device,
+            e.ts,
+            e.server_ts,
+            e.type,
+            e.body,
+            e.nonce,
+            e.expires_ms,
+            None,
+            None,
+        )
+    return (
+        e.id,
+        e.recipient_user,
+        e.recipient_device,
+        None,
+        None,
+        None,
+        e.server_ts,
+        None,
+        None,
+        None,
+        e.expires_ms,
+        key_id,
+        sealed,
+    )
+
+
+async def _opened(rows: list[Row], sealer: EnvelopeSealer) -> list[StoredEnvelope]:
+    """The rows as envelopes, sealed ones opened; a row that does not open is left out."""
+    key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
+    if key_ids:
+        await sealer.load(key_ids)
+    found = []
+    for row in rows:
+        stored = _stored(row, sealer)
+        if stored is not None:
+            found.append(stored)
+    return found
+
+
+def _stored(row: Row, sealer: EnvelopeSealer) -> StoredEnvelope | None:
+    message_id = bytes(row["id"])
+    recipient_user = str(row["recipient_user"])
+    recipient_device = int(row["recipient_device"])
+    if row["key_id"] is None:
+        fields = OpenedFields(
             sender_user=str(row["sender_user"]),
             sender_device=int(row["sender_device"]),
             ts=int(row["ts"]),
-            server_ts=int(row["server_ts"]),
             type=int(row["type"]),
-            body=bytes(row["body"]),
             nonce=bytes(row["nonce"]),
+            body=bytes(row["body"]),
+        )
+    else:
+        opened = sealer.open(
+            recipient_user, recipient_device, message_id, int(row["key_id"]), bytes(row["sealed"])
+        )
+        if opened is None:
+            return None
+        fields = opened
+    return StoredEnvelope(
+        seq=int(row["seq"]),
+        envelope=Envelope(
+            id=message_id,
+            recipient_user=recipient_user,
+            recipient_device=recipient_device,
+            sender_user=fields.sender_user,
+            sender_device=fields.sender_device,
+            ts=fields.ts,
+            server_ts=int(row["server_ts"]),
+            type=fields.type,
+            body=fields.body,
+            nonce=fields.nonce,
             expires_ms=int(row["expires_ms"]),
         ),
     )

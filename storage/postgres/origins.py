@@ -5,6 +5,9 @@ pooled connection and one round trip, instead of a pool checkout and a query eac
 One statement is one snapshot, so each lookup in it sees what a statement of its own,
 started at that moment, would see: what its caller waited for (the writes queued before
 it, see messages.PostgresMessageQueue) has committed by then.
+
+A sealed row (encryption at rest) is opened with the queue's sealer; one that does not open
+is left out of the answer, as `fetch` leaves it out.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from storage.at_rest.sealing import EnvelopeSealer
 from storage.errors import Unavailable
-from storage.postgres.database import Database
+from storage.postgres.database import Database, Row
 from storage.records import PendingOrigin
 from storage.turn_batches import TurnBatches, answer, fail
 
@@ -25,7 +29,8 @@ MAX_LOOKUPS: Final = 500  # lookups in one statement; more wait for the next one
 
 # The unique index (recipient_user, recipient_device, id) answers each row of `q`.
 _ORIGINS = """
-SELECT q.n, m.recipient_device, m.sender_user, m.sender_device, m.nonce
+SELECT q.n, m.recipient_user, m.recipient_device, m.id, m.sender_user, m.sender_device,
+       m.nonce, m.key_id, m.sealed
 FROM unnest($1::int[], $2::text[], $3::int[], $4::bytea[]) AS q(n, u, d, id)
 JOIN messages m ON m.recipient_user = q.u AND m.recipient_device = q.d AND m.id = q.id
 ORDER BY q.n, m.recipient_device
@@ -43,8 +48,11 @@ class _Lookup:
 class OriginLookups:
     """Batches `pending_origins` lookups; one statement on the wire at a time."""
 
-    def __init__(self, db: Database, *, max_lookups: int = MAX_LOOKUPS) -> None:
+    def __init__(
+        self, db: Database, sealer: EnvelopeSealer, *, max_lookups: int = MAX_LOOKUPS
+    ) -> None:
         self._db = db
+        self._sealer = sealer
         self._batches: TurnBatches[_Lookup] = TurnBatches(
             self._send,
             max_batch=max_lookups,
@@ -61,6 +69,9 @@ class OriginLookups:
         call = _Lookup(user, devices, message_id, asyncio.get_running_loop().create_future())
         self._batches.add(call)
         return await call.future
+
+    def use_sealer(self, sealer: EnvelopeSealer) -> None:
+        self._sealer = sealer
 
     async def close(self) -> None:
         """Answer what is queued, then stop."""
@@ -86,15 +97,40 @@ class OriginLookups:
             for call in batch:
                 fail(call.future, exc)
             return
+        sealer = self._sealer
+        key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
+        if key_ids:
+            await sealer.load(key_ids)
         found: list[list[PendingOrigin]] = [[] for _ in batch]
         for row in rows:
-            found[int(row["n"])].append(
-                PendingOrigin(
-                    device=int(row["recipient_device"]),
-                    sender_user=str(row["sender_user"]),
-                    sender_device=int(row["sender_device"]),
-                    nonce=bytes(row["nonce"]),
-                )
-            )
+            origin = _origin(row, sealer)
+            if origin is not None:
+                found[int(row["n"])].append(origin)
         for call, origins in zip(batch, found, strict=True):
             answer(call.future, origins)
+
+
+def _origin(row: Row, sealer: EnvelopeSealer) -> PendingOrigin | None:
+    device = int(row["recipient_device"])
+    if row["key_id"] is None:
+        return PendingOrigin(
+            device=device,
+            sender_user=str(row["sender_user"]),
+            sender_device=int(row["sender_device"]),
+            nonce=bytes(row["nonce"]),
+        )
+    fields = sealer.open(
+        str(row["recipient_user"]),
+        device,
+        bytes(row["id"]),
+        int(row["key_id"]),
+        bytes(row["sealed"]),
+    )
+    if fields is None:
+        return None
+    return PendingOrigin(
+        device=device,
+        sender_user=fields.sender_user,
+        sender_device=fields.sender_device,
+        nonce=fields.nonce,
+    )

@@ -35,7 +35,7 @@ async def open_production(backend: Backend) -> ProductionStore:
 
 
 async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
-    assert latest_version() == 4
+    assert latest_version() == 5
     ok, message = await check(empty_database)
     assert not ok and "schema version is 0" in message and "table users is missing" in message
 
@@ -44,6 +44,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
+        "up 0005_at_rest",
     ]
     assert await migrate(empty_database) == []  # already there
     ok, message = await check(empty_database)
@@ -61,20 +62,22 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         await conn.close()
 
     assert await migrate(empty_database, to=0) == [
+        "down 0005_at_rest",
         "down 0004_key_event_kinds",
         "down 0003_queue_counts",
         "down 0002_canonical_identity_keys",
         "down 0001_initial",
     ]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 0, the latest is 4" in message
+    assert not ok and "schema version is 0, the latest is 5" in message
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 1, the latest is 4" in message
+    assert not ok and "schema version is 1, the latest is 5" in message
     assert await migrate(empty_database) == [
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
+        "up 0005_at_rest",
     ]
     ok, _ = await check(empty_database)
     assert ok
@@ -98,6 +101,7 @@ async def test_concurrent_migrators_take_turns(empty_database: str) -> None:
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
+        "up 0005_at_rest",
     ]
     assert sorted(results) == [[], [], [], everything]
     assert (await check(empty_database))[0]
@@ -306,7 +310,10 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
     user = await make_user(store, devices=2)
     assert await store.devices.remove_device(user, 2)
     assert production.database_url is not None
-    assert await migrate(production.database_url, to=3) == ["down 0004_key_event_kinds"]
+    assert await migrate(production.database_url, to=3) == [
+        "down 0005_at_rest",
+        "down 0004_key_event_kinds",
+    ]
     conn = await asyncpg.connect(production.database_url)
     try:
         kinds = await conn.fetch("SELECT kind FROM key_events WHERE user_id = $1 ORDER BY id", user)
@@ -318,7 +325,10 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
             )
     finally:
         await conn.close()
-    assert await migrate(production.database_url) == ["up 0004_key_event_kinds"]
+    assert await migrate(production.database_url) == [
+        "up 0004_key_event_kinds",
+        "up 0005_at_rest",
+    ]
     fresh = await open_production(production)  # new connections: statements prepared anew
     other = await make_user(fresh, devices=2)
     assert await fresh.devices.remove_device(other, 2)

@@ -91,6 +91,7 @@ async def test_relay_migrate_keeps_the_older_device(machine, tmp_path, relays):
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
+        "up 0005_at_rest",
     ], second
     check = await arun_relay(["migrate", "--check", "--database-url", url])
     assert check.code == 0, check

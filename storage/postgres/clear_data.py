@@ -1,0 +1,175 @@
+"""What a PostgreSQL store holds in the clear from before encryption at rest, and its
+conversion (the ClearData interface): user ids blinded in every table at once, then the
+clear messages sealed a batch at a time.
+
+PostgreSQL keeps no replay records (Redis does), so there are no nonces to blind here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from storage.at_rest.sealing import EnvelopeSealer
+from storage.postgres.database import Connection, Database
+from storage.records import Envelope
+
+__all__ = ["PostgresClearData"]
+
+# Every column that holds a user id, by table. messages.sender_user is not among them: it
+# is sealed with the rest of the message's fields (seal_clear_messages).
+USER_COLUMNS: Final = (
+    ("users", "user_id"),
+    ("devices", "user_id"),
+    ("signed_prekeys", "user_id"),
+    ("pq_last_resort_keys", "user_id"),
+    ("one_time_prekeys", "user_id"),
+    ("one_time_pq_prekeys", "user_id"),
+    ("prekey_counts", "user_id"),
+    ("messages", "recipient_user"),
+    ("queue_counts", "recipient_user"),
+    ("key_events", "user_id"),
+)
+
+# Writers wait (readers do not) while the ids change, so no row with a clear id can be
+# written behind the conversion. One fixed order: two conversions take turns.
+_LOCK = "LOCK TABLE at_rest, {} IN EXCLUSIVE MODE".format(
+    ", ".join(dict.fromkeys(table for table, _ in USER_COLUMNS))
+)
+
+_CLEAR_ROWS = """
+SELECT seq, id, recipient_user, recipient_device, sender_user, sender_device, ts, server_ts,
+       type, body, nonce, expires_ms
+FROM messages
+WHERE key_id IS NULL AND seq > $1
+ORDER BY seq
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+_SEAL_ROW = """
+UPDATE messages
+SET key_id = $2, sealed = $3, sender_user = NULL, sender_device = NULL, ts = NULL,
+    type = NULL, body = NULL, nonce = NULL
+WHERE seq = $1
+"""
+
+
+class PostgresClearData:
+    def __init__(self, db: Database, *, now_ms: Callable[[], int]) -> None:
+        self._db = db
+        self._now_ms = now_ms
+        # Every clear row up to this seq was sealed by this object: the next batch starts
+        # after it, instead of walking the sealed rows again.
+        self._sealed_up_to = 0
+
+    async def user_ids_state(self) -> str:
+        async with self._db.connection("user_ids_state") as conn:
+            row = await conn.fetchrow(
+                "SELECT EXISTS (SELECT 1 FROM at_rest) AS blinded,"
+                " EXISTS (SELECT 1 FROM users) AS users"
+            )
+        assert row is not None
+        if row["blinded"]:
+            return "blinded"
+        return "clear" if row["users"] else "empty"
+
+    async def blind_user_ids(
+        self,
+        blind_user: Callable[[str], str],
+        blind_nonce: Callable[[bytes], bytes],
+        seal_text: Callable[[str], str],
+    ) -> int:
+        async with self._db.transaction("blind_user_ids") as conn:
+            await conn.execute(_LOCK)
+            if await conn.fetchval("SELECT 1 FROM at_rest") is not None:
+                return 0
+            users = await conn.fetchval("SELECT count(*) FROM users")
+            assert isinstance(users, int)
+            await _blind_ids(conn, blind_user)
+            await _seal_requesters(conn, seal_text)
+            await conn.execute(
+                "INSERT INTO at_rest (id, blinded_ms) VALUES (1, $1)", self._now_ms()
+            )
+        return users
+
+    async def seal_clear_messages(self, sealer: EnvelopeSealer, *, limit: int) -> int:
+        async with self._db.transaction("seal_clear_messages") as conn:
+            # SKIP LOCKED: a row locked now is being deleted (ack, purge) or sealed by another
+            # conversion; waiting for it could deadlock with a batch of acks. Once nothing is
+            # found after the rows sealed before, one more look from the start makes sure no
+            # skipped row was left clear.
+            rows = await conn.fetch(_CLEAR_ROWS, self._sealed_up_to, limit)
+            if not rows and self._sealed_up_to > 0:
+                self._sealed_up_to = 0
+                rows = await conn.fetch(_CLEAR_ROWS, 0, limit)
+            updates = []
+            for row in rows:
+                envelope = Envelope(
+                    id=bytes(row["id"]),
+                    recipient_user=str(row["recipient_user"]),
+                    recipient_device=int(row["recipient_device"]),
+                    sender_user=str(row["sender_user"]),
+                    sender_device=int(row["sender_device"]),
+                    ts=int(row["ts"]),
+                    server_ts=int(row["server_ts"]),
+                    type=int(row["type"]),
+                    body=bytes(row["body"]),
+                    nonce=bytes(row["nonce"]),
+                    expires_ms=int(row["expires_ms"]),
+                )
+                key_id, sealed = sealer.seal(envelope)
+                if sealed is None:
+                    raise ValueError("the sealer leaves messages in the clear")
+                updates.append((int(row["seq"]), key_id, sealed))
+            if updates:
+                await conn.executemany(_SEAL_ROW, updates)
+        if updates:
+            self._sealed_up_to = max(self._sealed_up_to, updates[-1][0])
+        return len(updates)
+
+    async def clear_messages(self) -> int:
+        async with self._db.connection("clear_messages") as conn:
+            count = await conn.fetchval("SELECT count(*) FROM messages WHERE key_id IS NULL")
+        assert isinstance(count, int)
+        return count
+
+
+async def _blind_ids(conn: Connection, blind_user: Callable[[str], str]) -> None:
+    """Every user id of every table replaced by its blinded form, one UPDATE a table. The
+    foreign keys between them (DEFERRABLE since migration 0005) are checked at commit."""
+    clear = await conn.fetch(
+        " UNION ".join(f"SELECT {column} AS u FROM {table}" for table, column in USER_COLUMNS)
+    )
+    ids = [str(row["u"]) for row in clear]
+    await conn.execute(
+        "CREATE TEMP TABLE blind_map (clear text PRIMARY KEY, blinded text NOT NULL) ON COMMIT DROP"
+    )
+    await conn.execute(
+        "INSERT INTO blind_map (clear, blinded) SELECT * FROM unnest($1::text[], $2::text[])",
+        ids,
+        [blind_user(user) for user in ids],
+    )
+    await conn.execute("ANALYZE blind_map")
+    await conn.execute("SET CONSTRAINTS ALL DEFERRED")
+    for table, column in USER_COLUMNS:
+        await conn.execute(
+            f"UPDATE {table} t SET {column} = m.blinded FROM blind_map m WHERE t.{column} = m.clear"
+        )
+
+
+async def _seal_requesters(conn: Connection, seal_text: Callable[[str], str]) -> None:
+    """The requester of every bundle handed out (claim events), sealed in its detail."""
+    rows = await conn.fetch(
+        "SELECT id, detail->>'requester_user' AS requester FROM key_events"
+        " WHERE jsonb_typeof(detail->'requester_user') = 'string'"
+    )
+    if not rows:
+        return
+    await conn.execute(
+        "UPDATE key_events k"
+        " SET detail = jsonb_set(k.detail, '{requester_user}', to_jsonb(s.sealed))"
+        " FROM unnest($1::bigint[], $2::text[]) AS s(id, sealed) WHERE k.id = s.id",
+        [int(row["id"]) for row in rows],
+        [seal_text(str(row["requester"])) for row in rows],
+    )
