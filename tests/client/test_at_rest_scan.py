@@ -35,8 +35,8 @@ async def _store_for_offline(
     try:
         for sender in senders:
             for _ in range(MESSAGES_EACH):
-                body, nonce = distinctive("body"), secrets.token_bytes(16)
-                answer = await sender.send_message(receivers[0], body=body, nonce=nonce)
+                body, nonce = distinctive("body"), secrets.token_bytes(24)
+                answer = await sender.send_message(receivers[0], [1, 2], body=body, nonce=nonce)
                 assert answer["t"] == "ok" and answer["stored"] == [1, 2], answer
                 sent.append({"sender": sender.user, "body": body, "nonce": nonce})
     finally:
