@@ -17,6 +17,7 @@ import orjson
 
 from relay.config import Settings, shown_value
 from relay.config_sources import LoadedSettings
+from storage.at_rest.blinded import BlindedStore
 from storage.at_rest.opening import AtRestError
 from storage.errors import StorageError
 from storage.interfaces import Store
@@ -354,16 +355,20 @@ async def key_events(settings: Settings, user: str, since: int | None) -> list[A
 
 async def purge(settings: Settings, now_ms: int) -> str:
     store, kind = await open_existing_store(settings)
+    keys: list[int] = []
     try:
         deleted = await store.messages.purge_expired(now_ms)
         events = await store.audit.purge_events(settings.audit_cutoff_ms(now_ms))
+        if isinstance(store, BlindedStore):
+            keys = await store.vault.delete_unused()
     except StorageError as exc:
         raise AdminError(f"the store did not answer: {exc}") from None
     finally:
         await store.close()
+    unused = f", and {len(keys)} retired data keys no message used" if keys else ""
     return (
         f"purged {deleted} expired messages and {events} key events older than "
-        f"audit_retention ({_duration(settings.audit_retention)}) from the {kind} store"
+        f"audit_retention ({_duration(settings.audit_retention)}) from the {kind} store{unused}"
     )
 
 

@@ -170,7 +170,7 @@ async def _serve_until_signal(
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
     upkeep = [purger, queue_depth]
     if isinstance(store, BlindedStore):
-        upkeep.append(asyncio.create_task(_refresh_keys_forever(store)))
+        upkeep.append(asyncio.create_task(_refresh_keys_forever(svc, store)))
         loop.add_signal_handler(signal.SIGHUP, lambda: svc.spawn(_reload_master_key(svc, store)))
     loop_lag = LoopLagMonitor(metrics)
     loop_lag.start()
@@ -245,20 +245,19 @@ async def _purge_forever(svc: Services) -> None:
         await asyncio.sleep(svc.settings.purge_interval)
 
 
-async def _refresh_keys_forever(store: BlindedStore) -> None:
-    """Pick up data keys other nodes or `relay keys` made, and rotate the active one when due."""
+async def _refresh_keys_forever(svc: Services, store: BlindedStore) -> None:
+    """Pick up data keys other nodes or `relay keys` made, and rotate the active one when due.
+    When the keys turn out wrapped by another master key (`relay keys rotate-master` ran),
+    the key file is read again, as on SIGHUP."""
     while True:
         await asyncio.sleep(REFRESH_INTERVAL_S)
-        await _refresh_keys(store)
-
-
-async def _refresh_keys(store: BlindedStore) -> None:
-    try:
-        await store.vault.refresh()
-    except StorageError:
-        log.warning("data key refresh skipped: store unavailable")
-    except MasterKeyError as exc:
-        log.error("data key refresh failed: %s", exc)
+        try:
+            await store.vault.refresh()
+        except StorageError:
+            log.warning("data key refresh skipped: store unavailable")
+        except MasterKeyError as exc:
+            log.warning("data key refresh: %s; reading the master key file again", exc)
+            await _reload_master_key(svc, store)
 
 
 async def _reload_master_key(svc: Services, store: BlindedStore) -> None:
