@@ -9,6 +9,7 @@ import secrets
 import uuid
 from typing import Any
 
+from e2e.commands import arun_relay
 from e2e.support import Device, new_user, offline_user
 
 from .conftest import StartRelay
@@ -91,3 +92,38 @@ async def test_without_encryption_at_rest_the_scanner_finds_senders_nonces_and_b
 
 def _shown(findings: list[Finding]) -> str:
     return "\n".join(f"{f.where}: {f.plaintext!r} as {f.form}" for f in findings[:20])
+
+
+async def test_a_store_run_without_encryption_is_converted_and_keeps_its_messages(
+    relay_factory: StartRelay,
+) -> None:
+    relay = relay_factory(at_rest_encryption=False)
+    receivers, senders, sent = await _store_for_offline(relay.url)
+    await relay.astop()
+    secrets_ = _secrets(senders, sent)
+    assert (await scan_database(relay, secrets_))[0], "the clear store shows them"
+
+    relay.options["at_rest_encryption"] = True
+    url = relay.extra_env.get("RELAY_DATABASE_URL")
+    if url is not None:
+        # Production: converted by `relay migrate` only, never by a serving node.
+        check = await arun_relay(["migrate", "--check"], env=relay.extra_env)
+        assert check.code == 1 and "encryption at rest pending" in check.stdout, check
+        refused = await arun_relay(relay.argv()[3:], env=relay.extra_env)
+        assert refused.code == 2 and "run `relay migrate`" in refused.stderr, refused
+        done = await arun_relay(["migrate"], env=relay.extra_env)
+        assert done.code == 0, done
+        assert f"{SENDERS + 1} users' ids hashed" in done.stdout, done.stdout
+        assert f"{2 * len(sent)} stored messages sealed" in done.stdout, done.stdout
+        assert (await arun_relay(["migrate", "--check"], env=relay.extra_env)).code == 0
+    await relay.astart()  # the embedded store converts itself as it opens
+
+    findings, _ = await scan_database(relay, secrets_)
+    assert findings == [], _shown(findings)
+    for device in receivers:
+        device.url = relay.url
+        await device.reconnect()
+        delivered = await device.drain()
+        await device.close()
+        assert sorted(d["body"] for d in delivered) == sorted(m["body"] for m in sent)
+        assert sorted(d["nonce"] for d in delivered) == sorted(m["nonce"] for m in sent)
