@@ -144,16 +144,28 @@ class DataKeyVault:
         """Pick up keys made elsewhere; rotate the active data key when it is due."""
         await self._reload()
         if self._now_ms() - self._active_created_ms >= self._rotation_ms:
-            await self.rotate_data()
+            await self._rotate(only_when_due=True)
 
     async def rotate_data(self) -> int:
         """A new active data key now; the previous one is retired (it still opens its rows).
         The id of the data key active afterwards (another node's, if it rotated first)."""
+        return await self._rotate(only_when_due=False)
+
+    async def _rotate(self, *, only_when_due: bool) -> int:
+        """With `only_when_due`, the age is judged on the active key read here, so nodes that
+        find the key due at once make one new key between them, not one each."""
         async with self._lock:
             for _ in range(_CREATE_ATTEMPTS):
                 stored = await self._table.wrapped_keys()
                 _check_master(stored, self._wrapper)
                 active = next((k for k in stored if k.purpose == DATA and k.state == ACTIVE), None)
+                if (
+                    only_when_due
+                    and active is not None
+                    and self._now_ms() - active.created_ms < self._rotation_ms
+                ):
+                    await self._reload_locked()  # another node rotated first: adopt its key
+                    return self._ring.active_id
                 next_id = max((k.id for k in stored), default=0) + 1
                 new = _new_key(self._wrapper, next_id, DATA, self._now_ms())
                 replacing = None if active is None else active.id
