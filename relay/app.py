@@ -98,8 +98,14 @@ async def run(
     """
     if tls is None and settings.tls_cert is not None and settings.tls_key is not None:
         tls = ServerTls.load(settings.tls_cert, settings.tls_key)
-    if tls is not None:  # before the ready line: a SIGHUP right after it must not kill us
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, tls.reload)
+    # One SIGHUP handler runs every reload (the TLS certificate, the master key), installed
+    # before the ready line: a SIGHUP right after it must not kill us.
+    on_hangup: list[Callable[[], object]] = []
+    if tls is not None:
+        on_hangup.append(tls.reload)
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, lambda: [reload() for reload in on_hangup]
+    )
     if settings.production:
         await check_at_start(settings)
     svc, store_kind = await build_services(settings, clock or SystemClock())
@@ -124,6 +130,9 @@ async def run(
     print(f"relay: serving on {scheme}://{settings.host}:{port}/v1/ws", flush=True)
     log.info("node id %s", cluster.node_id)
     log.info("serving on %s:%s with the %s store", settings.host, port, store_kind)
+    if isinstance(store, BlindedStore):
+        blinded = store
+        on_hangup.append(lambda: svc.spawn(_reload_master_key(svc, blinded)))
     await _serve_until_signal(svc, server, history, admin)
     return 0
 
@@ -171,7 +180,6 @@ async def _serve_until_signal(
     upkeep = [purger, queue_depth]
     if isinstance(store, BlindedStore):
         upkeep.append(asyncio.create_task(_refresh_keys_forever(svc, store)))
-        loop.add_signal_handler(signal.SIGHUP, lambda: svc.spawn(_reload_master_key(svc, store)))
     loop_lag = LoopLagMonitor(metrics)
     loop_lag.start()
     sampler = HistorySampler(history, lambda: read_metrics(metrics), svc.clock)
