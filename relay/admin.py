@@ -360,7 +360,7 @@ async def purge(settings: Settings, now_ms: int) -> str:
         deleted = await store.messages.purge_expired(now_ms)
         events = await store.audit.purge_events(settings.audit_cutoff_ms(now_ms))
         if isinstance(store, BlindedStore):
-            keys = await store.vault.delete_unused()
+            keys = await (await store.key_access.open()).delete_unused()
     except StorageError as exc:
         raise AdminError(f"the store did not answer: {exc}") from None
     finally:

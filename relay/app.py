@@ -46,13 +46,15 @@ async def open_store(
     observe: BackendObserver | None = None,
     on_undecryptable: Callable[[str], None] | None = None,
     convert: bool | None = None,
+    may_wait: bool = False,
 ) -> tuple[Store, str]:
     """PostgreSQL and Redis when both URLs are set; the embedded store otherwise. With
     encryption at rest (the default), the store seen through its keys (storage.at_rest).
     Raises AtRestError when it cannot be opened as configured.
 
     `convert`: whether clear data may be encrypted here (default: the embedded store, and
-    a production node started with --migrate)."""
+    a production node started with --migrate). `may_wait`: a serving production node
+    starts while its store is down, and loads the keys of encryption at rest later."""
     raw: AtRestCapable
     if settings.database_url is not None and settings.redis_url is not None:
         from storage.production import ProductionStore
@@ -80,7 +82,12 @@ async def open_store(
         convert=may_convert if convert is None else convert,
     )
     try:
-        store = await open_at_rest(raw, at_rest, on_undecryptable=on_undecryptable)
+        store = await open_at_rest(
+            raw,
+            at_rest,
+            on_undecryptable=on_undecryptable,
+            may_wait=may_wait and settings.production,
+        )
     except BaseException:
         await raw.close()
         raise
@@ -144,6 +151,7 @@ async def build_services(settings: Settings, clock: Clock) -> tuple[Services, st
         settings,
         observe=metrics.observe_backend,
         on_undecryptable=lambda reason: metrics.undecryptable.labels(reason).inc(),
+        may_wait=True,
     )
     router = Router()
     cluster = open_cluster(
@@ -244,8 +252,9 @@ async def _purge_forever(svc: Services) -> None:
             events = await svc.store.audit.purge_events(svc.settings.audit_cutoff_ms(now_ms))
             if events:
                 log.info("purged %d key events past the audit retention", events)
-            if isinstance(svc.store, BlindedStore):
-                keys = await svc.store.vault.delete_unused()
+            vault = svc.store.vault if isinstance(svc.store, BlindedStore) else None
+            if vault is not None:
+                keys = await vault.delete_unused()
                 if keys:
                     log.info("deleted data keys %s: no stored message uses them", keys)
         except StorageError:
@@ -260,7 +269,8 @@ async def _refresh_keys_forever(svc: Services, store: BlindedStore) -> None:
     while True:
         await asyncio.sleep(REFRESH_INTERVAL_S)
         try:
-            await store.vault.refresh()
+            vault = await store.key_access.open()  # loads them if the store was down at start
+            await vault.refresh()
         except StorageError:
             log.warning("data key refresh skipped: store unavailable")
         except MasterKeyError as exc:
@@ -279,9 +289,13 @@ async def _reload_master_key(svc: Services, store: BlindedStore) -> None:
     except MasterKeyError as exc:
         log.error("master key not reloaded: %s", exc)
         return
-    previous = store.vault.master_key_id
+    vault = store.vault
+    if vault is None:
+        log.warning("master key not reloaded: the keys are not loaded yet (store unavailable)")
+        return
+    previous = vault.master_key_id
     try:
-        await store.vault.use_master(wrapper)
+        await vault.use_master(wrapper)
     except MasterKeyError as exc:
         log.error("master key not reloaded: %s", exc)
         return

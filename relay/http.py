@@ -25,6 +25,7 @@ from relay.landing import LandingFacts, render_landing, store_label
 from relay.schemaguard import SchemaVersions, SchemaWatch
 from relay.services import Services
 from relay.stats import Stats, collect, node_registry, store_kind
+from storage.at_rest.blinded import AT_REST_KEYS, BlindedStore
 
 READY_TIMEOUT_S = 4.0
 MAX_QUERY_CHARS = 64  # `since=` and 13 digits fit many times over
@@ -217,7 +218,14 @@ class OperationsEndpoints:
                 )
         except TimeoutError:
             backends, versions = {"store": False}, None
-        problems = [f"{name} does not answer" for name, up in backends.items() if not up]
+        problems = [
+            f"{name} does not answer"
+            for name, up in backends.items()
+            if not up and name != AT_REST_KEYS
+        ]
+        store = self._svc.store
+        if backends.get(AT_REST_KEYS) is False and isinstance(store, BlindedStore):
+            problems.append(store.key_access.problem or "keys of encryption at rest not loaded")
         body: dict[str, object] = {"backends": backends}
         if versions is not None:
             body["schema"] = {"version": versions.live, "expected": versions.expected}

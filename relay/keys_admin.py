@@ -44,7 +44,8 @@ async def _encrypted_store(settings: Settings) -> BlindedStore:
 async def keys_status(settings: Settings) -> KeysReport:
     store = await _encrypted_store(settings)
     try:
-        return KeysReport(store.vault.master_key_id, await store.vault.status())
+        vault = await store.key_access.open()
+        return KeysReport(vault.master_key_id, await vault.status())
     except StorageError as exc:
         raise AdminError(f"the store did not answer: {exc}") from None
     finally:
@@ -54,8 +55,9 @@ async def keys_status(settings: Settings) -> KeysReport:
 async def rotate_data(settings: Settings) -> str:
     store = await _encrypted_store(settings)
     try:
-        before = store.vault.ring.active_id
-        after = await store.vault.rotate_data()
+        vault = await store.key_access.open()
+        before = vault.ring.active_id
+        after = await vault.rotate_data()
     except StorageError as exc:
         raise AdminError(f"the store did not answer: {exc}") from None
     finally:
@@ -73,10 +75,11 @@ async def rotate_master(settings: Settings, new_key_file: Path) -> str:
         raise AdminError(str(exc), code=2) from None
     store = await _encrypted_store(settings)
     try:
-        old = store.vault.master_key_id
+        vault = await store.key_access.open()
+        old = vault.master_key_id
         if new.key_id == old:
             raise AdminError(f"{new_key_file} holds the master key in use ({old})", code=2)
-        count = await store.vault.rotate_master(new)
+        count = await vault.rotate_master(new)
     except StorageError as exc:
         raise AdminError(f"the store did not answer: {exc}") from None
     except MasterKeyError as exc:

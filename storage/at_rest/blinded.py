@@ -10,13 +10,18 @@ blinded id in the associated data.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Final, Protocol
 
 from storage.at_rest.keyring import KeyRing, SealError
 from storage.at_rest.sealing import EnvelopeSealer
 from storage.at_rest.vault import DataKeyVault
+from storage.errors import Unavailable
 from storage.interfaces import (
     ClearData,
     DataKeyTable,
@@ -44,9 +49,19 @@ from storage.records import (
     StoredEnvelope,
 )
 
-__all__ = ["UNREADABLE", "AtRestCapable", "BlindedStore"]
+__all__ = [
+    "AT_REST_KEYS",
+    "UNREADABLE",
+    "AtRestCapable",
+    "AtRestRefusal",
+    "BlindedStore",
+    "KeyAccess",
+]
 
-UNREADABLE = "(unreadable)"  # a sealed requester that does not open with this index key
+log = logging.getLogger(__name__)
+
+UNREADABLE: Final = "(unreadable)"  # a sealed requester that does not open with the index key
+AT_REST_KEYS: Final = "at_rest_keys"  # the readiness entry while the keys are not loaded
 
 
 class AtRestCapable(Store, Protocol):
@@ -61,43 +76,116 @@ class AtRestCapable(Store, Protocol):
     def use_sealer(self, sealer: EnvelopeSealer) -> None: ...
 
 
+class KeyAccess:
+    """The vault, once it could be opened. A production node starts while PostgreSQL is down
+    (as it does without encryption), so the vault may open later: until then every call
+    answers Unavailable, retried at most every RETRY_S. A store that cannot be opened as
+    configured (found out only now: a wrong master key, clear data to convert) is logged
+    once and stays unavailable."""
+
+    RETRY_S: Final = 1.0
+
+    def __init__(
+        self,
+        opener: Callable[[], Awaitable[DataKeyVault]],
+        vault: DataKeyVault | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._opener = opener
+        self._vault = vault
+        self._monotonic = monotonic
+        self._lock = asyncio.Lock()
+        self._tried_at: float | None = None
+        self._problem = "the keys of encryption at rest are not loaded yet"
+        self._refused = False
+
+    @property
+    def vault(self) -> DataKeyVault | None:
+        return self._vault
+
+    @property
+    def problem(self) -> str | None:
+        """Why the keys are not at hand; None once they are."""
+        return None if self._vault is not None else self._problem
+
+    async def ring(self) -> KeyRing:
+        vault = self._vault
+        if vault is not None:
+            return vault.ring
+        return (await self.open()).ring
+
+    async def open(self) -> DataKeyVault:
+        async with self._lock:
+            if self._vault is not None:
+                return self._vault
+            now = self._monotonic()
+            if self._refused or (
+                self._tried_at is not None and now - self._tried_at < self.RETRY_S
+            ):
+                raise Unavailable(self._problem)
+            self._tried_at = now
+            try:
+                self._vault = await self._opener()
+            except Unavailable as exc:
+                self._problem = f"the keys of encryption at rest are not loaded: {exc}"
+                raise
+            except AtRestRefusal as exc:
+                self._refused = True
+                self._problem = str(exc)
+                log.error("%s; this node answers unavailable until restarted", exc)
+                raise Unavailable(self._problem) from None
+            log.info("keys of encryption at rest loaded")
+            return self._vault
+
+
+class AtRestRefusal(Exception):
+    """The store cannot be served as configured (raised by an opener; one line)."""
+
+
 class BlindedDirectory:
-    def __init__(self, inner: DeviceDirectory, ring: KeyRing) -> None:
+    def __init__(self, inner: DeviceDirectory, keys: KeyAccess) -> None:
         self._inner = inner
-        self._blind = ring.blind_user
+        self._keys = keys
+
+    async def _blind(self, user: str) -> str:
+        return (await self._keys.ring()).blind_user(user)
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
-        return _named(await self._inner.create_user(self._blind(user), device), user)
+        return _named(await self._inner.create_user(await self._blind(user), device), user)
 
     async def add_device(self, user: str, device: NewDevice, *, max_devices: int) -> DeviceRecord:
-        record = await self._inner.add_device(self._blind(user), device, max_devices=max_devices)
+        record = await self._inner.add_device(
+            await self._blind(user), device, max_devices=max_devices
+        )
         return _named(record, user)
 
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
-        record = await self._inner.get_device(self._blind(user), device)
+        record = await self._inner.get_device(await self._blind(user), device)
         return None if record is None else _named(record, user)
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:
-        records = await self._inner.list_devices(self._blind(user))
+        records = await self._inner.list_devices(await self._blind(user))
         return None if records is None else [_named(r, user) for r in records]
 
     async def remove_device(self, user: str, device: int) -> bool:
-        return await self._inner.remove_device(self._blind(user), device)
+        return await self._inner.remove_device(await self._blind(user), device)
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
-        await self._inner.touch(self._blind(user), device, now_ms)
+        await self._inner.touch(await self._blind(user), device, now_ms)
 
 
 class BlindedKeys:
-    def __init__(self, inner: KeyStore, ring: KeyRing) -> None:
+    def __init__(self, inner: KeyStore, keys: KeyAccess) -> None:
         self._inner = inner
-        self._ring = ring
+        self._keys = keys
 
     async def upload(
         self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
     ) -> KeyCounts:
+        ring = await self._keys.ring()
         return await self._inner.upload(
-            self._ring.blind_user(user), device, upload, now_ms=now_ms, max_stored=max_stored
+            ring.blind_user(user), device, upload, now_ms=now_ms, max_stored=max_stored
         )
 
     async def claim(
@@ -109,11 +197,12 @@ class BlindedKeys:
         one_time: bool = True,
         requester: Requester | None = None,
     ) -> ClaimedKeys:
+        ring = await self._keys.ring()
         sealed = None
         if requester is not None:
-            sealed = Requester(self._ring.seal_text(requester.user), requester.device)
+            sealed = Requester(ring.seal_text(requester.user), requester.device)
         return await self._inner.claim(
-            self._ring.blind_user(user),
+            ring.blind_user(user),
             device,
             low_water=low_water,
             one_time=one_time,
@@ -121,37 +210,42 @@ class BlindedKeys:
         )
 
     async def counts(self, user: str, device: int) -> KeyCounts:
-        return await self._inner.counts(self._ring.blind_user(user), device)
+        return await self._inner.counts((await self._keys.ring()).blind_user(user), device)
 
 
 class BlindedAudit:
-    def __init__(self, inner: KeyAudit, ring: KeyRing) -> None:
+    def __init__(self, inner: KeyAudit, keys: KeyAccess) -> None:
         self._inner = inner
-        self._ring = ring
+        self._keys = keys
 
     async def events(self, user: str, *, since_ms: int | None = None) -> list[KeyEvent]:
-        events = await self._inner.events(self._ring.blind_user(user), since_ms=since_ms)
-        return [self._readable(e, user) for e in events]
+        ring = await self._keys.ring()
+        events = await self._inner.events(ring.blind_user(user), since_ms=since_ms)
+        return [_readable(ring, e, user) for e in events]
 
     async def purge_events(self, before_ms: int) -> int:
         return await self._inner.purge_events(before_ms)
 
-    def _readable(self, event: KeyEvent, user: str) -> KeyEvent:
-        detail = event.detail
-        requester = detail.get("requester_user")
-        if isinstance(requester, str):
-            try:
-                opened = self._ring.open_text(requester)
-            except SealError:
-                opened = UNREADABLE
-            detail = {**detail, "requester_user": opened}
-        return dataclasses.replace(event, user=user, detail=detail)
+
+def _readable(ring: KeyRing, event: KeyEvent, user: str) -> KeyEvent:
+    detail = event.detail
+    requester = detail.get("requester_user")
+    if isinstance(requester, str):
+        try:
+            opened = ring.open_text(requester)
+        except SealError:
+            opened = UNREADABLE
+        detail = {**detail, "requester_user": opened}
+    return dataclasses.replace(event, user=user, detail=detail)
 
 
 class BlindedMessages:
-    def __init__(self, inner: MessageQueue, ring: KeyRing) -> None:
+    def __init__(self, inner: MessageQueue, keys: KeyAccess) -> None:
         self._inner = inner
-        self._blind = ring.blind_user
+        self._keys = keys
+
+    async def _blind(self, user: str) -> str:
+        return (await self._keys.ring()).blind_user(user)
 
     @property
     def inner(self) -> MessageQueue:
@@ -161,8 +255,9 @@ class BlindedMessages:
     async def store(
         self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
     ) -> None:
+        blind = (await self._keys.ring()).blind_user
         blinded = [
-            dataclasses.replace(e, recipient_user=self._blind(e.recipient_user)) for e in envelopes
+            dataclasses.replace(e, recipient_user=blind(e.recipient_user)) for e in envelopes
         ]
         await self._inner.store(blinded, max_per_device=max_per_device)
 
@@ -170,7 +265,7 @@ class BlindedMessages:
         self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int
     ) -> list[StoredEnvelope]:
         stored = await self._inner.fetch(
-            self._blind(user), device, after_seq=after_seq, limit=limit, now_ms=now_ms
+            await self._blind(user), device, after_seq=after_seq, limit=limit, now_ms=now_ms
         )
         return [
             StoredEnvelope(s.seq, dataclasses.replace(s.envelope, recipient_user=user))
@@ -178,15 +273,15 @@ class BlindedMessages:
         ]
 
     async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
-        await self._inner.ack(self._blind(user), device, ids)
+        await self._inner.ack(await self._blind(user), device, ids)
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
-        return await self._inner.queue_state(self._blind(user), device, now_ms=now_ms)
+        return await self._inner.queue_state(await self._blind(user), device, now_ms=now_ms)
 
     async def pending_origins(
         self, user: str, devices: Sequence[int], message_id: bytes
     ) -> list[PendingOrigin]:
-        return await self._inner.pending_origins(self._blind(user), devices, message_id)
+        return await self._inner.pending_origins(await self._blind(user), devices, message_id)
 
     async def purge_expired(self, now_ms: int) -> int:
         return await self._inner.purge_expired(now_ms)
@@ -196,28 +291,26 @@ class BlindedMessages:
 
 
 class BlindedReplay:
-    def __init__(self, inner: ReplayGuard, ring: KeyRing) -> None:
+    def __init__(self, inner: ReplayGuard, keys: KeyAccess) -> None:
         self._inner = inner
-        self._ring = ring
+        self._keys = keys
 
-    def _scope(self, scope: ReplayScope) -> ReplayScope:
-        blind = self._ring.blind_user
-        return ReplayScope(
+    async def _blinded(self, scope: ReplayScope, nonce: bytes) -> tuple[ReplayScope, bytes]:
+        ring = await self._keys.ring()
+        blind = ring.blind_user
+        blinded = ReplayScope(
             blind(scope.sender_user), scope.sender_device, blind(scope.recipient_user)
         )
+        return blinded, ring.blind_nonce(nonce)
 
     async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
-        return await self._inner.lookup(self._scope(scope), self._ring.blind_nonce(nonce))
+        return await self._inner.lookup(*await self._blinded(scope, nonce))
 
     async def claim(
         self, scope: ReplayScope, nonce: bytes, message_id: bytes, *, pending_ttl_s: float
     ) -> ReplayRecord | None:
-        return await self._inner.claim(
-            self._scope(scope),
-            self._ring.blind_nonce(nonce),
-            message_id,
-            pending_ttl_s=pending_ttl_s,
-        )
+        blinded, hashed = await self._blinded(scope, nonce)
+        return await self._inner.claim(blinded, hashed, message_id, pending_ttl_s=pending_ttl_s)
 
     async def complete(
         self,
@@ -228,46 +321,46 @@ class BlindedReplay:
         *,
         window_s: float,
     ) -> None:
-        await self._inner.complete(
-            self._scope(scope),
-            self._ring.blind_nonce(nonce),
-            message_id,
-            outcome,
-            window_s=window_s,
-        )
+        blinded, hashed = await self._blinded(scope, nonce)
+        await self._inner.complete(blinded, hashed, message_id, outcome, window_s=window_s)
 
     async def release(self, scope: ReplayScope, nonce: bytes, message_id: bytes) -> None:
-        await self._inner.release(self._scope(scope), self._ring.blind_nonce(nonce), message_id)
+        blinded, hashed = await self._blinded(scope, nonce)
+        await self._inner.release(blinded, hashed, message_id)
 
     async def wait_outcome(
         self, scope: ReplayScope, nonce: bytes, *, timeout_s: float
     ) -> ReplayRecord | None:
-        return await self._inner.wait_outcome(
-            self._scope(scope), self._ring.blind_nonce(nonce), timeout_s=timeout_s
-        )
+        blinded, hashed = await self._blinded(scope, nonce)
+        return await self._inner.wait_outcome(blinded, hashed, timeout_s=timeout_s)
 
 
 class BlindedStore:
-    """`inner` seen through the vault's key ring. The rate limiter's buckets live in memory
-    or Redis, never on disk, and keep their keys as they are."""
+    """`inner` seen through the key ring of its vault (opened now, or later through
+    `keys`). The rate limiter's buckets live in memory or Redis, never on disk, and keep
+    their keys as they are."""
 
-    def __init__(self, inner: AtRestCapable, vault: DataKeyVault) -> None:
-        ring = vault.ring
+    def __init__(self, inner: AtRestCapable, keys: KeyAccess) -> None:
         self._inner = inner
-        self._vault = vault
-        self._devices = BlindedDirectory(inner.devices, ring)
-        self._keys = BlindedKeys(inner.keys, ring)
-        self._audit = BlindedAudit(inner.audit, ring)
-        self._messages = BlindedMessages(inner.messages, ring)
-        self._replay = BlindedReplay(inner.replay, ring)
+        self._keys = keys
+        self._devices = BlindedDirectory(inner.devices, keys)
+        self._key_store = BlindedKeys(inner.keys, keys)
+        self._audit = BlindedAudit(inner.audit, keys)
+        self._messages = BlindedMessages(inner.messages, keys)
+        self._replay = BlindedReplay(inner.replay, keys)
 
     @property
     def inner(self) -> AtRestCapable:
         return self._inner
 
     @property
-    def vault(self) -> DataKeyVault:
-        return self._vault
+    def key_access(self) -> KeyAccess:
+        return self._keys
+
+    @property
+    def vault(self) -> DataKeyVault | None:
+        """None until the vault could be opened (see KeyAccess)."""
+        return self._keys.vault
 
     @property
     def devices(self) -> BlindedDirectory:
@@ -275,7 +368,7 @@ class BlindedStore:
 
     @property
     def keys(self) -> BlindedKeys:
-        return self._keys
+        return self._key_store
 
     @property
     def messages(self) -> BlindedMessages:
@@ -294,7 +387,15 @@ class BlindedStore:
         return self._inner.rate_limiter
 
     async def ready(self) -> dict[str, bool]:
-        return await self._inner.ready()
+        """The backends; and `at_rest_keys: False` while the keys are not at hand (a first
+        try is made here, so a node whose backends came back becomes ready by itself)."""
+        backends = await self._inner.ready()
+        if self._keys.vault is None and all(backends.values()):
+            with contextlib.suppress(Unavailable):
+                await self._keys.open()
+        if self._keys.vault is None:
+            return {**backends, AT_REST_KEYS: False}
+        return backends
 
     async def close(self) -> None:
         await self._inner.close()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from storage.at_rest.blinded import AtRestCapable, BlindedStore
+from storage.at_rest.blinded import AtRestCapable, AtRestRefusal, BlindedStore, KeyAccess
 from storage.at_rest.master_key import (
     KeyWrapper,
     LocalKeyFile,
@@ -32,6 +32,7 @@ from storage.at_rest.master_key import (
 )
 from storage.at_rest.sealing import RingSealer
 from storage.at_rest.vault import DataKeyVault
+from storage.errors import Unavailable
 from storage.interfaces import ClearData, DataKeyTable, Store
 
 __all__ = [
@@ -77,22 +78,67 @@ async def open_at_rest(
     settings: AtRestSettings,
     *,
     on_undecryptable: Callable[[str], None] | None = None,
+    may_wait: bool = False,
 ) -> Store:
     """The store the relay uses: `store` itself without encryption, else its blinded view
-    with a sealer installed. Raises AtRestError."""
-    state = await store.clear_data.user_ids_state()
+    with a sealer installed. Raises AtRestError.
+
+    `may_wait` (a production node): when the store does not answer now, the node starts
+    anyway and opens the keys when it does (until then the store answers unavailable), as
+    it starts while PostgreSQL is down without encryption."""
     if not settings.enabled:
+        try:
+            state = await store.clear_data.user_ids_state()
+        except Unavailable:
+            if not may_wait:
+                raise
+            log.warning("store unavailable: not checked whether it is encrypted at rest")
+            return store
         if state == "blinded":
             raise AtRestError(
                 "this store is encrypted at rest; it cannot be opened with at_rest_encryption"
                 " off (give the master key with --master-key-file)"
             )
         return store
-    vault = await open_vault(store.data_keys, settings)
+    try:
+        wrapper = await _master_key(store.data_keys, settings)
+    except MasterKeyError as exc:
+        raise AtRestError(str(exc)) from None
+
+    async def opener() -> DataKeyVault:
+        return await _open_keys(store, wrapper, settings, on_undecryptable)
+
+    try:
+        vault = await opener()
+    except AtRestRefusal as exc:
+        raise AtRestError(str(exc)) from None
+    except Unavailable as exc:
+        if not may_wait:
+            raise
+        log.warning("keys of encryption at rest not loaded (store unavailable: %s)", exc)
+        return BlindedStore(store, KeyAccess(opener))
+    return BlindedStore(store, KeyAccess(opener, vault))
+
+
+async def _open_keys(
+    store: AtRestCapable,
+    wrapper: KeyWrapper,
+    settings: AtRestSettings,
+    on_undecryptable: Callable[[str], None] | None,
+) -> DataKeyVault:
+    """The vault, the sealer installed, clear data converted where allowed. Raises
+    AtRestRefusal (cannot serve as configured) or Unavailable."""
+    state = await store.clear_data.user_ids_state()
+    try:
+        vault = await DataKeyVault.open(
+            store.data_keys, wrapper, rotation_ms=round(settings.rotation_s * 1000)
+        )
+    except MasterKeyError as exc:
+        raise AtRestRefusal(str(exc)) from None
     sealer = RingSealer(vault.ring, load_keys=vault.load, on_undecryptable=on_undecryptable)
     store.use_sealer(sealer)
     if state == "clear" and not settings.convert:
-        raise AtRestError(
+        raise AtRestRefusal(
             "this store holds user ids in the clear (made before encryption at rest, or run"
             " without it): run `relay migrate` with the master key to encrypt it"
         )
@@ -104,7 +150,7 @@ async def open_at_rest(
                 report.users,
                 report.messages,
             )
-    return BlindedStore(store, vault)
+    return vault
 
 
 async def open_vault(data_keys: DataKeyTable, settings: AtRestSettings) -> DataKeyVault:

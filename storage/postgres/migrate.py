@@ -125,6 +125,11 @@ async def migrate(dsn: str, *, to: int | None = None) -> list[str]:
                     done.append(f"up {step.name}")
                 for step in reversed(steps[target:current]):
                     async with conn.transaction():
+                        # A down step may ask where the run ends (0: the whole schema goes,
+                        # so nothing it would refuse to leave unreadable is kept).
+                        await conn.execute(
+                            "SELECT set_config('relay.migrate_target', $1, true)", str(target)
+                        )
                         await conn.execute(step.down)
                         await conn.execute(
                             "DELETE FROM schema_migrations WHERE version = $1", step.version

@@ -86,14 +86,16 @@ async def test_relay_migrate_keeps_the_older_device(machine, tmp_path, relays):
     finally:
         await conn.close()
 
-    second = await arun_relay(["migrate", "--database-url", url])
+    # With the master key (the env's): after the schema, the clear store is encrypted.
+    second = await arun_relay(["migrate", "--database-url", url], env=env)
     assert second.stdout.splitlines() == [
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
+        f"encrypted at rest: {len(users_of(rows))} users' ids hashed, 0 stored messages sealed",
     ], second
-    check = await arun_relay(["migrate", "--check", "--database-url", url])
+    check = await arun_relay(["migrate", "--check", "--database-url", url], env=env)
     assert check.code == 0, check
     r = RelayProcess(tmp_path / "relay", {}, env=env)
     relays.append(r)

@@ -24,9 +24,9 @@ import pytest
 from storage.postgres.migrate import LOCK_KEY, latest_version, migrations
 
 from .commands import Result, arun_relay, run_relay
-from .stores import REDIS_URL
-from .support import RelayProcess, new_user, stop_relays, wait_until
-from .throwaway import MachineStores, free_port
+from .stores import REDIS_URL, master_key_env
+from .support import RelayProcess, new_user, offline_user, stop_relays, wait_until
+from .throwaway import MachineStores, PgCluster, free_port, migrate
 
 LATEST = latest_version()
 APPLIED = [(m.version, m.name) for m in migrations()]  # every migration, in order
@@ -219,6 +219,7 @@ async def test_postgres_out_of_reach_at_start(machine, tmp_path, relays):
         "RELAY_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/nothing",
         "RELAY_REDIS_URL": REDIS_URL,
         "RELAY_REDIS_PREFIX": machine.new_prefix(),
+        **master_key_env(),
     }
     result, _ = await serve_refused(env, "--migrate", "--backend-timeout", "1")
     assert result.code == 1, result
@@ -231,6 +232,50 @@ async def test_postgres_out_of_reach_at_start(machine, tmp_path, relays):
     assert body["schema"] == {"version": None, "expected": LATEST}, body
     assert "postgresql does not answer" in body["problems"], body
     assert "schema version not checked at start" in r.stderr_tail()
+
+
+async def test_keys_of_encryption_at_rest_load_when_postgresql_comes_back(
+    machine, tmp_path, relays
+):
+    """A node started while PostgreSQL is down is not ready (naming the keys), then loads
+    its keys by itself once PostgreSQL answers, and serves sealed stored messages."""
+    cluster = PgCluster()
+    try:
+        await asyncio.to_thread(cluster.init)
+        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(migrate, cluster.url)
+        await asyncio.to_thread(cluster.stop, "fast")
+        env = {
+            "RELAY_DATABASE_URL": cluster.url,
+            "RELAY_REDIS_URL": REDIS_URL,
+            "RELAY_REDIS_PREFIX": machine.new_prefix(),
+            **master_key_env(),
+        }
+        r = await relay_process(tmp_path, relays, env, backend_timeout=1).astart()
+        status, body = await readyz(r)
+        assert status == 503 and body["backends"]["at_rest_keys"] is False, body
+        assert any("keys of encryption at rest" in p for p in body["problems"]), body
+
+        await asyncio.to_thread(cluster.start)
+
+        async def ready() -> bool:
+            return (await readyz(r))[0] == 200
+
+        await wait_until(ready, READY_CHANGE_S, "/readyz to answer 200 with the keys loaded")
+        (receiver,) = await offline_user(r.url)
+        sender = await new_user(r.url)
+        answer = await sender.send_message(receiver, body=b"after the outage")
+        assert answer["t"] == "ok" and answer["stored"] == [1], answer
+        await sender.close()
+        await receiver.reconnect()
+        [delivered] = await receiver.drain()
+        assert delivered["body"] == b"after the outage" and delivered["from"] == sender.user
+        await receiver.close()
+        assert "keys of encryption at rest loaded" in r.stderr_tail(200)
+    finally:
+        for relay in relays:
+            await relay.astop()
+        await asyncio.to_thread(cluster.destroy)
 
 
 # --------------------------------------------------------------------------- while running

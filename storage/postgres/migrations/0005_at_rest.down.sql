@@ -1,8 +1,15 @@
 -- Undo schema version 5, only while nothing depends on it: a sealed message would lose
 -- its fields and blinded user ids would stay unreadable to version 4, so either refuses
 -- (the step fails and the schema stays at version 5). Data keys that no row uses go.
+-- A run that removes the whole schema (`relay migrate --to 0`) keeps nothing to be read,
+-- so it is not refused: the sealed rows go first, as the later steps drop every table
+-- (storage/postgres/migrate.py sets relay.migrate_target).
 DO $$
 BEGIN
+    IF COALESCE(current_setting('relay.migrate_target', true), '') = '0' THEN
+        DELETE FROM messages WHERE key_id IS NOT NULL;  -- the next steps drop the rest
+        RETURN;
+    END IF;
     IF EXISTS (SELECT 1 FROM messages WHERE key_id IS NOT NULL) THEN
         RAISE EXCEPTION 'schema version 5 cannot go down: stored messages are sealed'
             ' (encryption at rest); version 4 has no columns for them';
