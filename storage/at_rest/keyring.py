@@ -9,7 +9,6 @@ user. The master key that wraps it is rotated like the one that wraps the data k
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from functools import lru_cache
 from typing import Final
@@ -78,8 +77,7 @@ class KeyRing:
     def blind(self, label: bytes, value: bytes) -> bytes:
         """A keyed hash of `value` (HMAC-SHA-256 under the index key, 16 bytes): equal values
         give equal hashes, so lookups work, and nothing about the value shows."""
-        digest = hmac.new(self._index_key, label + b"\x00" + value, hashlib.sha256).digest()
-        return digest[:_BLIND_BYTES]
+        return hmac.digest(self._index_key, label + b"\x00" + value, "sha256")[:_BLIND_BYTES]
 
     def blind_nonce(self, nonce: bytes) -> bytes:
         """A replay nonce as the replay records keep it."""
