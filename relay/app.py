@@ -26,6 +26,7 @@ from relay.schemaguard import SchemaWatch, check_at_start
 from relay.server import RelayServer
 from relay.services import Services
 from relay.tls import ServerTls
+from relay.workers import watch_parent
 from storage.at_rest.blinded import AtRestCapable, BlindedStore
 from storage.at_rest.master_key import LocalKeyFile, MasterKeyError, read_key_file
 from storage.at_rest.opening import DEFAULT_KEY_FILE, AtRestSettings, open_at_rest
@@ -95,13 +96,19 @@ async def open_store(
 
 
 async def run(
-    settings: Settings, *, clock: Clock | None = None, tls: ServerTls | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    tls: ServerTls | None = None,
+    as_worker: bool = False,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; the process exit code.
     Raises SchemaRefused, before opening anything, when the PostgreSQL schema does not fit.
 
     With TLS settings the certificate is loaded here unless `tls` brings it loaded already;
-    SIGHUP then reloads it.
+    SIGHUP then reloads it. `as_worker`: one of the workers of `relay serve --workers N`
+    (relay.workers): the port is shared with SO_REUSEPORT, and the parent's pipe on stdin
+    closing stops it as SIGTERM does.
     """
     if tls is None and settings.tls_cert is not None and settings.tls_key is not None:
         tls = ServerTls.load(settings.tls_cert, settings.tls_key)
@@ -129,7 +136,9 @@ async def run(
     except ConfigError:  # the admin address cannot be listened on
         await store.close()
         raise
-    relay_server = RelayServer(svc, endpoints, tls=None if tls is None else tls.context)
+    relay_server = RelayServer(
+        svc, endpoints, tls=None if tls is None else tls.context, reuse_port=as_worker
+    )
     server = await relay_server.start()
     port = relay_server.port()
     cluster.start()
@@ -140,7 +149,7 @@ async def run(
     if isinstance(store, BlindedStore):
         blinded = store
         on_hangup.append(lambda: svc.spawn(_reload_master_key(svc, blinded)))
-    await _serve_until_signal(svc, server, history, admin)
+    await _serve_until_signal(svc, server, history, admin, as_worker=as_worker)
     return 0
 
 
@@ -175,7 +184,12 @@ async def build_services(settings: Settings, clock: Clock) -> tuple[Services, st
 
 
 async def _serve_until_signal(
-    svc: Services, server: Server, history: History, admin: AdminListener | None
+    svc: Services,
+    server: Server,
+    history: History,
+    admin: AdminListener | None,
+    *,
+    as_worker: bool = False,
 ) -> None:
     """Run the background upkeep until SIGTERM or SIGINT, then shut down in order."""
     settings, store, metrics = svc.settings, svc.store, svc.metrics
@@ -183,6 +197,7 @@ async def _serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    unwatch = watch_parent(stop) if as_worker else None
     purger = asyncio.create_task(_purge_forever(svc))
     queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
     upkeep = [purger, queue_depth]
@@ -196,6 +211,8 @@ async def _serve_until_signal(
         await stop.wait()
     finally:
         log.info("shutting down")
+        if unwatch is not None:
+            unwatch()
         begun = loop.time()
         deadline = begun + settings.shutdown_timeout
         await stop_tasks(upkeep)

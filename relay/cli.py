@@ -46,9 +46,11 @@ from relay.config import (
 from relay.config_sources import (
     LoadedSettings,
     add_settings_arguments,
+    given_flags,
     load_database_url,
     load_settings,
 )
+from relay.workers import WORKER_INDEX_FLAG, WORKER_SETTINGS
 
 STATS_TIMEOUT_S = 5.0
 
@@ -70,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the relay until SIGTERM or SIGINT, then shut down gracefully.",
     )
     add_settings_arguments(serve)
+    # Given by the parent of `--workers N` to each worker (relay.workers), not by operators.
+    serve.add_argument(WORKER_INDEX_FLAG, type=int, default=None, help=argparse.SUPPRESS)
     migrate = commands.add_parser(
         "migrate",
         help="apply (or roll back) the PostgreSQL schema migrations",
@@ -259,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdminError as exc:
         print(f"relay: {exc}", file=sys.stderr)
         return exc.code
-    return _serve(loaded)
+    return _serve(loaded, args)
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -275,7 +279,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _serve(loaded: LoadedSettings) -> int:
+def _serve(loaded: LoadedSettings, args: argparse.Namespace) -> int:
     from relay.admin_listener import AdminListenError
     from relay.app import run
     from relay.logs import setup_logging
@@ -296,9 +300,12 @@ def _serve(loaded: LoadedSettings) -> int:
             )
             print(f"relay: bad setting: {exc} ({where})", file=sys.stderr)
             return 2
+    as_worker = args.worker_index is not None
+    if settings.worker_count > 1 and not as_worker:
+        return _supervise(loaded, args)
     _install_uvloop()
     try:
-        return asyncio.run(run(settings, tls=tls))
+        return asyncio.run(run(settings, tls=tls, as_worker=as_worker))
     except KeyboardInterrupt:
         return 0
     except SchemaRefused as exc:
@@ -310,6 +317,22 @@ def _serve(loaded: LoadedSettings) -> int:
     except AdminListenError as exc:
         print(f"relay: bad setting: {exc} (from {loaded.sources['admin_listen']})", file=sys.stderr)
         return 2
+
+
+def _supervise(loaded: LoadedSettings, args: argparse.Namespace) -> int:
+    """`--workers N`: the parent of N worker processes (relay.workers)."""
+    from relay.cluster import new_node_id
+    from relay.workers import PortUnavailable, Supervisor, plan_workers, reserve_port
+
+    settings = loaded.settings
+    plan = plan_workers(settings, given_flags(args, WORKER_SETTINGS), new_node_id)
+    try:
+        reservation = reserve_port(settings.host, settings.port)
+    except PortUnavailable as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 1
+    with reservation:
+        return asyncio.run(Supervisor(plan).run(reservation))
 
 
 def _stats(args: argparse.Namespace) -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from relay.listen_address import BadListenAddress, ListenAddress, parse_listen_address
@@ -43,6 +45,10 @@ PURGE_SETTINGS = STORE_SETTINGS | {"audit_retention"}
 AT_REST_SETTINGS = frozenset({"at_rest_encryption", "master_key_file", "data_key_rotation"})
 MIGRATE_SETTINGS = frozenset({"database_url"}) | AT_REST_SETTINGS
 MASK = "***"
+# `workers`: a count, or "auto" for one worker process a core this process may run on.
+WorkerCount: TypeAlias = int | str
+WORKERS_AUTO = "auto"
+MAX_WORKERS = 64
 # TOML's integer range; every integer setting must fit (a file, a variable or a flag).
 INT_SETTING_RANGE = (-(2**63), 2**63 - 1)
 # The settings that must be greater than 0.
@@ -137,6 +143,7 @@ class Settings:
     data_key_rotation: float = DAY
     shutdown_timeout: float = 10.0
     node_id: str | None = None
+    workers: WorkerCount = 1
     presence_ttl: float = 30.0
     log_level: str = "INFO"
     log_format: str = "text"
@@ -151,6 +158,7 @@ class Settings:
         self._check_limits()
         self._check_words()
         self._check_urls()
+        self._check_workers()
         self._check_tls()
         self._check_admin_token()
         self.admin_address  # noqa: B018  (raises ConfigError on a bad HOST:PORT)
@@ -280,6 +288,55 @@ class Settings:
         if self.redis_url is not None:
             _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
 
+    def _check_workers(self) -> None:
+        """A count or "auto"; several only over the production store, and with room for the
+        per-worker node ids and admin ports derived from `node_id` and `admin_listen`."""
+        given = self.workers
+        if not ((type(given) is int and 1 <= given <= MAX_WORKERS) or given == WORKERS_AUTO):
+            raise ConfigError(
+                f"workers must be a whole number 1..{MAX_WORKERS} or {WORKERS_AUTO!r} "
+                f"(one a core), not {given!r}",
+                setting="workers",
+            )
+        count = self.worker_count
+        if count == 1:
+            return
+        shown = f"{count}" if given == count else f"{given} ({count})"
+        if not self.production:
+            raise ConfigError(
+                f"workers {shown} needs the production store (database_url and redis_url): "
+                "the embedded store is single-process",
+                setting="workers",
+                related=("database_url",),
+            )
+        if self.node_id is not None and len(self.node_id) + len(f"-w{count}") > 64:
+            raise ConfigError(
+                f"node_id must be at most {64 - len(f'-w{count}')} characters with "
+                f"workers {shown} (each worker is NODE_ID-wN)",
+                setting="node_id",
+                related=("workers",),
+            )
+        admin = self.admin_address
+        if admin is not None and admin.port != 0 and admin.port + count - 1 > 65535:
+            raise ConfigError(
+                f"admin_listen port {admin.port} leaves no room for {count} workers "
+                "(worker N listens on the port + N - 1)",
+                setting="admin_listen",
+                related=("workers",),
+            )
+
+    @property
+    def worker_count(self) -> int:
+        """How many worker processes `relay serve` runs: `workers`, or with "auto" the cores
+        this process may run on (at most MAX_WORKERS)."""
+        if isinstance(self.workers, int):
+            return self.workers
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cores = os.cpu_count() or 1
+        return max(1, min(cores, MAX_WORKERS))
+
     @property
     def production(self) -> bool:
         """PostgreSQL and Redis instead of the embedded store."""
@@ -369,7 +426,11 @@ SETTING_HELP: dict[str, str] = {
     "data_key_rotation": "seconds a data key seals new stored messages before a new one "
     "replaces it",
     "shutdown_timeout": "seconds a graceful shutdown may take",
-    "node_id": "name of this node among several sharing Redis",
+    "node_id": "name of this node among several sharing Redis (with --workers N > 1: each "
+    "worker is NODE_ID-w1..NODE_ID-wN)",
+    "workers": f"worker processes serving the port (SO_REUSEPORT), each a node of the cluster, "
+    f"restarted when one dies; 1..{MAX_WORKERS} or {WORKERS_AUTO} (one a core); more than 1 "
+    "needs the production store",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
     "log_format": "log format: text (for people) or json (one JSON object a line)",

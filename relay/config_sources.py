@@ -97,6 +97,15 @@ def _bool_text(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def _worker_count_text(raw: str) -> int | str:
+    """A number of workers, or a word ("auto") that the settings check."""
+    text = raw.strip()
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
 def _toml_of(*types: type) -> Callable[[object], Any]:
     def check(value: object) -> Any:
         if isinstance(value, bool) and bool not in types:
@@ -123,6 +132,7 @@ _KINDS: dict[str, _Kind] = {
     "str": _Kind("a string", str, _toml_of(str)),
     "str | None": _Kind("a string", str, _toml_of(str)),
     "Path": _Kind("a path (string)", Path, lambda v: Path(_toml_of(str)(v))),
+    "WorkerCount": _Kind('an integer or "auto"', _worker_count_text, _toml_of(int, str)),
 }
 _KINDS |= {f"{name} | None": kind for name, kind in list(_KINDS.items()) if "None" not in name}
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -279,6 +289,22 @@ def load_database_url(args: argparse.Namespace, environ: Mapping[str, str]) -> s
         source = given.sources["database_url"]
         raise ConfigError(f"{exc} (from {source})", setting="database_url") from None
     return str(url)
+
+
+def given_flags(args: argparse.Namespace, leave_out: Collection[str] = ()) -> list[str]:
+    """The settings flags of a parsed command line (and `--config`) as `--name=value`, in a
+    form that parses back to the same values whatever they hold, but for the settings in
+    `leave_out`: what the workers of `relay serve --workers N` are started with."""
+    flags = [] if getattr(args, "config", None) is None else [f"--config={args.config}"]
+    for name in _FIELDS:
+        value = getattr(args, name, None)
+        if value is None or name in leave_out:
+            continue
+        if isinstance(value, bool):
+            flags.append(flag_name(name) if value else "--no-" + flag_name(name)[2:])
+        else:
+            flags.append(f"{flag_name(name)}={value}")
+    return flags
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

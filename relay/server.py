@@ -70,10 +70,14 @@ class RelayServer:
         *,
         tls: ssl.SSLContext | None = None,
         handler: ConnectionHandler = serve_relay,
+        reuse_port: bool = False,
     ) -> None:
         """`handler` serves each upgraded connection: the relay's own, or the echo of the
-        WebSocket conformance run (tests/conformance), which keeps everything else."""
+        WebSocket conformance run (tests/conformance), which keeps everything else.
+        `reuse_port`: bind with SO_REUSEPORT, beside the other workers of one parent
+        (relay.workers)."""
         self._svc = svc
+        self._reuse_port = reuse_port
         self._endpoints = endpoints
         self._tls = tls
         self._connection_handler = handler
@@ -119,6 +123,7 @@ class RelayServer:
             write_limit=WRITE_HIGH_WATER,
             server_header="relay",
             ping_interval=None,  # one keepalive task for all connections (relay.keepalive)
+            reuse_port=self._reuse_port,
             **tls_options,
         )
         self._keepalive_task = asyncio.create_task(self._keepalive.run(self.server.is_serving))
