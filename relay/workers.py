@@ -174,6 +174,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._port = 0
         self._readers: set[asyncio.Task[None]] = set()
+        self._failure: int | None = None
 
     def __str__(self) -> str:
         return ", ".join(
@@ -204,6 +205,8 @@ class Supervisor:
         all_ready.cancel()
         stopping.cancel()
         codes = [k.result() for k in keepers]
+        if self._failure is not None:  # the cause, not the exits of the workers it stopped
+            return self._failure
         return next((c for c in codes if c != 0), 0)
 
     async def _all_ready(self) -> None:
@@ -228,9 +231,8 @@ class Supervisor:
                 if self._stop.is_set():
                     return await self._stop_process(worker, proc)
                 if not started_once:
-                    code = _exit_code(proc.returncode)
-                    log.error("worker %d exited with %s before serving", worker.index, _how(proc))
-                    return code
+                    log.error("worker %d %s before serving", worker.index, _how(proc))
+                    return self._fail(_exit_code(proc.returncode))
             elif started_once:
                 log.warning(
                     "worker %d restarted (pid %d, node %s)",
@@ -245,14 +247,13 @@ class Supervisor:
             delay = self._plan.policy.delay(deaths)
             if delay is None:
                 log.error(
-                    "worker %d %s, its %d death within %.0fs: giving up, stopping the relay",
+                    "worker %d %s: %d deaths within %.0fs, giving up and stopping the relay",
                     worker.index,
                     _how(proc),
                     deaths,
                     self._plan.policy.window_s,
                 )
-                self._stop.set()
-                return 1
+                return self._fail(1)
             log.warning(
                 "worker %d (pid %d) %s; restarting in %.2fs",
                 *(worker.index, proc.pid, _how(proc), delay),
@@ -262,6 +263,13 @@ class Supervisor:
                     await self._stop.wait()
             if self._stop.is_set():
                 return 0
+
+    def _fail(self, code: int) -> int:
+        """The relay cannot go on: stop every worker, and exit with the first failure's code."""
+        if self._failure is None:
+            self._failure = code
+        self._stop.set()
+        return code
 
     async def _start(self, worker: _Worker) -> asyncio.subprocess.Process:
         worker.ready.clear()

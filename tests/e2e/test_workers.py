@@ -20,7 +20,7 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 
-from .stores import REDIS_URL, StoreProvisioner
+from .stores import REDIS_URL, StoreProvisioner, empty_database
 from .support import REPO_ROOT, Device, RelayProcess, new_user, stop_relays, wait_until
 from .test_cluster import Ledger, Receiver
 
@@ -292,6 +292,47 @@ async def test_sigterm_stops_every_worker_gracefully(start_workers):
     assert [await d.closed_code() for d in devices] == [1001] * len(devices)
     assert [pid for pid in pids.values() if alive(pid)] == []
     assert relay.stderr_tail().count("INFO relay: stopped") >= 2
+
+
+async def test_a_crash_loop_stops_the_relay(production, tmp_path):
+    """The 5th death of one worker within 60 s: the parent gives up, stops the other worker
+    and exits 1."""
+    relay = RelayProcess(
+        tmp_path / "relay", {"workers": 2, "node_id": "c"}, env=production.new_store_env()
+    )
+    relay.start()
+    try:
+        killed: set[int] = set()
+        for death in range(1, 6):
+
+            async def next_worker() -> int | None:
+                pid = worker_pids(relay.pid).get("c-w1")
+                return pid if pid is not None and pid not in killed else None
+
+            pid = await wait_until(next_worker, 30, f"worker 1 to be started again ({death})")
+            survivor = worker_pids(relay.pid)["c-w2"]
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        code = await asyncio.to_thread(relay.proc.wait, 30)  # type: ignore[union-attr]
+        assert code == 1, relay.stderr_tail()
+        assert "5 deaths within 60s, giving up" in relay.stderr_tail()
+        assert not alive(survivor)
+    finally:
+        if relay.running():
+            relay.kill()
+
+
+async def test_a_worker_that_cannot_start_ends_the_start(tmp_path):
+    """An unmigrated database: each worker exits 2 before serving, and so does the parent."""
+    with empty_database() as url:
+        done = await asyncio.to_thread(
+            run_relay,
+            ["serve", "--workers", "2", "--port", "0"],
+            {"RELAY_DATABASE_URL": url, "RELAY_REDIS_URL": REDIS_URL},
+        )
+    assert done.returncode == 2, done.stderr
+    assert "relay: the database schema is at version 0, this relay needs version" in done.stderr
+    assert "exited with code 2 before serving" in done.stderr
 
 
 # --------------------------------------------------------------------------- refusals
