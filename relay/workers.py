@@ -293,7 +293,8 @@ class Supervisor:
                 worker.ready_line = line
                 worker.ready.set()
             else:
-                print(line, flush=True)
+                with contextlib.suppress(OSError):  # our own stdout closed: nothing to tell
+                    print(line, flush=True)
 
     async def _wait_ready(self, worker: _Worker, proc: asyncio.subprocess.Process) -> bool:
         """True once the worker serves; False when it exited first or the stop came."""
@@ -319,7 +320,8 @@ class Supervisor:
         return proc.returncode is None
 
     async def _stop_process(self, worker: _Worker, proc: asyncio.subprocess.Process) -> int:
-        """SIGTERM, then SIGKILL past the bound; 0 when it exited by itself with 0."""
+        """SIGTERM, then SIGKILL past the bound; 0 when it exited by itself with 0, or of the
+        SIGTERM itself (it was still starting, before its handlers: it had served nothing)."""
         if proc.returncode is not None:
             return _exit_code(proc.returncode)
         proc.send_signal(signal.SIGTERM)
@@ -331,7 +333,7 @@ class Supervisor:
             proc.kill()
             await proc.wait()
             return 1
-        return _exit_code(proc.returncode)
+        return 0 if proc.returncode == -signal.SIGTERM else _exit_code(proc.returncode)
 
 
 def _exit_code(returncode: int | None) -> int:
