@@ -24,8 +24,7 @@ The parent:
   is a fault to fix, not to spin on);
 * on SIGTERM or SIGINT sends SIGTERM to every worker and waits up to shutdown_timeout +
   STOP_MARGIN_S for each, then SIGKILLs it; exits 0 when every worker stopped by itself;
-* forwards SIGHUP (certificate reload) when TLS is set; without TLS ignores it (a worker
-  would die of it).
+* forwards SIGHUP (the TLS certificate and master key reloads) to every worker.
 """
 
 from __future__ import annotations
@@ -100,7 +99,6 @@ class WorkerPlan:
     host: str
     node_base: str  # worker I is node_base-wI
     admin: ListenAddress | None
-    tls: bool
     shutdown_timeout: float
     policy: RestartPolicy = RestartPolicy()
 
@@ -129,7 +127,6 @@ def plan_workers(
         host=settings.host,
         node_base=settings.node_id or new_node_id(),
         admin=settings.admin_address,
-        tls=settings.tls_cert is not None,
         shutdown_timeout=settings.shutdown_timeout,
     )
 
@@ -214,12 +211,16 @@ class Supervisor:
             await worker.ready.wait()
 
     def _forward_hangup(self) -> None:
-        if not self._plan.tls:
-            log.info("SIGHUP ignored: no TLS certificate to reload")
-            return
-        for worker in self._workers:
-            if worker.proc is not None and worker.proc.returncode is None:
-                worker.proc.send_signal(signal.SIGHUP)
+        """Every serving worker reloads what a relay reloads on SIGHUP (TLS certificate, master
+        key); one still starting reads them as it starts."""
+        live = [
+            w.proc
+            for w in self._workers
+            if w.proc is not None and w.proc.returncode is None and w.ready.is_set()
+        ]
+        for proc in live:
+            proc.send_signal(signal.SIGHUP)
+        log.info("SIGHUP forwarded to %d workers", len(live))
 
     async def _keep(self, worker: _Worker) -> int:
         """Run one worker slot until the stop: start, restart after deaths; the slot's exit

@@ -1,6 +1,6 @@
 """`relay serve --workers 2` (production store only): devices on different workers of one port
 exchange messages; a worker killed with SIGKILL is restarted by the parent and nothing
-answered `ok` is lost; SIGTERM stops every worker gracefully; SIGHUP without TLS is ignored;
+answered `ok` is lost; SIGTERM stops every worker gracefully, SIGHUP reaches every worker;
 each worker answers on its own admin port; the embedded store and bad counts are refused."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import orjson
 import pytest
 import redis.asyncio as redis_asyncio
 
-from .stores import REDIS_URL, StoreProvisioner, empty_database
+from .stores import REDIS_URL, StoreProvisioner
 from .support import REPO_ROOT, Device, RelayProcess, new_user, stop_relays, wait_until
 from .test_cluster import Ledger, Receiver
 
@@ -277,13 +277,14 @@ async def test_sigterm_stops_every_worker_gracefully(start_workers):
     pids = worker_pids(relay.pid)
     by_node = await devices_on_both(relay, 1)
 
-    # SIGHUP without TLS: nothing to reload, and no worker dies of it.
+    # SIGHUP: passed on to every worker, which reloads its master key and goes on serving.
     os.kill(relay.pid, signal.SIGHUP)
 
-    async def ignored() -> bool:
-        return "SIGHUP ignored" in relay.stderr_tail()
+    async def reloaded() -> bool:
+        tail = relay.stderr_tail()
+        return "SIGHUP forwarded to 2 workers" in tail and tail.count("master key reloaded") == 2
 
-    await wait_until(ignored, 10, "the parent to log the SIGHUP")
+    await wait_until(reloaded, 10, "both workers to reload the master key")
     assert worker_pids(relay.pid) == pids
     assert (await relay.ahttp_get("/healthz"))[0] == 200
 
@@ -322,14 +323,13 @@ async def test_a_crash_loop_stops_the_relay(production, tmp_path):
             relay.kill()
 
 
-async def test_a_worker_that_cannot_start_ends_the_start(tmp_path):
-    """An unmigrated database: each worker exits 2 before serving, and so does the parent."""
-    with empty_database() as url:
-        done = await asyncio.to_thread(
-            run_relay,
-            ["serve", "--workers", "2", "--port", "0"],
-            {"RELAY_DATABASE_URL": url, "RELAY_REDIS_URL": REDIS_URL},
-        )
+async def test_a_worker_that_cannot_start_ends_the_start(production):
+    """A database whose schema was rolled back: each worker exits 2 before serving, and so does
+    the parent."""
+    env = production.new_store_env()
+    down = await asyncio.to_thread(run_relay, ["migrate", "--to", "0"], env)
+    assert down.returncode == 0, down.stderr
+    done = await asyncio.to_thread(run_relay, ["serve", "--workers", "2", "--port", "0"], env)
     assert done.returncode == 2, done.stderr
     assert "relay: the database schema is at version 0, this relay needs version" in done.stderr
     assert "exited with code 2 before serving" in done.stderr
@@ -371,10 +371,10 @@ def test_bad_worker_counts_are_refused(tmp_path, given):
     ]
 
 
-def test_auto_is_a_worker_count(tmp_path):
+def test_auto_is_a_worker_count(production, tmp_path):
     config = tmp_path / "relay.toml"
     config.write_text('workers = "auto"\n')
-    urls = {"RELAY_DATABASE_URL": "postgresql://db/relay", "RELAY_REDIS_URL": "redis://cache"}
+    urls = production.new_store_env()
     shown = run_relay(["config", "show", "--config", str(config)], urls)
     assert shown.returncode == 0, shown.stderr
     assert f'workers = "auto"  # file {config}:workers' in shown.stdout.splitlines()
