@@ -19,7 +19,11 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as redis_asyncio
+from websockets.asyncio.client import connect
 
+from protocol.client import tls_context
+
+from .certs import Authority, serial_of
 from .stores import REDIS_URL, StoreProvisioner
 from .support import REPO_ROOT, Device, RelayProcess, new_user, stop_relays, wait_until
 from .test_cluster import Ledger, Receiver
@@ -333,6 +337,33 @@ async def test_a_worker_that_cannot_start_ends_the_start(production):
     assert done.returncode == 2, done.stderr
     assert "relay: the database schema is at version 0, this relay needs version" in done.stderr
     assert "exited with code 2 before serving" in done.stderr
+
+
+async def test_sighup_reloads_the_certificate_of_every_worker(start_workers, tmp_path):
+    ca = Authority(tmp_path / "tls", "workers")
+    first = ca.issue(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem")
+    relay = start_workers(tls_cert=first.cert, tls_key=first.key)
+    assert relay.scheme == "wss"
+    context = tls_context(ca.ca_file)
+
+    async def serials(count: int) -> set[int]:
+        """The certificates shown to `count` new connections (spread over the workers)."""
+        seen = set()
+        for _ in range(count):
+            async with connect(relay.url, ssl=context, open_timeout=10) as ws:
+                ssl_object = ws.transport.get_extra_info("ssl_object")
+                seen.add(serial_of(ssl_object.getpeercert(binary_form=True)))
+        return seen
+
+    assert await serials(8) == {first.serial}
+    second = ca.issue(first.cert, first.key)
+    os.kill(relay.pid, signal.SIGHUP)
+
+    async def reloaded() -> bool:
+        return relay.stderr_tail().count("TLS certificate reloaded") == 2
+
+    await wait_until(reloaded, 10, "both workers to reload the certificate")
+    assert await serials(16) == {second.serial}
 
 
 # --------------------------------------------------------------------------- refusals
