@@ -96,7 +96,6 @@ class WorkerPlan:
 
     count: int
     flags: tuple[str, ...]  # the operator's serve flags but WORKER_SETTINGS, as `--name=value`
-    host: str
     node_base: str  # worker I is node_base-wI
     admin: ListenAddress | None
     shutdown_timeout: float
@@ -124,7 +123,6 @@ def plan_workers(
     return WorkerPlan(
         count=settings.worker_count,
         flags=tuple(flags),
-        host=settings.host,
         node_base=settings.node_id or new_node_id(),
         admin=settings.admin_address,
         shutdown_timeout=settings.shutdown_timeout,
