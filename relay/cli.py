@@ -288,7 +288,7 @@ def _serve(loaded: LoadedSettings, args: argparse.Namespace) -> int:
     from storage.at_rest.opening import AtRestError
 
     settings = loaded.settings
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, settings.log_format, worker=args.worker_index)
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         try:

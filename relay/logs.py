@@ -72,10 +72,28 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(payload, default=str).decode("utf-8")
 
 
-def setup_logging(level: str, fmt: str, stream: IO[str] | None = None) -> None:
-    """Route every logger to standard error in the chosen format; replaces earlier handlers."""
+class WorkerTag(logging.Filter):
+    """Adds `worker=I` to every line of a worker of `relay serve --workers N`, whose lines
+    share the parent's standard error with its siblings'."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self._worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        setattr(record, FIELDS_ATTR, {**fields_of(record), "worker": self._worker})
+        return True
+
+
+def setup_logging(
+    level: str, fmt: str, stream: IO[str] | None = None, *, worker: int | None = None
+) -> None:
+    """Route every logger to standard error in the chosen format; replaces earlier handlers.
+    `worker`: the index of this worker of `relay serve --workers N`, added to every line."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(WorkerTag(worker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -296,7 +296,11 @@ async def test_sigterm_stops_every_worker_gracefully(start_workers):
     assert await relay.astop() == 0
     assert [await d.closed_code() for d in devices] == [1001] * len(devices)
     assert [pid for pid in pids.values() if alive(pid)] == []
-    assert relay.stderr_tail().count("INFO relay: stopped") >= 2
+    stopped = [line for line in relay.stderr_tail().splitlines() if "INFO relay: stopped" in line]
+    assert len(stopped) == 2 and {line.rpartition(" ")[2] for line in stopped} == {
+        "worker=1",
+        "worker=2",
+    }, stopped
 
 
 async def test_a_crash_loop_stops_the_relay(production, tmp_path):
