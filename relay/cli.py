@@ -332,7 +332,10 @@ def _supervise(loaded: LoadedSettings, args: argparse.Namespace) -> int:
         print(f"relay: {exc}", file=sys.stderr)
         return 1
     with reservation:
-        return asyncio.run(Supervisor(plan).run(reservation))
+        try:
+            return asyncio.run(Supervisor(plan).run(reservation))
+        except KeyboardInterrupt:  # before its handlers: no worker was started yet
+            return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
