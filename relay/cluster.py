@@ -415,6 +415,7 @@ def open_cluster(
             presence_ttl_s=settings.presence_ttl,
             timeout_s=settings.backend_timeout,
             observe=observe,
+            cluster=settings.redis_cluster,
         )
     else:
         presence = LocalPresence(node_id=node_id, connections=lambda: len(router))

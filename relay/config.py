@@ -25,7 +25,7 @@ URL_SETTINGS = frozenset({"database_url", "redis_url"})
 # The settings of the commands that open the store without serving (`relay purge`, `relay
 # devices`); every other setting, including any added later, is for `relay serve` only.
 STORE_SETTINGS = frozenset(
-    {"data_dir", "database_url", "redis_url", "redis_prefix", "backend_timeout"}
+    {"data_dir", "database_url", "redis_url", "redis_prefix", "redis_cluster", "backend_timeout"}
 )
 # `relay purge` also deletes the key events older than the audit retention.
 PURGE_SETTINGS = STORE_SETTINGS | {"audit_retention"}
@@ -88,6 +88,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "relay:"
+    redis_cluster: bool = False
     migrate: bool = False
     handshake_timeout: float = 10.0
     ack_timeout: float = 2.0
@@ -264,6 +265,25 @@ class Settings:
             check_database_url(self.database_url)
         if self.redis_url is not None:
             _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
+        if self.redis_cluster:
+            if self.redis_url is None:
+                raise ConfigError(
+                    "redis_cluster needs redis_url (a seed node of the cluster)",
+                    setting="redis_cluster",
+                    related=("redis_url",),
+                )
+            if self.redis_url.startswith("unix"):
+                raise ConfigError(
+                    "redis_cluster needs a redis:// or rediss:// redis_url, not a socket",
+                    setting="redis_cluster",
+                    related=("redis_url",),
+                )
+            if "{" in self.redis_prefix or "}" in self.redis_prefix:
+                raise ConfigError(
+                    "redis_prefix must not hold '{' or '}' with redis_cluster (hash tags)",
+                    setting="redis_prefix",
+                    related=("redis_cluster",),
+                )
 
     @property
     def production(self) -> bool:
@@ -306,6 +326,8 @@ SETTING_HELP: dict[str, str] = {
     "database_url": "PostgreSQL URL (production mode, with --redis-url)",
     "redis_url": "Redis URL (production mode, with --database-url)",
     "redis_prefix": "prefix of every Redis key this relay writes",
+    "redis_cluster": "--redis-url names a seed node of a Redis Cluster (hash-tagged keys, "
+    "sharded pub/sub for the node bus)",
     "migrate": "at start, apply pending PostgreSQL schema migrations (under an advisory lock, "
     "so several nodes may start at once) instead of exiting 2 on an older schema",
     "handshake_timeout": "seconds a new connection has, from its TCP accept (with TLS: from the "

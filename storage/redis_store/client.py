@@ -9,6 +9,14 @@ claim would find its own pending record); the caller hears `unavailable` and ret
 `ScriptBatcher` is the batching: the calls of one script made in the same event-loop turn
 (and those made while the previous batch is on the wire) go to Redis as ONE EVALSHA, one
 key per call, applied by the script one after the other in the order of the calls.
+
+Redis Cluster (`cluster=True`, the URL names any seed node): redis-py's cluster client
+routes each EVALSHA to the master of its keys' slot. A script may only touch keys of one
+slot, so a batch is split per slot (`key_slot`) and the parts go out side by side, and
+`evalsha` refuses keys of two slots before anything is sent: a CROSSSLOT error cannot
+happen. Keys carry a hash tag (`key(..., tag=...)`) so that the calls that belong together
+(a send's nonce claim and its recipient's directory version) share a slot and a batch. With
+one Redis the tag is left out: the keys are exactly those of the single-instance layout.
 """
 
 from __future__ import annotations
@@ -23,15 +31,17 @@ from dataclasses import dataclass
 from typing import Final
 
 import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from storage.errors import Unavailable
 from storage.interfaces import BackendObserver
 from storage.turn_batches import TurnBatches, answer, fail
 
-__all__ = ["Arg", "RedisClient", "Script", "ScriptBatcher"]
+__all__ = ["Arg", "CrossSlot", "RedisClient", "Script", "ScriptBatcher", "slot_of"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,15 @@ MAX_CALLS_PER_SCRIPT: Final = 512  # bounds how long one script blocks the Redis
 
 Arg = str | bytes | int | float
 Reply = object
+
+
+class CrossSlot(ValueError):
+    """A script was given keys of two hash slots: a bug in the caller, never sent."""
+
+
+def slot_of(key: str) -> int:
+    """The Redis Cluster hash slot of `key` (its hash tag's, when it has one)."""
+    return key_slot(key.encode())
 
 
 @contextlib.contextmanager
@@ -65,7 +84,8 @@ class Script:
 
 
 class RedisClient:
-    """One redis.asyncio client (a connection pool) and the key prefix."""
+    """One redis.asyncio client (a connection pool, or a cluster client and a pool per
+    node) and the key prefix."""
 
     def __init__(
         self,
@@ -74,9 +94,14 @@ class RedisClient:
         prefix: str,
         timeout_s: float = 2.0,
         observe: BackendObserver | None = None,
+        cluster: bool = False,
     ) -> None:
+        if cluster and ("{" in prefix or "}" in prefix):
+            raise ValueError("a Redis Cluster key prefix must not hold '{' or '}'")
+        self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
+        self.cluster = cluster
         self._observe = observe
         self.round_trips = 0  # commands sent (a batch is one)
         self._reachable = True  # logged on each change, not on each failed call
@@ -84,16 +109,35 @@ class RedisClient:
         # and on Python 3.11 wait_for drops a cancellation that arrives as the write ends, so
         # a task cancelled there went on running. Every call is bounded by asyncio.timeout
         # in `_evalsha` and `ping` instead, which keeps the cancellation.
-        self._redis = redis_asyncio.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=30,
-            decode_responses=False,
-        )
+        self._redis: redis_asyncio.Redis | RedisCluster
+        if cluster:
+            # No retry either: a connection error marks the slot map stale and the next call
+            # reloads it; a MOVED reply (the script did not run) is followed at once.
+            self._redis = RedisCluster.from_url(
+                url,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=30,
+                decode_responses=False,
+            )
+        else:
+            self._redis = redis_asyncio.Redis.from_url(
+                url,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=30,
+                decode_responses=False,
+            )
 
-    def key(self, *parts: str) -> str:
-        return self.prefix + ":".join(parts)
+    def key(self, *parts: str, tag: str | None = None) -> str:
+        """`prefix + parts joined by ':'`; in a cluster, `{tag}` after the prefix puts every
+        key of the same tag in one slot. A tag holding a brace is replaced by its digest, so
+        the hash tag is always the whole tag."""
+        if not self.cluster or tag is None:
+            return self.prefix + ":".join(parts)
+        if "{" in tag or "}" in tag or not tag:
+            tag = hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest()[:16]
+        return self.prefix + "{" + tag + "}" + ":".join(parts)
 
     async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
         """Run the script by its SHA1, loading it once when Redis does not know it (first
@@ -118,6 +162,8 @@ class RedisClient:
             self._observe("redis", operation, time.perf_counter() - started)
 
     async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
+        if self.cluster and len({slot_of(k) for k in keys}) > 1:
+            raise CrossSlot(f"script {script.name} was given keys of several slots")
         with translated():
             async with asyncio.timeout(self.timeout_s):
                 self.round_trips += 1
@@ -125,8 +171,33 @@ class RedisClient:
                     return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
                 except NoScriptError:
                     self.round_trips += 2
-                    await self._redis.script_load(script.source)
+                    await self._load(script, keys)
                     return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def _load(self, script: Script, keys: Sequence[str]) -> None:
+        if isinstance(self._redis, RedisCluster):
+            # On the master of the keys alone: a promoted replica has an empty script cache,
+            # and a master that is down must not stop the others from loading.
+            node = self._redis.get_node_from_key(keys[0])
+            await self._redis.execute_command("SCRIPT LOAD", script.source, target_nodes=node)
+        else:
+            await self._redis.script_load(script.source)
+
+    async def node_of(self, key: str, *, refresh: bool) -> tuple[str, int]:
+        """Host and port of the master serving `key`'s slot (cluster mode); `refresh` reloads
+        the slot map first (after a failover or a MOVED reply)."""
+        if not isinstance(self._redis, RedisCluster):
+            raise TypeError("node_of is for Redis Cluster")
+        with translated():
+            async with asyncio.timeout(self.timeout_s):
+                if refresh:
+                    await self._redis.nodes_manager.initialize()
+                else:
+                    await self._redis.initialize()
+                node = self._redis.get_node_from_key(key)
+                if node is None:
+                    raise Unavailable(f"redis: no node serves slot {slot_of(key)}")
+                return node.host, int(node.port)
 
     async def ping(self, timeout_s: float) -> bool:
         try:
@@ -139,6 +210,11 @@ class RedisClient:
     async def delete_prefixed(self) -> int:
         """Delete every key under the prefix (SCAN + DEL). For tests and teardown."""
         deleted = 0
+        if isinstance(self._redis, RedisCluster):
+            with translated():
+                for key in await self.keys_prefixed():
+                    deleted += int(await self._redis.delete(key))
+            return deleted
         with translated():
             batch: list[bytes] = []
             async for key in self._redis.scan_iter(
@@ -155,7 +231,8 @@ class RedisClient:
     async def keys_prefixed(self) -> list[bytes]:
         """Every key under the prefix (SCAN). For tests."""
         with translated():
-            return [k async for k in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*")]
+            found = [k async for k in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*")]
+        return sorted(set(found))
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):
@@ -218,6 +295,19 @@ class ScriptBatcher:
 
     async def _send(self, batch: list[_Call]) -> None:
         now = "" if self._now_ms is None else str(int(self._now_ms()))
+        if not self._client.cluster:
+            await self._send_one(batch, now)
+            return
+        # One EVALSHA per slot, all on the wire at once; each keeps its calls' order.
+        by_slot: dict[int, list[_Call]] = {}
+        for call in batch:
+            by_slot.setdefault(slot_of(call.key), []).append(call)
+        if len(by_slot) == 1:
+            await self._send_one(batch, now)
+            return
+        await asyncio.gather(*(self._send_one(calls, now) for calls in by_slot.values()))
+
+    async def _send_one(self, batch: list[_Call], now: str) -> None:
         args: list[Arg] = [now]
         for call in batch:
             args.extend(call.args)

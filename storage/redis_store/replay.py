@@ -1,6 +1,7 @@
 """The replay guard in Redis, shared by every relay node.
 
-One key per (sender, sender device, recipient, nonce) under the prefix, holding either
+One key per (sender, sender device, recipient, nonce) under the prefix (in Redis Cluster with
+the recipient as hash tag, see client.py), holding either
     p|<deadline ms>|<message id hex>                          a pending claim, or
     d|<deadline ms>|<message id hex>|<delivered>|<stored>     the first answer,
 with a Redis expiry (PX) equal to the pending TTL or the replay window. The deadline in the
@@ -184,6 +185,8 @@ class RedisReplayGuard:
 
     def _key(self, scope: ReplayScope, nonce: bytes) -> str:
         # The sender's length first: user strings may hold ':' without making keys ambiguous.
+        # In a cluster the recipient is the hash tag: the claim shares a slot (and a batch)
+        # with the recipient's directory version (versions.py), read in the same turn.
         sender = scope.sender_user
         return self._client.key(
             "replay",
@@ -192,6 +195,7 @@ class RedisReplayGuard:
             str(scope.sender_device),
             scope.recipient_user,
             nonce.hex(),
+            tag=scope.recipient_user,
         )
 
 
