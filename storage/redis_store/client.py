@@ -35,7 +35,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from storage.errors import Unavailable
 from storage.interfaces import BackendObserver
@@ -64,7 +64,7 @@ def slot_of(key: str) -> int:
 def translated() -> Iterator[None]:
     try:
         yield
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:  # the latter: no node reachable
         raise Unavailable(f"redis: {type(exc).__name__}: {exc}") from exc
     except (OSError, TimeoutError) as exc:
         raise Unavailable(f"redis: {type(exc).__name__}: {exc}") from exc
@@ -235,7 +235,7 @@ class RedisClient:
         return sorted(set(found))
 
     async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
             await self._redis.aclose()
 
 
