@@ -17,6 +17,9 @@ slot, so a batch is split per slot (`key_slot`) and the parts go out side by sid
 happen. Keys carry a hash tag (`key(..., tag=...)`) so that the calls that belong together
 (a send's nonce claim and its recipient's directory version) share a slot and a batch. With
 one Redis the tag is left out: the keys are exactly those of the single-instance layout.
+A batcher made with `replicated=True` (the replay guard's) has each script's writes held by
+a replica before its reply counts (storage.redis_store.replicated): a failover then cannot
+take back a nonce claim.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from storage.errors import Unavailable
 from storage.interfaces import BackendObserver
+from storage.redis_store.replicated import ReplicatedScripts
 from storage.turn_batches import TurnBatches, answer, fail
 
 __all__ = ["Arg", "CrossSlot", "RedisClient", "Script", "ScriptBatcher", "slot_of"]
@@ -104,12 +108,15 @@ class RedisClient:
         self.cluster = cluster
         self._observe = observe
         self.round_trips = 0  # commands sent (a batch is one)
-        self._reachable = True  # logged on each change, not on each failed call
+        # Logged on each change, not on each failed call; in a cluster per hash slot range
+        # owner, so one master failing over does not flap against the others.
+        self._unreachable: set[str] = set()
         # No socket_timeout: redis-py bounds each write with asyncio.wait_for when it is set,
         # and on Python 3.11 wait_for drops a cancellation that arrives as the write ends, so
         # a task cancelled there went on running. Every call is bounded by asyncio.timeout
         # in `_evalsha` and `ping` instead, which keeps the cancellation.
         self._redis: redis_asyncio.Redis | RedisCluster
+        self._replicated: ReplicatedScripts | None = None
         if cluster:
             # No retry either: a connection error marks the slot map stale and the next call
             # reloads it; a MOVED reply (the script did not run) is followed at once.
@@ -120,6 +127,8 @@ class RedisClient:
                 health_check_interval=30,
                 decode_responses=False,
             )
+            # WAIT within half the call's bound, so the whole call still fits in it.
+            self._replicated = ReplicatedScripts(self._redis, wait_ms=max(1, int(timeout_s * 500)))
         else:
             self._redis = redis_asyncio.Redis.from_url(
                 url,
@@ -139,34 +148,61 @@ class RedisClient:
             tag = hashlib.sha1(tag.encode(), usedforsecurity=False).hexdigest()[:16]
         return self.prefix + "{" + tag + "}" + ":".join(parts)
 
-    async def evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
+    async def evalsha(
+        self,
+        script: Script,
+        keys: Sequence[str],
+        args: Sequence[Arg],
+        *,
+        replicated: bool = False,
+    ) -> Reply:
         """Run the script by its SHA1, loading it once when Redis does not know it (first
-        use, or Redis restarted or flushed its script cache)."""
+        use, or Redis restarted or flushed its script cache). `replicated`: in a cluster, the
+        reply only once a replica holds the writes (see replicated.py)."""
         started = time.perf_counter()
+        where = self._server_of(keys[0]) if keys else ""
         try:
-            reply = await self._evalsha(script, keys, args)
+            reply = await self._evalsha(script, keys, args, replicated)
         except Unavailable as exc:
             self._observed(script.name, started)
-            if self._reachable:
-                self._reachable = False
-                log.warning("redis is unavailable; sends fail closed until it returns: %s", exc)
+            if where not in self._unreachable:
+                self._unreachable.add(where)
+                log.warning(
+                    "redis%s is unavailable; sends fail closed until it returns: %s",
+                    f" (slots of {where})" if where else "",
+                    exc,
+                )
             raise
         self._observed(script.name, started)
-        if not self._reachable:
-            self._reachable = True
-            log.warning("redis is reachable again")
+        if where in self._unreachable:
+            self._unreachable.discard(where)
+            log.warning("redis%s is reachable again", f" (slots of {where})" if where else "")
         return reply
+
+    def _server_of(self, key: str) -> str:
+        """ "" for one Redis; in a cluster the master the slot map names for `key` now."""
+        if not isinstance(self._redis, RedisCluster):
+            return ""
+        try:
+            node = self._redis.get_node_from_key(key)
+        except (RedisError, RedisClusterException):
+            return "?"
+        return "?" if node is None else node.name
 
     def _observed(self, operation: str, started: float) -> None:
         if self._observe is not None:
             self._observe("redis", operation, time.perf_counter() - started)
 
-    async def _evalsha(self, script: Script, keys: Sequence[str], args: Sequence[Arg]) -> Reply:
+    async def _evalsha(
+        self, script: Script, keys: Sequence[str], args: Sequence[Arg], replicated: bool
+    ) -> Reply:
         if self.cluster and len({slot_of(k) for k in keys}) > 1:
             raise CrossSlot(f"script {script.name} was given keys of several slots")
         with translated():
             async with asyncio.timeout(self.timeout_s):
                 self.round_trips += 1
+                if replicated and self._replicated is not None:
+                    return await self._replicated.evalsha(script.sha, script.source, keys, args)
                 try:
                     return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
                 except NoScriptError:
@@ -268,9 +304,11 @@ class ScriptBatcher:
         width: int,
         now_ms: Callable[[], int] | None = None,
         max_calls: int = MAX_CALLS_PER_SCRIPT,
+        replicated: bool = False,
     ) -> None:
         self._client = client
         self._script = script
+        self._replicated = replicated
         self._width = width
         self._now_ms = now_ms
         self._batches: TurnBatches[_Call] = TurnBatches(
@@ -314,7 +352,9 @@ class ScriptBatcher:
         self.batches_sent += 1
         self.calls_sent += len(batch)
         try:
-            replies = await self._client.evalsha(self._script, [c.key for c in batch], args)
+            replies = await self._client.evalsha(
+                self._script, [c.key for c in batch], args, replicated=self._replicated
+            )
         except Unavailable as exc:
             for call in batch:
                 fail(call.future, exc)

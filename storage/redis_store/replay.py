@@ -100,6 +100,11 @@ for i, key in ipairs(KEYS) do
         if (not value) or (string.sub(value, 1, 1) == 'p' and holder(value) == id) then
             redis.call('SET', key, 'd|' .. deadline .. '|' .. id .. '|' .. outcome, 'PX', ms)
             out[i] = 1
+        elseif string.sub(value, 1, 1) == 'd' and holder(value) == id then
+            -- Its own outcome, written by an attempt whose answer was lost: written again
+            -- as it is, so that a replicated call (client.py) waits for this write too.
+            redis.call('SET', key, value, 'KEEPTTL')
+            out[i] = 0
         else
             out[i] = 0
         end
@@ -129,7 +134,9 @@ class RedisReplayGuard:
     ) -> None:
         """`now_ms` replaces the Redis server's clock (tests); leave it None in production."""
         self._client = client
-        self._batcher = ScriptBatcher(client, _SCRIPT, width=4, now_ms=now_ms)
+        # Replicated: in a cluster a claim or an outcome counts once a replica holds it, so
+        # a master's failover never reopens a nonce.
+        self._batcher = ScriptBatcher(client, _SCRIPT, width=4, now_ms=now_ms, replicated=True)
 
     @property
     def batcher(self) -> ScriptBatcher:

@@ -67,8 +67,8 @@ class RedisClusterServers:
 
     @property
     def url(self) -> str:
-        """A seed node (any node will do)."""
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        """A seed node (any live node will do)."""
+        return f"redis://127.0.0.1:{self.live_nodes()[0].port}/0"
 
     def start(self) -> RedisClusterServers:
         try:
@@ -110,6 +110,10 @@ class RedisClusterServers:
                 f"nodes-{port}.conf",
                 "--cluster-node-timeout",
                 str(NODE_TIMEOUT_MS),
+                # A replica takes over however long ago it last heard its master: with the
+                # default factor a replica of a freshly made cluster may refuse to.
+                "--cluster-replica-validity-factor",
+                "0",
                 "--dir",
                 str(self.dir),
                 "--save",
@@ -128,8 +132,21 @@ class RedisClusterServers:
         return ClusterNode(port, proc)
 
     def wait_ok(self, timeout: float = START_TIMEOUT_S) -> None:
-        """Until every live node says cluster_state:ok and knows the same masters."""
+        """Until every live node says cluster_state:ok and every replica is in sync with its
+        master (a replica still syncing would take over with nothing)."""
         _wait(self._all_ok, "cluster_state:ok on every node", timeout)
+        _wait(self._replicas_in_sync, "replica in sync with its master", timeout)
+
+    def _replicas_in_sync(self) -> bool:
+        for node in self.live_nodes():
+            try:
+                with node.client() as c:
+                    info = c.info("replication")
+            except redis.RedisError:
+                return False
+            if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+        return True
 
     def _all_ok(self) -> bool:
         for node in self.live_nodes():
