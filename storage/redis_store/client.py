@@ -180,7 +180,8 @@ class RedisClient:
         return reply
 
     def _server_of(self, key: str) -> str:
-        """ "" for one Redis; in a cluster the master the slot map names for `key` now."""
+        """The empty string for one Redis; in a cluster the master the slot map names for
+        `key` now."""
         if not isinstance(self._redis, RedisCluster):
             return ""
         try:
@@ -236,9 +237,17 @@ class RedisClient:
                 return node.host, int(node.port)
 
     async def ping(self, timeout_s: float) -> bool:
+        """One round trip. In a cluster to one node picked at random, not to all (redis-py's
+        default for PING): a dead replica must not make every relay node unready."""
         try:
             with translated():
                 async with asyncio.timeout(timeout_s):
+                    if isinstance(self._redis, RedisCluster):
+                        return bool(
+                            await self._redis.execute_command(
+                                "PING", target_nodes=RedisCluster.RANDOM
+                            )
+                        )
                     return bool(await self._redis.ping())
         except Unavailable:
             return False

@@ -114,6 +114,11 @@ class RedisClusterServers:
                 # default factor a replica of a freshly made cluster may refuse to.
                 "--cluster-replica-validity-factor",
                 "0",
+                # The other masters keep serving while one fails over.
+                "--cluster-require-full-coverage",
+                "no",
+                "--repl-diskless-sync-delay",  # replicas in sync at once, not after 5 s
+                "0",
                 "--dir",
                 str(self.dir),
                 "--save",
@@ -145,6 +150,11 @@ class RedisClusterServers:
             except redis.RedisError:
                 return False
             if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                return False
+            replica = info.get("slave0")
+            if info.get("role") == "master" and (
+                not isinstance(replica, dict) or replica.get("state") != "online"
+            ):
                 return False
         return True
 
@@ -178,6 +188,13 @@ class RedisClusterServers:
                     port = int(master[1])
                     return next(n for n in self.nodes if n.port == port)
         raise AssertionError(f"no master serves slot {slot}")
+
+    def replicas_of(self, master: ClusterNode) -> list[ClusterNode]:
+        """The replicas connected to `master` now (its ROLE)."""
+        with master.client() as c:
+            role = c.execute_command("ROLE")
+        ports = {int(replica[1]) for replica in role[2]}
+        return [n for n in self.nodes if n.port in ports]
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL, as a crash."""

@@ -1,0 +1,96 @@
+"""The replay guard in a Redis Cluster answers only once a replica holds its writes (EVALSHA
+then WAIT on the slot's master, storage/redis_store/replicated.py): a failover cannot take
+back a claim. Against a cluster of its own (a replica is paused here)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from e2e.redis_cluster import RedisClusterServers, redis_cluster
+from e2e.support import wait_until
+
+from storage.errors import Unavailable
+from storage.records import ReplayRecord, ReplayScope
+from storage.redis_store import RedisClient, RedisReplayGuard
+
+from .support import new_user
+
+TTL = 30.0
+TIMEOUT_S = 1.0  # the client's bound; WAIT gets half of it
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[RedisClusterServers]:
+    with redis_cluster() as started:
+        yield started
+
+
+@pytest.fixture
+async def client(servers: RedisClusterServers) -> AsyncIterator[RedisClient]:
+    redis = RedisClient(
+        servers.url, prefix=f"relaytest:{secrets.token_hex(8)}:", timeout_s=TIMEOUT_S, cluster=True
+    )
+    try:
+        yield redis
+    finally:
+        await redis.delete_prefixed()
+        await redis.close()
+
+
+async def test_a_claim_is_on_a_replica_when_it_returns(
+    client: RedisClient, servers: RedisClusterServers
+) -> None:
+    guard = RedisReplayGuard(client)
+    try:
+        scopes = [ReplayScope(new_user(), 1, new_user()) for _ in range(30)]
+        claims = await asyncio.gather(
+            *(guard.claim(s, os.urandom(16), os.urandom(16), pending_ttl_s=TTL) for s in scopes)
+        )
+        assert claims == [None] * 30
+        keys = [k.decode() for k in await client.keys_prefixed()]
+        assert len(keys) == 30
+        # Read at once from each key's replica, with no wait of our own.
+        for key in keys:
+            master = servers.master_of(key)
+            (replica,) = servers.replicas_of(master)
+            with replica.client() as c:
+                c.execute_command("READONLY")
+                assert c.get(key) is not None, f"{key} not on the replica {replica.port}"
+    finally:
+        await guard.close()
+
+
+async def test_a_replica_that_does_not_acknowledge_fails_the_claim_closed(
+    client: RedisClient, servers: RedisClusterServers
+) -> None:
+    guard = RedisReplayGuard(client)
+    scope, nonce, message_id = ReplayScope(new_user(), 1, new_user()), os.urandom(16), b"m" * 16
+    master = servers.master_of(client.key("replay", tag=scope.recipient_user))
+    (replica,) = servers.replicas_of(master)
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable, match="acknowledged"):
+            await guard.claim(scope, nonce, message_id, pending_ttl_s=TTL)
+        assert time.monotonic() - started < TIMEOUT_S * 1.5
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)
+    try:
+        # The claim did run on the master: its retry finds it held by the same message id
+        # (the relay then waits for that send's outcome), never a nonce free to take twice.
+        async def answered() -> ReplayRecord | None:
+            try:
+                return await guard.claim(scope, nonce, message_id, pending_ttl_s=TTL)
+            except Unavailable:
+                return None
+
+        held = await wait_until(answered, 30, "the claim answered once the replica is back")
+        assert held == ReplayRecord(message_id, None)
+    finally:
+        await guard.close()
