@@ -1,6 +1,7 @@
 """The replay guard in a Redis Cluster answers only once a replica holds its writes (EVALSHA
 then WAIT on the slot's master, storage/redis_store/replicated.py): a failover cannot take
-back a claim. Against a cluster of its own (a replica is paused here)."""
+back a claim. And the node bus follows its shard channel to a new master. Against a cluster
+of its own (a replica is paused here, a master handed over)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from e2e.redis_cluster import RedisClusterServers, redis_cluster
 from e2e.support import wait_until
 
 from storage.errors import Unavailable
+from storage.node_records import BusMessage, BusStored
 from storage.records import ReplayRecord, ReplayScope
 from storage.redis_store import RedisClient, RedisReplayGuard
+from storage.redis_store.bus import RedisNodeBus
 
 from .support import new_user
 
@@ -94,3 +97,38 @@ async def test_a_replica_that_does_not_acknowledge_fails_the_claim_closed(
         assert held == ReplayRecord(message_id, None)
     finally:
         await guard.close()
+
+
+async def test_the_bus_follows_its_channel_to_a_new_master(
+    client: RedisClient, servers: RedisClusterServers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manual failover (CLUSTER FAILOVER on the replica): the old master ends the shard
+    subscription (`sunsubscribe`), and the listener subscribes again at the new master and
+    asks for a resync."""
+    a = RedisNodeBus(client, client.url, node_id="a")
+    b = RedisNodeBus(client, client.url, node_id="b")
+    received: asyncio.Queue[BusMessage] = asyncio.Queue()
+    resynced = asyncio.Event()
+    a.start(lambda m: None, lambda: None)
+    b.start(received.put_nowait, resynced.set)
+    message = BusStored(new_user(), 1, (b"x" * 16,))
+
+    async def delivered() -> bool:
+        return await a.publish("b", message)
+
+    try:
+        await wait_until(delivered, 10, "b listening")
+        assert await asyncio.wait_for(received.get(), 5) == message
+        old = servers.master_of(b.channel("b"))
+        (replica,) = servers.replicas_of(old)
+        with replica.client() as c:
+            c.execute_command("CLUSTER", "FAILOVER")
+        await asyncio.to_thread(servers.wait_promoted, old)
+        await asyncio.wait_for(resynced.wait(), 15)
+        await wait_until(delivered, 15, "b listening at the new master")
+        assert await asyncio.wait_for(received.get(), 5) == message
+        assert servers.master_of(b.channel("b")).port == replica.port
+        assert "redis ended the subscription" in caplog.text  # the sunsubscribe path
+    finally:
+        await a.close()
+        await b.close()
