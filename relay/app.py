@@ -64,6 +64,7 @@ async def open_store(
             database_url=settings.database_url,
             redis_url=settings.redis_url,
             redis_prefix=settings.redis_prefix,
+            redis_cluster=settings.redis_cluster,
             timeout_s=settings.backend_timeout,
             observe=observe,
         )

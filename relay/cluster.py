@@ -59,6 +59,9 @@ from storage.stopping import stop_task
 log = logging.getLogger("relay.cluster")
 
 REPLACED_CLOSE_WAIT_S: Final = 5.0  # the spec's bound for the old connection's acks
+ANNOUNCE_RETRY_S: Final = 30.0  # a stored message's announcement is tried for this long
+ANNOUNCE_RETRY_FIRST_S: Final = 0.1
+ANNOUNCE_RETRY_CAP_S: Final = 2.0
 NODE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -219,23 +222,48 @@ class Cluster:
     async def announce_stored(self, envelopes: Sequence[Envelope]) -> None:
         """After a commit: tell the nodes now holding these devices to pump them (and that a
         later ack must delete them). Located after the commit, so a device that connected
-        meanwhile anywhere is found."""
+        meanwhile anywhere is found. A locate or publish that fails (Redis unreachable, or
+        one master of a Redis Cluster failing over while the holder's bus works) is tried
+        again with a capped backoff for up to ANNOUNCE_RETRY_S: otherwise the device would
+        only get the message at its next connection."""
         if not envelopes:
             return
-        keys = sorted({(e.recipient_user, e.recipient_device) for e in envelopes})
-        nodes = await self.locate(keys)
         ids: dict[tuple[str, int], list[bytes]] = {}
         for env in envelopes:
             ids.setdefault((env.recipient_user, env.recipient_device), []).append(env.id)
-        sends = [
-            self._bus.publish(
-                node, BusStored(user, device, tuple(ids[(user, device)][:MAX_BUS_IDS]))
-            )
-            for (user, device), node in zip(keys, nodes, strict=True)
-            if node is not None
+        pending = sorted(ids)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ANNOUNCE_RETRY_S
+        delay = ANNOUNCE_RETRY_FIRST_S
+        while True:
+            pending = await self._announce(pending, ids)
+            if not pending or loop.time() + delay > deadline:
+                return
+            await asyncio.sleep(delay)  # backoff before trying again, not synchronisation
+            delay = min(delay * 2, ANNOUNCE_RETRY_CAP_S)
+
+    async def _announce(
+        self, keys: list[tuple[str, int]], ids: dict[tuple[str, int], list[bytes]]
+    ) -> list[tuple[str, int]]:
+        """Publishes BusStored to the nodes holding these devices; the devices it failed for."""
+        try:
+            nodes = await self._presence.locate(keys)
+        except StorageError:
+            return keys
+        targets = [
+            (key, node)
+            for key, node in zip(keys, nodes, strict=True)
+            if node is not None and node != self.node_id
         ]
-        if sends:
-            await asyncio.gather(*sends)
+        sent = await asyncio.gather(
+            *(
+                self._bus.publish(
+                    node, BusStored(user, device, tuple(ids[(user, device)][:MAX_BUS_IDS]))
+                )
+                for (user, device), node in targets
+            )
+        )
+        return [key for (key, _), ok in zip(targets, sent, strict=True) if not ok]
 
     # --- deliveries from other nodes (this node holds the device) -------------------------
 
@@ -415,6 +443,7 @@ def open_cluster(
             presence_ttl_s=settings.presence_ttl,
             timeout_s=settings.backend_timeout,
             observe=observe,
+            cluster=settings.redis_cluster,
         )
     else:
         presence = LocalPresence(node_id=node_id, connections=lambda: len(router))

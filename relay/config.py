@@ -32,6 +32,7 @@ STORE_SETTINGS = frozenset(
         "database_url",
         "redis_url",
         "redis_prefix",
+        "redis_cluster",
         "backend_timeout",
         "at_rest_encryption",
         "master_key_file",
@@ -106,6 +107,7 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "relay:"
+    redis_cluster: bool = False
     migrate: bool = False
     handshake_timeout: float = 10.0
     ack_timeout: float = 2.0
@@ -287,6 +289,25 @@ class Settings:
             check_database_url(self.database_url)
         if self.redis_url is not None:
             _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
+        if self.redis_cluster:
+            if self.redis_url is None:
+                raise ConfigError(
+                    "redis_cluster needs redis_url (a seed node of the cluster)",
+                    setting="redis_cluster",
+                    related=("redis_url",),
+                )
+            if self.redis_url.startswith("unix"):
+                raise ConfigError(
+                    "redis_cluster needs a redis:// or rediss:// redis_url, not a socket",
+                    setting="redis_cluster",
+                    related=("redis_url",),
+                )
+            if "{" in self.redis_prefix or "}" in self.redis_prefix:
+                raise ConfigError(
+                    "redis_prefix must not hold '{' or '}' with redis_cluster (hash tags)",
+                    setting="redis_prefix",
+                    related=("redis_cluster",),
+                )
 
     def _check_workers(self) -> None:
         """A count or "auto"; several only over the production store, and with room for the
@@ -378,6 +399,8 @@ SETTING_HELP: dict[str, str] = {
     "database_url": "PostgreSQL URL (production mode, with --redis-url)",
     "redis_url": "Redis URL (production mode, with --database-url)",
     "redis_prefix": "prefix of every Redis key this relay writes",
+    "redis_cluster": "--redis-url names a seed node of a Redis Cluster (hash-tagged keys, "
+    "sharded pub/sub for the node bus)",
     "migrate": "at start, apply pending PostgreSQL schema migrations (under an advisory lock, "
     "so several nodes may start at once) instead of exiting 2 on an older schema",
     "handshake_timeout": "seconds a new connection has, from its TCP accept (with TLS: from the "

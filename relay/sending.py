@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from protocol.errors import ErrorCode, Refused
 from protocol.frames import Send, SendOk
@@ -34,6 +35,8 @@ from storage.records import (
 
 log = logging.getLogger("relay.send")
 
+RECORD_RETRY_FIRST_S: Final = 0.05  # recording an outcome: retried after 50 ms, doubling
+RECORD_RETRY_CAP_S: Final = 0.5
 STORE_TIMEOUT_FACTOR = 10  # a group commit may carry many sends
 
 
@@ -253,15 +256,37 @@ async def _route(
     outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
     svc.metrics.envelopes.labels("delivered").inc(len(delivered))
     svc.metrics.envelopes.labels("stored").inc(len(stored))
-    try:
-        await svc.store.replay.complete(
-            scope, frame.nonce, frame.id, outcome, window_s=svc.settings.replay_window
-        )
-    except StorageError:
-        # The envelopes are durable or acknowledged already, so the answer stands; a retry
-        # finds the stored copies from the same origin and stores nothing twice.
-        log.warning("could not record a send's outcome in the replay guard")
+    if not await _record_outcome(svc, scope, frame, outcome):
+        # Unrecorded, the nonce would open again once the pending claim lapses: no `ok` for
+        # it. The envelopes are durable or acknowledged already, so the sender's retry (same
+        # id and nonce) finds the stored copies from the same origin and stores nothing twice.
+        error = error_frame(Unavailable("the send's outcome could not be recorded"), frame.rid)
+        svc.metrics.rejections.labels(str(error.code)).inc()
+        session.out.write(error)
+        return
     session.out.write(_ok(frame, outcome))
+
+
+async def _record_outcome(
+    svc: Services, scope: ReplayScope, frame: Send, outcome: SendOutcome
+) -> bool:
+    """Writes the outcome over the pending claim, tried again for up to two backend timeouts
+    (a Redis failover, a lost connection), well within the claim's expiry."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2 * svc.settings.backend_timeout
+    delay = RECORD_RETRY_FIRST_S
+    while True:
+        try:
+            await svc.store.replay.complete(
+                scope, frame.nonce, frame.id, outcome, window_s=svc.settings.replay_window
+            )
+            return True
+        except StorageError:
+            if loop.time() + delay > deadline:
+                log.warning("could not record a send's outcome in the replay guard")
+                return False
+        await asyncio.sleep(delay)  # backoff before trying again, not synchronisation
+        delay = min(delay * 2, RECORD_RETRY_CAP_S)
 
 
 def _envelopes(svc: Services, session: DeviceSession, frame: Send) -> list[Envelope]:

@@ -61,6 +61,7 @@ class ProductionStore:
         database_url: str,
         redis_url: str,
         redis_prefix: str = "relay:",
+        redis_cluster: bool = False,
         timeout_s: float = 2.0,
         clock: Callable[[], int] | None = None,
         observe: BackendObserver | None = None,
@@ -71,11 +72,16 @@ class ProductionStore:
         `clock` (ms since the epoch) is for tests: it replaces the Redis server's clock for
         replay and rate-limit expiry, and dates device removals and key events. Leave it None.
         `observe` hears the duration of every PostgreSQL and Redis call (for metrics).
+        `redis_cluster`: `redis_url` names a seed node of a Redis Cluster.
         """
         db = await Database.open(database_url, timeout_s=timeout_s, observe=observe)
         try:
             redis = RedisClient(
-                redis_url, prefix=redis_prefix, timeout_s=timeout_s, observe=observe
+                redis_url,
+                prefix=redis_prefix,
+                timeout_s=timeout_s,
+                observe=observe,
+                cluster=redis_cluster,
             )
         except BaseException:
             await db.close()

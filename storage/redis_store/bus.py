@@ -7,6 +7,13 @@ so it is bounded by the backend timeout like every other Redis call; PUBLISH's r
 count tells whether the node is listening at all. Listening uses a connection of its own;
 after an outage it reconnects with a capped backoff and calls `on_resync`, because pub/sub
 is at-most-once and messages sent meanwhile are gone.
+
+In Redis Cluster (client.cluster) the bus uses sharded pub/sub (Redis 7): each node's channel
+carries its node id as hash tag, publishing is SPUBLISH (run by the master of the channel's
+slot, so bus traffic spreads over the shards), and listening is SSUBSCRIBE on a plain
+connection to that master. When the master dies, or its slot moves (Redis then ends the
+subscription with an `sunsubscribe`), the listener reloads the slot map, subscribes at the
+new master and calls `on_resync`.
 """
 
 from __future__ import annotations
@@ -16,9 +23,11 @@ import contextlib
 import logging
 from collections.abc import Callable
 from typing import Final
+from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 import redis.asyncio as redis_asyncio
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from storage.errors import Unavailable
@@ -62,8 +71,34 @@ return out
 )
 
 
+_SPUBLISH = Script(
+    r"""
+-- KEYS[i]: the shard channel of call i (all of one slot); ARGV[1]: now (unused);
+-- ARGV[1 + i]: the message. Reply per call: how many subscribers received it.
+local out = {}
+for i, channel in ipairs(KEYS) do
+    out[i] = redis.call('SPUBLISH', channel, ARGV[1 + i])
+end
+return out
+""",
+    name="bus_publish",
+)
+
+
 class BadMessage(ValueError):
     """A bus message that is not one of ours (another version, or corrupt)."""
+
+
+def _with_address(url: str, host: str, port: int) -> str:
+    """`url` pointed at host:port, keeping its scheme, credentials, path and options."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=userinfo + at + address))
+
+
+class _SlotMoved(Exception):
+    """Redis ended a sharded subscription: the channel's slot has another master now."""
 
 
 def encode_message(message: BusMessage) -> bytes:
@@ -217,8 +252,8 @@ class RedisNodeBus:
         self._client = client
         self._url = url
         self._node_id = node_id
-        self._channel = client.key("node", node_id)
-        self._publisher = ScriptBatcher(client, _PUBLISH, width=1)
+        self._channel = self.channel(node_id)
+        self._publisher = ScriptBatcher(client, _SPUBLISH if client.cluster else _PUBLISH, width=1)
         self._listener: asyncio.Task[None] | None = None
         self._handler: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[tuple[BusMessage, int]] = asyncio.Queue(maxsize=RECEIVE_QUEUE)
@@ -226,7 +261,7 @@ class RedisNodeBus:
         self.dropped = 0  # messages lost to a full receive queue or a bad encoding
 
     def channel(self, node: str) -> str:
-        return self._client.key("node", node)
+        return self._client.key("node", node, tag=node)
 
     def start(
         self, on_message: Callable[[BusMessage], None], on_resync: Callable[[], None]
@@ -258,14 +293,15 @@ class RedisNodeBus:
         delay = RECONNECT_FIRST_S
         first = True
         while True:
-            conn = redis_asyncio.Redis.from_url(
-                self._url,
-                socket_connect_timeout=self._client.timeout_s,
-                health_check_interval=max(1, int(self._client.timeout_s)),
-            )
-            pubsub = conn.pubsub(ignore_subscribe_messages=True)
+            conn: redis_asyncio.Redis | None = None
+            pubsub: PubSub | None = None
             try:
-                await pubsub.subscribe(self._channel)
+                conn = await self._connect(refresh=not first)
+                pubsub = conn.pubsub(ignore_subscribe_messages=not self._client.cluster)
+                if self._client.cluster:
+                    await pubsub.ssubscribe(self._channel)
+                else:
+                    await pubsub.subscribe(self._channel)
                 if not first:
                     log.warning("node bus listening again on %s", self._channel)
                     on_resync()
@@ -273,21 +309,43 @@ class RedisNodeBus:
                 delay = RECONNECT_FIRST_S
                 while True:
                     raw = await pubsub.get_message(timeout=POLL_S)
-                    if raw is not None and raw.get("type") == "message":
+                    if raw is None:
+                        continue
+                    kind = raw.get("type")
+                    if kind in ("message", "smessage"):
                         self._received(raw["data"])
-            except (RedisError, OSError) as exc:
+                    elif kind == "sunsubscribe":
+                        # The slot moved to another master (failover, resharding).
+                        raise _SlotMoved(f"redis ended the subscription to {self._channel}")
+            except (RedisError, OSError, Unavailable, _SlotMoved) as exc:
                 if first:
                     log.warning("node bus cannot listen yet: %s", exc)
                 else:
                     log.warning("node bus lost its connection: %s", exc)
                 first = False
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
-                with contextlib.suppress(RedisError, OSError):
-                    await conn.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+                if conn is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await conn.aclose()
             await asyncio.sleep(delay)  # backoff before reconnecting, not synchronisation
             delay = min(delay * 2, RECONNECT_CAP_S)
+
+    async def _connect(self, *, refresh: bool) -> redis_asyncio.Redis:
+        """A connection of its own for listening: to the Redis URL, or in a cluster to the
+        master of the channel's slot (from a fresh slot map after a failure), with the
+        URL's other options (credentials, TLS)."""
+        url = self._url
+        if self._client.cluster:
+            host, port = await self._client.node_of(self._channel, refresh=refresh)
+            url = _with_address(url, host, port)
+        return redis_asyncio.Redis.from_url(
+            url,
+            socket_connect_timeout=self._client.timeout_s,
+            health_check_interval=max(1, int(self._client.timeout_s)),
+        )
 
     def _received(self, data: object) -> None:
         raw = data if isinstance(data, bytes) else b""

@@ -19,9 +19,10 @@ def open_redis_cluster(
     presence_ttl_s: float,
     timeout_s: float,
     observe: BackendObserver | None = None,
+    cluster: bool = False,
 ) -> tuple[RedisPresence, RedisNodeBus]:
     """Connects lazily, like the store. Closing the presence closes the shared client, so
     close the bus first."""
-    client = RedisClient(url, prefix=prefix, timeout_s=timeout_s, observe=observe)
+    client = RedisClient(url, prefix=prefix, timeout_s=timeout_s, observe=observe, cluster=cluster)
     presence = RedisPresence(client, node_id=node_id, ttl_s=presence_ttl_s, owns_client=True)
     return presence, RedisNodeBus(client, url, node_id=node_id)

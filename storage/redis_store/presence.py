@@ -1,7 +1,8 @@
 """Presence (`device -> node`) and the node registry in Redis, shared by every relay node.
 
 One key per device, `prefix + "presence:" + user + ":" + device`, holding
-`<node id>|<connection token>` with an expiry (PX) that the holding node refreshes. The
+`<node id>|<connection token>` with an expiry (PX) that the holding node refreshes (in Redis
+Cluster the user is the key's hash tag). The
 token makes every write conditional on the connection that made it: a connection that
 closes deletes the entry only while it still holds it (compare-and-delete), so a stale
 detach never removes a newer connection's entry, on this node or another.
@@ -115,7 +116,8 @@ class RedisPresence:
         self._registry_key = client.key("nodes")
 
     def _key(self, user: str, device: int) -> str:
-        return self._client.key("presence", user, str(device))
+        # In a cluster a user's devices share a slot: locating them is one script.
+        return self._client.key("presence", user, str(device), tag=user)
 
     def _value(self, token: str) -> str:
         return f"{self._node_id}|{token}"

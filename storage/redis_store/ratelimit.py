@@ -72,7 +72,9 @@ class RedisRateLimiter:
         if burst < 1:
             raise ValueError(f"burst must be at least 1, not {burst!r}")
         interval_ms = 1000.0 / rate_per_s
-        reply = await self._batcher.call(self._client.key("rate", key), repr(interval_ms), burst)
+        reply = await self._batcher.call(
+            self._client.key("rate", key, tag=key), repr(interval_ms), burst
+        )
         if not isinstance(reply, int):
             raise Unavailable(f"redis: unexpected rate-limit reply {reply!r:.100}")
         wait_ms = reply

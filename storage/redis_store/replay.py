@@ -1,6 +1,7 @@
 """The replay guard in Redis, shared by every relay node.
 
-One key per (sender, sender device, recipient, nonce) under the prefix, holding either
+One key per (sender, sender device, recipient, nonce) under the prefix (in Redis Cluster with
+the recipient as hash tag, see client.py), holding either
     p|<deadline ms>|<message id hex>                          a pending claim, or
     d|<deadline ms>|<message id hex>|<delivered>|<stored>     the first answer,
 with a Redis expiry (PX) equal to the pending TTL or the replay window. The deadline in the
@@ -99,6 +100,11 @@ for i, key in ipairs(KEYS) do
         if (not value) or (string.sub(value, 1, 1) == 'p' and holder(value) == id) then
             redis.call('SET', key, 'd|' .. deadline .. '|' .. id .. '|' .. outcome, 'PX', ms)
             out[i] = 1
+        elseif string.sub(value, 1, 1) == 'd' and holder(value) == id then
+            -- Its own outcome, written by an attempt whose answer was lost: written again
+            -- as it is, so that a replicated call (client.py) waits for this write too.
+            redis.call('SET', key, value, 'KEEPTTL')
+            out[i] = 0
         else
             out[i] = 0
         end
@@ -128,7 +134,9 @@ class RedisReplayGuard:
     ) -> None:
         """`now_ms` replaces the Redis server's clock (tests); leave it None in production."""
         self._client = client
-        self._batcher = ScriptBatcher(client, _SCRIPT, width=4, now_ms=now_ms)
+        # Replicated: in a cluster a claim or an outcome counts once a replica holds it, so
+        # a master's failover never reopens a nonce.
+        self._batcher = ScriptBatcher(client, _SCRIPT, width=4, now_ms=now_ms, replicated=True)
 
     @property
     def batcher(self) -> ScriptBatcher:
@@ -184,6 +192,8 @@ class RedisReplayGuard:
 
     def _key(self, scope: ReplayScope, nonce: bytes) -> str:
         # The sender's length first: user strings may hold ':' without making keys ambiguous.
+        # In a cluster the recipient is the hash tag: the claim shares a slot (and a batch)
+        # with the recipient's directory version (versions.py), read in the same turn.
         sender = scope.sender_user
         return self._client.key(
             "replay",
@@ -192,6 +202,7 @@ class RedisReplayGuard:
             str(scope.sender_device),
             scope.recipient_user,
             nonce.hex(),
+            tag=scope.recipient_user,
         )
 
 

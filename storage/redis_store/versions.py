@@ -47,4 +47,4 @@ class RedisDirectoryVersions:
         return f"{self._origin}.{next(self._counter)}"
 
     def _key(self, user: str) -> str:
-        return self._client.key("dirversion", user)
+        return self._client.key("dirversion", user, tag=user)

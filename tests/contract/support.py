@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import redis.asyncio as redis_asyncio
+from redis.asyncio.cluster import RedisCluster
 
 from protocol.signatures import KeyScheme, identity_key_x25519
 from storage.embedded import EmbeddedStore
@@ -22,6 +25,27 @@ POSTGRES_ADMIN_URL = os.environ.get(
     "RELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("RELAY_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """The Redis the production backend uses in a test: the machine's single instance, or
+    the Redis Cluster the session started (conftest.redis_cluster_servers)."""
+
+    url: str
+    cluster: bool = False
+
+    def client(self, prefix: str, *, timeout_s: float = 2.0) -> RedisClient:
+        return RedisClient(self.url, prefix=prefix, timeout_s=timeout_s, cluster=self.cluster)
+
+    def raw(self) -> redis_asyncio.Redis | RedisCluster:
+        """A plain redis-py client, for looking at or damaging keys behind the store."""
+        if self.cluster:
+            return RedisCluster.from_url(self.url)
+        return redis_asyncio.Redis.from_url(self.url)
+
+
+SINGLE_REDIS = RedisTarget(REDIS_URL)
 
 START_MS = 1_700_000_000_000
 DAY_MS = 86_400_000
@@ -99,8 +123,9 @@ def envelope(
 class Backend:
     """Opens stores of one backend on the same data; closes them all at the end."""
 
-    def __init__(self, name: str, data_dir: Path) -> None:
+    def __init__(self, name: str, data_dir: Path, redis: RedisTarget = SINGLE_REDIS) -> None:
         self.name = name
+        self.redis = redis
         self.clock = FakeClock()
         # The embedded guard keeps pending claims in memory; a shared one (Redis) would not.
         self.pending_claims_survive_restart = name != "embedded"
@@ -126,14 +151,15 @@ class Backend:
                 monotonic=self.clock.monotonic,
                 observe=self._observe,
             )
-        if self.name == "production":
+        if self.name in ("production", "production-cluster"):
             if self.database_url is None:
                 self.database_url = await create_database(self._database_name)
                 await migrate(self.database_url)
             return await ProductionStore.open(
                 database_url=self.database_url,
-                redis_url=REDIS_URL,
+                redis_url=self.redis.url,
                 redis_prefix=self.redis_prefix,
+                redis_cluster=self.redis.cluster,
                 clock=self.clock.now_ms,
                 observe=self._observe,
             )
@@ -147,8 +173,8 @@ class Backend:
             for store in reversed(self._opened):
                 await store.close()
         finally:
-            if self.name == "production":
-                await delete_redis_prefix(self.redis_prefix)
+            if self.name != "embedded":
+                await delete_redis_prefix(self.redis_prefix, self.redis)
                 if self.database_url is not None:
                     await drop_database(self._database_name)
 
@@ -176,8 +202,8 @@ async def drop_database(name: str) -> None:
         await conn.close()
 
 
-async def delete_redis_prefix(prefix: str) -> None:
-    client = RedisClient(REDIS_URL, prefix=prefix)
+async def delete_redis_prefix(prefix: str, redis: RedisTarget = SINGLE_REDIS) -> None:
+    client = redis.client(prefix)
     try:
         await client.delete_prefixed()
     finally:

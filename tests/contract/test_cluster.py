@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as redis_asyncio
 from e2e.support import wait_until
 
 from storage.embedded.single_node import LoopbackBus
@@ -28,9 +27,10 @@ from storage.node_records import (
 from storage.records import Envelope
 from storage.redis_store import RedisClient
 from storage.redis_store.bus import BadMessage, RedisNodeBus, decode_message, encode_message
+from storage.redis_store.client import slot_of
 from storage.redis_store.presence import RedisPresence
 
-from .support import REDIS_URL, new_user
+from .support import RedisTarget, new_user
 
 ENVELOPE = Envelope(
     id=b"i" * 16,
@@ -57,8 +57,8 @@ MESSAGES: list[BusMessage] = [
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[RedisClient]:
-    redis = RedisClient(REDIS_URL, prefix=f"relaytest:{secrets.token_hex(8)}:")
+async def client(redis_target: RedisTarget) -> AsyncIterator[RedisClient]:
+    redis = redis_target.client(f"relaytest:{secrets.token_hex(8)}:")
     try:
         yield redis
     finally:
@@ -88,7 +88,10 @@ async def test_many_lookups_share_one_round_trip(client: RedisClient) -> None:
         await presence.claim(user, device, "t")
     before = client.round_trips
     nodes = await presence.locate(devices)
-    assert client.round_trips - before == 1
+    # One batch: one script with one Redis; in a cluster one script per slot (a user's
+    # devices share one), side by side.
+    slots = {slot_of(client.key("presence", u, "1", tag=u)) for u, _ in devices}
+    assert client.round_trips - before == (len(slots) if client.cluster else 1)
     assert nodes == ["a"] * 50 + [None] * 50
     await presence.close()
 
@@ -112,28 +115,30 @@ async def _located(presence: RedisPresence, user: str) -> str | None:
     return node
 
 
-async def test_entries_expire_unless_refreshed(client: RedisClient) -> None:
+async def test_entries_expire_unless_refreshed(
+    client: RedisClient, redis_target: RedisTarget
+) -> None:
     ttl_s = 1.0
     presence = RedisPresence(client, node_id="a", ttl_s=ttl_s)
     kept, left = new_user(), new_user()
     claimed = time.monotonic()
     await presence.claim(kept, 1, "k")
     await presence.claim(left, 1, "l")
-    raw = redis_asyncio.Redis.from_url(REDIS_URL)
+    raw = redis_target.raw()
 
     async def refreshed_until_left_expires() -> bool:
         assert await presence.refresh([(kept, 1, "k")]) == [Refresh.KEPT]
         return await _located(presence, left) is None
 
     async def kept_expired() -> bool:
-        return not await raw.exists(client.key("presence", kept, "1"))
+        return not await raw.exists(client.key("presence", kept, "1", tag=kept))
 
     try:
-        assert 0 < await raw.pttl(client.key("presence", left, "1")) <= ttl_s * 1000
+        assert 0 < await raw.pttl(client.key("presence", left, "1", tag=left)) <= ttl_s * 1000
         await wait_until(refreshed_until_left_expires, 10 * ttl_s, "the unrefreshed entry")
         assert time.monotonic() - claimed >= ttl_s * 0.9  # it lived about its expiry...
         assert await _located(presence, kept) == "a"  # ...which `kept` outlived, refreshed
-        assert await raw.pttl(client.key("presence", kept, "1")) > ttl_s * 1000 * 0.5
+        assert await raw.pttl(client.key("presence", kept, "1", tag=kept)) > ttl_s * 1000 * 0.5
         # Unrefreshed, `kept` expires too; a refresh then puts the entry back.
         await wait_until(kept_expired, 10 * ttl_s, "the entry no longer refreshed")
         assert await _located(presence, kept) is None
@@ -173,8 +178,8 @@ def test_bad_messages_are_refused(data: bytes) -> None:
 
 
 async def test_bus_between_two_nodes(client: RedisClient) -> None:
-    a = RedisNodeBus(client, REDIS_URL, node_id="a")
-    b = RedisNodeBus(client, REDIS_URL, node_id="b")
+    a = RedisNodeBus(client, client.url, node_id="a")
+    b = RedisNodeBus(client, client.url, node_id="b")
     received: asyncio.Queue[BusMessage] = asyncio.Queue()
     resynced = asyncio.Event()
     a.start(lambda m: None, lambda: None)

@@ -10,14 +10,13 @@ import time
 
 import asyncpg
 import pytest
-import redis.asyncio as redis_asyncio
 
 from storage.errors import Unavailable
 from storage.production import ProductionStore
 from storage.records import ReplayScope
 from storage.redis_store.versions import RedisDirectoryVersions
 
-from .support import REDIS_URL, START_MS, Backend, make_user, new_device
+from .support import START_MS, Backend, make_user, new_device
 
 WAIT_S = 5.0
 
@@ -89,10 +88,10 @@ async def test_a_lost_version_never_matches_an_old_copy(production: Backend) -> 
     a, _ = await two_nodes(production)
     user = await make_user(a, devices=2)
     assert await listed(a, user) == [1, 2]
-    client = redis_asyncio.Redis.from_url(REDIS_URL)
+    client = production.redis.raw()
     try:
         # Redis loses the version (restart, eviction); the rows change meanwhile.
-        assert await client.delete(f"{production.redis_prefix}dirversion:{user}") == 1
+        assert await client.delete(a.redis.key("dirversion", user, tag=user)) == 1
     finally:
         await client.aclose()
     assert production.database_url is not None
@@ -154,6 +153,7 @@ async def test_with_redis_unreachable_lists_come_from_postgresql_and_changes_rol
         database_url=production.database_url,
         redis_url="redis://127.0.0.1:1/0",
         redis_prefix=production.redis_prefix,
+        redis_cluster=production.redis.cluster,
         timeout_s=0.5,
     )
     try:

@@ -65,11 +65,15 @@ def empty_database() -> Iterator[str]:
 
 
 class StoreProvisioner:
-    """Hands each relay the environment of its store and cleans every store up at the end."""
+    """Hands each relay the environment of its store and cleans every store up at the end.
 
-    def __init__(self, mode: str) -> None:
+    `redis_cluster_url` (production mode): the relays use that Redis Cluster (any seed node)
+    instead of the machine's Redis, with `RELAY_REDIS_CLUSTER`."""
+
+    def __init__(self, mode: str, *, redis_cluster_url: str | None = None) -> None:
         assert mode in MODES, mode
         self.mode = mode
+        self.redis_cluster_url = redis_cluster_url
         self._databases: list[str] = []
         self._prefixes: list[str] = []
 
@@ -90,6 +94,14 @@ class StoreProvisioner:
         )
         prefix = f"relaye2e:{tag}:"
         self._prefixes.append(prefix)
+        if self.redis_cluster_url is not None:
+            return {
+                "RELAY_DATABASE_URL": url,
+                "RELAY_REDIS_URL": self.redis_cluster_url,
+                "RELAY_REDIS_CLUSTER": "true",
+                "RELAY_REDIS_PREFIX": prefix,
+                **master_key_env(),
+            }
         return {
             "RELAY_DATABASE_URL": url,
             "RELAY_REDIS_URL": REDIS_URL,
@@ -100,6 +112,17 @@ class StoreProvisioner:
     def cleanup(self) -> None:
         for name in self._databases:
             _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if self.redis_cluster_url is not None:
+            cluster = redis.RedisCluster.from_url(self.redis_cluster_url)
+            try:
+                for prefix in self._prefixes:
+                    for key in set(cluster.scan_iter(match=f"{prefix}*", count=1000)):
+                        cluster.delete(key)
+            finally:
+                cluster.close()
+            self._databases.clear()
+            self._prefixes.clear()
+            return
         client = redis.Redis.from_url(REDIS_URL)
         try:
             for prefix in self._prefixes:

@@ -194,6 +194,25 @@ BAD_SETTINGS = [
         id="database-url-alone",
     ),
     pytest.param(
+        ["--redis-cluster"],
+        {},
+        None,
+        ["redis_cluster needs redis_url", "(redis_cluster from flag --redis-cluster"],
+        id="redis-cluster-without-url",
+    ),
+    pytest.param(
+        [],
+        {
+            "RELAY_DATABASE_URL": "postgresql://127.0.0.1/relay",
+            "RELAY_REDIS_URL": "redis://127.0.0.1:7000/0",
+            "RELAY_REDIS_CLUSTER": "true",
+            "RELAY_REDIS_PREFIX": "relay{1}:",
+        },
+        None,
+        ["redis_prefix must not hold '{' or '}' with redis_cluster"],
+        id="redis-cluster-braced-prefix",
+    ),
+    pytest.param(
         [],
         {"RELAY_ACK_TIMEOUT": "nan"},
         None,
