@@ -189,6 +189,21 @@ async def timed(total: int, pid: int | None, *work: Awaitable[None]) -> Phase:
     return Phase(total / elapsed, used)
 
 
+async def login(url: str, user: str, key: IdentityKeyPair) -> ClientConnection:
+    """Device 1 of `user`, authenticated again (its stored messages follow)."""
+    ws = await connect(url, max_size=None)
+    challenge = decode_server_frame(await ws.recv(), FMT, lambda rid: None)
+    nonce = challenge.nonce
+    await ws.send(
+        encode(
+            Auth(rid=1, user=user, device=1, signature=key.sign(auth_payload(nonce, user, 1))),
+            FMT,
+        )
+    )
+    decode_server_frame(await ws.recv(), FMT, lambda rid: AuthOk)
+    return ws
+
+
 async def one_run(
     url: str,
     pairs: int,
@@ -227,16 +242,7 @@ async def one_run(
 
     # Drain: reconnect and read everything.
     async def drain(user: str, key: IdentityKeyPair) -> None:
-        ws = await connect(url, max_size=None)
-        challenge = decode_server_frame(await ws.recv(), FMT, lambda rid: None)
-        nonce = challenge.nonce
-        await ws.send(
-            encode(
-                Auth(rid=1, user=user, device=1, signature=key.sign(auth_payload(nonce, user, 1))),
-                FMT,
-            )
-        )
-        decode_server_frame(await ws.recv(), FMT, lambda rid: AuthOk)
+        ws = await login(url, user, key)
         await receiver(ws, messages)
         await ws.close()
 
