@@ -9,7 +9,7 @@ user. The master key that wraps it is rotated like the one that wraps the data k
 from __future__ import annotations
 
 import base64
-import hmac
+import hashlib
 from functools import lru_cache
 from typing import Final
 
@@ -75,9 +75,12 @@ class KeyRing:
         return BLIND_PREFIX + self.blind(b"user", user.encode()).hex()
 
     def blind(self, label: bytes, value: bytes) -> bytes:
-        """A keyed hash of `value` (HMAC-SHA-256 under the index key, 16 bytes): equal values
-        give equal hashes, so lookups work, and nothing about the value shows."""
-        return hmac.digest(self._index_key, label + b"\x00" + value, "sha256")[:_BLIND_BYTES]
+        """A keyed hash of `value` (BLAKE2b keyed with the index key, personalised with
+        `label`, 16 bytes): equal values give equal hashes, so lookups work, and nothing about
+        the value shows. (Keyed BLAKE2b is a PRF, and a third of HMAC-SHA-256's cost here.)"""
+        return hashlib.blake2b(
+            value, key=self._index_key, person=label, digest_size=_BLIND_BYTES
+        ).digest()
 
     def blind_nonce(self, nonce: bytes) -> bytes:
         """A replay nonce as the replay records keep it."""
