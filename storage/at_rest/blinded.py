@@ -109,6 +109,12 @@ class KeyAccess:
         """Why the keys are not at hand; None once they are."""
         return None if self._vault is not None else self._problem
 
+    @property
+    def ring_now(self) -> KeyRing | None:
+        """The ring when the vault is open (the hot path: no coroutine); else None."""
+        vault = self._vault
+        return None if vault is None else vault.ring
+
     async def ring(self) -> KeyRing:
         vault = self._vault
         if vault is not None:
@@ -149,7 +155,7 @@ class BlindedDirectory:
         self._keys = keys
 
     async def _blind(self, user: str) -> str:
-        return (await self._keys.ring()).blind_user(user)
+        return (self._keys.ring_now or await self._keys.ring()).blind_user(user)
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         return _named(await self._inner.create_user(await self._blind(user), device), user)
@@ -183,7 +189,7 @@ class BlindedKeys:
     async def upload(
         self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
     ) -> KeyCounts:
-        ring = await self._keys.ring()
+        ring = self._keys.ring_now or await self._keys.ring()
         return await self._inner.upload(
             ring.blind_user(user), device, upload, now_ms=now_ms, max_stored=max_stored
         )
@@ -197,7 +203,7 @@ class BlindedKeys:
         one_time: bool = True,
         requester: Requester | None = None,
     ) -> ClaimedKeys:
-        ring = await self._keys.ring()
+        ring = self._keys.ring_now or await self._keys.ring()
         sealed = None
         if requester is not None:
             sealed = Requester(ring.seal_text(requester.user), requester.device)
@@ -210,7 +216,9 @@ class BlindedKeys:
         )
 
     async def counts(self, user: str, device: int) -> KeyCounts:
-        return await self._inner.counts((await self._keys.ring()).blind_user(user), device)
+        return await self._inner.counts(
+            (self._keys.ring_now or await self._keys.ring()).blind_user(user), device
+        )
 
 
 class BlindedAudit:
@@ -219,7 +227,7 @@ class BlindedAudit:
         self._keys = keys
 
     async def events(self, user: str, *, since_ms: int | None = None) -> list[KeyEvent]:
-        ring = await self._keys.ring()
+        ring = self._keys.ring_now or await self._keys.ring()
         events = await self._inner.events(ring.blind_user(user), since_ms=since_ms)
         return [_readable(ring, e, user) for e in events]
 
@@ -245,7 +253,7 @@ class BlindedMessages:
         self._keys = keys
 
     async def _blind(self, user: str) -> str:
-        return (await self._keys.ring()).blind_user(user)
+        return (self._keys.ring_now or await self._keys.ring()).blind_user(user)
 
     @property
     def inner(self) -> MessageQueue:
@@ -255,7 +263,7 @@ class BlindedMessages:
     async def store(
         self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
     ) -> None:
-        blind = (await self._keys.ring()).blind_user
+        blind = (self._keys.ring_now or await self._keys.ring()).blind_user
         blinded = [_to(e, blind(e.recipient_user)) for e in envelopes]
         await self._inner.store(blinded, max_per_device=max_per_device)
 
@@ -291,7 +299,7 @@ class BlindedReplay:
         self._keys = keys
 
     async def _blinded(self, scope: ReplayScope, nonce: bytes) -> tuple[ReplayScope, bytes]:
-        ring = await self._keys.ring()
+        ring = self._keys.ring_now or await self._keys.ring()
         blind = ring.blind_user
         blinded = ReplayScope(
             blind(scope.sender_user), scope.sender_device, blind(scope.recipient_user)
