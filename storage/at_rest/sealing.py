@@ -20,10 +20,8 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
 
-import nacl.bindings
-import nacl.exceptions
-
 from storage.at_rest.keyring import KeyRing
+from storage.at_rest.xchacha import NONCE_BYTES, XChaCha20Poly1305
 from storage.records import Envelope, OpenedFields
 
 __all__ = [
@@ -35,7 +33,7 @@ __all__ = [
 ]
 
 CLEAR_KEY_ID: Final = 0  # the row's fields are in the clear columns
-_NONCE_BYTES: Final = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+_NONCE_BYTES: Final = NONCE_BYTES
 _CONTEXT: Final = b"relay-envelope-v1\x00"
 _HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
 _LEN = struct.Struct(">H")
@@ -92,8 +90,8 @@ class NonceSequence:
     """XChaCha20 nonces without a system call per row: a random 16-byte prefix drawn once
     per sealer, then an 8-byte counter. Unique under one key: the counter never repeats in
     a process, and two processes (nodes, restarts) share a prefix with probability 2^-128
-    per pair. (A random nonce per row cost a call into libsodium that releases the GIL, a
-    measurable share of the stored path with the embedded store's writer thread busy.)"""
+    per pair. (A random nonce per row cost a system call, and the GIL hand-off around it, on
+    the stored path.)"""
 
     def __init__(self) -> None:
         self._prefix = os.urandom(16)
@@ -117,6 +115,7 @@ class RingSealer:
         self._load_keys = load_keys
         self._on_undecryptable = on_undecryptable
         self._nonces = NonceSequence()
+        self._aead = XChaCha20Poly1305()
 
     def seal(self, envelope: Envelope) -> SealedColumns:
         key_id = self._ring.active_id
@@ -132,9 +131,7 @@ class RingSealer:
         )
         nonce = self._nonces.next()
         aad = _associated(envelope.recipient_user, envelope.recipient_device, envelope.id, key_id)
-        sealed = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(
-            plain, aad, nonce, self._ring.active_key
-        )
+        sealed = self._aead.encrypt(self._ring.active_key, nonce, plain, aad)
         return key_id, nonce + sealed
 
     def open(
@@ -151,11 +148,9 @@ class RingSealer:
             return None
         aad = _associated(recipient_user, recipient_device, message_id, key_id)
         try:
-            plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                sealed[_NONCE_BYTES:], aad, sealed[:_NONCE_BYTES], key
-            )
+            plain = self._aead.decrypt(key, sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
             return _fields(plain)
-        except (nacl.exceptions.CryptoError, ValueError, TypeError, struct.error):
+        except (ValueError, TypeError, struct.error):
             self._undecryptable("does_not_open", key_id, message_id)
             return None
 

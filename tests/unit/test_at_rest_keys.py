@@ -9,6 +9,7 @@ import stat
 from dataclasses import replace
 from pathlib import Path
 
+import nacl.bindings
 import pytest
 
 from storage.at_rest.keyring import BLIND_PREFIX, KeyRing, SealError
@@ -20,6 +21,7 @@ from storage.at_rest.master_key import (
     read_key_file,
 )
 from storage.at_rest.sealing import RingSealer
+from storage.at_rest.xchacha import XChaCha20Poly1305, hchacha20
 from storage.records import Envelope
 
 KEY = bytes(range(32))
@@ -188,3 +190,37 @@ def test_sealing_follows_the_active_key() -> None:
     key_id, sealed = sealer.seal(_envelope())
     assert key_id == 5 and sealed is not None
     assert sealer.open("b:recipient", 2, b"\x01" * 16, 5, sealed) is not None
+
+
+def test_hchacha20_matches_the_published_test_vector() -> None:
+    # draft-irtf-cfrg-xchacha-03, section 2.2.1
+    key = bytes(range(32))
+    nonce = bytes.fromhex("000000090000004a0000000031415927")
+    expected = "82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc"
+    assert hchacha20(key, nonce).hex() == expected
+
+
+@pytest.mark.parametrize("size", [0, 1, 63, 64, 1024, 70_000])
+def test_xchacha_is_libsodiums_xchacha20poly1305_ietf_both_ways(size: int) -> None:
+    key, nonce, aad = os.urandom(32), os.urandom(24), os.urandom(40)
+    plain = os.urandom(size)
+    ours = XChaCha20Poly1305()
+    sealed = ours.encrypt(key, nonce, plain, aad)
+    assert (
+        nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(sealed, aad, nonce, key) == plain
+    )
+    theirs = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plain, aad, nonce, key)
+    assert theirs == sealed
+    assert ours.decrypt(key, nonce, theirs, aad) == plain
+    with pytest.raises(ValueError):
+        ours.decrypt(key, nonce, theirs, aad + b"x")
+    with pytest.raises(ValueError):
+        ours.decrypt(key, nonce[:-1] + bytes([nonce[-1] ^ 1]), theirs, aad)
+
+
+def test_sealing_nonces_never_repeat_within_a_sealer() -> None:
+    sealer = RingSealer(_ring())
+    nonces = {sealer.seal(_envelope())[1][:24] for _ in range(2000)}  # type: ignore[index]
+    assert len(nonces) == 2000
+    other = RingSealer(_ring())
+    assert other.seal(_envelope())[1][:16] != sealer.seal(_envelope())[1][:16]  # type: ignore[index]
