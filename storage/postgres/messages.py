@@ -39,6 +39,7 @@ from storage.at_rest.sealing import ClearSealer, EnvelopeSealer
 from storage.errors import QueueFull, StorageError, Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
 from storage.postgres.origins import OriginLookups
+from storage.postgres.read_replica import LagTolerantReads
 from storage.records import Envelope, OpenedFields, PendingOrigin, StoredEnvelope
 
 MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
@@ -160,8 +161,16 @@ class _Op:
 
 
 class PostgresMessageQueue:
-    def __init__(self, db: Database, *, max_batch_rows: int = MAX_BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        reads: LagTolerantReads | None = None,
+    ) -> None:
         self._db = db
+        # stored_count alone may lag (a gauge); every other read follows the commits.
+        self._reads = reads or LagTolerantReads(db)
         self._max_batch_rows = max_batch_rows
         self._queue: deque[_Op] = deque()
         self._wakeup = asyncio.Event()
@@ -262,8 +271,9 @@ class PostgresMessageQueue:
         return total
 
     async def stored_count(self) -> int:
-        async with self._db.connection("stored_count") as conn:
-            count = await conn.fetchval("SELECT count(*) FROM messages")
+        count = await self._reads.run(
+            "stored_count", lambda conn: conn.fetchval("SELECT count(*) FROM messages")
+        )
         assert isinstance(count, int)
         return count
 

@@ -194,6 +194,26 @@ BAD_SETTINGS = [
         id="database-url-alone",
     ),
     pytest.param(
+        ["--database-read-url", "postgresql://127.0.0.1:5433/relay"],
+        {},
+        None,
+        [
+            "database_read_url needs database_url",
+            "(database_read_url from flag --database-read-url, database_url from default)",
+        ],
+        id="read-url-without-database-url",
+    ),
+    pytest.param(
+        [],
+        {
+            "RELAY_DATABASE_URL": "postgresql://127.0.0.1/relay",
+            "RELAY_REDIS_URL": "redis://127.0.0.1:6379/0",
+        },
+        "database_read_url = 'mysql://replica/relay'\n",
+        ["database_read_url must be a postgresql:// or postgres:// URL", "relay.toml"],
+        id="bad-read-url",
+    ),
+    pytest.param(
         ["--redis-cluster"],
         {},
         None,
