@@ -2,7 +2,9 @@
 cluster (pg_basebackup -R) serves the reads that tolerate lag (the stored-messages gauge,
 `relay audit`), while the paths a client depends on read the primary. With its WAL replay
 paused, the replica's figures stay behind and the client's are right; with the replica
-stopped, the relay keeps serving and those reads fall back to the primary."""
+stopped, the relay keeps serving and those reads fall back to the primary. And the
+failover of docs/deployment.md: the primary gone, the relay answers unavailable; the
+replica promoted and the relay pointed at it, every acknowledged message is there."""
 
 from __future__ import annotations
 
@@ -158,6 +160,99 @@ async def test_lag_tolerant_reads_go_to_the_replica_and_fall_back_to_the_primary
     finally:
         problems = stop_relays(relays)
     assert problems == []
+
+
+async def _caught_up(primary: str, replica: str) -> None:
+    """Until the replica has replayed everything the primary had written by now."""
+    lsn = await _fetchval(primary, "SELECT pg_current_wal_lsn()::text")
+
+    async def replayed() -> bool:
+        behind = await _fetchval(
+            replica, f"SELECT pg_wal_lsn_diff('{lsn}', pg_last_wal_replay_lsn()) > 0"
+        )
+        return behind is False
+
+    await wait_until(replayed, 30, "the replica replays the primary's WAL")
+
+
+@pytest.mark.parametrize("how", ["new-url", "same-address"])
+async def test_failover_to_a_promoted_replica(
+    tmp_path: Path, machine: MachineStores, clusters: list[PgCluster], how: str
+) -> None:
+    primary = PgCluster()
+    clusters.append(primary)
+    await asyncio.to_thread(primary.init)
+    await asyncio.to_thread(primary.start)
+    await asyncio.to_thread(migrate, primary.url)
+    replica = await asyncio.to_thread(primary.streaming_replica)
+    clusters.append(replica)
+    await asyncio.to_thread(replica.start)
+
+    store_env = {
+        "RELAY_REDIS_URL": REDIS_URL,
+        "RELAY_REDIS_PREFIX": machine.new_prefix(),
+        **master_key_env(),
+    }
+    before = RelayProcess(
+        tmp_path / "before",
+        {"backend_timeout": 1},
+        env={**store_env, "RELAY_DATABASE_URL": primary.url},
+    )
+    relays = [before]
+    try:
+        before.start()
+        sender = await new_user(before.url)
+        [receiver] = await offline_user(before.url)
+        for i in range(4):
+            answer = await sender.send_message(receiver, body=f"stored {i}".encode())
+            assert answer["t"] == "ok" and answer["stored"] == [1], answer
+        await _caught_up(primary.url, replica.url)
+
+        # The primary goes away: the relay answers unavailable and says it is not ready.
+        await asyncio.to_thread(primary.stop, "fast")
+        answer = await sender.send_message(receiver, body=b"refused", timeout=30)
+        assert answer["t"] == "error" and answer["code"] == "unavailable", answer
+        status, _, _ = await before.ahttp_get("/readyz")
+        assert status == 503
+        await sender.close()
+
+        # Promoted. "new-url": the relay restarted with database_url naming it, through
+        # the schema guard. "same-address": it takes over the old primary's address (a
+        # DNS name or virtual IP that moves), and the running relay recovers by itself.
+        await asyncio.to_thread(replica.promote)
+        assert await _fetchval(replica.url, "SELECT pg_is_in_recovery()") is False
+        if how == "new-url":
+            assert stop_relays(relays) == []
+            after = RelayProcess(
+                tmp_path / "after", {}, env={**store_env, "RELAY_DATABASE_URL": replica.url}
+            )
+            relays = [after]
+            after.start()
+        else:
+            await asyncio.to_thread(replica.stop, "fast")
+            replica.port = primary.port
+            await asyncio.to_thread(replica.start)
+            after = before
+        await wait_until(lambda: _ready(after), 30, "the relay ready on the new primary")
+        receiver.url = after.url
+        auth = await receiver.auth()
+        assert auth["queued"] == 4, auth
+        bodies = [frame["body"] for frame in await receiver.drain(ack=True)]
+        assert bodies == [f"stored {i}".encode() for i in range(4)]
+        sender.url = after.url
+        await sender.auth()
+        await receiver.close()
+        answer = await sender.send_message(receiver, body=b"after the failover")
+        assert answer["t"] == "ok" and answer["stored"] == [1], answer
+        await sender.close()
+    finally:
+        problems = stop_relays(relays)
+    assert problems == []
+
+
+async def _ready(relay: RelayProcess) -> bool:
+    status, _, _ = await relay.ahttp_get("/readyz")
+    return status == 200
 
 
 async def _schema_version_is(url: str, wanted: int) -> bool:

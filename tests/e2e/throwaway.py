@@ -184,6 +184,10 @@ class PgCluster:
             "start",
         )
 
+    def promote(self) -> None:
+        """A standby made primary (the failover step), once it accepts writes."""
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
     def stop(self, mode: str = "fast") -> None:
         _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
