@@ -89,7 +89,10 @@ class ProductionStore:
         try:
             if database_read_url is not None:
                 replica = await Database.open(
-                    database_read_url, timeout_s=timeout_s, observe=observe
+                    database_read_url,
+                    timeout_s=timeout_s,
+                    observe=observe,
+                    backend="postgresql_replica",
                 )
             redis = RedisClient(
                 redis_url,
@@ -150,7 +153,7 @@ class ProductionStore:
 
     @property
     def reads(self) -> LagTolerantReads:
-        """Where the reads that tolerate lag go (the replica, if any), and their counts."""
+        """Where the reads that tolerate lag go (the replica, if any)."""
         return self._reads
 
     @property

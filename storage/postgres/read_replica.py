@@ -7,6 +7,9 @@ trail of key changes (`relay audit`). Everything a
 client's exchange depends on reads the primary: claims, drains after a commit, the
 directory, queue state, the origins of an ack.
 
+The replica's calls are timed under the backend name `postgresql_replica`
+(relay_backend_call_duration_seconds), the primary's under `postgresql`.
+
 A replica that does not answer (down, not yet accepting connections, a query cancelled by
 a conflict with recovery) is no outage: the query runs on the primary instead, and the
 replica is left alone for RETRY_AFTER_S before it is tried again, so that its absence costs
@@ -46,9 +49,6 @@ class LagTolerantReads:
         self._replica = replica
         self._clock = clock
         self._skip_until = 0.0
-        # How many reads each side served (the replica's figure tells it is in use).
-        self.served_by_replica = 0
-        self.served_by_primary = 0
 
     @property
     def replica(self) -> Database | None:
@@ -76,12 +76,9 @@ class LagTolerantReads:
                 if self._skip_until != 0.0:
                     log.warning("read replica answers again: lag-tolerant reads go to it")
                     self._skip_until = 0.0
-                self.served_by_replica += 1
                 return result
         async with self._primary.connection(operation) as conn:
-            result = await read(conn)
-        self.served_by_primary += 1
-        return result
+            return await read(conn)
 
     async def close(self) -> None:
         """Closes the replica's pool (the primary's is its owner's)."""

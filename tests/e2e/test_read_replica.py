@@ -23,7 +23,7 @@ from .test_metrics import scrape
 from .throwaway import MachineStores, PgCluster, migrate
 
 GAUGE_S = 30.0  # the gauge is refreshed every 5 s
-STORED_COUNT = {"backend": "postgresql", "operation": "stored_count"}
+COUNT_METRIC = "relay_backend_call_duration_seconds_count"
 
 
 @pytest.fixture
@@ -63,8 +63,9 @@ async def _gauge(relay: RelayProcess) -> float:
     return (await scrape(relay)).value("relay_stored_messages")
 
 
-async def _counts_taken(relay: RelayProcess) -> float:
-    return (await scrape(relay)).value("relay_backend_call_duration_seconds_count", **STORED_COUNT)
+async def _counts_taken(relay: RelayProcess, backend: str) -> float:
+    """How many stored-message counts `backend` (postgresql, postgresql_replica) served."""
+    return (await scrape(relay)).value(COUNT_METRIC, backend=backend, operation="stored_count")
 
 
 async def _audit_kinds(user: str, env: dict[str, str]) -> list[str]:
@@ -123,10 +124,13 @@ async def test_lag_tolerant_reads_go_to_the_replica_and_fall_back_to_the_primary
         await link_device(sender)  # an add_device event, on the primary only
         assert await _fetchval(primary.url, "SELECT count(*) FROM messages") == 5
         # Two more refreshes of the gauge, both served by the paused replica: still 3.
-        taken = await _counts_taken(relay)
+        taken = await _counts_taken(relay, "postgresql_replica")
         await wait_until(
-            lambda: _at_least(_counts_taken(relay), taken + 2), GAUGE_S, "two gauge refreshes"
+            lambda: _at_least(_counts_taken(relay, "postgresql_replica"), taken + 2),
+            GAUGE_S,
+            "two gauge refreshes",
         )
+        assert await _counts_taken(relay, "postgresql") == 0  # none on the primary
         assert await _gauge(relay) == 3
         assert await _audit_kinds(sender.user, read_env) == ["register"]  # the replica's
         assert await _audit_kinds(sender.user, store_env) == ["register", "add_device"]
@@ -149,6 +153,7 @@ async def test_lag_tolerant_reads_go_to_the_replica_and_fall_back_to_the_primary
         answer = await sender.send_message(receiver, body=b"replica down")
         assert answer["t"] == "ok" and answer["stored"] == [1], answer
         await wait_until(lambda: _equals(_gauge(relay), 1), GAUGE_S, "the gauge reads 1")
+        assert await _counts_taken(relay, "postgresql") >= 1  # the primary's count
         status, _, _ = await relay.ahttp_get("/readyz")
         assert status == 200
         assert "read replica failed" in relay.stderr_tail(200)
