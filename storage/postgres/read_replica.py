@@ -3,9 +3,8 @@
 
 Only figures for operators go there (docs/deployment.md lists them with the reason for each):
 the count of stored messages (a full scan, for the stored-messages gauge) and the audit
-trail of key changes (`relay audit`). Everything a
-client's exchange depends on reads the primary: claims, drains after a commit, the
-directory, queue state, the origins of an ack.
+trail of key changes (`relay audit`). Everything a client's exchange depends on reads the
+primary: claims, drains after a commit, the directory, queue state, the origins of an ack.
 
 The replica's calls are timed under the backend name `postgresql_replica`
 (relay_backend_call_duration_seconds), the primary's under `postgresql`.
