@@ -62,6 +62,7 @@ async def open_store(
 
         raw = await ProductionStore.open(
             database_url=settings.database_url,
+            database_read_url=settings.database_read_url,
             redis_url=settings.redis_url,
             redis_prefix=settings.redis_prefix,
             redis_cluster=settings.redis_cluster,

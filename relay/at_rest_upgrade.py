@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import time
 
-from storage.postgres.clear_data import PostgresClearData
-from storage.postgres.data_keys import PostgresDataKeyTable
-
 from relay.config import Settings
 from storage.at_rest.opening import AtRestSettings, convert_clear_data, open_vault
 from storage.at_rest.sealing import RingSealer
 from storage.postgres import Database
+from storage.postgres.clear_data import PostgresClearData
+from storage.postgres.data_keys import PostgresDataKeyTable
 
 __all__ = ["encrypt_clear_data", "pending_encryption"]
 

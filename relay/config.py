@@ -23,13 +23,14 @@ MAX_TRUSTED_PROXIES = 256
 SECRET_SETTINGS = frozenset({"registration_token", "admin_token"})
 MIN_ADMIN_TOKEN_CHARS = 16  # a token shorter than this is guessable
 MAX_ADMIN_TOKEN_CHARS = 256
-URL_SETTINGS = frozenset({"database_url", "redis_url"})
+URL_SETTINGS = frozenset({"database_url", "database_read_url", "redis_url"})
 # The settings of the commands that open the store without serving (`relay purge`, `relay
 # devices`); every other setting, including any added later, is for `relay serve` only.
 STORE_SETTINGS = frozenset(
     {
         "data_dir",
         "database_url",
+        "database_read_url",
         "redis_url",
         "redis_prefix",
         "redis_cluster",
@@ -105,6 +106,7 @@ class Settings:
     port: int = 8765
     data_dir: Path = Path("relay-data")
     database_url: str | None = None
+    database_read_url: str | None = None
     redis_url: str | None = None
     redis_prefix: str = "relay:"
     redis_cluster: bool = False
@@ -287,6 +289,14 @@ class Settings:
             )
         if self.database_url is not None:
             check_database_url(self.database_url)
+        if self.database_read_url is not None:
+            if self.database_url is None:
+                raise ConfigError(
+                    "database_read_url needs database_url (the primary it replicates)",
+                    setting="database_read_url",
+                    related=("database_url",),
+                )
+            _check_url("database_read_url", self.database_read_url, ("postgresql", "postgres"))
         if self.redis_url is not None:
             _check_url("redis_url", self.redis_url, ("redis", "rediss", "unix"))
         if self.redis_cluster:
@@ -397,6 +407,9 @@ SETTING_HELP: dict[str, str] = {
     "port": "port to listen on (0 picks a free one)",
     "data_dir": "directory of the embedded store",
     "database_url": "PostgreSQL URL (production mode, with --redis-url)",
+    "database_read_url": "PostgreSQL URL of a streaming read replica of --database-url for the "
+    "reads that tolerate lag (the stored-messages gauge, `relay audit`); the primary serves "
+    "them while it does not answer",
     "redis_url": "Redis URL (production mode, with --database-url)",
     "redis_prefix": "prefix of every Redis key this relay writes",
     "redis_cluster": "--redis-url names a seed node of a Redis Cluster (hash-tagged keys, "
@@ -469,6 +482,7 @@ SETTING_HELP: dict[str, str] = {
 UNSET_MEANING: dict[str, str] = {
     "node_id": "a random id at each start",
     "database_url": "unset (the embedded store)",
+    "database_read_url": "unset (every read on the primary)",
     "redis_url": "unset (the embedded store)",
     "registration_token": "unset (open registration)",
     "master_key_file": "unset (embedded: DATA_DIR/master.key, made on first start; production: "

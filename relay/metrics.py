@@ -234,7 +234,8 @@ class Metrics:
         )
         self.backend_latency = LabelledHistogram(
             "relay_backend_call_duration_seconds",
-            "Calls to a storage backend (postgresql, redis, sqlite) by operation.",
+            "Calls to a storage backend (postgresql, postgresql_replica, redis, sqlite)"
+            " by operation.",
             ["backend", "operation"],
             buckets=BACKEND_BUCKETS,
             registry=r,

@@ -22,6 +22,7 @@ from storage.postgres import Database, PostgresKeyStore, PostgresMessageQueue
 from storage.postgres.audit import PostgresKeyAudit
 from storage.postgres.clear_data import PostgresClearData
 from storage.postgres.data_keys import PostgresDataKeyTable
+from storage.postgres.read_replica import LagTolerantReads
 from storage.redis_store import RedisClient, RedisRateLimiter, RedisReplayGuard
 from storage.redis_store.versions import RedisDirectoryVersions
 
@@ -38,17 +39,23 @@ class ProductionStore:
     """The `Store` of the production backend. Open it with `ProductionStore.open`."""
 
     def __init__(
-        self, db: Database, redis: RedisClient, *, clock: Callable[[], int] | None
+        self,
+        db: Database,
+        redis: RedisClient,
+        *,
+        clock: Callable[[], int] | None,
+        replica: Database | None = None,
     ) -> None:
         self._db = db
+        self._reads = LagTolerantReads(db, replica)
         self._redis = redis
         self._replay = RedisReplayGuard(redis, now_ms=clock)
         # The directory versions ride in the replay guard's batches (one round trip a send).
         versions = RedisDirectoryVersions(redis, self._replay.batcher)
         self._devices = CachedDeviceDirectory(db, versions, now_ms=clock or _wall_ms)
         self._keys = PostgresKeyStore(db, now_ms=clock or _wall_ms)
-        self._audit = PostgresKeyAudit(db)
-        self._messages = PostgresMessageQueue(db)
+        self._audit = PostgresKeyAudit(db, reads=self._reads)
+        self._messages = PostgresMessageQueue(db, reads=self._reads)
         self._data_keys = PostgresDataKeyTable(db)
         self._clear_data = PostgresClearData(db, now_ms=clock or _wall_ms)
         self._rate_limiter = RedisRateLimiter(redis, now_ms=clock)
@@ -60,6 +67,7 @@ class ProductionStore:
         *,
         database_url: str,
         redis_url: str,
+        database_read_url: str | None = None,
         redis_prefix: str = "relay:",
         redis_cluster: bool = False,
         timeout_s: float = 2.0,
@@ -73,9 +81,19 @@ class ProductionStore:
         replay and rate-limit expiry, and dates device removals and key events. Leave it None.
         `observe` hears the duration of every PostgreSQL and Redis call (for metrics).
         `redis_cluster`: `redis_url` names a seed node of a Redis Cluster.
+        `database_read_url`: a streaming replica of `database_url`, for the reads that
+        tolerate lag (storage.postgres.read_replica).
         """
         db = await Database.open(database_url, timeout_s=timeout_s, observe=observe)
+        replica = None
         try:
+            if database_read_url is not None:
+                replica = await Database.open(
+                    database_read_url,
+                    timeout_s=timeout_s,
+                    observe=observe,
+                    backend="postgresql_replica",
+                )
             redis = RedisClient(
                 redis_url,
                 prefix=redis_prefix,
@@ -84,9 +102,11 @@ class ProductionStore:
                 cluster=redis_cluster,
             )
         except BaseException:
+            if replica is not None:
+                await replica.close()
             await db.close()
             raise
-        return cls(db, redis, clock=clock)
+        return cls(db, redis, clock=clock, replica=replica)
 
     @property
     def devices(self) -> CachedDeviceDirectory:
@@ -132,6 +152,11 @@ class ProductionStore:
         return self._db
 
     @property
+    def reads(self) -> LagTolerantReads:
+        """Where the reads that tolerate lag go (the replica, if any)."""
+        return self._reads
+
+    @property
     def redis(self) -> RedisClient:
         return self._redis
 
@@ -155,6 +180,7 @@ class ProductionStore:
             await self._rate_limiter.close()
         finally:
             await self._redis.close()
+            await self._reads.close()
             await self._db.close()
 
 

@@ -12,6 +12,7 @@ from typing import Final
 
 from storage.audit_events import Detail
 from storage.postgres.database import Connection, Database
+from storage.postgres.read_replica import LagTolerantReads
 from storage.records import KeyEvent
 
 PURGE_CHUNK: Final = 5000
@@ -37,19 +38,23 @@ async def record_event(
 
 
 class PostgresKeyAudit:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, reads: LagTolerantReads | None = None) -> None:
         self._db = db
+        # The trail is read for operators (`relay audit`): a replica's lag is tolerable.
+        self._reads = reads or LagTolerantReads(db)
 
     async def events(self, user: str, *, since_ms: int | None = None) -> list[KeyEvent]:
-        async with self._db.connection("key_events") as conn:
-            rows = await conn.fetch(
+        rows = await self._reads.run(
+            "key_events",
+            lambda conn: conn.fetch(
                 f"SELECT id, {_AT_MS} AS at_ms, user_id, device, kind, detail::text AS detail"
                 " FROM key_events WHERE user_id = $1"
                 f" AND ($2::bigint IS NULL OR at >= {AT_FROM_MS.format('$2::bigint')})"
                 " ORDER BY id",
                 user,
                 since_ms,
-            )
+            ),
+        )
         return [
             KeyEvent(
                 id=int(row["id"]),

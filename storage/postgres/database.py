@@ -100,11 +100,17 @@ class Database:
     """The pool. `open` connects lazily: a server down at startup is no error yet."""
 
     def __init__(
-        self, pool: Any, *, timeout_s: float, observe: BackendObserver | None = None
+        self,
+        pool: Any,
+        *,
+        timeout_s: float,
+        observe: BackendObserver | None = None,
+        backend: str = "postgresql",
     ) -> None:
         self._pool = pool
         self.timeout_s = timeout_s
         self._observe = observe
+        self._backend = backend  # the observer's name for this server ("postgresql_replica")
 
     @classmethod
     async def open(
@@ -114,6 +120,7 @@ class Database:
         timeout_s: float = 2.0,
         max_size: int = MAX_POOL_SIZE,
         observe: BackendObserver | None = None,
+        backend: str = "postgresql",
     ) -> Database:
         with translated():
             pool = await asyncpg.create_pool(
@@ -127,7 +134,7 @@ class Database:
                 # Explicit: a store() returns only once its commit is flushed to disk.
                 server_settings={"synchronous_commit": "on", "application_name": "relay"},
             )
-        return cls(pool, timeout_s=timeout_s, observe=observe)
+        return cls(pool, timeout_s=timeout_s, observe=observe, backend=backend)
 
     @contextlib.asynccontextmanager
     async def connection(self, operation: str = "query") -> AsyncIterator[Connection]:
@@ -146,7 +153,7 @@ class Database:
                     await asyncio.shield(self._pool.release(conn))
         finally:
             if self._observe is not None:
-                self._observe("postgresql", operation, time.perf_counter() - started)
+                self._observe(self._backend, operation, time.perf_counter() - started)
 
     @contextlib.asynccontextmanager
     async def transaction(self, operation: str = "transaction") -> AsyncIterator[Connection]:

@@ -39,6 +39,7 @@ from storage.at_rest.sealing import ClearSealer, EnvelopeSealer
 from storage.errors import QueueFull, StorageError, Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
 from storage.postgres.origins import OriginLookups
+from storage.postgres.read_replica import LagTolerantReads
 from storage.records import Envelope, OpenedFields, PendingOrigin, StoredEnvelope
 
 MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
@@ -103,6 +104,21 @@ _ACK = (
     " WHERE recipient_user = $1 AND recipient_device = $2 AND id = ANY($3::bytea[])"
 )
 
+# The partitions of messages (schema version 6), as quoted names; none: a plain table.
+_PARTITIONS = (
+    "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
+    " WHERE inhparent = 'messages'::regclass ORDER BY 1"
+)
+
+
+def _purge_chunk(table: str) -> str:
+    """Up to $2 rows of `table` expired at $1 deleted; `table` is a name PostgreSQL quoted."""
+    return (
+        f"DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+        f" SELECT ctid FROM {table} WHERE expires_ms <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED))"
+    )
+
+
 _Device = tuple[str, int]
 # id, recipient user and device, the clear fields (sender user and device, ts, server ts,
 # type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed.
@@ -145,8 +161,16 @@ class _Op:
 
 
 class PostgresMessageQueue:
-    def __init__(self, db: Database, *, max_batch_rows: int = MAX_BATCH_ROWS) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        reads: LagTolerantReads | None = None,
+    ) -> None:
         self._db = db
+        # stored_count alone may lag (a gauge); every other read follows the commits.
+        self._reads = reads or LagTolerantReads(db)
         self._max_batch_rows = max_batch_rows
         self._queue: deque[_Op] = deque()
         self._wakeup = asyncio.Event()
@@ -228,26 +252,28 @@ class PostgresMessageQueue:
         return await self._origins.lookup(user, wanted, message_id)
 
     async def purge_expired(self, now_ms: int) -> int:
-        # SKIP LOCKED: rows that a batch is deleting (acks) are left to it; the purge never
-        # waits on a row lock, so it cannot deadlock with the writers.
+        # One partition at a time (migration 0006), each through its own expiry index, in
+        # chunks of PURGE_CHUNK rows found and deleted by ctid (a TID scan, no second index
+        # lookup). SKIP LOCKED: rows that a batch is deleting (acks) are left to it; the
+        # purge never waits on a row lock, so it cannot deadlock with the writers.
+        async with self._db.connection("purge_partitions") as conn:
+            rows = await conn.fetch(_PARTITIONS)
+        tables = [str(row["name"]) for row in rows] or ["messages"]
         total = 0
-        while True:
-            async with self._db.connection("purge_expired") as conn:
-                status = await conn.execute(
-                    "DELETE FROM messages WHERE seq = ANY(ARRAY("
-                    " SELECT seq FROM messages WHERE expires_ms <= $1"
-                    " LIMIT $2 FOR UPDATE SKIP LOCKED))",
-                    now_ms,
-                    PURGE_CHUNK,
-                )
-            deleted = int(status.rsplit(" ", 1)[-1])
-            total += deleted
-            if deleted < PURGE_CHUNK:
-                return total
+        for table in tables:
+            while True:
+                async with self._db.connection("purge_expired") as conn:
+                    status = await conn.execute(_purge_chunk(table), now_ms, PURGE_CHUNK)
+                deleted = int(status.rsplit(" ", 1)[-1])
+                total += deleted
+                if deleted < PURGE_CHUNK:
+                    break
+        return total
 
     async def stored_count(self) -> int:
-        async with self._db.connection("stored_count") as conn:
-            count = await conn.fetchval("SELECT count(*) FROM messages")
+        count = await self._reads.run(
+            "stored_count", lambda conn: conn.fetchval("SELECT count(*) FROM messages")
+        )
         assert isinstance(count, int)
         return count
 

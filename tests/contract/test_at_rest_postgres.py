@@ -413,7 +413,8 @@ async def test_clear_data_conversion_leaves_nothing_in_the_clear(production: Bac
     with pytest.raises(QueueFull):  # the blinded counter carried the stored rows over
         await fresh.messages.store([envelope(blind_alice, 1)], max_per_device=2)
 
-    # Version 4 could not read this store: going down is refused, and changes nothing.
+    # Version 4 could not read this store: going down is refused at step 0005, and changes
+    # nothing of version 5 (each step is its own transaction: 0006 went down before it).
     assert production.database_url is not None
     with pytest.raises(Unavailable, match="sealed"):
         await migrate(production.database_url, to=4)
@@ -491,7 +492,7 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     assert production.database_url is not None
     url = production.database_url
 
-    assert await migrate(url, to=4) == ["down 0005_at_rest"]
+    assert await migrate(url, to=4) == ["down 0006_partitioned_messages", "down 0005_at_rest"]
     assert await migrate(empty_database, to=4)
     assert await _schema_shape(url) == await _schema_shape(empty_database)
     conn = await asyncpg.connect(url)
@@ -502,7 +503,7 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     finally:
         await conn.close()
 
-    assert await migrate(url) == ["up 0005_at_rest"]
+    assert await migrate(url) == ["up 0005_at_rest", "up 0006_partitioned_messages"]
     assert (await check(url))[0]
     again = await open_production(production)
     got = await again.messages.fetch(user, 1, after_seq=0, limit=10, now_ms=START_MS)

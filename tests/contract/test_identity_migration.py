@@ -226,6 +226,7 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
+        "up 0006_partitioned_messages",
     ]
 
     prefix = f"relaytest:{secrets.token_hex(8)}:"

@@ -35,7 +35,7 @@ async def open_production(backend: Backend) -> ProductionStore:
 
 
 async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
-    assert latest_version() == 5
+    assert latest_version() == 6
     ok, message = await check(empty_database)
     assert not ok and "schema version is 0" in message and "table users is missing" in message
 
@@ -45,6 +45,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
+        "up 0006_partitioned_messages",
     ]
     assert await migrate(empty_database) == []  # already there
     ok, message = await check(empty_database)
@@ -58,10 +59,15 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         await conn.execute("ALTER TABLE messages ADD COLUMN nonce text NOT NULL")
         ok, message = await check(empty_database)
         assert not ok and "column messages.nonce is text, expected bytea" in message
+        # Repaired (the down step of 0006 copies every column into version 5's table).
+        await conn.execute("ALTER TABLE messages DROP COLUMN nonce")
+        await conn.execute("ALTER TABLE messages ADD COLUMN nonce bytea")
+        assert (await check(empty_database))[0]
     finally:
         await conn.close()
 
     assert await migrate(empty_database, to=0) == [
+        "down 0006_partitioned_messages",
         "down 0005_at_rest",
         "down 0004_key_event_kinds",
         "down 0003_queue_counts",
@@ -69,15 +75,16 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "down 0001_initial",
     ]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 0, the latest is 5" in message
+    assert not ok and "schema version is 0, the latest is 6" in message
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 1, the latest is 5" in message
+    assert not ok and "schema version is 1, the latest is 6" in message
     assert await migrate(empty_database) == [
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
+        "up 0006_partitioned_messages",
     ]
     ok, _ = await check(empty_database)
     assert ok
@@ -102,6 +109,7 @@ async def test_concurrent_migrators_take_turns(empty_database: str) -> None:
         "up 0003_queue_counts",
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
+        "up 0006_partitioned_messages",
     ]
     assert sorted(results) == [[], [], [], everything]
     assert (await check(empty_database))[0]
@@ -311,6 +319,7 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
     assert await store.devices.remove_device(user, 2)
     assert production.database_url is not None
     assert await migrate(production.database_url, to=3) == [
+        "down 0006_partitioned_messages",
         "down 0005_at_rest",
         "down 0004_key_event_kinds",
     ]
@@ -328,6 +337,7 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
     assert await migrate(production.database_url) == [
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
+        "up 0006_partitioned_messages",
     ]
     fresh = await open_production(production)  # new connections: statements prepared anew
     other = await make_user(fresh, devices=2)

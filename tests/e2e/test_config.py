@@ -69,6 +69,7 @@ def test_config_show_masks_secrets_and_prints_loadable_toml(tmp_path):
     config.write_text(
         'database_url = "postgresql://relay:pg-s3cret@db.example:5432/relay"\n'
         'redis_url = "redis://cache.example:6379/0?password=redis-s3cret"\n'
+        'database_read_url = "postgresql://relay:replica-s3cret@replica.example/relay"\n'
     )
     env = {"RELAY_REGISTRATION_TOKEN": "token-s3cret"}
     as_toml = run_relay(["config", "show", "--config", str(config)], env=env)
@@ -78,6 +79,7 @@ def test_config_show_masks_secrets_and_prints_loadable_toml(tmp_path):
         assert "s3cret" not in result.stdout
         assert "postgresql://relay:***@db.example:5432/relay" in result.stdout
         assert "redis://cache.example:6379/0?password=***" in result.stdout
+        assert "postgresql://relay:***@replica.example/relay" in result.stdout
     shown = tomllib.loads(as_toml.stdout)
     assert shown["registration_token"] == "***"
     assert shown["port"] == 8765 and shown["retention"] == 30 * 86400.0
@@ -192,6 +194,26 @@ BAD_SETTINGS = [
             "(database_url from env RELAY_DATABASE_URL, redis_url from default)",
         ],
         id="database-url-alone",
+    ),
+    pytest.param(
+        ["--database-read-url", "postgresql://127.0.0.1:5433/relay"],
+        {},
+        None,
+        [
+            "database_read_url needs database_url",
+            "(database_read_url from flag --database-read-url, database_url from default)",
+        ],
+        id="read-url-without-database-url",
+    ),
+    pytest.param(
+        [],
+        {
+            "RELAY_DATABASE_URL": "postgresql://127.0.0.1/relay",
+            "RELAY_REDIS_URL": "redis://127.0.0.1:6379/0",
+        },
+        "database_read_url = 'mysql://replica/relay'\n",
+        ["database_read_url must be a postgresql:// or postgres:// URL", "relay.toml"],
+        id="bad-read-url",
     ),
     pytest.param(
         ["--redis-cluster"],

@@ -146,6 +146,29 @@ class PgCluster:
         self.initialised = True
         return self
 
+    def streaming_replica(self) -> PgCluster:
+        """A new cluster cloned from this running one by pg_basebackup -R: a hot standby
+        that streams this cluster's WAL once started (initdb's pg_hba lets replication in)."""
+        replica = PgCluster()
+        _as_postgres(
+            str(PG_BIN / "pg_basebackup"),
+            "-D",
+            str(replica.data),
+            "-R",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-X",
+            "stream",
+            timeout=120.0,
+        )
+        replica.initialised = True
+        return replica
+
     def start(self) -> None:
         _as_postgres(
             str(PG_BIN / "pg_ctl"),
@@ -160,6 +183,10 @@ class PgCluster:
             "30",
             "start",
         )
+
+    def promote(self) -> None:
+        """A standby made primary (the failover step), once it accepts writes."""
+        _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "promote")
 
     def stop(self, mode: str = "fast") -> None:
         _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
