@@ -358,24 +358,20 @@ class Receiver:
         await self.device.reconnect()
 
 
-async def test_sigkill_of_a_node_during_a_burst(start_nodes):
-    a, b, c = start_nodes(
-        ["a", "b", "c"], presence_ttl=3, rate_requests=5000, rate_requests_burst=10000
-    )
-    total, kill_after, senders_per_node, receivers_per_node, in_flight = 10_000, 3_000, 2, 4, 60
-    ledger = Ledger()
-    receivers: list[Receiver] = []
-    for node in (a, b, c):
-        for _ in range(receivers_per_node):
-            dev = await new_user(node.url)
-            await dev.next_push("queue_empty")
-            receivers.append(Receiver(dev, ledger, [a.url, b.url]))
-    senders = [await new_user(n.url) for n in (a, b) for _ in range(senders_per_node)]
-    stop = asyncio.Event()
-    receiving = [asyncio.create_task(r.run(stop)) for r in receivers]
+async def burst_through_a_kill(
+    senders: list[Device],
+    receivers: list[Receiver],
+    ledger: Ledger,
+    *,
+    total: int,
+    kill_after: int,
+    in_flight: int,
+    kill: Callable[[], object],
+) -> bool:
+    """`total` sends spread over `senders` (each keeping `in_flight` outstanding) to the
+    receivers in turn, each retried with its id and nonce until answered ok and recorded in
+    the ledger; `kill` runs once `kill_after` are ok. Whether it ran."""
     killed = asyncio.Event()
-    per_sender = total // len(senders)
-    assert per_sender * len(senders) == total
 
     async def send_all(sender: Device, offset: int) -> None:
         slots = asyncio.Semaphore(in_flight)
@@ -393,14 +389,43 @@ async def test_sigkill_of_a_node_during_a_burst(start_nodes):
             ledger.ok[frame["id"]] = (target.user or "", target.device or 0)
             if len(ledger.ok) >= kill_after and not killed.is_set():
                 killed.set()
-                c.kill()
+                kill()
 
-        await asyncio.gather(*(one(i) for i in range(per_sender)))
+        await asyncio.gather(*(one(i) for i in range(total // len(senders))))
+
+    await asyncio.gather(*(send_all(s, i * 7) for i, s in enumerate(senders)))
+    return killed.is_set()
+
+
+async def test_sigkill_of_a_node_during_a_burst(start_nodes):
+    a, b, c = start_nodes(
+        ["a", "b", "c"], presence_ttl=3, rate_requests=5000, rate_requests_burst=10000
+    )
+    total, kill_after, senders_per_node, receivers_per_node, in_flight = 10_000, 3_000, 2, 4, 60
+    ledger = Ledger()
+    receivers: list[Receiver] = []
+    for node in (a, b, c):
+        for _ in range(receivers_per_node):
+            dev = await new_user(node.url)
+            await dev.next_push("queue_empty")
+            receivers.append(Receiver(dev, ledger, [a.url, b.url]))
+    senders = [await new_user(n.url) for n in (a, b) for _ in range(senders_per_node)]
+    stop = asyncio.Event()
+    receiving = [asyncio.create_task(r.run(stop)) for r in receivers]
+    assert total // len(senders) * len(senders) == total
 
     started = time.monotonic()
-    await asyncio.gather(*(send_all(s, i * 7) for i, s in enumerate(senders)))
+    killed = await burst_through_a_kill(
+        senders,
+        receivers,
+        ledger,
+        total=total,
+        kill_after=kill_after,
+        in_flight=in_flight,
+        kill=c.kill,
+    )
     burst_s = time.monotonic() - started
-    assert killed.is_set() and not c.running()
+    assert killed and not c.running()
     assert len(ledger.ok) == total
 
     ledger.expect_all()

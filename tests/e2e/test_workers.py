@@ -26,7 +26,7 @@ from protocol.client import tls_context
 from .certs import Authority, serial_of
 from .stores import REDIS_URL, StoreProvisioner
 from .support import REPO_ROOT, Device, RelayProcess, new_user, stop_relays, wait_until
-from .test_cluster import Ledger, Receiver
+from .test_cluster import Ledger, Receiver, burst_through_a_kill
 
 COMMAND_TIMEOUT_S = 60
 
@@ -226,30 +226,16 @@ async def test_sigkill_of_a_worker_is_restarted_and_loses_nothing(start_workers)
     stop = asyncio.Event()
     receiving = [asyncio.create_task(r.run(stop)) for r in receivers]
     total, kill_after, in_flight = 3000, 800, 40
-    killed = asyncio.Event()
-
-    async def send_all(sender: Device, offset: int) -> None:
-        slots = asyncio.Semaphore(in_flight)
-
-        async def one(i: int) -> None:
-            target = receivers[(offset + i) % len(receivers)].device
-            frame = sender.send_frame(target, body=f"burst {offset}-{i}".encode())
-            async with slots:
-                for _ in range(20):  # retried with the same id and nonce until answered ok
-                    answer = await sender.request(frame, timeout=30)
-                    if answer["t"] == "ok":
-                        break
-                else:
-                    raise AssertionError(f"never answered ok: {answer}")
-            ledger.ok[frame["id"]] = (target.user or "", target.device or 0)
-            if len(ledger.ok) >= kill_after and not killed.is_set():
-                killed.set()
-                os.kill(victim_pid, signal.SIGKILL)
-
-        await asyncio.gather(*(one(i) for i in range(total // len(senders))))
-
-    await asyncio.gather(*(send_all(s, i * 7) for i, s in enumerate(senders)))
-    assert killed.is_set() and len(ledger.ok) == total
+    killed = await burst_through_a_kill(
+        senders,
+        list(receivers),
+        ledger,
+        total=total,
+        kill_after=kill_after,
+        in_flight=in_flight,
+        kill=lambda: os.kill(victim_pid, signal.SIGKILL),
+    )
+    assert killed and len(ledger.ok) == total
 
     async def restarted() -> bool:
         pid = worker_pids(relay.pid).get("k-w2")
