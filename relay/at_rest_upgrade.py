@@ -25,14 +25,16 @@ async def pending_encryption(database_url: str) -> str | None:
     """What is still in the clear, in words; None when nothing is."""
     db = await Database.open(database_url)
     try:
-        clear = PostgresClearData(db, now_ms=_wall_ms)
-        state = await clear.user_ids_state()
-        messages = await clear.clear_messages()
+        return await _pending(PostgresClearData(db, now_ms=_wall_ms))
     finally:
         await db.close()
+
+
+async def _pending(clear: PostgresClearData) -> str | None:
     parts = []
-    if state == "clear":
+    if await clear.user_ids_state() == "clear":
         parts.append("user ids in the clear")
+    messages = await clear.clear_messages()
     if messages:
         parts.append(f"{messages} stored messages in the clear")
     return None if not parts else " and ".join(parts)
@@ -41,11 +43,11 @@ async def pending_encryption(database_url: str) -> str | None:
 async def encrypt_clear_data(database_url: str, settings: Settings) -> str | None:
     """Hash the user ids and seal the clear stored messages; a line saying what was done, or
     None when there was nothing to do. Raises AtRestError (no or a wrong master key)."""
-    if await pending_encryption(database_url) is None:
-        return None
     db = await Database.open(database_url)
     try:
         clear = PostgresClearData(db, now_ms=_wall_ms)
+        if await _pending(clear) is None:
+            return None
         vault = await open_vault(
             PostgresDataKeyTable(db),
             AtRestSettings(
