@@ -106,19 +106,33 @@ class KeyAudit(Protocol):
 
 class MessageQueue(Protocol):
     async def store(
-        self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
+        self,
+        envelopes: Sequence[Envelope],
+        *,
+        max_per_device: int | None = None,
+        stored_as: Callable[[str], str] | None = None,
     ) -> None:
         """Durable (committed) when it returns. A (recipient device, id) already stored is kept
         as is, so a retried store is a no-op; envelopes for a device that is not active are
         dropped. With `max_per_device`, a call that would add a row for a device already
         holding that many (expired ones count until purged) stores nothing and raises
-        QueueFull; the check is part of the insert, not another round trip."""
+        QueueFull; the check is part of the insert, not another round trip. `stored_as`
+        names each recipient user as the rows do (encryption at rest: its keyed hash), so
+        the caller does not copy every envelope to rename it."""
         ...
 
     async def fetch(
-        self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int
+        self,
+        user: str,
+        device: int,
+        *,
+        after_seq: int,
+        limit: int,
+        now_ms: int,
+        named: str | None = None,
     ) -> list[StoredEnvelope]:
-        """Unexpired stored envelopes with seq > after_seq, oldest first."""
+        """Unexpired stored envelopes with seq > after_seq, oldest first; their recipient
+        user is `named` when given (the real id of a keyed hash), else `user`."""
         ...
 
     async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:

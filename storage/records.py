@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
 
@@ -156,9 +157,10 @@ class KeyEvent:
     detail: dict[str, object]
 
 
-@dataclass(frozen=True, slots=True)
-class OpenedFields:
-    """What a stored envelope keeps sealed (storage.at_rest.sealing), once opened."""
+class OpenedFields(NamedTuple):
+    """What a stored envelope keeps sealed (storage.at_rest.sealing), once opened. A named
+    tuple, not a frozen dataclass: one is made per stored envelope read, and a tuple is
+    built several times faster."""
 
     sender_user: str
     sender_device: int

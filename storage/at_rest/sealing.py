@@ -45,7 +45,10 @@ SealedColumns = tuple[int, bytes | None]
 
 
 class EnvelopeSealer(Protocol):
-    def seal(self, envelope: Envelope) -> SealedColumns: ...
+    def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
+        """`recipient_user`: the recipient as the row names it (with encryption at rest, the
+        keyed hash of `envelope.recipient_user`), bound into the associated data."""
+        ...
 
     def open(
         self,
@@ -68,7 +71,7 @@ class EnvelopeSealer(Protocol):
 class ClearSealer:
     """No encryption at rest: every row in the clear columns."""
 
-    def seal(self, envelope: Envelope) -> SealedColumns:
+    def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
         return CLEAR_KEY_ID, None
 
     def open(
@@ -117,7 +120,7 @@ class RingSealer:
         self._nonces = NonceSequence()
         self._aead = XChaCha20Poly1305()
 
-    def seal(self, envelope: Envelope) -> SealedColumns:
+    def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
         key_id = self._ring.active_id
         user = envelope.sender_user.encode()
         plain = b"".join(
@@ -130,7 +133,7 @@ class RingSealer:
             )
         )
         nonce = self._nonces.next()
-        aad = _associated(envelope.recipient_user, envelope.recipient_device, envelope.id, key_id)
+        aad = _associated(recipient_user, envelope.recipient_device, envelope.id, key_id)
         sealed = self._aead.encrypt(self._ring.active_key, nonce, plain, aad)
         return key_id, nonce + sealed
 
@@ -193,11 +196,4 @@ def _fields(plain: bytes) -> OpenedFields:
     nonce = plain[at : at + nonce_len]
     if len(nonce) != nonce_len:
         raise ValueError("truncated")
-    return OpenedFields(
-        sender_user=user,
-        sender_device=sender_device,
-        ts=ts,
-        type=type_,
-        nonce=bytes(nonce),
-        body=bytes(plain[at + nonce_len :]),
-    )
+    return OpenedFields(user, sender_device, ts, type_, nonce, plain[at + nonce_len :])

@@ -119,7 +119,8 @@ class SqliteClearData:
             # Sealed here, on the writer thread: the rows are read and rewritten in one job.
             updates = []
             for row in rows:
-                key_id, sealed = sealer.seal(_envelope(row))
+                envelope = _envelope(row)
+                key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
                 if sealed is not None:
                     updates.append((key_id, sealed, row[0]))
             conn.executemany(

@@ -118,7 +118,7 @@ class PostgresClearData:
                     nonce=bytes(row["nonce"]),
                     expires_ms=int(row["expires_ms"]),
                 )
-                key_id, sealed = sealer.seal(envelope)
+                key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
                 if sealed is None:
                     raise ValueError("the sealer leaves messages in the clear")
                 updates.append((envelope.recipient_user, int(row["seq"]), key_id, sealed))

@@ -174,7 +174,7 @@ async def test_delete_retired_keeps_a_key_an_uncommitted_insert_uses(
     user = await make_user(store)
     old_id = sealed.vault.ring.active_id
     late = envelope(user, 1)
-    key_id, sealed_bytes = sealed.sealer.seal(late)
+    key_id, sealed_bytes = sealed.sealer.seal(late, late.recipient_user)
     production.clock.advance(60)
     await sealed.vault.rotate_data()
     bound = production.clock.now_ms() + 1

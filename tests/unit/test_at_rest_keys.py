@@ -123,7 +123,7 @@ def test_an_envelope_opens_to_every_sealed_field() -> None:
     ring = _ring()
     sealer = RingSealer(ring)
     envelope = _envelope()
-    key_id, sealed = sealer.seal(envelope)
+    key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
     assert key_id == 1 and sealed is not None
     for secret in (envelope.body, envelope.nonce, envelope.sender_user.encode()):
         assert secret not in sealed
@@ -141,7 +141,7 @@ def test_an_envelope_opens_to_every_sealed_field() -> None:
 def test_an_empty_body_and_a_long_sender_round_trip() -> None:
     sealer = RingSealer(_ring())
     envelope = _envelope(body=b"", sender_user="x" * 300, nonce=b"")
-    key_id, sealed = sealer.seal(envelope)
+    key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
     assert sealed is not None
     opened = sealer.open("b:recipient", 2, envelope.id, key_id, sealed)
     assert opened is not None and opened.body == b"" and opened.sender_user == "x" * 300
@@ -157,7 +157,7 @@ def test_a_sealed_row_moved_or_changed_does_not_open_and_is_reported(place: str)
     reasons: list[str] = []
     sealer = RingSealer(ring, on_undecryptable=reasons.append)
     envelope = _envelope()
-    key_id, sealed = sealer.seal(envelope)
+    key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
     assert sealed is not None
     user, device, message_id = envelope.recipient_user, 2, envelope.id
     if place == "another recipient":
@@ -177,7 +177,7 @@ def test_a_sealed_row_moved_or_changed_does_not_open_and_is_reported(place: str)
 def test_a_row_naming_an_unknown_key_is_reported_as_such() -> None:
     reasons: list[str] = []
     sealer = RingSealer(_ring(), on_undecryptable=reasons.append)
-    _key_id, sealed = sealer.seal(_envelope())
+    _key_id, sealed = sealer.seal(_envelope(), "b:recipient")
     assert sealed is not None
     assert sealer.open("b:recipient", 2, b"\x01" * 16, 9, sealed) is None
     assert reasons == ["unknown_key"]
@@ -187,7 +187,7 @@ def test_sealing_follows_the_active_key() -> None:
     ring = _ring()
     sealer = RingSealer(ring)
     ring.install(5, os.urandom(32), active=True)
-    key_id, sealed = sealer.seal(_envelope())
+    key_id, sealed = sealer.seal(_envelope(), "b:recipient")
     assert key_id == 5 and sealed is not None
     assert sealer.open("b:recipient", 2, b"\x01" * 16, 5, sealed) is not None
 
@@ -220,7 +220,8 @@ def test_xchacha_is_libsodiums_xchacha20poly1305_ietf_both_ways(size: int) -> No
 
 def test_sealing_nonces_never_repeat_within_a_sealer() -> None:
     sealer = RingSealer(_ring())
-    nonces = {sealer.seal(_envelope())[1][:24] for _ in range(2000)}  # type: ignore[index]
+    nonces = {sealer.seal(_envelope(), "b:recipient")[1][:24] for _ in range(2000)}  # type: ignore[index]
     assert len(nonces) == 2000
     other = RingSealer(_ring())
-    assert other.seal(_envelope())[1][:16] != sealer.seal(_envelope())[1][:16]  # type: ignore[index]
+    theirs, ours = other.seal(_envelope(), "b:recipient"), sealer.seal(_envelope(), "b:recipient")
+    assert theirs[1][:16] != ours[1][:16]  # type: ignore[index]
