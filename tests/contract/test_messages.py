@@ -8,7 +8,7 @@ import os
 from storage.interfaces import Store
 from storage.records import PendingOrigin
 
-from .support import DAY_MS, START_MS, Backend, envelope, make_user
+from .support import DAY_MS, START_MS, Backend, envelope, make_user, new_user
 
 
 async def fetch_all(store: Store, user: str, device: int, *, now_ms: int = START_MS) -> list[bytes]:
@@ -26,6 +26,25 @@ async def test_store_then_fetch_in_storage_order(store: Store) -> None:
     assert [s.envelope for s in fetched] == [first, second, third]  # byte for byte
     seqs = [s.seq for s in fetched]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3 and seqs[0] > 0
+
+
+async def test_rows_take_the_stored_name_and_are_read_back_under_the_given_one(
+    store: Store,
+) -> None:
+    """How the encrypted-at-rest view uses the queue: rows name the recipient as `stored_as`
+    says (its keyed hash), and a fetch names it as `named` says (the real id), so no
+    envelope is copied to be renamed on the way in or out."""
+    stored_name = await make_user(store)
+    real_name = new_user()
+    original = envelope(real_name, 1, body=b"renamed")
+    await store.messages.store([original], stored_as={real_name: stored_name}.__getitem__)
+    assert await fetch_all(store, real_name, 1) == []  # no row names the real id
+    named = await store.messages.fetch(
+        stored_name, 1, after_seq=0, limit=10, now_ms=START_MS, named=real_name
+    )
+    assert [s.envelope for s in named] == [original]
+    as_stored = await store.messages.fetch(stored_name, 1, after_seq=0, limit=10, now_ms=START_MS)
+    assert [s.envelope.recipient_user for s in as_stored] == [stored_name]
 
 
 async def test_empty_store_and_ack_are_no_ops(store: Store) -> None:

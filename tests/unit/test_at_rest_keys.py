@@ -147,6 +147,17 @@ def test_an_empty_body_and_a_long_sender_round_trip() -> None:
     assert opened is not None and opened.body == b"" and opened.sender_user == "x" * 300
 
 
+def test_the_recipient_bound_is_the_name_the_row_holds() -> None:
+    """The queue seals with the recipient as its row names it (the keyed hash), which need
+    not be the name the envelope carries (the real id)."""
+    sealer = RingSealer(_ring())
+    envelope = _envelope(recipient_user="the real id")
+    key_id, sealed = sealer.seal(envelope, "b:hashed")
+    assert sealed is not None
+    assert sealer.open("b:hashed", 2, envelope.id, key_id, sealed) is not None
+    assert sealer.open("the real id", 2, envelope.id, key_id, sealed) is None
+
+
 @pytest.mark.parametrize(
     "place",
     ["another recipient", "another device", "another id", "another key id", "a flipped bit"],
