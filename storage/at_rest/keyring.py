@@ -38,6 +38,7 @@ class KeyRing:
         if active_id not in data_keys:
             raise ValueError(f"active data key {active_id} is not among the keys")
         self._index_key = index_key
+        self._keyed: dict[bytes, hashlib.blake2b] = {}
         self._data_keys = dict(data_keys)
         self._active_id = active_id
         self.blind_user = lru_cache(maxsize=_BLIND_CACHE)(self._blind_user)
@@ -78,9 +79,13 @@ class KeyRing:
         """A keyed hash of `value` (BLAKE2b keyed with the index key, personalised with
         `label`, 16 bytes): equal values give equal hashes, so lookups work, and nothing about
         the value shows. (Keyed BLAKE2b is a PRF, and a third of HMAC-SHA-256's cost here.)"""
-        return hashlib.blake2b(
-            value, key=self._index_key, person=label, digest_size=_BLIND_BYTES
-        ).digest()
+        keyed = self._keyed.get(label)
+        if keyed is None:  # the key schedule once per label, then a copy per value
+            keyed = hashlib.blake2b(key=self._index_key, person=label, digest_size=_BLIND_BYTES)
+            self._keyed[label] = keyed
+        hashed = keyed.copy()
+        hashed.update(value)
+        return hashed.digest()
 
     def blind_nonce(self, nonce: bytes) -> bytes:
         """A replay nonce as the replay records keep it."""

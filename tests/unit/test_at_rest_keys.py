@@ -4,6 +4,7 @@ text, and envelope sealing (bound to recipient, id and key id)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import stat
 from dataclasses import replace
@@ -107,6 +108,18 @@ def test_blinded_ids_are_stable_per_index_key_and_show_nothing_of_the_id() -> No
     assert blinded.startswith(BLIND_PREFIX)
     assert USER not in blinded and USER.replace("-", "") not in blinded
     assert ring.blind_nonce(b"n" * 16) == ring.blind_nonce(b"n" * 16) != ring.blind(b"x", b"n" * 16)
+
+
+def test_the_keyed_hash_is_keyed_blake2b_as_stores_already_hold_it() -> None:
+    """Stores written by every earlier release hold these hashes: the function must not
+    change, however it is computed."""
+    index_key = os.urandom(32)
+    ring = KeyRing(index_key=index_key, data_keys={1: os.urandom(32)}, active_id=1)
+    for label, value in ((b"user", USER.encode()), (b"nonce", b"n" * 24), (b"nonce", b"")):
+        expected = hashlib.blake2b(value, key=index_key, person=label, digest_size=16).digest()
+        assert ring.blind(label, value) == expected
+        assert ring.blind(label, value) == expected  # the kept key schedule is not changed
+    assert ring.blind_user(USER) == BLIND_PREFIX + ring.blind(b"user", USER.encode()).hex()
 
 
 def test_sealed_text_opens_only_under_its_index_key() -> None:
