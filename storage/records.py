@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import dataclass
+from typing import Final
 
 MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
+
+# A stored receipt (docs/protocol.md, delivery receipts) is an envelope of this type, outside
+# the wire's 0-255, so no message can be taken for one: `sender_*` name the device that
+# acknowledged, `body` the message's id, `ts` and `server_ts` the time of the ack.
+RECEIPT_TYPE: Final = 0x100
+_RECEIPT_PERSON: Final = b"relay-receipt-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,39 @@ class Envelope:
     body: bytes
     nonce: bytes
     expires_ms: int
+    receipt: bool = False  # the sender asked for a receipt when this stored copy is acked
+
+    @property
+    def is_receipt(self) -> bool:
+        return self.type == RECEIPT_TYPE
+
+
+def receipt_id(message_id: bytes, user: str, device: int) -> bytes:
+    """The id every copy of one receipt carries (docs/protocol.md): derived, so a receipt
+    made again for the same (message, device) can never be stored twice."""
+    data = message_id + uuid.UUID(user).bytes + device.to_bytes(4, "big")
+    return hashlib.blake2b(data, digest_size=16, person=_RECEIPT_PERSON).digest()
+
+
+def receipt_envelope(
+    acked: Envelope, *, to_user: str, to_device: int, acked_by: str, now_ms: int
+) -> Envelope:
+    """The receipt for `acked` (acknowledged by device `acked.recipient_device` of
+    `acked_by`, the user's real id) held for device `to_device` of `to_user` (the sender's
+    user as the store names it); it expires with the message."""
+    return Envelope(
+        id=receipt_id(acked.id, acked_by, acked.recipient_device),
+        recipient_user=to_user,
+        recipient_device=to_device,
+        sender_user=acked_by,
+        sender_device=acked.recipient_device,
+        ts=now_ms,
+        server_ts=now_ms,
+        type=RECEIPT_TYPE,
+        body=acked.id,
+        nonce=b"",
+        expires_ms=acked.expires_ms,
+    )
 
 
 @dataclass(frozen=True, slots=True)
