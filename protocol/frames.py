@@ -326,7 +326,7 @@ class Receipt:
 
     T: ClassVar[str] = "receipt"
     id: bytes = req(_ID)
-    message: bytes = req(_ID)
+    message_id: bytes = req(_ID)
     user: str = req(_USER)
     device: int = req(_U32)
     server_ts: int = req(_TS)

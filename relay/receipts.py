@@ -22,7 +22,7 @@ def to_receipt(env: Envelope) -> Receipt:
     """A stored receipt (storage.records.receipt_envelope) as its frame."""
     return Receipt(
         id=env.id,
-        message=env.body,
+        message_id=env.body,
         user=env.sender_user,
         device=env.sender_device,
         server_ts=env.server_ts,
