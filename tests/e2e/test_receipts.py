@@ -6,6 +6,7 @@ Both stores; the cluster tests below run two production nodes."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -32,7 +33,24 @@ def receipt_for(message_id: bytes) -> Any:
     return lambda frame: frame.get("message_id") == message_id
 
 
+async def receipt_stats(relay: RelayProcess) -> dict[str, int]:
+    status, _, body = await relay.ahttp_get("/v1/stats")
+    assert status == 200
+    counts: dict[str, int] = json.loads(body)["receipts"]
+    return counts
+
+
+async def receipts_metric(relay: RelayProcess, event: str) -> float:
+    status, _, body = await relay.ahttp_get("/metrics")
+    assert status == 200
+    line = f'relay_receipts_total{{event="{event}"}} '
+    values = [float(x[len(line) :]) for x in body.decode().splitlines() if x.startswith(line)]
+    return values[0] if values else 0.0
+
+
 async def test_a_receipt_reaches_an_offline_sender_later(relay):
+    stats_before = await receipt_stats(relay)
+    created_before = await receipts_metric(relay, "created")
     alice = await new_user(relay.url)
     (bob,) = await offline_user(relay.url)
     nonce = os.urandom(24)
@@ -70,6 +88,15 @@ async def test_a_receipt_reaches_an_offline_sender_later(relay):
     assert alice.buffered("receipt") == []
     await alice.close()
     await bob.close()
+
+    # Counted once each: the retry was answered from the replay record.
+    stats_after = await receipt_stats(relay)
+    assert {k: stats_after[k] - stats_before[k] for k in stats_after} == {
+        "requested": 1,
+        "created": 1,
+        "pushed": 1,
+    }
+    assert await receipts_metric(relay, "created") == created_before + 1
 
 
 async def test_online_sender_devices_get_the_receipt_live(relay):
