@@ -26,6 +26,7 @@ from storage.records import Envelope, OpenedFields
 
 __all__ = [
     "CLEAR_KEY_ID",
+    "CLEAR_RECEIPT_TAG",
     "ClearSealer",
     "EnvelopeSealer",
     "RingSealer",
@@ -38,7 +39,7 @@ _NONCE_BYTES: Final = NONCE_BYTES
 _CONTEXT: Final = b"relay-envelope-v1\x00"
 _HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
 _LEN = struct.Struct(">H")
-_CLEAR_RECEIPT_TAG: Final = b"\x01"  # no encryption at rest: the request in the clear
+CLEAR_RECEIPT_TAG: Final = b"\x01"  # no encryption at rest: the request in the clear
 RECEIPT_ROW: Final = b"\x00"  # the `receipt` column of a stored receipt
 _RECEIPT_WANTED: Final = b"receipt"
 _RECEIPT_NOT_WANTED: Final = b"no-receipt"
@@ -101,7 +102,7 @@ class ClearSealer:
     def receipt_tag(
         self, recipient_user: str, recipient_device: int, message_id: bytes, *, wanted: bool
     ) -> bytes | None:
-        return _CLEAR_RECEIPT_TAG if wanted else None
+        return CLEAR_RECEIPT_TAG if wanted else None
 
     def store_name(self, user: str) -> str:
         return user

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -27,12 +26,8 @@ from .support import DAY_MS, START_MS, Backend, envelope, make_user
 ACK_MS = START_MS + 60_000
 
 
-@pytest.fixture(params=["clear", "at_rest"])
-async def queue_store(request: pytest.FixtureRequest, backend: Backend) -> AsyncIterator[Store]:
-    inner = await backend.open()
-    if request.param == "clear":
-        yield inner
-        return
+async def sealed_view(inner: Store, backend: Backend) -> BlindedStore:
+    """`inner` encrypted at rest from now on, seen as the relay sees it."""
     assert isinstance(inner, EmbeddedStore | ProductionStore)
     vault = await DataKeyVault.open(
         inner.data_keys,
@@ -45,7 +40,13 @@ async def queue_store(request: pytest.FixtureRequest, backend: Backend) -> Async
     async def opener() -> DataKeyVault:
         return vault
 
-    yield BlindedStore(inner, KeyAccess(opener, vault))
+    return BlindedStore(inner, KeyAccess(opener, vault))
+
+
+@pytest.fixture(params=["clear", "at_rest"])
+async def queue_store(request: pytest.FixtureRequest, backend: Backend) -> Store:
+    inner = await backend.open()
+    return inner if request.param == "clear" else await sealed_view(inner, backend)
 
 
 def asking(env: Envelope) -> Envelope:
@@ -158,3 +159,29 @@ async def test_a_copy_removed_with_its_device_makes_no_receipt(queue_store: Stor
     assert await store.devices.remove_device(recipient, 2)
     assert await store.messages.ack(recipient, 2, [message.id], now_ms=ACK_MS) == []
     assert await stored(store, sender, 1) == []
+
+
+async def test_a_request_survives_the_conversion_to_encryption_at_rest(backend: Backend) -> None:
+    """A store run without encryption at rest, then converted (`relay migrate`): a stored
+    copy's request for a receipt becomes the sealer's tag with the rest of the row."""
+    inner = await backend.open()
+    sender = await make_user(inner)
+    recipient = await make_user(inner)
+    message = asking(envelope(recipient, 1, sender_user=sender))
+    plain = envelope(recipient, 1, sender_user=sender)
+    await inner.messages.store([message, plain])
+
+    store = await sealed_view(inner, backend)
+    assert isinstance(inner, EmbeddedStore | ProductionStore)
+    vault = store.vault
+    assert vault is not None
+    ring = vault.ring
+    await inner.clear_data.blind_user_ids(ring.blind_user, ring.blind_nonce, ring.seal_text)
+    sealer = RingSealer(ring, load_keys=vault.load)
+    assert await inner.clear_data.seal_clear_messages(sealer, limit=10) == 2
+    assert await inner.clear_data.clear_messages() == 0
+
+    assert await store.messages.ack(recipient, 1, [plain.id], now_ms=ACK_MS) == []
+    (receipt,) = await store.messages.ack(recipient, 1, [message.id], now_ms=ACK_MS)
+    assert (receipt.recipient_user, receipt.body) == (sender, message.id)
+    assert [e.id for e in await stored(store, sender, 1)] == [receipt.id]
