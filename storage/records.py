@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from dataclasses import dataclass
 from typing import Final
 
@@ -13,7 +11,6 @@ MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
 # the wire's 0-255, so no message can be taken for one: `sender_*` name the device that
 # acknowledged, `body` the message's id, `ts` and `server_ts` the time of the ack.
 RECEIPT_TYPE: Final = 0x100
-_RECEIPT_PERSON: Final = b"relay-receipt-v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,21 +97,18 @@ class Envelope:
         return self.type == RECEIPT_TYPE
 
 
-def receipt_id(message_id: bytes, user: str, device: int) -> bytes:
-    """The id every copy of one receipt carries (docs/protocol.md): derived, so a receipt
-    made again for the same (message, device) can never be stored twice."""
-    data = message_id + uuid.UUID(user).bytes + device.to_bytes(4, "big")
-    return hashlib.blake2b(data, digest_size=16, person=_RECEIPT_PERSON).digest()
-
-
 def receipt_envelope(
-    acked: Envelope, *, to_user: str, to_device: int, acked_by: str, now_ms: int
+    acked: Envelope, *, receipt_id: bytes, to_user: str, to_device: int, acked_by: str, now_ms: int
 ) -> Envelope:
-    """The receipt for `acked` (acknowledged by device `acked.recipient_device` of
-    `acked_by`, the user's real id) held for device `to_device` of `to_user` (the sender's
-    user as the store names it); it expires with the message."""
+    """The receipt `receipt_id` for `acked` (acknowledged by device `acked.recipient_device`
+    of `acked_by`, the user's real id) held for device `to_device` of `to_user` (the sender's
+    user as the store names it); it expires with the message.
+
+    `receipt_id` is random, one for all the sender's devices, drawn in the ack's transaction:
+    the ack removes the copy once, so the receipt is made once. (An id derived from the
+    message and the recipient would let a copy of the database test guesses of user ids.)"""
     return Envelope(
-        id=receipt_id(acked.id, acked_by, acked.recipient_device),
+        id=receipt_id,
         recipient_user=to_user,
         recipient_device=to_device,
         sender_user=acked_by,

@@ -17,6 +17,7 @@ not open (the sealer logs and counts it), never delivering it half-read.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -289,6 +290,7 @@ def _leave_receipts(
     """The receipt of `acked` for every active device of its sender, inserted in the ack's
     transaction; returned addressed to the sender's id as the message names it."""
     to_user = sealer.store_name(acked.sender_user)
+    receipt_id = os.urandom(16)
     devices = conn.execute(
         "SELECT device FROM devices WHERE user = ? AND removed_ms IS NULL ORDER BY device",
         (to_user,),
@@ -296,7 +298,12 @@ def _leave_receipts(
     made: list[Envelope] = []
     for (to_device,) in devices:
         receipt = receipt_envelope(
-            acked, to_user=to_user, to_device=int(to_device), acked_by=acked_by, now_ms=now_ms
+            acked,
+            receipt_id=receipt_id,
+            to_user=to_user,
+            to_device=int(to_device),
+            acked_by=acked_by,
+            now_ms=now_ms,
         )
         if conn.execute(_INSERT, _row(receipt, sealer)).rowcount:
             made.append(_addressed(receipt, acked.sender_user))

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -508,9 +509,15 @@ async def _apply_acks(conn: Connection, run: list[_Op], sealer: EnvelopeSealer) 
             and env.id in op.ack[2]
         )
         to_user = sealer.store_name(env.sender_user)
+        receipt_id = os.urandom(16)
         for to_device in devices.get(to_user, []):
             receipt = receipt_envelope(
-                env, to_user=to_user, to_device=to_device, acked_by=op.named, now_ms=op.now_ms
+                env,
+                receipt_id=receipt_id,
+                to_user=to_user,
+                to_device=to_device,
+                acked_by=op.named,
+                now_ms=op.now_ms,
             )
             made.append((op, receipt, env.sender_user))
     if not made:
