@@ -9,7 +9,9 @@ from pathlib import Path
 from protocol.client import Client, DeliveryReceipt
 
 from .conftest import StartRelay
+from .scan import scan_database
 from .sdk import FAST, PASSPHRASE, WAIT, Inbox, device, distinctive
+from .test_at_rest_scan import _user_forms
 
 
 class Receipts:
@@ -40,7 +42,7 @@ async def test_receipts_for_stored_messages_live_and_after_reconnect(
     async with Client.open(
         relay.url, alice_store, PASSPHRASE, on_receipt=receipts.handler, options=FAST
     ) as alice:
-        await alice.register()
+        alice_user = await alice.register()
         async with device(relay.url, bob_store, bob_in) as bob:
             await bob.register()
             bob_user = bob.user
@@ -67,6 +69,14 @@ async def test_receipts_for_stored_messages_live_and_after_reconnect(
 
     async with device(relay.url, bob_store, bob_in):
         await bob_in.wait_for(4)
+
+    # The receipt waits in the store for alice: a copy of the database names neither user
+    # (the acknowledging user is sealed in it, the sender's id blinded).
+    findings, records = await scan_database(
+        relay, [*_user_forms(alice_user), *_user_forms(bob_user)]
+    )
+    assert records > 0
+    assert findings == [], findings[:5]
 
     async with Client.open(relay.url, alice_store, PASSPHRASE, options=FAST) as alice:
         later = await asyncio.wait_for(alice.next_receipt(), WAIT)
