@@ -9,8 +9,9 @@ rounds on the same store.
         --admin-dsn postgresql://postgres@127.0.0.1:5432/postgres --redis-url redis://127.0.0.1:6379/0
 
 Run it with PYTHONPATH pointing at a checkout from before receipts to get `plain` for the
-old ack (`receipt` is then skipped): the ratio of the two `plain` medians is what the
-receipt machinery costs an ack that asked for none.
+old ack (`receipt` is then skipped), alternating with `--plain-only` runs of this one: the
+ratio of the two `plain` medians is what the receipt machinery costs an ack that asked for
+none.
 
 A benchmark, not a test: figures vary with the machine's load.
 """
@@ -102,7 +103,7 @@ async def measure(store: Store, args: argparse.Namespace) -> dict[str, list[floa
     sender = await new_user(store)
     supported = "receipt" in {f.name for f in dataclasses.fields(Envelope)}
     figures: dict[str, list[float]] = {"plain": []}
-    if supported:
+    if supported and not args.plain_only:
         figures["receipt"] = []
     for round_ in range(args.rounds):
         kinds = list(figures) if round_ % 2 == 0 else list(reversed(figures))
@@ -130,6 +131,9 @@ def main() -> None:
     parser.add_argument("--acks", type=int, default=4000)
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument(
+        "--plain-only", action="store_true", help="only `plain`, as a checkout from before runs"
+    )
     parser.add_argument("--admin-dsn", default=None)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     asyncio.run(main_async(parser.parse_args()))

@@ -157,25 +157,22 @@ class SqliteMessageQueue:
             for start in range(0, len(unique), ACK_CHUNK):
                 chunk = unique[start : start + ACK_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                wanted = sorted({tag for i in chunk if (tag := tags[i]) is not None})
-                if wanted:
-                    flagged = conn.execute(
-                        f"SELECT seq, {_SELECTED}, receipt FROM messages"
-                        " WHERE recipient_user = ? AND recipient_device = ?"
-                        f" AND id IN ({marks}) AND receipt IN ({', '.join('?' * len(wanted))})",
-                        (user, device, *chunk, *wanted),
-                    ).fetchall()
-                    for row in flagged:
-                        opened = _stored(tuple(row), sealer)
-                        if opened is not None and tags[opened.envelope.id] == row[_RECEIPT]:
-                            receipts.extend(
-                                _leave_receipts(conn, sealer, opened.envelope, acked_by, at)
-                            )
-                conn.execute(
+                # One statement, as before receipts: the removed rows come back in process
+                # (no copy over a network), and only those whose tag matches are opened.
+                gone = conn.execute(
                     "DELETE FROM messages WHERE recipient_user = ? AND recipient_device = ?"
-                    f" AND id IN ({marks})",
+                    f" AND id IN ({marks}) RETURNING seq, {_SELECTED}, receipt",
                     (user, device, *chunk),
-                )
+                ).fetchall()
+                for row in gone:
+                    tag = row[_RECEIPT]
+                    if tag is None or tag != tags.get(bytes(row[1])):
+                        continue
+                    opened = _stored(tuple(row), sealer)
+                    if opened is not None:
+                        receipts.extend(
+                            _leave_receipts(conn, sealer, opened.envelope, acked_by, at)
+                        )
             return receipts
 
         return await self._db.run(job)
