@@ -130,11 +130,16 @@ class Send:
     nonce: bytes = req(Bin(MESSAGE_NONCE_BYTES, MESSAGE_NONCE_BYTES))
     devices: tuple[DeviceMessage, ...] = req(Many(Nested(DeviceMessage), MAX_DEVICE_ENTRIES))
     online: bool = opt(Flag(), default=False)
+    # Extension (docs/protocol.md, delivery receipts): absent when false, so a v1 client's
+    # bytes are unchanged.
+    receipt: bool = opt(Flag(), default=False)
 
     def check(self) -> None:
         seen = {d.device for d in self.devices}
         if len(seen) != len(self.devices):
             raise FrameError("devices names a device twice")
+        if self.receipt and self.online:
+            raise FrameError("an online message is never stored: it has no receipt")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,6 +320,19 @@ class Deliver:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Receipt:
+    """A stored copy of a message sent with `receipt: true` was acknowledged by `device` of
+    `user` at `server_ts`; acknowledged by `id`, like a delivery (docs/protocol.md)."""
+
+    T: ClassVar[str] = "receipt"
+    id: bytes = req(_ID)
+    message_id: bytes = req(_ID)
+    user: str = req(_USER)
+    device: int = req(_U32)
+    server_ts: int = req(_TS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueEmpty:
     T: ClassVar[str] = "queue_empty"
 
@@ -327,11 +345,11 @@ class KeysLow:
 
 
 Answer = AuthOk | SendOk | KeysUploadOk | KeysFetchOk | KeysCountOk | DevicesListOk | EmptyOk
-Push = Challenge | Deliver | QueueEmpty | KeysLow
+Push = Challenge | Deliver | Receipt | QueueEmpty | KeysLow
 ServerFrame = Answer | Error | Push
 
 SERVER_PUSHES: dict[str, type[Push | Error]] = {
-    cls.T: cls for cls in (Challenge, Deliver, QueueEmpty, KeysLow, Error)
+    cls.T: cls for cls in (Challenge, Deliver, Receipt, QueueEmpty, KeysLow, Error)
 }
 
 ANSWER_TYPES: dict[type[Request], type[Answer]] = {

@@ -21,6 +21,7 @@ from relay.http import OperationsEndpoints
 from relay.looplag import LoopLagMonitor
 from relay.metrics import Metrics
 from relay.queuedepth import refresh_forever
+from relay.receipts import ReceiptingQueue
 from relay.router import Router
 from relay.schemaguard import SchemaWatch, check_at_start
 from relay.server import RelayServer
@@ -34,6 +35,7 @@ from storage.at_rest.vault import REFRESH_INTERVAL_S
 from storage.embedded import EmbeddedStore
 from storage.errors import StorageError
 from storage.interfaces import BackendObserver, Store
+from storage.records import Envelope
 from storage.stopping import stop_tasks
 
 log = logging.getLogger("relay")
@@ -165,10 +167,15 @@ async def build_services(settings: Settings, clock: Clock) -> tuple[Services, st
         may_wait=True,
     )
     router = Router()
+    messages = ReceiptingQueue(
+        store.messages,
+        now_ms=clock.now_ms,
+        on_receipts=lambda receipts: receipts_made(svc, receipts),
+    )
     cluster = open_cluster(
         settings,
         router=router,
-        messages=store.messages,
+        messages=messages,
         spawn=lambda work: svc.spawn(work),
         clock=clock,
         observe=metrics.observe_backend,
@@ -181,8 +188,18 @@ async def build_services(settings: Settings, clock: Clock) -> tuple[Services, st
         clock=clock,
         limits=Limits(max_body_bytes=settings.max_body_bytes),
         cluster=cluster,
+        messages=messages,
     )
     return svc, store_kind
+
+
+def receipts_made(svc: Services, receipts: list[Envelope]) -> None:
+    """After an ack's commit: the sender's devices connected here pump their receipts now,
+    those on other nodes are told (spawned: the acknowledging device never waits on it)."""
+    svc.metrics.receipts.labels("created").inc(len(receipts))
+    for receipt in receipts:
+        svc.router.notify_stored(receipt.recipient_user, receipt.recipient_device)
+    svc.spawn(svc.cluster.announce_stored(receipts))
 
 
 async def _serve_until_signal(

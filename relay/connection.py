@@ -182,7 +182,7 @@ async def _open_session(
         user=identity.user,
         device=identity.device,
         out=out,
-        messages=svc.store.messages,
+        messages=svc.messages,
         window=svc.settings.delivery_window,
         now_ms=svc.clock.now_ms,
         requests=TokenBucket(

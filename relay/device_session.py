@@ -30,6 +30,7 @@ from relay.delivery import (
 )
 from relay.flag import Flag
 from relay.outbound import Outbound
+from relay.receipts import to_receipt
 from storage.errors import StorageError
 from storage.interfaces import MessageQueue
 from storage.records import Envelope
@@ -279,7 +280,7 @@ class DeviceSession:
             if found is StoredFound.NO_ROOM:
                 break  # live pushes took the room meanwhile; a later fetch resumes here
             if found is StoredFound.PUSH:
-                self.out.write(to_deliver(env))
+                self.out.write(to_receipt(env) if env.is_receipt else to_deliver(env))
                 self._watch_stall()
             elif found is StoredFound.STALE:
                 stale.append(env.id)

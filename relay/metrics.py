@@ -180,6 +180,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.receipts = LabelledCounter(
+            "relay_receipts_total",
+            "Delivery receipts (docs/protocol.md): stored copies that asked for one"
+            " (requested), receipts made for the sender's devices when such a copy was"
+            " acknowledged (created; pushed ones count in relay_frames_sent_total).",
+            ["event"],
+            registry=r,
+        )
         self.undecryptable = LabelledCounter(
             "relay_envelopes_undecryptable_total",
             "Stored envelopes skipped because they did not open (encryption at rest), by reason"

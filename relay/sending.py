@@ -256,6 +256,8 @@ async def _route(
     outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
     svc.metrics.envelopes.labels("delivered").inc(len(delivered))
     svc.metrics.envelopes.labels("stored").inc(len(stored))
+    if frame.receipt:
+        svc.metrics.receipts.labels("requested").inc(len(stored))
     if not await _record_outcome(svc, scope, frame, outcome):
         # Unrecorded, the nonce would open again once the pending claim lapses: no `ok` for
         # it. The envelopes are durable or acknowledged already, so the sender's retry (same
@@ -306,6 +308,7 @@ def _envelopes(svc: Services, session: DeviceSession, frame: Send) -> list[Envel
             body=message.body,
             nonce=frame.nonce,
             expires_ms=expires,
+            receipt=frame.receipt,
         )
         for message in frame.devices
     ]

@@ -14,7 +14,7 @@ from relay.cluster import Cluster
 from relay.config import Settings
 from relay.metrics import Metrics
 from relay.router import Router
-from storage.interfaces import Store
+from storage.interfaces import MessageQueue, Store
 
 log = logging.getLogger("relay")
 
@@ -28,6 +28,7 @@ class Services:
     clock: Clock
     limits: Limits
     cluster: Cluster  # presence and the node bus: devices connected to other nodes
+    messages: MessageQueue  # the store's queue as acks use it: receipts pushed (relay.receipts)
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -71,6 +71,9 @@ class Stats:
     closes: dict[str, int]
     delivery_latency: LatencyWindow
     stored_messages: int
+    # Delivery receipts since start (docs/protocol.md): stored copies that asked for one,
+    # receipts made for the senders' devices, receipt frames pushed.
+    receipts: dict[str, int]
     event_loop_lag_ms: float
     nodes: list[NodeStats]
     nodes_available: bool  # False: the registry did not answer; `nodes` is this node alone
@@ -131,10 +134,21 @@ def collect(
             p99_ms=_ms(recent.p99_s),
         ),
         stored_messages=int(metrics.value(metrics.stored_messages)),
+        receipts=_receipts(svc),
         event_loop_lag_ms=round(metrics.value(metrics.loop_lag_last) * 1000, 3),
         nodes=_nodes(node_id, len(sessions), registry, now_ms),
         nodes_available=registry is not None,
     )
+
+
+def _receipts(svc: Services) -> dict[str, int]:
+    metrics = svc.metrics
+    counted = _ints(metrics.totals(metrics.receipts))
+    return {
+        "requested": counted.get("requested", 0),
+        "created": counted.get("created", 0),
+        "pushed": int(metrics.totals(metrics.frames_out).get("receipt", 0)),
+    }
 
 
 def _nodes(

@@ -135,8 +135,22 @@ class MessageQueue(Protocol):
         user is `named` when given (the real id of a keyed hash), else `user`."""
         ...
 
-    async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
-        """Remove acknowledged envelopes; ids not stored are ignored."""
+    async def ack(
+        self,
+        user: str,
+        device: int,
+        ids: Sequence[bytes],
+        *,
+        now_ms: int | None = None,
+        named: str | None = None,
+    ) -> list[Envelope]:
+        """Remove acknowledged envelopes; ids not stored are ignored. In the same transaction,
+        each one removed whose sender asked for a receipt (`Envelope.receipt`) leaves its
+        receipt (storage.records.receipt_envelope, made at `now_ms`, the wall clock when
+        None) stored for every active device of the sender's user: never lost, never made
+        twice. Returns those receipts, addressed to the sender's user as the message named
+        it, so the caller can have them pushed. `named` is the acknowledging user as a
+        receipt names it, when `user` is only its stored name (storage.at_rest.blinded)."""
         ...
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
+
+# A stored receipt (docs/protocol.md, delivery receipts) is an envelope of this type, outside
+# the wire's 0-255, so no message can be taken for one: `sender_*` name the device that
+# acknowledged, `body` the message's id, `ts` and `server_ts` the time of the ack.
+RECEIPT_TYPE: Final = 0x100
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,36 @@ class Envelope:
     body: bytes
     nonce: bytes
     expires_ms: int
+    receipt: bool = False  # the sender asked for a receipt when this stored copy is acked
+
+    @property
+    def is_receipt(self) -> bool:
+        return self.type == RECEIPT_TYPE
+
+
+def receipt_envelope(
+    acked: Envelope, *, receipt_id: bytes, to_user: str, to_device: int, acked_by: str, now_ms: int
+) -> Envelope:
+    """The receipt `receipt_id` for `acked` (acknowledged by device `acked.recipient_device`
+    of `acked_by`, the user's real id) held for device `to_device` of `to_user` (the sender's
+    user as the store names it); it expires with the message.
+
+    `receipt_id` is random, one for all the sender's devices, drawn in the ack's transaction:
+    the ack removes the copy once, so the receipt is made once. (An id derived from the
+    message and the recipient would let a copy of the database test guesses of user ids.)"""
+    return Envelope(
+        id=receipt_id,
+        recipient_user=to_user,
+        recipient_device=to_device,
+        sender_user=acked_by,
+        sender_device=acked.recipient_device,
+        ts=now_ms,
+        server_ts=now_ms,
+        type=RECEIPT_TYPE,
+        body=acked.id,
+        nonce=b"",
+        expires_ms=acked.expires_ms,
+    )
 
 
 @dataclass(frozen=True, slots=True)

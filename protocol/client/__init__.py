@@ -3,7 +3,7 @@
 See docs/client.md. The entry point is :meth:`Client.open`.
 """
 
-from protocol.client.client import Client, MessageHandler
+from protocol.client.client import Client, MessageHandler, ReceiptHandler
 from protocol.client.errors import (
     AnswerTimeout,
     ClientError,
@@ -22,6 +22,7 @@ from protocol.client.messages import (
     ClientOptions,
     ClientStats,
     ConnectionChange,
+    DeliveryReceipt,
     IncomingMessage,
     LinkTicket,
     SendReceipt,
@@ -40,6 +41,7 @@ __all__ = [
     "ClientStopped",
     "ConnectionChange",
     "ConnectionLost",
+    "DeliveryReceipt",
     "IdentityChange",
     "IncomingMessage",
     "KdfLimits",
@@ -47,6 +49,7 @@ __all__ = [
     "LocalStore",
     "MessageHandler",
     "NotRegistered",
+    "ReceiptHandler",
     "RequestRefused",
     "SendFailed",
     "SendReceipt",

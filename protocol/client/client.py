@@ -22,6 +22,7 @@ the session state it advanced is written to the store.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -49,6 +50,7 @@ from protocol.client.messages import (
     ClientOptions,
     ClientStats,
     ConnectionChange,
+    DeliveryReceipt,
     IncomingMessage,
     LinkTicket,
     SendReceipt,
@@ -74,6 +76,7 @@ from protocol.frames import (
     KeysLow,
     Link,
     QueueEmpty,
+    Receipt,
     Request,
 )
 from protocol.payloads import link_payload
@@ -81,13 +84,15 @@ from protocol.signatures import KeyScheme
 from protocol.wire import CONNECT_ERRORS, WireConnection, WireOptions
 from protocol.wire.connection import A
 
-__all__ = ["Client", "MessageHandler"]
+__all__ = ["Client", "MessageHandler", "ReceiptHandler"]
 
 log = logging.getLogger("relay.client")
 
 
 IdentityHandler = Callable[[IdentityChange], None]
 ConnectionHandler = Callable[[ConnectionChange], None]
+ReceiptHandler = Callable[[DeliveryReceipt], Awaitable[None]]
+_RECENT_RECEIPTS = 1024  # receipt ids remembered to drop a repeat (delivery is at least once)
 
 # Handshake refusals worth another try: the relay's backend is down, or it is busy.
 _TRANSIENT = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL, ErrorCode.RATE_LIMITED})
@@ -113,12 +118,16 @@ class Client:
         options: ClientOptions,
         ssl: SSLContext | None = None,
         on_connection_change: ConnectionHandler | None = None,
+        on_receipt: ReceiptHandler | None = None,
     ) -> None:
         self.url = url
         self.options = options
         self.state = state
         self.stats = ClientStats()
         self._inbox: asyncio.Queue[IncomingMessage] = asyncio.Queue()
+        self._receipts: asyncio.Queue[DeliveryReceipt] = asyncio.Queue()
+        self._receipt_handler = on_receipt or self._receipts.put
+        self._recent_receipts: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._identity_handler = on_identity_change or self._log_identity_change
         self._connection_handler = on_connection_change
         self.peers = Peers(state, keys, self._identity_handler)
@@ -166,6 +175,7 @@ class Client:
         options: ClientOptions | None = None,
         ssl: SSLContext | None = None,
         on_connection_change: ConnectionHandler | None = None,
+        on_receipt: ReceiptHandler | None = None,
     ) -> AsyncIterator[Client]:
         """Open (or create) the device's store and, once registered, stay connected.
 
@@ -175,6 +185,8 @@ class Client:
         A `wss://` URL is verified with `ssl` (see :func:`tls_context`), or with the
         system's CAs when it is None.
         `on_connection_change` hears every connection and every failed attempt.
+        `on_receipt` hears the delivery receipts of messages sent with `receipt=True`
+        (without it, read them with :meth:`next_receipt`).
         """
         options = options or ClientOptions()
         # A URL that can never work fails here, not in the reconnect loop.
@@ -192,6 +204,7 @@ class Client:
             options=options,
             ssl=ssl,
             on_connection_change=on_connection_change,
+            on_receipt=on_receipt,
         )
         try:
             if client.registered:
@@ -305,10 +318,12 @@ class Client:
 
     # --- sending -------------------------------------------------------------------
 
-    def queue(self, to: str, plaintext: bytes) -> bytes:
+    def queue(self, to: str, plaintext: bytes, *, receipt: bool = False) -> bytes:
         """Put a message in the persisted outbox; it is sent (and retried) in the background.
 
         Returns the message id. A copy for this user's other devices is queued with it.
+        With `receipt`, every device of this user gets a :class:`DeliveryReceipt` when a
+        copy the relay had to store is acknowledged by its recipient device.
         """
         self._check_running()
         to = str(uuid.UUID(to))
@@ -316,13 +331,16 @@ class Client:
             raise ValueError(f"a message is at most {self.options.max_plaintext_bytes} bytes")
         if len(self.state.outbox) + 2 > self.options.max_outbox:
             raise ClientError("the outbox is full: the relay has not been reachable for a while")
-        main = self._enqueue(to, Kind.MESSAGE, plaintext, None)
+        main = self._enqueue(to, Kind.MESSAGE, plaintext, None, receipt=receipt)
         if to != self.user:
             self._enqueue(self.user, Kind.SENT_COPY, plaintext, to)
         return main.id
 
-    async def send(self, to: str, plaintext: bytes) -> SendReceipt:
+    async def send(self, to: str, plaintext: bytes, *, receipt: bool = False) -> SendReceipt:
         """Send and wait for the relay's `ok` for every device (the copies included).
+
+        With `receipt`, the devices in the answer's `stored` list each bring a
+        :class:`DeliveryReceipt` later, when they acknowledge the message.
 
         Raises :class:`SendFailed` when the relay refuses the message for good.
         If the client closes first, the message stays in the outbox and goes
@@ -330,7 +348,7 @@ class Client:
         """
         to = str(uuid.UUID(to))
         first = self.state.next_local_id
-        message_id = self.queue(to, plaintext)
+        message_id = self.queue(to, plaintext, receipt=receipt)
         futures = [
             self._waiters[local_id]
             for local_id in range(first, self.state.next_local_id)
@@ -346,7 +364,9 @@ class Client:
         assert main.id == message_id
         return main
 
-    def _enqueue(self, to: str, kind: Kind, body: bytes, sent_to: str | None) -> OutboxEntry:
+    def _enqueue(
+        self, to: str, kind: Kind, body: bytes, sent_to: str | None, *, receipt: bool = False
+    ) -> OutboxEntry:
         entry = self.state.add_outbox(
             lambda local_id: OutboxEntry(
                 local_id=local_id,
@@ -356,6 +376,7 @@ class Client:
                 kind=kind,
                 body=body,
                 sent_to=sent_to,
+                receipt=receipt,
             )
         )
         waiter: asyncio.Future[SendReceipt] = asyncio.get_running_loop().create_future()
@@ -415,6 +436,10 @@ class Client:
         """The next message, when the client was opened without `on_message`."""
         return await self._inbox.get()
 
+    async def next_receipt(self) -> DeliveryReceipt:
+        """The next delivery receipt, when the client was opened without `on_receipt`."""
+        return await self._receipts.get()
+
     async def caught_up(self) -> None:
         """Wait until connected and every message the relay held at connect time is handled."""
         await self._wait_connection()
@@ -431,6 +456,8 @@ class Client:
                         conn, push.prekeys, push.pq_prekeys, rotate=False, at_connect=False
                     )
                 )
+            elif isinstance(push, Receipt):
+                await self._on_receipt(conn, push)
             elif isinstance(push, QueueEmpty):
                 self._caught_up.set()
             elif isinstance(push, Error):
@@ -438,6 +465,18 @@ class Client:
             else:
                 # A late answer (its request gave up) or a frame of a newer relay.
                 log.debug("ignoring a frame from the relay: %s", push.reason)
+
+    async def _on_receipt(self, conn: WireConnection, frame: Receipt) -> None:
+        """Hand a receipt to the application once, then acknowledge it (a repeat of one
+        handed out lately is only acknowledged)."""
+        if frame.id not in self._recent_receipts:
+            await self._receipt_handler(
+                DeliveryReceipt(frame.message_id, frame.user, frame.device, frame.server_ts)
+            )
+            self._recent_receipts[frame.id] = None
+            if len(self._recent_receipts) > _RECENT_RECEIPTS:
+                self._recent_receipts.popitem(last=False)
+        await conn.ack([frame.id])  # lost with the connection: pushed again, dropped then
 
     # --- the connection loop ---------------------------------------------------------
 

@@ -15,6 +15,7 @@ __all__ = [
     "ClientOptions",
     "ClientStats",
     "ConnectionChange",
+    "DeliveryReceipt",
     "IncomingMessage",
     "LinkTicket",
     "SendReceipt",
@@ -45,6 +46,19 @@ class SendReceipt:
     id: bytes
     delivered: tuple[int, ...]
     stored: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReceipt:
+    """A message sent with `receipt=True` and stored by the relay for a device was
+    acknowledged by that device (`user`, `device`) at the relay's time `server_ts` (ms).
+    Only for stored copies: a device that acknowledged at once is in `SendReceipt.delivered`.
+    It says the message left the relay, not that anyone read it."""
+
+    message_id: bytes
+    user: str
+    device: int
+    server_ts: int
 
 
 @dataclass(frozen=True, slots=True)

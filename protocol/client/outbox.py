@@ -80,6 +80,7 @@ class OutboxSender:
                         ts=_now_ms(),
                         nonce=entry.nonce,
                         devices=frame_devices,
+                        receipt=entry.receipt,
                     ),
                     SendOk,
                 )

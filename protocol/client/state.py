@@ -83,6 +83,7 @@ class OutboxEntry:
     body: bytes
     sent_to: str | None = None
     prepared: dict[int, PreparedCopy] = field(default_factory=dict)
+    receipt: bool = False  # ask the relay for delivery receipts of stored copies
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -93,6 +94,7 @@ class OutboxEntry:
             "kind": int(self.kind),
             "body": _b(self.body),
             "sent_to": self.sent_to,
+            "receipt": self.receipt,
             "prepared": [
                 [p.device, p.registration_id, p.type, _b(p.body)] for p in self.prepared.values()
             ],
@@ -112,6 +114,7 @@ class OutboxEntry:
             body=_unb(raw["body"]),
             sent_to=raw["sent_to"],
             prepared=prepared,
+            receipt=bool(raw.get("receipt", False)),  # absent in outboxes saved before it
         )
 
 

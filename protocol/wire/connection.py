@@ -40,6 +40,7 @@ from protocol.frames import (
     KeysLow,
     Link,
     QueueEmpty,
+    Receipt,
     Register,
     Request,
 )
@@ -72,7 +73,7 @@ class Undecodable:
     reason: str
 
 
-ServerPush = Deliver | KeysLow | QueueEmpty | Error | Undecodable
+ServerPush = Deliver | Receipt | KeysLow | QueueEmpty | Error | Undecodable
 PushHandler = Callable[[ServerPush], None]
 # Called with the request's rid and its answer; None when the connection ended first.
 AnswerHandler = Callable[[int, Answer | Error | None], None]
@@ -308,7 +309,7 @@ class WireConnection:
                 except RelayError as exc:
                     on_push(Undecodable(exc.message))
                     continue
-                if isinstance(frame, Deliver | QueueEmpty | KeysLow):
+                if isinstance(frame, Deliver | Receipt | QueueEmpty | KeysLow):
                     on_push(frame)
                 elif isinstance(frame, Error):
                     rid = frame.rid

@@ -318,8 +318,19 @@ class BlindedMessages:
             named=user if named is None else named,
         )
 
-    async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
-        await self._inner.ack(await self._blind(user), device, ids)
+    async def ack(
+        self,
+        user: str,
+        device: int,
+        ids: Sequence[bytes],
+        *,
+        now_ms: int | None = None,
+        named: str | None = None,
+    ) -> list[Envelope]:
+        # The receipts come back addressed to the sender's real id: it is sealed in the row.
+        return await self._inner.ack(
+            await self._blind(user), device, ids, now_ms=now_ms, named=named or user
+        )
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
         return await self._inner.queue_state(await self._blind(user), device, now_ms=now_ms)

@@ -26,10 +26,12 @@ from storage.records import Envelope, OpenedFields
 
 __all__ = [
     "CLEAR_KEY_ID",
+    "CLEAR_RECEIPT_TAG",
     "ClearSealer",
     "EnvelopeSealer",
     "RingSealer",
     "SealedColumns",
+    "receipt_column",
 ]
 
 CLEAR_KEY_ID: Final = 0  # the row's fields are in the clear columns
@@ -37,6 +39,10 @@ _NONCE_BYTES: Final = NONCE_BYTES
 _CONTEXT: Final = b"relay-envelope-v1\x00"
 _HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
 _LEN = struct.Struct(">H")
+CLEAR_RECEIPT_TAG: Final = b"\x01"  # no encryption at rest: the request in the clear
+RECEIPT_ROW: Final = b"\x00"  # the `receipt` column of a stored receipt
+_RECEIPT_WANTED: Final = b"receipt"
+_RECEIPT_NOT_WANTED: Final = b"no-receipt"
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +54,17 @@ class EnvelopeSealer(Protocol):
     def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
         """`recipient_user`: the recipient as the row names it (with encryption at rest, the
         keyed hash of `envelope.recipient_user`), bound into the associated data."""
+        ...
+
+    def receipt_tag(
+        self, recipient_user: str, recipient_device: int, message_id: bytes, *, wanted: bool
+    ) -> bytes | None:
+        """The `receipt` column of a stored copy: what an ack compares to find the copies
+        whose sender asked for a receipt (docs/protocol.md, delivery receipts)."""
+        ...
+
+    def store_name(self, user: str) -> str:
+        """The name a user's rows are stored under: a receipt is addressed by it."""
         ...
 
     def open(
@@ -68,11 +85,30 @@ class EnvelopeSealer(Protocol):
         ...
 
 
+def receipt_column(sealer: EnvelopeSealer, envelope: Envelope, recipient_user: str) -> bytes | None:
+    """What a row's `receipt` column holds: the sealer's tag for a message (bound to the
+    recipient as the row names it); for a receipt, RECEIPT_ROW, so that a schema going back
+    below receipts can delete them (a receipt's other columns are sealed like a message's)."""
+    if envelope.is_receipt:
+        return RECEIPT_ROW
+    return sealer.receipt_tag(
+        recipient_user, envelope.recipient_device, envelope.id, wanted=envelope.receipt
+    )
+
+
 class ClearSealer:
     """No encryption at rest: every row in the clear columns."""
 
     def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
         return CLEAR_KEY_ID, None
+
+    def receipt_tag(
+        self, recipient_user: str, recipient_device: int, message_id: bytes, *, wanted: bool
+    ) -> bytes | None:
+        return CLEAR_RECEIPT_TAG if wanted else None
+
+    def store_name(self, user: str) -> str:
+        return user
 
     def open(
         self,
@@ -136,6 +172,18 @@ class RingSealer:
         aad = _associated(recipient_user, envelope.recipient_device, envelope.id, key_id)
         sealed = self._aead.encrypt(self._ring.active_key, nonce, plain, aad)
         return key_id, nonce + sealed
+
+    def receipt_tag(
+        self, recipient_user: str, recipient_device: int, message_id: bytes, *, wanted: bool
+    ) -> bytes | None:
+        """Every row has a tag, keyed by the index key and bound to its recipient and id: a
+        copied database cannot tell which copies asked for a receipt (no row's tag repeats),
+        and an ack, which knows the ids it removes, computes the tags it looks for."""
+        where = recipient_user.encode() + recipient_device.to_bytes(4, "big") + message_id
+        return self._ring.blind(_RECEIPT_WANTED if wanted else _RECEIPT_NOT_WANTED, where)
+
+    def store_name(self, user: str) -> str:
+        return self._ring.blind_user(user)
 
     def open(
         self,

@@ -34,7 +34,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Final
 
-from storage.at_rest.sealing import CLEAR_KEY_ID, EnvelopeSealer
+from storage.at_rest.sealing import (
+    CLEAR_KEY_ID,
+    CLEAR_RECEIPT_TAG,
+    EnvelopeSealer,
+    receipt_column,
+)
 from storage.embedded.database import SqliteDatabase
 from storage.errors import StorageError
 from storage.records import Envelope
@@ -112,7 +117,7 @@ class SqliteClearData:
         def job(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
                 "SELECT seq, id, recipient_user, recipient_device, sender_user, sender_device,"
-                " ts, server_ts, type, body, nonce, expires_ms FROM messages"
+                " ts, server_ts, type, body, nonce, expires_ms, receipt FROM messages"
                 " WHERE key_id = ? ORDER BY seq LIMIT ?",
                 (CLEAR_KEY_ID, limit),
             ).fetchall()
@@ -122,11 +127,19 @@ class SqliteClearData:
                 envelope = _envelope(row)
                 key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
                 if sealed is not None:
-                    updates.append((key_id, sealed, row[0]))
+                    # A request for a receipt becomes the sealer's tag (delivery receipts).
+                    updates.append(
+                        (
+                            key_id,
+                            sealed,
+                            receipt_column(sealer, envelope, envelope.recipient_user),
+                            row[0],
+                        )
+                    )
             conn.executemany(
                 "UPDATE messages SET key_id = ?, sealed = ?, sender_user = NULL,"
-                " sender_device = NULL, ts = NULL, type = NULL, body = NULL, nonce = NULL"
-                " WHERE seq = ?",
+                " sender_device = NULL, ts = NULL, type = NULL, body = NULL, nonce = NULL,"
+                " receipt = ? WHERE seq = ?",
                 updates,
             )
             return len(updates)
@@ -189,7 +202,7 @@ def _deferred_foreign_keys(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 def _envelope(row: tuple[Any, ...]) -> Envelope:
-    _, id_, r_user, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp = row
+    _, id_, r_user, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp = row[:12]
     return Envelope(
         id=bytes(id_),
         recipient_user=str(r_user),
@@ -202,4 +215,5 @@ def _envelope(row: tuple[Any, ...]) -> Envelope:
         body=bytes(body),
         nonce=bytes(nonce),
         expires_ms=int(exp),
+        receipt=row[12] == CLEAR_RECEIPT_TAG,
     )

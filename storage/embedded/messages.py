@@ -17,15 +17,17 @@ not open (the sealer logs and counts it), never delivering it half-read.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from storage.at_rest.sealing import CLEAR_KEY_ID, ClearSealer, EnvelopeSealer
+from storage.at_rest.sealing import CLEAR_KEY_ID, ClearSealer, EnvelopeSealer, receipt_column
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.reader import SqliteReader
 from storage.errors import QueueFull
-from storage.records import Envelope, PendingOrigin, StoredEnvelope
+from storage.records import Envelope, PendingOrigin, StoredEnvelope, receipt_envelope
 
 ACK_CHUNK: Final = 500  # ids per DELETE: well under SQLite's bound-parameter limit
 PURGE_CHUNK: Final = 5000  # expired rows per job, so a big purge never stalls the writer
@@ -46,9 +48,9 @@ _SELECTED = _COLUMNS.replace(", sealed", ", CAST(sealed AS BLOB)")
 # count of stored rows (kept by triggers, migration 0003) must be below it: jobs run one at a
 # time on the writer, so nothing else changes it between the read and the insert.
 _INSERT_TEMPLATE = """
-INSERT INTO messages ({columns})
+INSERT INTO messages ({columns}, receipt)
 SELECT :id, :recipient_user, :recipient_device, :sender_user, :sender_device,
-       :ts, :server_ts, :type, :body, :nonce, :expires_ms, :key_id, :sealed
+       :ts, :server_ts, :type, :body, :nonce, :expires_ms, :key_id, :sealed, :receipt
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user = :recipient_user AND device = :recipient_device AND removed_ms IS NULL
@@ -144,22 +146,52 @@ class SqliteMessageQueue:
         name = user if named is None else named
         return [stored for row in rows if (stored := _stored(row, sealer, name)) is not None]
 
-    async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
+    async def ack(
+        self,
+        user: str,
+        device: int,
+        ids: Sequence[bytes],
+        *,
+        now_ms: int | None = None,
+        named: str | None = None,
+    ) -> list[Envelope]:
         if not ids:
-            return
+            return []
         unique = list(dict.fromkeys(ids))
+        sealer = self._sealer
+        at = int(time.time() * 1000) if now_ms is None else now_ms
+        acked_by = named or user
+        # The tags a copy that asked for a receipt carries, computed here on the loop: the
+        # job then finds those copies by an equality, without opening any other row.
+        tags = {
+            message_id: sealer.receipt_tag(user, device, message_id, wanted=True)
+            for message_id in unique
+        }
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> list[Envelope]:
+            receipts: list[Envelope] = []
             for start in range(0, len(unique), ACK_CHUNK):
                 chunk = unique[start : start + ACK_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                conn.execute(
+                # One statement, as before receipts: the removed rows come back in process
+                # (no copy over a network), and only those whose tag matches are opened.
+                gone = conn.execute(
                     "DELETE FROM messages WHERE recipient_user = ? AND recipient_device = ?"
-                    f" AND id IN ({marks})",
+                    f" AND id IN ({marks}) RETURNING seq, {_SELECTED}, receipt",
                     (user, device, *chunk),
-                )
+                ).fetchall()
+                for row in gone:
+                    tag = row[_RECEIPT]
+                    if tag is None or tag != tags.get(bytes(row[1])):
+                        continue
+                    opened = _stored(tuple(row), sealer, user)
+                    if opened is not None:
+                        receipts.extend(
+                            _leave_receipts(conn, sealer, opened.envelope, acked_by, at)
+                        )
+            return receipts
 
-        await self._db.run(job)
+        return await self._db.run(job)
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
         def job(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -258,6 +290,53 @@ def _over_cap(conn: sqlite3.Connection, left_out: list[dict[str, Any]]) -> list[
 
 
 _KEY_ID: Final = 12  # the place of key_id in a fetched row (seq, then _COLUMNS)
+_RECEIPT: Final = 14  # and of the receipt tag, when selected after them
+
+
+def _leave_receipts(
+    conn: sqlite3.Connection,
+    sealer: EnvelopeSealer,
+    acked: Envelope,
+    acked_by: str,
+    now_ms: int,
+) -> list[Envelope]:
+    """The receipt of `acked` for every active device of its sender, inserted in the ack's
+    transaction; returned addressed to the sender's id as the message names it."""
+    to_user = sealer.store_name(acked.sender_user)
+    receipt_id = os.urandom(16)
+    devices = conn.execute(
+        "SELECT device FROM devices WHERE user = ? AND removed_ms IS NULL ORDER BY device",
+        (to_user,),
+    ).fetchall()
+    made: list[Envelope] = []
+    for (to_device,) in devices:
+        receipt = receipt_envelope(
+            acked,
+            receipt_id=receipt_id,
+            to_user=to_user,
+            to_device=int(to_device),
+            acked_by=acked_by,
+            now_ms=now_ms,
+        )
+        if conn.execute(_INSERT, _row(receipt, sealer, to_user)).rowcount:
+            made.append(_addressed(receipt, acked.sender_user))
+    return made
+
+
+def _addressed(e: Envelope, user: str) -> Envelope:
+    return Envelope(
+        e.id,
+        user,
+        e.recipient_device,
+        e.sender_user,
+        e.sender_device,
+        e.ts,
+        e.server_ts,
+        e.type,
+        e.body,
+        e.nonce,
+        e.expires_ms,
+    )
 
 
 def _row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> dict[str, Any]:
@@ -279,6 +358,7 @@ def _row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> dict[str, 
         "expires_ms": e.expires_ms,
         "key_id": CLEAR_KEY_ID if clear else key_id,
         "sealed": sealed,
+        "receipt": receipt_column(sealer, e, recipient_user),
     }
 
 

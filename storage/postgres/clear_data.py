@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from storage.at_rest.sealing import EnvelopeSealer
+from storage.at_rest.sealing import CLEAR_RECEIPT_TAG, EnvelopeSealer, receipt_column
 from storage.postgres.database import Connection, Database
 from storage.records import Envelope
 
@@ -39,7 +39,7 @@ _LOCK = "LOCK TABLE at_rest, {} IN EXCLUSIVE MODE".format(
 
 _CLEAR_ROWS = """
 SELECT seq, id, recipient_user, recipient_device, sender_user, sender_device, ts, server_ts,
-       type, body, nonce, expires_ms
+       type, body, nonce, expires_ms, receipt
 FROM messages
 WHERE key_id IS NULL AND seq > $1
 ORDER BY seq
@@ -50,7 +50,7 @@ FOR UPDATE SKIP LOCKED
 _SEAL_ROW = """
 UPDATE messages
 SET key_id = $3, sealed = $4, sender_user = NULL, sender_device = NULL, ts = NULL,
-    type = NULL, body = NULL, nonce = NULL
+    type = NULL, body = NULL, nonce = NULL, receipt = $5
 WHERE recipient_user = $1 AND seq = $2
 """
 
@@ -117,11 +117,14 @@ class PostgresClearData:
                     body=bytes(row["body"]),
                     nonce=bytes(row["nonce"]),
                     expires_ms=int(row["expires_ms"]),
+                    receipt=row["receipt"] == CLEAR_RECEIPT_TAG,
                 )
                 key_id, sealed = sealer.seal(envelope, envelope.recipient_user)
                 if sealed is None:
                     raise ValueError("the sealer leaves messages in the clear")
-                updates.append((envelope.recipient_user, int(row["seq"]), key_id, sealed))
+                # A request for a receipt becomes the sealer's tag (delivery receipts).
+                receipt = receipt_column(sealer, envelope, envelope.recipient_user)
+                updates.append((envelope.recipient_user, int(row["seq"]), key_id, sealed, receipt))
             if updates:
                 await conn.executemany(_SEAL_ROW, updates)
         if updates:

@@ -30,17 +30,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-from storage.at_rest.sealing import ClearSealer, EnvelopeSealer
+from storage.at_rest.sealing import ClearSealer, EnvelopeSealer, receipt_column
 from storage.errors import QueueFull, StorageError, Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
 from storage.postgres.origins import OriginLookups
 from storage.postgres.read_replica import LagTolerantReads
-from storage.records import Envelope, OpenedFields, PendingOrigin, StoredEnvelope
+from storage.records import (
+    Envelope,
+    OpenedFields,
+    PendingOrigin,
+    StoredEnvelope,
+    receipt_envelope,
+)
 
 MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
 PURGE_CHUNK: Final = 5000  # expired rows per statement, so a big purge holds few locks
@@ -64,23 +72,23 @@ _COLUMNS = (
 # * A (device, id) already stored is kept as is (a retried store is a no-op), also when
 #   two nodes store it at once: the unique index makes the second wait for the first and
 #   then do nothing. Only that uniqueness conflict is ignored.
-# * The cap ($14, NULL: none) reads the device's count of stored rows, which triggers keep
+# * The cap ($15, NULL: none) reads the device's count of stored rows, which triggers keep
 #   in queue_counts (migration 0003): one index lookup, whatever the queue's length. The
 #   batch holds the device's advisory lock (_LOCK_DEVICES), so no other batch changes that
 #   count until we commit, and each statement of the executemany sees the count as the
 #   statements before it left it.
 _INSERT = f"""
-INSERT INTO messages ({_COLUMNS})
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+INSERT INTO messages ({_COLUMNS}, receipt)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
     FOR KEY SHARE
 ) AND (
-    $14::bigint IS NULL
+    $15::bigint IS NULL
     OR COALESCE((
         SELECT stored FROM queue_counts WHERE recipient_user = $2 AND recipient_device = $3
-    ), 0) < $14
+    ), 0) < $15
 )
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 RETURNING recipient_user, recipient_device, id
@@ -99,9 +107,21 @@ FROM (
 ) AS keys
 """
 
-_ACK = (
-    "DELETE FROM messages"
-    " WHERE recipient_user = $1 AND recipient_device = $2 AND id = ANY($3::bytea[])"
+# The delete of an ack hands back only the rows whose `receipt` column holds a tag the ack
+# computed for one of its ids (a copy asking for a receipt, storage.at_rest.sealing): the
+# common ack, of copies that asked for none, transfers nothing back.
+_ACK = f"""
+WITH gone AS (
+    DELETE FROM messages
+    WHERE recipient_user = $1 AND recipient_device = $2 AND id = ANY($3::bytea[])
+    RETURNING seq, {_COLUMNS}, receipt
+)
+SELECT * FROM gone WHERE receipt = ANY($4::bytea[])
+"""
+
+_ACTIVE_DEVICES = (
+    "SELECT user_id, device FROM devices"
+    " WHERE user_id = ANY($1::text[]) AND removed_ms IS NULL ORDER BY user_id, device"
 )
 
 # The partitions of messages (schema version 6), as quoted names; none: a plain table.
@@ -121,7 +141,8 @@ def _purge_chunk(table: str) -> str:
 
 _Device = tuple[str, int]
 # id, recipient user and device, the clear fields (sender user and device, ts, server ts,
-# type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed.
+# type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed,
+# the receipt column (storage.at_rest.sealing.receipt_column).
 _InsertRow = tuple[
     bytes,
     str,
@@ -136,6 +157,7 @@ _InsertRow = tuple[
     int,
     int | None,
     bytes | None,
+    bytes | None,
 ]
 _RowKey = tuple[str, int, bytes]  # (recipient user, device, id)
 
@@ -148,6 +170,12 @@ class _Op:
     inserts: list[_InsertRow] = field(default_factory=list)
     ack: tuple[str, int, list[bytes]] | None = None
     max_per_device: int | None = None  # stores: the cap of stored envelopes per device
+    # acks: the receipt tags looked for, the time and name a receipt carries, and the
+    # receipts made (filled again each time the call is applied: a rolled-back try made none)
+    receipt_tags: list[bytes] = field(default_factory=list)
+    now_ms: int = 0
+    named: str = ""
+    receipts: list[Envelope] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -212,11 +240,29 @@ class PostgresMessageQueue:
             inserts = [_insert_row(e, sealer, stored_as(e.recipient_user)) for e in envelopes]
         await self._submit(_Op(self._new_future(), inserts=inserts, max_per_device=max_per_device))
 
-    async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
+    async def ack(
+        self,
+        user: str,
+        device: int,
+        ids: Sequence[bytes],
+        *,
+        now_ms: int | None = None,
+        named: str | None = None,
+    ) -> list[Envelope]:
         if not ids:
-            return
+            return []
         unique = list(dict.fromkeys(ids))
-        await self._submit(_Op(self._new_future(), ack=(user, device, unique)))
+        sealer = self._sealer
+        tags = {sealer.receipt_tag(user, device, i, wanted=True) for i in unique}
+        op = _Op(
+            self._new_future(),
+            ack=(user, device, unique),
+            receipt_tags=sorted(tag for tag in tags if tag is not None),
+            now_ms=int(time.time() * 1000) if now_ms is None else now_ms,
+            named=named or user,
+        )
+        await self._submit(op)
+        return op.receipts
 
     async def fetch(
         self,
@@ -407,6 +453,8 @@ class PostgresMessageQueue:
 
     async def _apply_in_one_transaction(self, batch: list[_Op]) -> None:
         devices = sorted(set().union(*(op.devices() for op in batch)))
+        for op in batch:
+            op.receipts = []
         async with self._db.transaction("write_batch") as conn:
             await conn.execute(
                 _LOCK_DEVICES, [user for user, _ in devices], [device for _, device in devices]
@@ -418,7 +466,7 @@ class PostgresMessageQueue:
                 end = start
                 while end < len(batch) and (batch[end].ack is None) == is_store:
                     end += 1
-                await _apply_run(conn, batch[start:end], is_store=is_store)
+                await _apply_run(conn, batch[start:end], is_store=is_store, sealer=self._sealer)
                 start = end
         # Committed (synchronous_commit on): durable from here.
         self.batches_committed += 1
@@ -435,9 +483,11 @@ class _OverCap(StorageError):
         self.devices = devices
 
 
-async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> None:
+async def _apply_run(
+    conn: Connection, run: list[_Op], *, is_store: bool, sealer: EnvelopeSealer
+) -> None:
     if not is_store:
-        await conn.executemany(_ACK, [op.ack for op in run if op.ack is not None])
+        await _apply_acks(conn, run, sealer)
         return
     rows = [(*row, op.max_per_device) for op in run for row in op.inserts]
     inserted = await conn.fetchmany(_INSERT, rows)
@@ -447,6 +497,75 @@ async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> Non
     if over:
         refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
         raise _OverCap(refused, {(key[0], key[1]) for key in over})
+
+
+async def _apply_acks(conn: Connection, run: list[_Op], sealer: EnvelopeSealer) -> None:
+    """The deletes of a run of acks; the copies among them that asked for a receipt leave
+    it, in this transaction, for every active device of their sender."""
+    acks = [op for op in run if op.ack is not None]
+    flagged = await conn.fetchmany(
+        _ACK, [(*op.ack, op.receipt_tags) for op in acks if op.ack is not None]
+    )
+    if not flagged:
+        return  # the common case: nobody asked for a receipt
+    acked = await _opened(flagged, sealer, None)  # named as the rows name them
+    senders = sorted({sealer.store_name(s.envelope.sender_user) for s in acked})
+    devices: dict[str, list[int]] = {}
+    for row in await conn.fetch(_ACTIVE_DEVICES, senders):
+        devices.setdefault(str(row["user_id"]), []).append(int(row["device"]))
+    made: list[tuple[_Op, Envelope, str]] = []
+    for stored in acked:
+        env = stored.envelope
+        op = next(
+            op
+            for op in acks
+            if op.ack is not None
+            and (op.ack[0], op.ack[1]) == (env.recipient_user, env.recipient_device)
+            and env.id in op.ack[2]
+        )
+        to_user = sealer.store_name(env.sender_user)
+        receipt_id = os.urandom(16)
+        for to_device in devices.get(to_user, []):
+            receipt = receipt_envelope(
+                env,
+                receipt_id=receipt_id,
+                to_user=to_user,
+                to_device=to_device,
+                acked_by=op.named,
+                now_ms=op.now_ms,
+            )
+            made.append((op, receipt, env.sender_user))
+    if not made:
+        return
+    # The receipts' devices are locked like a store's (see _LOCK_DEVICES): their seq values
+    # must commit in order. Taken after this batch's own locks, so two batches may wait on
+    # each other; PostgreSQL then aborts one, which is applied again alone (_commit).
+    targets = sorted({(r.recipient_user, r.recipient_device) for _, r, _ in made})
+    await conn.execute(_LOCK_DEVICES, [u for u, _ in targets], [d for _, d in targets])
+    inserted = await conn.fetchmany(
+        _INSERT, [(*_insert_row(r, sealer, r.recipient_user), None) for _, r, _ in made]
+    )
+    went_in = {(str(r[0]), int(str(r[1])), bytes(r[2])) for r in inserted}
+    for op, receipt, sender in made:
+        if (receipt.recipient_user, receipt.recipient_device, receipt.id) in went_in:
+            op.receipts.append(_addressed(receipt, sender))
+
+
+def _addressed(e: Envelope, user: str) -> Envelope:
+    """A receipt named for the caller: its sender's user as the message named it."""
+    return Envelope(
+        e.id,
+        user,
+        e.recipient_device,
+        e.sender_user,
+        e.sender_device,
+        e.ts,
+        e.server_ts,
+        e.type,
+        e.body,
+        e.nonce,
+        e.expires_ms,
+    )
 
 
 class _Probe(Exception):
@@ -506,6 +625,7 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> _In
             e.expires_ms,
             None,
             None,
+            receipt_column(sealer, e, recipient_user),
         )
     return (
         e.id,
@@ -521,12 +641,16 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> _In
         e.expires_ms,
         key_id,
         sealed,
+        receipt_column(sealer, e, recipient_user),
     )
 
 
-async def _opened(rows: list[Row], sealer: EnvelopeSealer, named: str) -> list[StoredEnvelope]:
+async def _opened(
+    rows: list[Row], sealer: EnvelopeSealer, named: str | None
+) -> list[StoredEnvelope]:
     """The rows as envelopes, sealed ones opened, the recipient called `named` (the real id
-    where the rows hold its keyed hash); a row that does not open is left out."""
+    where the rows hold its keyed hash; None: as each row names it); a row that does not
+    open is left out."""
     key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
     if key_ids:
         await sealer.load(key_ids)
@@ -538,8 +662,9 @@ async def _opened(rows: list[Row], sealer: EnvelopeSealer, named: str) -> list[S
     return found
 
 
-def _stored(row: Row, sealer: EnvelopeSealer, named: str) -> StoredEnvelope | None:
+def _stored(row: Row, sealer: EnvelopeSealer, named: str | None) -> StoredEnvelope | None:
     message_id = bytes(row["id"])
+    recipient_user = str(row["recipient_user"])
     recipient_device = int(row["recipient_device"])
     if row["key_id"] is None:
         fields = OpenedFields(
@@ -552,7 +677,7 @@ def _stored(row: Row, sealer: EnvelopeSealer, named: str) -> StoredEnvelope | No
         )
     else:
         opened = sealer.open(
-            str(row["recipient_user"]),
+            recipient_user,
             recipient_device,
             message_id,
             int(row["key_id"]),
@@ -567,7 +692,7 @@ def _stored(row: Row, sealer: EnvelopeSealer, named: str) -> StoredEnvelope | No
         int(row["seq"]),
         Envelope(
             message_id,
-            named,
+            recipient_user if named is None else named,
             recipient_device,
             sender_user,
             sender_device,

@@ -73,7 +73,7 @@ SPEC_ERROR_CODES = frozenset(
 
 # Fields that are byte strings wherever they appear (spec §1). `id` is a byte
 # string for messages but an integer inside a pre-key ({id, key, ...}).
-BYTE_FIELDS = frozenset({"nonce", "id", "body", "identity_key", "signature", "key"})
+BYTE_FIELDS = frozenset({"nonce", "id", "body", "identity_key", "signature", "key", "message_id"})
 INT_FIELDS = frozenset(
     {
         "rid",

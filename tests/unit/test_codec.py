@@ -57,6 +57,7 @@ from protocol.frames import (
     PqPreKey,
     PreKey,
     QueueEmpty,
+    Receipt,
     Register,
     Send,
     SendOk,
@@ -189,6 +190,12 @@ CLIENT_CASES: list[tuple[str, ClientFrame, dict[str, Any]]] = [
         Send(rid=6, id=MSG_ID, to=USER, ts=-1, nonce=NONCE, devices=(), online=True),
         {"t": "send", "rid": 6, "id": MSG_ID, "to": USER, "ts": -1, "nonce": NONCE,
          "devices": [], "online": True},
+    ),
+    (
+        "send-receipt",
+        Send(rid=7, id=MSG_ID, to=USER, ts=TS, nonce=NONCE, devices=(), receipt=True),
+        {"t": "send", "rid": 7, "id": MSG_ID, "to": USER, "ts": TS, "nonce": NONCE,
+         "devices": [], "receipt": True},
     ),
     (
         "ack",
@@ -362,6 +369,12 @@ SERVER_CASES: list[tuple[str, ServerFrame, dict[str, Any]]] = [
         {"t": "deliver", "id": MSG_ID, "from": USER, "from_device": 2, "ts": TS,
          "server_ts": TS, "type": 0, "body": b"t", "nonce": NONCE, "online": True},
     ),
+    (
+        "receipt",
+        Receipt(id=MSG_ID2, message_id=MSG_ID, user=USER, device=3, server_ts=TS + 7),
+        {"t": "receipt", "id": MSG_ID2, "message_id": MSG_ID, "user": USER, "device": 3,
+         "server_ts": TS + 7},
+    ),
     ("queue-empty", QueueEmpty(), {"t": "queue_empty"}),
     (
         "keys.low",
@@ -493,7 +506,7 @@ def test_absent_optionals_are_absent_not_null(fmt: WireFormat) -> None:
         (KeysFetch(rid=1, user=USER), {"device"}),
         (Register(rid=1, identity_key=ED_KEY, key_scheme=KeyScheme.ED25519, signature=SIG),
          {"registration_id", "token", "user", "link"}),
-        (Send(rid=1, id=MSG_ID, to=USER, ts=0, nonce=NONCE, devices=()), {"online"}),
+        (Send(rid=1, id=MSG_ID, to=USER, ts=0, nonce=NONCE, devices=()), {"online", "receipt"}),
     ]  # fmt: skip
     for frame, absent in cases:
         text = encode(frame, fmt)

@@ -154,7 +154,14 @@ def test_client_frame_names() -> None:
 
 
 def test_server_frame_names() -> None:
-    assert set(SERVER_PUSHES) == {"challenge", "deliver", "queue_empty", "keys.low", "error"}
+    assert set(SERVER_PUSHES) == {
+        "challenge",
+        "deliver",
+        "receipt",  # the delivery-receipt extension (docs/protocol.md)
+        "queue_empty",
+        "keys.low",
+        "error",
+    }
     for name, cls in SERVER_PUSHES.items():
         assert name == cls.T
     for answer in (AuthOk, SendOk, KeysUploadOk, KeysFetchOk, KeysCountOk, DevicesListOk):
@@ -394,6 +401,8 @@ def test_send_valid(fmt: WireFormat) -> None:
         (("devices", 1, "registration_id"), U32_MAX),
         (("online",), True),
         (("online",), False),
+        (("receipt",), True),
+        (("receipt",), False),
         (("devices",), []),
     ],
     ids=lambda v: str(v)[:20],
@@ -409,6 +418,7 @@ def test_send_accepted(path: tuple[Any, ...], value: Any, fmt: WireFormat) -> No
         nonce=NONCE,
         devices=tuple(DeviceMessage(**d) for d in raw["devices"]),
         online=raw.get("online", False),
+        receipt=raw.get("receipt", False),
     )
     # The edge value itself came through, unchanged, where it was sent.
     at: Any = frame
@@ -469,6 +479,9 @@ def test_send_accepted(path: tuple[Any, ...], value: Any, fmt: WireFormat) -> No
         (("online",), 1),
         (("online",), "true"),
         (("online",), None),
+        (("receipt",), 1),
+        (("receipt",), "true"),
+        (("receipt",), None),
     ],
     ids=lambda v: str(v)[:20],
 )
@@ -495,6 +508,22 @@ def test_send_device_named_twice(fmt: WireFormat) -> None:
     same = {"device": 3, "type": 1, "body": b"x"}
     assert_bad(changed(SEND, ("devices",), [same, dict(same)]), fmt)
     assert_bad(changed(SEND, ("devices",), [same, {**same, "body": b"y", "type": 2}]), fmt)
+
+
+@fmt_param
+def test_send_receipt_of_an_online_message_is_refused(fmt: WireFormat) -> None:
+    """An online message is never stored: a receipt could never follow (docs/protocol.md)."""
+    assert_bad({**SEND, "online": True, "receipt": True}, fmt, rid=RID)
+    assert decode({**SEND, "online": True, "receipt": False}, fmt).online
+
+
+@fmt_param
+def test_send_without_receipt_encodes_as_v1(fmt: WireFormat) -> None:
+    """A v1 client's send has no `receipt` key: its bytes are unchanged by the extension."""
+    frame = decode(SEND, fmt)
+    assert not frame.receipt
+    assert encode(frame, fmt) == pack(SEND, fmt)  # byte for byte what a v1 client sends
+    assert encode(decode({**SEND, "receipt": False}, fmt), fmt) == pack(SEND, fmt)
 
 
 @fmt_param

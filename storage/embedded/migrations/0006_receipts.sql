@@ -1,0 +1,11 @@
+-- Delivery receipts (docs/protocol.md): a stored message's request for a receipt.
+--
+-- `receipt` is NULL when the sender asked for none. Without encryption at rest it is x'01'
+-- when the sender asked for one; with it, every row stored from now on has a 16-byte tag
+-- keyed by the index key (storage.at_rest.sealing.RingSealer.receipt_tag), which an ack
+-- compares to the tag it computes for each id it removes: a copy asking for a receipt
+-- cannot be told from one that does not without the key. Rows stored before this
+-- migration asked for none. A receipt itself is a row of `messages` too (type 256, sealed
+-- like any message, its `receipt` column x'00'), so it is fetched, acknowledged, counted
+-- and purged as one.
+ALTER TABLE messages ADD COLUMN receipt BLOB;
