@@ -60,6 +60,7 @@ _USER_COLUMNS: Final = (
     ("replay", "sender_user"),
     ("replay", "recipient_user"),
     ("key_events", "user"),
+    ("backups", "user"),
 )
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,13 @@ def _blind(conn: sqlite3.Connection) -> None:
     for table, column in _USER_COLUMNS:
         conn.execute(f"UPDATE {table} SET {column} = relay_blind_user({column})")
     conn.execute("UPDATE replay SET nonce = relay_blind_nonce(nonce)")
+    # A backup's owner sealed, its access key hashed like a nonce; its blob (sealed by the
+    # client already) is sealed with a data key at its next put.
+    conn.execute(
+        "UPDATE backups SET owner = relay_seal_text(owner),"
+        " access_key = relay_blind_nonce(access_key) WHERE access_key IS NOT NULL"
+    )
+    conn.execute("UPDATE backups SET owner = relay_seal_text(owner) WHERE access_key IS NULL")
     conn.execute(
         "UPDATE key_events SET detail = json_set(detail, '$.requester_user',"
         " relay_seal_text(json_extract(detail, '$.requester_user')))"

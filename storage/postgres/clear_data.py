@@ -29,6 +29,7 @@ USER_COLUMNS: Final = (
     ("messages", "recipient_user"),
     ("queue_counts", "recipient_user"),
     ("key_events", "user_id"),
+    ("backups", "user_id"),
 )
 
 # Writers wait (readers do not) while the ids change, so no row with a clear id can be
@@ -88,6 +89,7 @@ class PostgresClearData:
             assert isinstance(users, int)
             await _blind_ids(conn, blind_user)
             await _seal_requesters(conn, seal_text)
+            await _blind_backups(conn, blind_nonce, seal_text)
             await conn.execute(
                 "INSERT INTO at_rest (id, blinded_ms) VALUES (1, $1)", self._now_ms()
             )
@@ -186,3 +188,28 @@ async def _seal_requesters(conn: Connection, seal_text: Callable[[str], str]) ->
         [int(row["id"]) for row in rows],
         [seal_text(str(row["requester"])) for row in rows],
     )
+
+
+async def _blind_backups(
+    conn: Connection, blind_nonce: Callable[[bytes], bytes], seal_text: Callable[[str], str]
+) -> None:
+    """A backup's owner sealed, its access key hashed like a nonce. Its blob (sealed by the
+    client already) is sealed with a data key at its next put."""
+    rows = await conn.fetch("SELECT user_id, owner, access_key FROM backups")
+    if not rows:
+        return
+    await conn.execute(
+        "UPDATE backups b SET owner = s.owner, access_key = s.access_key"
+        " FROM unnest($1::text[], $2::text[], $3::bytea[]) AS s(user_id, owner, access_key)"
+        " WHERE b.user_id = s.user_id",
+        [str(row["user_id"]) for row in rows],
+        [seal_text(str(row["owner"])) for row in rows],
+        [
+            None if row["access_key"] is None else blind_nonce(bytes(row["access_key"]))
+            for row in rows
+        ],
+    )
+
+
+def _blinded_key(key: object, blind_nonce: Callable[[bytes], bytes]) -> bytes | None:
+    return None if key is None else blind_nonce(bytes(key))  # type: ignore[call-overload]
