@@ -550,7 +550,7 @@ async def test_migration_5_keeps_rows_counts_and_seq(tmp_path: Path) -> None:
         # The messages rows are kept in the clear columns, key id 0.
         assert sql(store, "SELECT DISTINCT key_id, sealed FROM messages") == [(0, None)]
         assert sql(store, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
-        assert SCHEMA_VERSION == 5
+        assert SCHEMA_VERSION == 6
         assert sql(store, "PRAGMA foreign_key_check") == []
         (schema_after,) = sql(
             store,
