@@ -3,9 +3,12 @@
 See docs/client.md. The entry point is :meth:`Client.open`.
 """
 
+from protocol.client.backup import RecoveryKey
 from protocol.client.client import Client, MessageHandler
 from protocol.client.errors import (
     AnswerTimeout,
+    BackupConflict,
+    BackupUnreadable,
     ClientError,
     ClientStopped,
     ConnectionLost,
@@ -33,6 +36,8 @@ from protocol.client.tls import context_for, tls_context
 __all__ = [
     "AnswerTimeout",
     "Backoff",
+    "BackupConflict",
+    "BackupUnreadable",
     "Client",
     "ClientError",
     "ClientOptions",
@@ -47,6 +52,7 @@ __all__ = [
     "LocalStore",
     "MessageHandler",
     "NotRegistered",
+    "RecoveryKey",
     "RequestRefused",
     "SendFailed",
     "SendReceipt",

@@ -148,6 +148,10 @@ def test_client_frame_names() -> None:
         "keys.count",
         "devices.list",
         "devices.remove",
+        "backup.put",
+        "backup.get",
+        "backup.delete",
+        "backup.recover",
     }
     for name, cls in CLIENT_FRAMES.items():
         assert name == cls.T
