@@ -30,6 +30,12 @@ from protocol.frames import (
     Answer,
     Auth,
     AuthOk,
+    BackupDelete,
+    BackupGet,
+    BackupOk,
+    BackupPut,
+    BackupPutOk,
+    BackupRecover,
     Bundle,
     Challenge,
     Deliver,
@@ -176,6 +182,10 @@ def test_answer_types() -> None:
         KeysCount: KeysCountOk,
         DevicesList: DevicesListOk,
         DevicesRemove: EmptyOk,
+        BackupPut: BackupPutOk,
+        BackupGet: BackupOk,
+        BackupDelete: EmptyOk,
+        BackupRecover: BackupOk,
     }
     assert Ack.T not in {cls.T for cls in ANSWER_TYPES}  # an ack has no answer
 
