@@ -200,16 +200,16 @@ class Settings:
             )
         if self.prekey_low_water < 0:
             raise ConfigError("prekey_low_water must be 0 or more", setting="prekey_low_water")
-        if self.max_backup_bytes >= self.max_frame_bytes:
-            raise ConfigError(
-                "max_backup_bytes must be smaller than max_frame_bytes",
-                setting="max_backup_bytes",
-                related=("max_frame_bytes",),
-            )
         if self.max_body_bytes >= self.max_frame_bytes:
             raise ConfigError(
                 "max_body_bytes must be smaller than max_frame_bytes",
                 setting="max_body_bytes",
+                related=("max_frame_bytes",),
+            )
+        if self.max_backup_bytes >= self.max_frame_bytes:
+            raise ConfigError(
+                "max_backup_bytes must be smaller than max_frame_bytes",
+                setting="max_backup_bytes",
                 related=("max_frame_bytes",),
             )
 
