@@ -289,7 +289,7 @@ async def _frame_loop(
                     await session.on_ack(frame.ids)
                     continue
                 rid = frame.rid
-                if isinstance(frame, Register | Auth):
+                if isinstance(frame, Register | Auth | BackupRecover):
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
                 if not isinstance(frame, Send):
                     session.check_rate()

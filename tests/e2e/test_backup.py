@@ -125,6 +125,11 @@ async def test_frame_checks(relay):
         ),
         "bad_frame",
     )
+    # After the handshake, a recovery is refused as a second register is; the connection
+    # stays open.
+    late = recover_frame(device, access)
+    error_of(await device.request(late), "forbidden")
+    assert (await device.request_ok({"t": "backup.get"}))["version"] == 1
     # Before the handshake, the authenticated frames are refused as v1 refuses any other.
     stranger = Device(relay.url)
     await stranger.connect()
