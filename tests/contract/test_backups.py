@@ -201,3 +201,36 @@ async def test_at_rest_a_data_key_stays_while_a_backup_uses_it(backend: Backend)
     assert first in await table.delete_retired(far)
     got = await store.backups.get(user)
     assert got is not None and got.blob == b"new key"
+
+
+async def test_converting_a_clear_store_keeps_its_backups(backend: Backend) -> None:
+    """A backup saved while encryption at rest was off comes through the conversion of the
+    store (ClearData.blind_user_ids): found by its user and by its access key, with the
+    user's id and the access key hashed, the owner sealed; its next put seals the blob."""
+    inner = await backend.open()
+    user = await make_user(inner)
+    key = os.urandom(32)
+    await inner.backups.put(user, 1, backup(b"clear era", key), expected_version=0, now_ms=1)
+    data_keys = inner.data_keys  # type: ignore[attr-defined]
+    vault = await DataKeyVault.open(
+        data_keys, LocalKeyFile(os.urandom(32)), rotation_ms=DAY_MS, now_ms=backend.clock.now_ms
+    )
+    ring = vault.ring
+    clear_data = inner.clear_data  # type: ignore[attr-defined]
+    assert await clear_data.blind_user_ids(ring.blind_user, ring.blind_nonce, ring.seal_text) == 1
+
+    async def opener() -> DataKeyVault:
+        return vault
+
+    store = BlindedStore(inner, KeyAccess(opener, vault))  # type: ignore[arg-type]
+    got = await store.backups.get(user)
+    assert got is not None and (got.user, got.blob, got.version) == (user, b"clear era", 1)
+    found = await store.backups.find(key)
+    assert found is not None and found.user == user
+    (row,) = await raw_rows(backend, store)
+    assert user.encode() not in row and key not in row
+    await store.backups.put(user, 1, backup(b"sealed era", key), expected_version=1, now_ms=2)
+    (row,) = await raw_rows(backend, store)
+    assert b"sealed era" not in row
+    got = await store.backups.get(user)
+    assert got is not None and got.blob == b"sealed era"
