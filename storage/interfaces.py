@@ -250,6 +250,12 @@ class ClearData(Protocol):
         """Stored messages still in the clear columns."""
         ...
 
+    async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:
+        """Seal every key backup blob still kept as its client sent it (key id 0), in one
+        transaction: `seal(stored user id, blob)` gives (data key id, sealed blob). Run after
+        blind_user_ids (the stored user id is then the blinded one). The number sealed."""
+        ...
+
 
 class ReplayGuard(Protocol):
     async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None: ...

@@ -1,8 +1,8 @@
 """A key backup's blob sealed with a data key (XChaCha20-Poly1305), so a copy of the
 database shows nothing of it, not even the client's own ciphertext. The associated data
 binds the blinded user and the key id: a sealed blob copied to another user's row does not
-open. A blob kept with key id 0 (stored while encryption at rest was off) comes back as it
-is; its next put seals it.
+open. A blob kept with key id 0 (stored while encryption at rest was off, before the
+store's conversion sealed it) comes back as it is.
 
 Sealed layout: 24-byte nonce + ciphertext.
 """

@@ -130,6 +130,22 @@ class PostgresClearData:
             self._sealed_up_to = max(self._sealed_up_to, updates[-1][1])
         return len(updates)
 
+    async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:
+        async with self._db.transaction("seal_clear_backups") as conn:
+            rows = await conn.fetch(
+                "SELECT user_id, blob FROM backups"
+                " WHERE key_id IS NULL AND blob IS NOT NULL FOR UPDATE"
+            )
+            updates = []
+            for row in rows:
+                key_id, sealed = seal(str(row["user_id"]), bytes(row["blob"]))
+                updates.append((str(row["user_id"]), key_id, sealed))
+            if updates:
+                await conn.executemany(
+                    "UPDATE backups SET key_id = $2, blob = $3 WHERE user_id = $1", updates
+                )
+        return len(updates)
+
     async def clear_messages(self) -> int:
         async with self._db.connection("clear_messages") as conn:
             count = await conn.fetchval("SELECT count(*) FROM messages WHERE key_id IS NULL")
@@ -193,8 +209,8 @@ async def _seal_requesters(conn: Connection, seal_text: Callable[[str], str]) ->
 async def _blind_backups(
     conn: Connection, blind_nonce: Callable[[bytes], bytes], seal_text: Callable[[str], str]
 ) -> None:
-    """A backup's owner sealed, its access key hashed like a nonce. Its blob (sealed by the
-    client already) is sealed with a data key at its next put."""
+    """A backup's owner sealed, its access key hashed like a nonce. Its blob is sealed with a
+    data key next (seal_clear_backups)."""
     rows = await conn.fetch("SELECT user_id, owner, access_key FROM backups")
     if not rows:
         return

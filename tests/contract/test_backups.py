@@ -14,6 +14,8 @@ import pytest
 
 from storage.at_rest.blinded import BlindedStore, KeyAccess
 from storage.at_rest.master_key import LocalKeyFile
+from storage.at_rest.opening import convert_clear_data
+from storage.at_rest.sealing import RingSealer
 from storage.at_rest.vault import DataKeyVault
 from storage.errors import BackupAccessKeyTaken, BackupVersionConflict, NoBackup
 from storage.interfaces import Store
@@ -153,9 +155,9 @@ async def blinded(backend: Backend) -> tuple[BlindedStore, DataKeyVault]:
     return BlindedStore(inner, KeyAccess(opener, vault)), vault  # type: ignore[arg-type]
 
 
-async def raw_rows(backend: Backend, store: BlindedStore) -> list[bytes]:
+async def raw_rows(backend: Backend, store: BlindedStore | Store) -> list[bytes]:
     """Every backups row as the database holds it, all columns joined."""
-    inner = store.inner
+    inner = store.inner if isinstance(store, BlindedStore) else store
     if backend.name == "embedded":
         db = inner._db  # type: ignore[attr-defined]
         rows = await db.run(lambda conn: conn.execute("SELECT * FROM backups").fetchall())
@@ -205,32 +207,33 @@ async def test_at_rest_a_data_key_stays_while_a_backup_uses_it(backend: Backend)
 
 async def test_converting_a_clear_store_keeps_its_backups(backend: Backend) -> None:
     """A backup saved while encryption at rest was off comes through the conversion of the
-    store (ClearData.blind_user_ids): found by its user and by its access key, with the
-    user's id and the access key hashed, the owner sealed; its next put seals the blob."""
+    store (storage.at_rest.opening.convert_clear_data): found by its user and by its access
+    key, with the user's id and the access key hashed, the owner and the blob sealed."""
     inner = await backend.open()
     user = await make_user(inner)
     key = os.urandom(32)
-    await inner.backups.put(user, 1, backup(b"clear era", key), expected_version=0, now_ms=1)
+    blob = b"clear era " + os.urandom(16)
+    await inner.backups.put(user, 1, backup(blob, key), expected_version=0, now_ms=1)
+    (clear_row,) = await raw_rows(backend, inner)
+    assert blob in clear_row and key in clear_row and user.encode() in clear_row
     data_keys = inner.data_keys  # type: ignore[attr-defined]
     vault = await DataKeyVault.open(
         data_keys, LocalKeyFile(os.urandom(32)), rotation_ms=DAY_MS, now_ms=backend.clock.now_ms
     )
-    ring = vault.ring
     clear_data = inner.clear_data  # type: ignore[attr-defined]
-    assert await clear_data.blind_user_ids(ring.blind_user, ring.blind_nonce, ring.seal_text) == 1
+    report = await convert_clear_data(clear_data, vault, RingSealer(vault.ring))
+    assert report.users == 1
+    assert await clear_data.seal_clear_backups(lambda u, b: (0, b)) == 0  # none left clear
 
     async def opener() -> DataKeyVault:
         return vault
 
     store = BlindedStore(inner, KeyAccess(opener, vault))  # type: ignore[arg-type]
+    (row,) = await raw_rows(backend, store)
+    for clear in (user.encode(), key, blob):
+        assert clear not in row
     got = await store.backups.get(user)
-    assert got is not None and (got.user, got.blob, got.version) == (user, b"clear era", 1)
+    assert got is not None and (got.user, got.blob, got.version) == (user, blob, 1)
     found = await store.backups.find(key)
-    assert found is not None and found.user == user
-    (row,) = await raw_rows(backend, store)
-    assert user.encode() not in row and key not in row
-    await store.backups.put(user, 1, backup(b"sealed era", key), expected_version=1, now_ms=2)
-    (row,) = await raw_rows(backend, store)
-    assert b"sealed era" not in row
-    got = await store.backups.get(user)
-    assert got is not None and got.blob == b"sealed era"
+    assert found is not None and (found.user, found.blob) == (user, blob)
+    assert (await data_keys.usage()).get(vault.ring.active_id) == 1
