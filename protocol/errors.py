@@ -33,6 +33,7 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "forbidden"
     UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
+    NOT_FOUND = "not_found"  # the key-backup extension (docs/protocol.md): no backup
 
 
 class CloseCode(enum.IntEnum):
@@ -81,6 +82,7 @@ class Refused(RelayError):
         missing: tuple[int, ...] | None = None,
         extra: tuple[int, ...] | None = None,
         stale: tuple[int, ...] | None = None,
+        version: int | None = None,
     ) -> None:
         super().__init__(message, rid=rid)
         self.code = code
@@ -88,3 +90,4 @@ class Refused(RelayError):
         self.missing = missing
         self.extra = extra
         self.stale = stale
+        self.version = version

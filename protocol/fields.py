@@ -27,6 +27,7 @@ class Limits:
     """Limits that depend on the server's configuration."""
 
     max_body_bytes: int = 256 * 1024
+    max_backup_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +67,13 @@ def b64url_decode(text: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Bin(Spec):
-    """A byte string of `min_len`..`max_len` bytes; `body=True` uses the configured body limit."""
+    """A byte string of `min_len`..`max_len` bytes; `body=True` uses the configured body limit,
+    `backup=True` the configured backup limit (both `too_large` above it)."""
 
     min_len: int = 1
     max_len: int | None = None
     body: bool = False
+    backup: bool = False
 
     def decode(self, value: Any, ctx: DecodeContext, path: str) -> bytes:
         if ctx.binary_as_text:
@@ -86,6 +89,10 @@ class Bin(Spec):
         if self.body and size > ctx.limits.max_body_bytes:
             raise FrameTooLarge(
                 f"{path} is above the body limit of {ctx.limits.max_body_bytes} bytes"
+            )
+        if self.backup and size > ctx.limits.max_backup_bytes:
+            raise FrameTooLarge(
+                f"{path} is above the backup limit of {ctx.limits.max_backup_bytes} bytes"
             )
         if size < self.min_len or (self.max_len is not None and size > self.max_len):
             wanted = (

@@ -26,6 +26,7 @@ MAX_KEYS_PER_UPLOAD = 100
 MAX_ACK_IDS = 1000
 MAX_DEVICE_ENTRIES = 127
 MAX_TOKEN_CHARS = 256
+BACKUP_ACCESS_KEY_BYTES = 32
 
 _ID = Bin(MESSAGE_ID_BYTES, MESSAGE_ID_BYTES)
 _SIG = Bin(SIGNATURE_BYTES, SIGNATURE_BYTES)
@@ -185,7 +186,59 @@ class DevicesRemove:
     device: int = req(_U32)
 
 
-Request = Register | Auth | Send | KeysUpload | KeysFetch | KeysCount | DevicesList | DevicesRemove
+# --- the key-backup extension (docs/protocol.md) ----------------------------------
+
+_ACCESS_KEY = Bin(BACKUP_ACCESS_KEY_BYTES, BACKUP_ACCESS_KEY_BYTES)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupPut:
+    """Replace the user's backup if `version` is still current (0: there is none)."""
+
+    T: ClassVar[str] = "backup.put"
+    rid: int = req(_U32)
+    version: int = req(_U32)
+    blob: bytes = req(Bin(1, backup=True))
+    access_key: bytes = req(_ACCESS_KEY)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupGet:
+    T: ClassVar[str] = "backup.get"
+    rid: int = req(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupDelete:
+    T: ClassVar[str] = "backup.delete"
+    rid: int = req(_U32)
+    version: int = req(Int(1))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupRecover:
+    """Before the handshake: the backup whose access key signed the challenge."""
+
+    T: ClassVar[str] = "backup.recover"
+    rid: int = req(_U32)
+    access_key: bytes = req(_ACCESS_KEY)
+    signature: bytes = req(_SIG)
+
+
+Request = (
+    Register
+    | Auth
+    | Send
+    | KeysUpload
+    | KeysFetch
+    | KeysCount
+    | DevicesList
+    | DevicesRemove
+    | BackupPut
+    | BackupGet
+    | BackupDelete
+    | BackupRecover
+)
 ClientFrame = Request | Ack
 
 CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
@@ -200,6 +253,10 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
         KeysCount,
         DevicesList,
         DevicesRemove,
+        BackupPut,
+        BackupGet,
+        BackupDelete,
+        BackupRecover,
     )
 }
 
@@ -223,6 +280,7 @@ class Error:
     missing: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
     extra: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
     stale: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
+    version: int | None = opt(_U32)  # the key-backup extension: the current version
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -306,6 +364,25 @@ class EmptyOk:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BackupPutOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    version: int = req(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackupOk:
+    """The answer to `backup.get` and `backup.recover`."""
+
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    user: str = req(_USER)
+    version: int = req(_U32)
+    blob: bytes = req(Bin(1))
+    updated: int = req(_TS)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Deliver:
     T: ClassVar[str] = "deliver"
     id: bytes = req(_ID)
@@ -344,7 +421,17 @@ class KeysLow:
     pq_prekeys: int = req(_U32)
 
 
-Answer = AuthOk | SendOk | KeysUploadOk | KeysFetchOk | KeysCountOk | DevicesListOk | EmptyOk
+Answer = (
+    AuthOk
+    | SendOk
+    | KeysUploadOk
+    | KeysFetchOk
+    | KeysCountOk
+    | DevicesListOk
+    | EmptyOk
+    | BackupPutOk
+    | BackupOk
+)
 Push = Challenge | Deliver | Receipt | QueueEmpty | KeysLow
 ServerFrame = Answer | Error | Push
 
@@ -361,4 +448,8 @@ ANSWER_TYPES: dict[type[Request], type[Answer]] = {
     KeysCount: KeysCountOk,
     DevicesList: DevicesListOk,
     DevicesRemove: EmptyOk,
+    BackupPut: BackupPutOk,
+    BackupGet: BackupOk,
+    BackupDelete: EmptyOk,
+    BackupRecover: BackupOk,
 }

@@ -16,9 +16,11 @@ from typing import Final
 
 __all__ = [
     "AUTH_CONTEXT",
+    "BACKUP_RECOVER_CONTEXT",
     "LINK_CONTEXT",
     "REGISTER_CONTEXT",
     "auth_payload",
+    "backup_recover_payload",
     "link_payload",
     "register_payload",
 ]
@@ -26,6 +28,7 @@ __all__ = [
 REGISTER_CONTEXT: Final = b"relay-register-v1\x00"
 LINK_CONTEXT: Final = b"relay-link-v1\x00"
 AUTH_CONTEXT: Final = b"relay-auth-v1\x00"
+BACKUP_RECOVER_CONTEXT: Final = b"relay-backup-recover-v1\x00"
 
 
 def register_payload(challenge: bytes, identity_key: bytes) -> bytes:
@@ -45,3 +48,9 @@ def auth_payload(challenge: bytes, user: str, device: int) -> bytes:
     number that does not fit in 4 unsigned bytes.
     """
     return AUTH_CONTEXT + bytes(challenge) + uuid.UUID(user).bytes + device.to_bytes(4, "big")
+
+
+def backup_recover_payload(challenge: bytes, access_key: bytes) -> bytes:
+    """What a backup's access key signs to read the backup before any device exists
+    (`backup.recover`, the key-backup extension of docs/protocol.md)."""
+    return BACKUP_RECOVER_CONTEXT + bytes(challenge) + bytes(access_key)

@@ -186,7 +186,9 @@ async def build_services(settings: Settings, clock: Clock) -> tuple[Services, st
         router=router,
         metrics=metrics,
         clock=clock,
-        limits=Limits(max_body_bytes=settings.max_body_bytes),
+        limits=Limits(
+            max_body_bytes=settings.max_body_bytes, max_backup_bytes=settings.max_backup_bytes
+        ),
         cluster=cluster,
         messages=messages,
     )
@@ -218,7 +220,9 @@ async def _serve_until_signal(
         loop.add_signal_handler(sig, stop.set)
     unwatch = watch_parent(stop) if as_worker else None
     purger = asyncio.create_task(_purge_forever(svc))
-    queue_depth = asyncio.create_task(refresh_forever(store.messages, metrics))
+    queue_depth = asyncio.create_task(
+        refresh_forever(store.messages, metrics, backups=store.backups)
+    )
     upkeep = [purger, queue_depth]
     if isinstance(store, BlindedStore):
         upkeep.append(asyncio.create_task(_refresh_keys_forever(svc, store)))

@@ -86,6 +86,8 @@ POSITIVE_SETTINGS = (
     "data_key_rotation",
     "shutdown_timeout",
     "presence_ttl",
+    "max_backup_bytes",
+    "rate_backup_reads",
 )
 
 
@@ -149,6 +151,8 @@ class Settings:
     node_id: str | None = None
     workers: WorkerCount = 1
     presence_ttl: float = 30.0
+    max_backup_bytes: int = 64 * 1024
+    rate_backup_reads: int = 10
     log_level: str = "INFO"
     log_format: str = "text"
     tls_cert: Path | None = None
@@ -200,6 +204,12 @@ class Settings:
             raise ConfigError(
                 "max_body_bytes must be smaller than max_frame_bytes",
                 setting="max_body_bytes",
+                related=("max_frame_bytes",),
+            )
+        if self.max_backup_bytes >= self.max_frame_bytes:
+            raise ConfigError(
+                "max_backup_bytes must be smaller than max_frame_bytes",
+                setting="max_backup_bytes",
                 related=("max_frame_bytes",),
             )
 
@@ -468,6 +478,9 @@ SETTING_HELP: dict[str, str] = {
     f"restarted when one dies; 1..{MAX_WORKERS} or {WORKERS_AUTO} (one a core); more than 1 "
     "needs the production store",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
+    "max_backup_bytes": "largest key backup blob (backup.put); larger ones are too_large",
+    "rate_backup_reads": "key backup reads (backup.get and backup.recover) a day per user "
+    "(equal burst)",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),
     "log_format": "log format: text (for people) or json (one JSON object a line)",
     "tls_cert": "PEM certificate chain: serve wss:// and https:// (with --tls-key; SIGHUP reloads)",

@@ -3,7 +3,10 @@
 States, as a table:
 
     state               entered when             accepted frames        on an error
-    AWAITING_HANDSHAKE  `challenge` written      `register`, `auth`     answer, close 1008
+    AWAITING_HANDSHAKE  `challenge` written      `register`, `auth`,    answer, close 1008
+                                                 one `backup.recover`
+                                                 first (then still
+                                                 AWAITING_HANDSHAKE)
     AUTHENTICATED       `auth.ok` written        requests and `ack`     answer, stay open
                                                  (`register`, `auth`:   (1008 once the
                                                  `forbidden`)           bad-frame budget
@@ -32,6 +35,10 @@ from protocol.frames import (
     Ack,
     Auth,
     AuthOk,
+    BackupDelete,
+    BackupGet,
+    BackupPut,
+    BackupRecover,
     Challenge,
     DevicesList,
     DevicesRemove,
@@ -41,7 +48,7 @@ from protocol.frames import (
     Register,
     Send,
 )
-from relay import devices, handshake, prekeys
+from relay import backups, devices, handshake, prekeys
 from relay.buckets import TokenBucket
 from relay.connlog import ConnectionLog
 from relay.device_session import DeviceSession
@@ -65,6 +72,9 @@ HANDLERS: dict[type[Any], Handler] = {
     KeysCount: prekeys.count,
     DevicesList: devices.list_devices,
     DevicesRemove: devices.remove,
+    BackupPut: backups.put,
+    BackupGet: backups.get,
+    BackupDelete: backups.delete,
 }
 
 REPLACED_CLOSE_WAIT_S = 5.0
@@ -146,6 +156,19 @@ async def _handshake(
             data = await ws.recv()
             svc.metrics.frames_in.labels("handshake").inc()
             frame = decode_client_frame(data, fmt, svc.limits)
+            if isinstance(frame, BackupRecover):
+                # The key-backup extension: a new device reads the backup it restores from,
+                # then registers on the same challenge (docs/protocol.md).
+                rid = frame.rid
+                out.write(await backups.recover(svc, frame, challenge))
+                rid = None
+                data = await ws.recv()
+                svc.metrics.frames_in.labels("handshake").inc()
+                frame = decode_client_frame(data, fmt, svc.limits)
+                if isinstance(frame, BackupRecover):
+                    raise Refused(
+                        ErrorCode.FORBIDDEN, "one backup.recover per connection", rid=frame.rid
+                    )
             if isinstance(frame, Register | Auth):
                 rid = frame.rid
                 if isinstance(frame, Register):
@@ -266,7 +289,7 @@ async def _frame_loop(
                     await session.on_ack(frame.ids)
                     continue
                 rid = frame.rid
-                if isinstance(frame, Register | Auth):
+                if isinstance(frame, Register | Auth | BackupRecover):
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
                 if not isinstance(frame, Send):
                     session.check_rate()

@@ -240,6 +240,18 @@ class Metrics:
             "Envelopes waiting in the store for their device's ack (refreshed periodically).",
             registry=r,
         )
+        self.backup_requests = LabelledCounter(
+            "relay_backup_requests_total",
+            "Key backup requests (backup.put, backup.get, backup.delete, backup.recover) by "
+            "operation and outcome (ok or the error code).",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.key_backups = Gauge(
+            "relay_key_backups",
+            "Users holding a key backup (refreshed periodically).",
+            registry=r,
+        )
         self.backend_latency = LabelledHistogram(
             "relay_backend_call_duration_seconds",
             "Calls to a storage backend (postgresql, postgresql_replica, redis, sqlite)"
@@ -266,6 +278,7 @@ class Metrics:
             registry=r,
         )
         self.stored_messages.set(0)
+        self.key_backups.set(0)
         self.loop_lag_last.set(0)
         self.open_connections = 0
 
@@ -291,6 +304,16 @@ class Metrics:
         return generate_latest(self.registry)
 
     # Totals for /v1/stats, read from the metrics themselves (one source of truth).
+
+    def pair_totals(self, counter: Counter) -> dict[tuple[str, str], float]:
+        """A counter with two labels: its `_total` samples by their label values."""
+        found: dict[tuple[str, str], float] = {}
+        for family in counter.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total") and len(sample.labels) == 2:
+                    first, second = sample.labels.values()
+                    found[(first, second)] = found.get((first, second), 0.0) + sample.value
+        return found
 
     def totals(self, counter: Counter) -> dict[str, float]:
         """A labelled counter's `_total` samples by their (single) label value."""

@@ -24,6 +24,7 @@ def error_frame(exc: BaseException, rid: int | None) -> Error:
             missing=exc.missing,
             extra=exc.extra,
             stale=exc.stale,
+            version=exc.version,
         )
     if isinstance(exc, RelayError):
         return Error(code=exc.code, message=exc.message, rid=rid)

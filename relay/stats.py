@@ -77,6 +77,9 @@ class Stats:
     event_loop_lag_ms: float
     nodes: list[NodeStats]
     nodes_available: bool  # False: the registry did not answer; `nodes` is this node alone
+    # The key-backup extension: users holding a backup (sampled), requests answered `ok`
+    # since start by operation, and those refused (any error code).
+    backups: dict[str, int]
 
 
 def store_kind(*, production: bool) -> str:
@@ -138,6 +141,7 @@ def collect(
         event_loop_lag_ms=round(metrics.value(metrics.loop_lag_last) * 1000, 3),
         nodes=_nodes(node_id, len(sessions), registry, now_ms),
         nodes_available=registry is not None,
+        backups=_backups(svc),
     )
 
 
@@ -149,6 +153,17 @@ def _receipts(svc: Services) -> dict[str, int]:
         "created": counted.get("created", 0),
         "pushed": int(metrics.totals(metrics.frames_out).get("receipt", 0)),
     }
+
+
+BACKUP_OPERATIONS = ("put", "get", "delete", "recover")
+
+
+def _backups(svc: Services) -> dict[str, int]:
+    metrics = svc.metrics
+    counts = metrics.pair_totals(metrics.backup_requests)
+    totals = {op: int(counts.get((op, "ok"), 0)) for op in BACKUP_OPERATIONS}
+    refused = sum(n for (_, outcome), n in counts.items() if outcome != "ok")
+    return {"stored": int(metrics.value(metrics.key_backups)), **totals, "refused": int(refused)}
 
 
 def _nodes(

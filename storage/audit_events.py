@@ -21,6 +21,9 @@ SIGNED_PREKEY_ROTATED: Final = "signed_prekey_rotated"  # a new signed pre-key
 PREKEYS_UPLOADED: Final = "prekeys_uploaded"  # one-time / last-resort keys stored
 PREKEY_CLAIMED: Final = "prekey_claimed"  # a bundle with a one-time EC key handed out
 CLAIM_WITHOUT_PREKEY: Final = "claim_without_prekey"  # a bundle without one (none left)
+BACKUP_PUT: Final = "backup_put"  # the user's key backup replaced (detail: version)
+BACKUP_GET: Final = "backup_get"  # the backup read (detail: version, via)
+BACKUP_DELETE: Final = "backup_delete"  # the backup deleted (detail: the version it had)
 
 KINDS: Final = (
     REGISTER,
@@ -31,7 +34,16 @@ KINDS: Final = (
     PREKEYS_UPLOADED,
     PREKEY_CLAIMED,
     CLAIM_WITHOUT_PREKEY,
+    BACKUP_PUT,
+    BACKUP_GET,
+    BACKUP_DELETE,
 )
+
+# How a backup was read: by an active device (`backup.get`) or before any (`backup.recover`,
+# recorded as device 0).
+VIA_DEVICE: Final = "device"
+VIA_RECOVERY: Final = "recovery"
+RECOVERY_DEVICE: Final = 0
 
 # Why a bundle came without a one-time EC key.
 NONE_LEFT: Final = "none left"  # the device had none

@@ -62,3 +62,19 @@ class QueueFull(Rejected):
     def __init__(self, devices: list[tuple[str, int]]) -> None:
         super().__init__(f"{len(devices)} recipient device(s) hold their maximum of messages")
         self.devices = devices
+
+
+class BackupVersionConflict(Rejected):
+    """A backup put or delete named a version that is not the current one."""
+
+    def __init__(self, current: int) -> None:
+        super().__init__(f"the current backup version is {current}")
+        self.current = current  # 0: there is no backup
+
+
+class NoBackup(Rejected):
+    """The user has no backup (never saved, or deleted)."""
+
+
+class BackupAccessKeyTaken(Rejected):
+    """Another user's backup has this access key."""

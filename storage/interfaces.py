@@ -12,12 +12,14 @@ from typing import Protocol
 from storage.at_rest.sealing import EnvelopeSealer
 from storage.node_records import BusMessage, Holder, NodeInfo, Refresh
 from storage.records import (
+    Backup,
     ClaimedKeys,
     DeviceRecord,
     Envelope,
     KeyCounts,
     KeyEvent,
     KeyUpload,
+    NewBackup,
     NewDevice,
     PendingOrigin,
     RateDecision,
@@ -101,6 +103,44 @@ class KeyAudit(Protocol):
 
     async def purge_events(self, before_ms: int) -> int:
         """Delete the events older than `before_ms` (the retention); the number deleted."""
+        ...
+
+
+class BackupStore(Protocol):
+    """One key backup per user, replaced by compare-and-set (docs/protocol.md, key backup).
+    Versions count up from 1 and never repeat for a user, also across a delete (the row
+    stays, without its blob, to remember the last version). Each put and delete is recorded
+    in the audit trail in its own transaction; reads are recorded by `record_read`."""
+
+    async def put(
+        self, user: str, device: int, backup: NewBackup, *, expected_version: int, now_ms: int
+    ) -> int:
+        """Store `backup` if `expected_version` is the current version (0: there is none);
+        the new version. Raises BackupVersionConflict (nothing stored) or
+        BackupAccessKeyTaken (another user's backup has this access key)."""
+        ...
+
+    async def get(self, user: str) -> Backup | None:
+        """The user's backup, or None."""
+        ...
+
+    async def find(self, access_key: bytes) -> Backup | None:
+        """The backup with this access key (its `user` is the stored owner), or None."""
+        ...
+
+    async def record_read(
+        self, user: str, device: int, version: int, *, via: str, now_ms: int
+    ) -> None:
+        """A `backup_get` audit event (storage.audit_events: VIA_DEVICE or VIA_RECOVERY)."""
+        ...
+
+    async def delete(self, user: str, device: int, *, expected_version: int, now_ms: int) -> None:
+        """Delete the backup if `expected_version` is current. Raises NoBackup or
+        BackupVersionConflict."""
+        ...
+
+    async def count(self) -> int:
+        """Users holding a backup (for /v1/stats; one cheap query, not the hot path)."""
         ...
 
 
@@ -196,13 +236,14 @@ class DataKeyTable(Protocol):
         ...
 
     async def usage(self) -> dict[int, int]:
-        """The number of stored messages sealed with each data key (ids with none left out).
+        """The number of stored messages and key backups sealed with each data key (ids with
+        none left out).
         Scans the messages: for `relay keys status` and the purge, not the hot path."""
         ...
 
     async def delete_retired(self, retired_before_ms: int) -> list[int]:
         """Delete the data keys retired before `retired_before_ms` that no stored message
-        uses (checked in the same transaction); their ids."""
+        and no backup uses (checked in the same transaction); their ids."""
         ...
 
 
@@ -235,6 +276,12 @@ class ClearData(Protocol):
 
     async def clear_messages(self) -> int:
         """Stored messages still in the clear columns."""
+        ...
+
+    async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:
+        """Seal every key backup blob still kept as its client sent it (key id 0), in one
+        transaction: `seal(stored user id, blob)` gives (data key id, sealed blob). Run after
+        blind_user_ids (the stored user id is then the blinded one). The number sealed."""
         ...
 
 
@@ -344,6 +391,9 @@ class Store(Protocol):
 
     @property
     def audit(self) -> KeyAudit: ...
+
+    @property
+    def backups(self) -> BackupStore: ...
 
     @property
     def replay(self) -> ReplayGuard: ...

@@ -20,6 +20,7 @@ from storage.directory_cache import CachedDeviceDirectory
 from storage.interfaces import BackendObserver, ClearData, DataKeyTable, Store
 from storage.postgres import Database, PostgresKeyStore, PostgresMessageQueue
 from storage.postgres.audit import PostgresKeyAudit
+from storage.postgres.backups import PostgresBackupStore
 from storage.postgres.clear_data import PostgresClearData
 from storage.postgres.data_keys import PostgresDataKeyTable
 from storage.postgres.read_replica import LagTolerantReads
@@ -55,6 +56,7 @@ class ProductionStore:
         self._devices = CachedDeviceDirectory(db, versions, now_ms=clock or _wall_ms)
         self._keys = PostgresKeyStore(db, now_ms=clock or _wall_ms)
         self._audit = PostgresKeyAudit(db, reads=self._reads)
+        self._backups = PostgresBackupStore(db, reads=self._reads)
         self._messages = PostgresMessageQueue(db, reads=self._reads)
         self._data_keys = PostgresDataKeyTable(db)
         self._clear_data = PostgresClearData(db, now_ms=clock or _wall_ms)
@@ -123,6 +125,10 @@ class ProductionStore:
     @property
     def audit(self) -> PostgresKeyAudit:
         return self._audit
+
+    @property
+    def backups(self) -> PostgresBackupStore:
+        return self._backups
 
     @property
     def data_keys(self) -> PostgresDataKeyTable:

@@ -218,3 +218,27 @@ class WrappedKey:
     retired_ms: int | None
     master_key_id: str
     wrapped: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NewBackup:
+    """A user's backup as it is to be stored. `blob` is opaque (sealed by the client with its
+    recovery key); a store encrypted at rest seals it once more with a data key (`key_id`,
+    0: stored as given) and keeps the user's id readable only in `owner` (sealed; None: the
+    user id itself). `access_key` authorises `backup.recover` (kept as a keyed hash at rest)."""
+
+    blob: bytes
+    access_key: bytes
+    key_id: int = 0
+    owner: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Backup:
+    """A user's current backup. `user` is its owner as the caller knows it."""
+
+    user: str
+    version: int
+    blob: bytes
+    updated_ms: int
+    key_id: int = 0

@@ -3,9 +3,12 @@
 See docs/client.md. The entry point is :meth:`Client.open`.
 """
 
+from protocol.client.backup import RecoveryKey
 from protocol.client.client import Client, MessageHandler, ReceiptHandler
 from protocol.client.errors import (
     AnswerTimeout,
+    BackupConflict,
+    BackupUnreadable,
     ClientError,
     ClientStopped,
     ConnectionLost,
@@ -34,6 +37,8 @@ from protocol.client.tls import context_for, tls_context
 __all__ = [
     "AnswerTimeout",
     "Backoff",
+    "BackupConflict",
+    "BackupUnreadable",
     "Client",
     "ClientError",
     "ClientOptions",
@@ -50,6 +55,7 @@ __all__ = [
     "MessageHandler",
     "NotRegistered",
     "ReceiptHandler",
+    "RecoveryKey",
     "RequestRefused",
     "SendFailed",
     "SendReceipt",

@@ -35,6 +35,7 @@ from ssl import SSLContext
 
 from websockets.uri import parse_uri
 
+from protocol.client.backup import RecoveryKey, open_backup
 from protocol.client.content import Kind
 from protocol.client.errors import (
     ClientError,
@@ -46,6 +47,7 @@ from protocol.client.errors import (
     TlsSetupError,
 )
 from protocol.client.inbound import Inbound, MessageHandler
+from protocol.client.key_backup import KeyBackup
 from protocol.client.messages import (
     ClientOptions,
     ClientStats,
@@ -64,6 +66,8 @@ from protocol.crypto.device_keys import DeviceKeys
 from protocol.errors import CloseCode, ErrorCode
 from protocol.frames import (
     AuthOk,
+    BackupOk,
+    BackupRecover,
     Deliver,
     DeviceInfo,
     DevicesList,
@@ -79,7 +83,7 @@ from protocol.frames import (
     Receipt,
     Request,
 )
-from protocol.payloads import link_payload
+from protocol.payloads import backup_recover_payload, link_payload
 from protocol.signatures import KeyScheme
 from protocol.wire import CONNECT_ERRORS, WireConnection, WireOptions
 from protocol.wire.connection import A
@@ -148,6 +152,7 @@ class Client:
         )
         self._sender = OutboxSender(state, self.peers, options, self._sleep)
         self._keeper = KeyKeeper(state, self.peers, options)
+        self.backup = KeyBackup(self)
         self._inbound = Inbound(
             state,
             self.peers,
@@ -212,6 +217,73 @@ class Client:
             yield client
         finally:
             await client.close()
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def restore(
+        cls,
+        url: str,
+        recovery_key: RecoveryKey | str,
+        *,
+        store: str | Path,
+        passphrase: str,
+        on_message: MessageHandler | None = None,
+        on_identity_change: IdentityHandler | None = None,
+        scheme: KeyScheme = KeyScheme.ED25519,
+        options: ClientOptions | None = None,
+        ssl: SSLContext | None = None,
+        on_connection_change: ConnectionHandler | None = None,
+    ) -> AsyncIterator[Client]:
+        """A new device of a user, from the user's key backup: opens (or creates) the store
+        `store` with a fresh identity, reads the backup with `recovery_key` (a
+        :class:`RecoveryKey` or its 64-character code), links the device into the account
+        in the name of the device that saved the backup (which must still be active), and
+        restores the contact list. Then as :meth:`open`. A store that holds an account
+        already is refused (ClientError); one left by a failed restore is used again.
+        Raises BackupUnreadable for a wrong recovery key, RequestRefused for the relay's
+        refusals (`not_found`: no backup with this key; `rate_limited`: the user's reads
+        for the day are spent)."""
+        key = RecoveryKey.from_code(recovery_key) if isinstance(recovery_key, str) else recovery_key
+        async with cls.open(
+            url,
+            store,
+            passphrase,
+            on_message=on_message,
+            on_identity_change=on_identity_change,
+            scheme=scheme,
+            options=options,
+            ssl=ssl,
+            on_connection_change=on_connection_change,
+        ) as client:
+            if client.registered:
+                raise ClientError(f"{store} holds an account already: restore into a new store")
+            await client._restore(key)
+            yield client
+
+    async def _restore(self, recovery_key: RecoveryKey) -> None:
+        conn = await WireConnection.open(self.url, self._conn_opts)
+        try:
+            access = recovery_key.access_key_pair()
+            payload = backup_recover_payload(conn.challenge.nonce, access.public_key)
+            found = await conn.request(
+                BackupRecover(
+                    rid=conn.next_rid(),
+                    access_key=access.public_key,
+                    signature=access.sign(payload),
+                ),
+                BackupOk,
+            )
+            contents = await asyncio.to_thread(open_backup, recovery_key, found.user, found.blob)
+            signature = contents.identity.sign(link_payload(found.user, self.identity_key))
+        except BaseException:
+            await conn.close()
+            raise
+        self.state.save_contacts(contents.contacts)
+        self.state.save_backup_version(found.version)
+        # The same connection, the same challenge: the relay expects the register now.
+        await self._register(
+            user=found.user, link=Link(device=contents.device, signature=signature), conn=conn
+        )
 
     async def close(self) -> None:
         """Make sure the acks sent so far landed, close the connection, stop, close the store."""
@@ -281,12 +353,19 @@ class Client:
         return LinkTicket(self.user, self.device, signature)
 
     async def _register(
-        self, *, token: str | None = None, user: str | None = None, link: Link | None = None
+        self,
+        *,
+        token: str | None = None,
+        user: str | None = None,
+        link: Link | None = None,
+        conn: WireConnection | None = None,
     ) -> None:
+        """`conn`: a connection still in its handshake (after a `backup.recover`)."""
         if self.registered:
             raise ClientError("this device is registered already")
         keys = self.peers.keys
-        conn = await WireConnection.open(self.url, self._conn_opts)
+        if conn is None:
+            conn = await WireConnection.open(self.url, self._conn_opts)
         try:
             ok = await conn.register(
                 keys.identity,
@@ -603,6 +682,11 @@ class Client:
     async def devices(self) -> tuple[DeviceInfo, ...]:
         """This user's active devices."""
         return (await self._retrying(lambda rid: DevicesList(rid=rid), DevicesListOk)).devices
+
+    def contacts(self) -> list[str]:
+        """The other users this device knows: those it has sessions with, and those a key
+        backup restored."""
+        return sorted(set(self.state.contact_keys(self.user)))
 
     async def remove_device(self, device: int) -> None:
         """Remove a device of this user (device 1 may remove any; others only themselves)."""

@@ -10,6 +10,8 @@ ClientError                every error of the SDK
 ├── ConnectionLost         the connection closed before the answer came
 │   └── AnswerTimeout      no answer in time: the connection was dropped
 ├── TlsSetupError          the TLS settings cannot be used (a CA file, ssl= with ws://)
+├── BackupConflict         another device saved or deleted the key backup since this one
+├── BackupUnreadable       a key backup does not open with the recovery key given
 └── ClientStopped          the client is closed, or the relay ended this device
 """
 
@@ -19,6 +21,8 @@ from protocol.wire.errors import AnswerTimeout, ClientError, ConnectionLost, Req
 
 __all__ = [
     "AnswerTimeout",
+    "BackupConflict",
+    "BackupUnreadable",
     "ClientError",
     "ClientStopped",
     "ConnectionLost",
@@ -58,3 +62,17 @@ class ClientStopped(ClientError):
 
 class TlsSetupError(ClientError):
     """A CA file that cannot be read or holds no certificate; a TLS context for a ws:// URL."""
+
+
+class BackupConflict(ClientError):
+    """The key backup is not at the version this device knew: another device replaced or
+    deleted it. Save again with `expected_version=version` to replace it on purpose."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(f"the key backup is at version {version} (0: none)")
+        self.version = version
+
+
+class BackupUnreadable(ClientError):
+    """A key backup that does not open with the recovery key given (a wrong key, another
+    user's blob, damage), or whose contents this client cannot read."""

@@ -93,9 +93,9 @@ class Peers:
         return self.state.book.get(user, {})
 
     def _trust(self, user: str, device: int, identity_key: bytes) -> None:
-        known = self.state.book.get(user, {}).get(device)
-        if known is not None and known.identity_key != identity_key:
-            self._on_identity_change(IdentityChange(user, device, known.identity_key, identity_key))
+        known = self.state.trusted_identity(user, device)
+        if known is not None and known != identity_key:
+            self._on_identity_change(IdentityChange(user, device, known, identity_key))
 
     # --- sending -------------------------------------------------------------
 

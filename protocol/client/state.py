@@ -9,6 +9,8 @@
 | `outbox` | messages not yet answered `ok`, with their id, nonce and ciphertexts once made |
 | `seen` | the last N delivered message ids (duplicates are dropped by id) |
 | `held` | decrypted messages waiting for an earlier one from the same device |
+| `contacts` | per contact device: the identity key trusted, restored from a key backup |
+| `backup` | the version of the key backup this device last saved or restored |
 
 Small structured records are JSON (byte strings as base64); keys and sessions
 are the crypto module's own bytes.
@@ -183,6 +185,10 @@ class ClientState:
         self.next_local_id = 1
         self.seen: OrderedDict[bytes, None] = OrderedDict()
         self.held: list[HeldMessage] = []
+        # Contacts restored from a key backup: devices with no session yet, whose identity
+        # keys were trusted before (the book takes over once a session starts).
+        self.contacts: dict[str, dict[int, bytes]] = {}
+        self.backup_version = 0
         self._load()
 
     def _json(self, name: str) -> Any:
@@ -213,6 +219,9 @@ class ClientState:
             for key in self._json("seen") or []:
                 self.seen[_unb(key)] = None
             self.held = [HeldMessage.from_json(h) for h in self._json("held") or []]
+            for user, devices in (self._json("contacts") or {}).items():
+                self.contacts[user] = {int(d): _unb(ik) for d, ik in devices.items()}
+            self.backup_version = int((self._json("backup") or {}).get("version", 0))
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"a record of the store is damaged: {exc!r}") from exc
 
@@ -227,6 +236,37 @@ class ClientState:
 
     def save_keys(self, data: bytes) -> None:
         self.store.write("keys", data)
+
+    # --- key backup ---------------------------------------------------------------
+
+    def trusted_identity(self, user: str, device: int) -> bytes | None:
+        """The identity key this device trusts for a peer device: its session's, or the one
+        a key backup restored."""
+        known = self.book.get(user, {}).get(device)
+        if known is not None:
+            return known.identity_key
+        return self.contacts.get(user, {}).get(device)
+
+    def contact_keys(self, own_user: str) -> dict[str, dict[int, bytes]]:
+        """Every other user this device knows, with the identity keys it trusts: what a key
+        backup carries."""
+        merged = {user: dict(devices) for user, devices in self.contacts.items()}
+        for user, devices in self.book.items():
+            for device, peer in devices.items():
+                merged.setdefault(user, {})[device] = peer.identity_key
+        merged.pop(own_user, None)
+        return merged
+
+    def save_contacts(self, contacts: dict[str, dict[int, bytes]]) -> None:
+        self._put_json(
+            "contacts",
+            {u: {str(d): _b(k) for d, k in devices.items()} for u, devices in contacts.items()},
+        )
+        self.contacts = {u: dict(devices) for u, devices in contacts.items()}
+
+    def save_backup_version(self, version: int) -> None:
+        self._put_json("backup", {"version": version})
+        self.backup_version = version
 
     # --- peers and sessions ----------------------------------------------------
 

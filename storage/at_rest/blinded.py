@@ -18,11 +18,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Final, Protocol
 
+from storage.at_rest.backup_sealing import open_backup, seal_backup
 from storage.at_rest.keyring import KeyRing, SealError
 from storage.at_rest.sealing import EnvelopeSealer
 from storage.at_rest.vault import DataKeyVault
 from storage.errors import Unavailable
 from storage.interfaces import (
+    BackupStore,
     ClearData,
     DataKeyTable,
     DeviceDirectory,
@@ -34,12 +36,14 @@ from storage.interfaces import (
     Store,
 )
 from storage.records import (
+    Backup,
     ClaimedKeys,
     DeviceRecord,
     Envelope,
     KeyCounts,
     KeyEvent,
     KeyUpload,
+    NewBackup,
     NewDevice,
     PendingOrigin,
     ReplayRecord,
@@ -274,6 +278,86 @@ def _readable(ring: KeyRing, event: KeyEvent, user: str) -> KeyEvent:
     return dataclasses.replace(event, user=user, detail=detail)
 
 
+class BlindedBackups:
+    """The user id blinded; the owner sealed under the index key (a recovery finds the row by
+    its access key and must name the user); the access key hashed like a nonce (the same
+    keyed hash the conversion of a clear store applies); the blob sealed with the active
+    data key, bound to the blinded user and the key id."""
+
+    def __init__(self, inner: BackupStore, keys: KeyAccess) -> None:
+        self._inner = inner
+        self._keys = keys
+
+    async def _ring(self) -> KeyRing:
+        return self._keys.ring_now or await self._keys.ring()
+
+    async def put(
+        self, user: str, device: int, backup: NewBackup, *, expected_version: int, now_ms: int
+    ) -> int:
+        ring = await self._ring()
+        blinded = ring.blind_user(user)
+        key_id, sealed = seal_backup(ring, blinded, backup.blob)
+        stored = NewBackup(
+            blob=sealed,
+            access_key=ring.blind_nonce(backup.access_key),
+            key_id=key_id,
+            owner=ring.seal_text(user),
+        )
+        return await self._inner.put(
+            blinded, device, stored, expected_version=expected_version, now_ms=now_ms
+        )
+
+    async def get(self, user: str) -> Backup | None:
+        ring = await self._ring()
+        blinded = ring.blind_user(user)
+        stored = await self._inner.get(blinded)
+        return None if stored is None else await self._opened(ring, blinded, user, stored)
+
+    async def find(self, access_key: bytes) -> Backup | None:
+        ring = await self._ring()
+        stored = await self._inner.find(ring.blind_nonce(access_key))
+        if stored is None:
+            return None
+        try:
+            user = ring.open_text(stored.user)
+        except SealError:
+            log.error("a key backup's owner does not open with the index key")
+            return None
+        return await self._opened(ring, ring.blind_user(user), user, stored)
+
+    async def record_read(
+        self, user: str, device: int, version: int, *, via: str, now_ms: int
+    ) -> None:
+        ring = await self._ring()
+        await self._inner.record_read(
+            ring.blind_user(user), device, version, via=via, now_ms=now_ms
+        )
+
+    async def delete(self, user: str, device: int, *, expected_version: int, now_ms: int) -> None:
+        ring = await self._ring()
+        await self._inner.delete(
+            ring.blind_user(user), device, expected_version=expected_version, now_ms=now_ms
+        )
+
+    async def count(self) -> int:
+        return await self._inner.count()
+
+    async def _opened(
+        self, ring: KeyRing, blinded: str, user: str, stored: Backup
+    ) -> Backup | None:
+        """The backup with its blob opened; None when it does not open (logged). A data key
+        made by another node since this one looked is loaded first."""
+        vault = self._keys.vault
+        if stored.key_id not in ring.known_ids() and vault is not None:
+            await vault.load({stored.key_id} - {0})
+        blob = open_backup(ring, blinded, stored.key_id, stored.blob)
+        if blob is None:
+            return None
+        return Backup(
+            user=user, version=stored.version, blob=blob, updated_ms=stored.updated_ms, key_id=0
+        )
+
+
 class BlindedMessages:
     def __init__(self, inner: MessageQueue, keys: KeyAccess) -> None:
         self._inner = inner
@@ -429,6 +513,7 @@ class BlindedStore:
         self._audit = BlindedAudit(inner.audit, keys)
         self._messages = BlindedMessages(inner.messages, keys)
         self._replay = BlindedReplay(inner.replay, keys)
+        self._backups = BlindedBackups(inner.backups, keys)
 
     @property
     def inner(self) -> AtRestCapable:
@@ -458,6 +543,10 @@ class BlindedStore:
     @property
     def audit(self) -> BlindedAudit:
         return self._audit
+
+    @property
+    def backups(self) -> BlindedBackups:
+        return self._backups
 
     @property
     def replay(self) -> BlindedReplay:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from storage.at_rest.backup_sealing import seal_backup
 from storage.at_rest.blinded import AtRestCapable, AtRestRefusal, BlindedStore, KeyAccess
 from storage.at_rest.master_key import (
     KeyWrapper,
@@ -167,10 +168,12 @@ async def open_vault(data_keys: DataKeyTable, settings: AtRestSettings) -> DataK
 async def convert_clear_data(
     clear: ClearData, vault: DataKeyVault, sealer: RingSealer
 ) -> ConversionReport:
-    """Blind every user id (one transaction), then seal the clear stored messages in
-    batches; safe to run again after an interruption."""
+    """Blind every user id (one transaction), seal the key backups' blobs (one transaction),
+    then seal the clear stored messages in batches; safe to run again after an
+    interruption."""
     ring = vault.ring
     users = await clear.blind_user_ids(ring.blind_user, ring.blind_nonce, ring.seal_text)
+    await clear.seal_clear_backups(lambda user, blob: seal_backup(ring, user, blob))
     sealed = 0
     while batch := await clear.seal_clear_messages(sealer, limit=SEAL_BATCH):
         sealed += batch

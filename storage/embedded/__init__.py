@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Final
 
 from storage.at_rest.sealing import EnvelopeSealer
 from storage.embedded.audit import SqliteKeyAudit
+from storage.embedded.backups import SqliteBackupStore
 from storage.embedded.clear_data import SqliteClearData
 from storage.embedded.data_keys import SqliteDataKeyTable
 from storage.embedded.database import SqliteDatabase
@@ -62,6 +63,7 @@ class EmbeddedStore:
         self._devices = SqliteDeviceDirectory(db, reader, now_ms=now_ms)
         self._keys = SqliteKeyStore(db, now_ms=now_ms)
         self._audit = SqliteKeyAudit(db)
+        self._backups = SqliteBackupStore(db)
         self._messages = SqliteMessageQueue(db, reader)
         self._replay = SqliteReplayGuard(db, reader, now_ms=now_ms, monotonic=monotonic)
         self._rate_limiter = TokenBucketLimiter(clock=monotonic)
@@ -111,6 +113,10 @@ class EmbeddedStore:
     @property
     def audit(self) -> SqliteKeyAudit:
         return self._audit
+
+    @property
+    def backups(self) -> SqliteBackupStore:
+        return self._backups
 
     @property
     def replay(self) -> SqliteReplayGuard:

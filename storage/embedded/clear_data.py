@@ -65,6 +65,7 @@ _USER_COLUMNS: Final = (
     ("replay", "sender_user"),
     ("replay", "recipient_user"),
     ("key_events", "user"),
+    ("backups", "user"),
 )
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,24 @@ class SqliteClearData:
 
         return await self._db.run(job)
 
+    async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            rows = conn.execute(
+                "SELECT user, blob FROM backups WHERE key_id = ? AND blob IS NOT NULL",
+                (CLEAR_KEY_ID,),
+            ).fetchall()
+            updates = []
+            for user, blob in rows:
+                key_id, sealed = seal(str(user), bytes(blob))
+                updates.append((key_id, sealed, user))
+            conn.executemany("UPDATE backups SET key_id = ?, blob = ? WHERE user = ?", updates)
+            return len(updates)
+
+        sealed = await self._db.run(job)
+        if sealed:
+            await self._checkpoint()
+        return sealed
+
     async def _checkpoint(self) -> None:
         if not await self._db.checkpoint():
             log.warning(
@@ -177,6 +196,13 @@ def _blind(conn: sqlite3.Connection) -> None:
     for table, column in _USER_COLUMNS:
         conn.execute(f"UPDATE {table} SET {column} = relay_blind_user({column})")
     conn.execute("UPDATE replay SET nonce = relay_blind_nonce(nonce)")
+    # A backup's owner sealed, its access key hashed like a nonce; its blob is sealed with a
+    # data key next (seal_clear_backups).
+    conn.execute(
+        "UPDATE backups SET owner = relay_seal_text(owner),"
+        " access_key = relay_blind_nonce(access_key) WHERE access_key IS NOT NULL"
+    )
+    conn.execute("UPDATE backups SET owner = relay_seal_text(owner) WHERE access_key IS NULL")
     conn.execute(
         "UPDATE key_events SET detail = json_set(detail, '$.requester_user',"
         " relay_seal_text(json_extract(detail, '$.requester_user')))"

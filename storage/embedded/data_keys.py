@@ -94,7 +94,9 @@ class SqliteDataKeyTable:
     async def usage(self) -> dict[int, int]:
         def job(conn: sqlite3.Connection) -> dict[int, int]:
             rows = conn.execute(
-                "SELECT key_id, COUNT(*) FROM messages WHERE key_id <> ? GROUP BY key_id",
+                "SELECT key_id, COUNT(*) FROM (SELECT key_id FROM messages"
+                " UNION ALL SELECT key_id FROM backups WHERE blob IS NOT NULL)"
+                " WHERE key_id <> ? GROUP BY key_id",
                 (CLEAR_KEY_ID,),
             ).fetchall()
             return {int(key_id): int(count) for key_id, count in rows}
@@ -118,12 +120,15 @@ class SqliteDataKeyTable:
             # a row sealed with a deleted key come later: a store seals and queues its job in
             # one step (messages.py), jobs run in FIFO order, and this process sealed with
             # the key's successor from the rotation on; another process sharing the file
-            # (`relay keys`) is covered by the grace period (vault.RETIRED_GRACE_MS).
+            # (`relay keys`) is covered by the grace period (vault.RETIRED_GRACE_MS). Backups
+            # sealed with a key keep it too (few rows: one per user at most).
             marks = ", ".join("?" * len(candidates))
             used = {
                 int(key_id)
                 for (key_id,) in conn.execute(
-                    f"SELECT DISTINCT key_id FROM messages WHERE key_id IN ({marks})", candidates
+                    f"SELECT DISTINCT key_id FROM messages WHERE key_id IN ({marks})"
+                    f" UNION SELECT key_id FROM backups WHERE key_id IN ({marks})",
+                    candidates + candidates,
                 ).fetchall()
             }
             gone = [key_id for key_id in candidates if key_id not in used]

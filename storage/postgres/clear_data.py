@@ -29,6 +29,7 @@ USER_COLUMNS: Final = (
     ("messages", "recipient_user"),
     ("queue_counts", "recipient_user"),
     ("key_events", "user_id"),
+    ("backups", "user_id"),
 )
 
 # Writers wait (readers do not) while the ids change, so no row with a clear id can be
@@ -88,6 +89,7 @@ class PostgresClearData:
             assert isinstance(users, int)
             await _blind_ids(conn, blind_user)
             await _seal_requesters(conn, seal_text)
+            await _blind_backups(conn, blind_nonce, seal_text)
             await conn.execute(
                 "INSERT INTO at_rest (id, blinded_ms) VALUES (1, $1)", self._now_ms()
             )
@@ -129,6 +131,22 @@ class PostgresClearData:
                 await conn.executemany(_SEAL_ROW, updates)
         if updates:
             self._sealed_up_to = max(self._sealed_up_to, updates[-1][1])
+        return len(updates)
+
+    async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:
+        async with self._db.transaction("seal_clear_backups") as conn:
+            rows = await conn.fetch(
+                "SELECT user_id, blob FROM backups"
+                " WHERE key_id IS NULL AND blob IS NOT NULL FOR UPDATE"
+            )
+            updates = []
+            for row in rows:
+                key_id, sealed = seal(str(row["user_id"]), bytes(row["blob"]))
+                updates.append((str(row["user_id"]), key_id, sealed))
+            if updates:
+                await conn.executemany(
+                    "UPDATE backups SET key_id = $2, blob = $3 WHERE user_id = $1", updates
+                )
         return len(updates)
 
     async def clear_messages(self) -> int:
@@ -189,3 +207,28 @@ async def _seal_requesters(conn: Connection, seal_text: Callable[[str], str]) ->
         [int(row["id"]) for row in rows],
         [seal_text(str(row["requester"])) for row in rows],
     )
+
+
+async def _blind_backups(
+    conn: Connection, blind_nonce: Callable[[bytes], bytes], seal_text: Callable[[str], str]
+) -> None:
+    """A backup's owner sealed, its access key hashed like a nonce. Its blob is sealed with a
+    data key next (seal_clear_backups)."""
+    rows = await conn.fetch("SELECT user_id, owner, access_key FROM backups")
+    if not rows:
+        return
+    await conn.execute(
+        "UPDATE backups b SET owner = s.owner, access_key = s.access_key"
+        " FROM unnest($1::text[], $2::text[], $3::bytea[]) AS s(user_id, owner, access_key)"
+        " WHERE b.user_id = s.user_id",
+        [str(row["user_id"]) for row in rows],
+        [seal_text(str(row["owner"])) for row in rows],
+        [
+            None if row["access_key"] is None else blind_nonce(bytes(row["access_key"]))
+            for row in rows
+        ],
+    )
+
+
+def _blinded_key(key: object, blind_nonce: Callable[[bytes], bytes]) -> bytes | None:
+    return None if key is None else blind_nonce(bytes(key))  # type: ignore[call-overload]

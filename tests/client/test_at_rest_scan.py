@@ -1,6 +1,7 @@
 """Encryption at rest, seen from a copy of the database: after messages are stored for
-offline devices, no sender's user id (as text, hex, raw 16 bytes or base64), no nonce and no
-body is anywhere in it; the same run without encryption shows them (the scanner can fail);
+offline devices and each sender saved a key backup, no sender's user id (as text, hex, raw
+16 bytes or base64), no nonce, no body, no backup blob and no backup access key is anywhere
+in it; the same run without encryption shows them (the scanner can fail);
 and the stored messages still reach their recipients intact."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .sdk import distinctive
 
 SENDERS = 3
 MESSAGES_EACH = 4
+BACKUPS: dict[str, tuple[bytes, bytes]] = {}  # sender user -> (blob, access key), this run
 
 
 def _user_forms(user: str) -> list[bytes]:
@@ -40,6 +42,13 @@ async def _store_for_offline(
                 answer = await sender.send_message(receivers[0], [1, 2], body=body, nonce=nonce)
                 assert answer["t"] == "ok" and answer["stored"] == [1, 2], answer
                 sent.append({"sender": sender.user, "body": body, "nonce": nonce})
+            blob, access_key = distinctive("backup blob"), secrets.token_bytes(32)
+            saved = await sender.request(
+                {"t": "backup.put", "version": 0, "blob": blob, "access_key": access_key}
+            )
+            assert saved["t"] == "ok", saved
+            assert sender.user is not None
+            BACKUPS[sender.user] = (blob, access_key)
     finally:
         for sender in senders:
             await sender.close()
@@ -51,6 +60,7 @@ def _secrets(senders: list[Device], sent: list[dict[str, Any]]) -> list[bytes]:
     for sender in senders:
         assert sender.user is not None
         found += _user_forms(sender.user)
+        found += list(BACKUPS[sender.user])
     for message in sent:
         found += [message["body"], message["nonce"]]
     return found
@@ -88,6 +98,10 @@ async def test_without_encryption_at_rest_the_scanner_finds_senders_nonces_and_b
         assert sender.user is not None
         assert sender.user.encode() in found
     assert all(m["body"] in found and m["nonce"] in found for m in sent)
+    for sender in senders:
+        assert sender.user is not None
+        blob, access_key = BACKUPS[sender.user]
+        assert blob in found and access_key in found
 
 
 def _shown(findings: list[Finding]) -> str:
@@ -120,6 +134,14 @@ async def test_a_store_run_without_encryption_is_converted_and_keeps_its_message
 
     findings, _ = await scan_database(relay, secrets_)
     assert findings == [], _shown(findings)
+    # The key backups come through the conversion intact.
+    owner = senders[0]
+    owner.url = relay.url
+    await owner.reconnect()
+    assert owner.user is not None
+    got = await owner.request_ok({"t": "backup.get"})
+    assert (got["user"], got["version"], got["blob"]) == (owner.user, 1, BACKUPS[owner.user][0])
+    await owner.close()
     for device in receivers:
         device.url = relay.url
         await device.reconnect()

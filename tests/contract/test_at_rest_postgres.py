@@ -493,6 +493,7 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     url = production.database_url
 
     assert await migrate(url, to=4) == [
+        "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
         "down 0005_at_rest",
@@ -511,6 +512,7 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
         "up 0007_receipts",
+        "up 0008_key_backups",
     ]
     assert (await check(url))[0]
     again = await open_production(production)

@@ -228,6 +228,7 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
         "up 0007_receipts",
+        "up 0008_key_backups",
     ]
 
     prefix = f"relaytest:{secrets.token_hex(8)}:"

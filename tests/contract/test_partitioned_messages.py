@@ -84,18 +84,30 @@ async def test_migration_6_up_down_up_keeps_rows_and_restores_version_5(
     assert len(before) == 12 * 3 + 2
     assert await _partitions_used(url) > 1
 
-    assert await migrate(url, to=5) == ["down 0007_receipts", "down 0006_partitioned_messages"]
+    assert await migrate(url, to=5) == [
+        "down 0008_key_backups",
+        "down 0007_receipts",
+        "down 0006_partitioned_messages",
+    ]
     assert await migrate(empty_database, to=5)
     assert await _schema_shape(url) == await _schema_shape(empty_database)
     assert await _rows(url) == before
     await _counts_match_rows(url)
 
-    assert await migrate(url) == ["up 0006_partitioned_messages", "up 0007_receipts"]
+    assert await migrate(url) == [
+        "up 0006_partitioned_messages",
+        "up 0007_receipts",
+        "up 0008_key_backups",
+    ]
     assert (await check(url))[0]
     assert await _rows(url) == before
     assert await _partitions_used(url) > 1
     await _counts_match_rows(url)
-    assert await migrate(empty_database) == ["up 0006_partitioned_messages", "up 0007_receipts"]
+    assert await migrate(empty_database) == [
+        "up 0006_partitioned_messages",
+        "up 0007_receipts",
+        "up 0008_key_backups",
+    ]
     assert await _schema_shape(url) == await _schema_shape(empty_database)
 
     again = await open_production(production)

@@ -35,7 +35,7 @@ async def open_production(backend: Backend) -> ProductionStore:
 
 
 async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
-    assert latest_version() == 7
+    assert latest_version() == 8
     ok, message = await check(empty_database)
     assert not ok and "schema version is 0" in message and "table users is missing" in message
 
@@ -47,6 +47,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
         "up 0007_receipts",
+        "up 0008_key_backups",
     ]
     assert await migrate(empty_database) == []  # already there
     ok, message = await check(empty_database)
@@ -68,6 +69,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         await conn.close()
 
     assert await migrate(empty_database, to=0) == [
+        "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
         "down 0005_at_rest",
@@ -77,10 +79,10 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "down 0001_initial",
     ]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 0, the latest is 7" in message
+    assert not ok and "schema version is 0, the latest is 8" in message
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 1, the latest is 7" in message
+    assert not ok and "schema version is 1, the latest is 8" in message
     assert await migrate(empty_database) == [
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
@@ -88,6 +90,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
         "up 0007_receipts",
+        "up 0008_key_backups",
     ]
     ok, _ = await check(empty_database)
     assert ok
@@ -114,6 +117,7 @@ async def test_concurrent_migrators_take_turns(empty_database: str) -> None:
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
         "up 0007_receipts",
+        "up 0008_key_backups",
     ]
     assert sorted(results) == [[], [], [], everything]
     assert (await check(empty_database))[0]
@@ -323,6 +327,7 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
     assert await store.devices.remove_device(user, 2)
     assert production.database_url is not None
     assert await migrate(production.database_url, to=3) == [
+        "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
         "down 0005_at_rest",
@@ -344,6 +349,7 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
         "up 0007_receipts",
+        "up 0008_key_backups",
     ]
     fresh = await open_production(production)  # new connections: statements prepared anew
     other = await make_user(fresh, devices=2)

@@ -73,7 +73,9 @@ SPEC_ERROR_CODES = frozenset(
 
 # Fields that are byte strings wherever they appear (spec §1). `id` is a byte
 # string for messages but an integer inside a pre-key ({id, key, ...}).
-BYTE_FIELDS = frozenset({"nonce", "id", "body", "identity_key", "signature", "key", "message_id"})
+BYTE_FIELDS = frozenset(
+    {"nonce", "id", "body", "identity_key", "signature", "key", "message_id", "blob", "access_key"}
+)
 INT_FIELDS = frozenset(
     {
         "rid",
@@ -91,6 +93,8 @@ INT_FIELDS = frozenset(
         "created",
         "last_seen",
         "signed_prekey_age_s",
+        "version",
+        "updated",
     }
 )
 INT_LIST_FIELDS = frozenset({"missing", "extra", "stale", "delivered", "stored"})

@@ -35,6 +35,12 @@ from protocol.frames import (
     Answer,
     Auth,
     AuthOk,
+    BackupDelete,
+    BackupGet,
+    BackupOk,
+    BackupPut,
+    BackupPutOk,
+    BackupRecover,
     Bundle,
     Challenge,
     ClientFrame,
@@ -248,6 +254,23 @@ CLIENT_CASES: list[tuple[str, ClientFrame, dict[str, Any]]] = [
         DevicesRemove(rid=14, device=4),
         {"t": "devices.remove", "rid": 14, "device": 4},
     ),
+    (
+        "backup.put",
+        BackupPut(rid=15, version=0, blob=b"\x01sealed", access_key=ED_KEY),
+        {"t": "backup.put", "rid": 15, "version": 0, "blob": b"\x01sealed",
+         "access_key": ED_KEY},
+    ),
+    ("backup.get", BackupGet(rid=16), {"t": "backup.get", "rid": 16}),
+    (
+        "backup.delete",
+        BackupDelete(rid=17, version=3),
+        {"t": "backup.delete", "rid": 17, "version": 3},
+    ),
+    (
+        "backup.recover",
+        BackupRecover(rid=18, access_key=ED_KEY, signature=SIG),
+        {"t": "backup.recover", "rid": 18, "access_key": ED_KEY, "signature": SIG},
+    ),
 ]  # fmt: skip
 
 BUNDLE_FULL = Bundle(
@@ -376,6 +399,18 @@ SERVER_CASES: list[tuple[str, ServerFrame, dict[str, Any]]] = [
          "server_ts": TS + 7},
     ),
     ("queue-empty", QueueEmpty(), {"t": "queue_empty"}),
+    (
+        "error-backup-conflict",
+        Error(code=ErrorCode.CONFLICT, message="v", rid=6, version=4),
+        {"t": "error", "code": "conflict", "message": "v", "rid": 6, "version": 4},
+    ),
+    ("backup.put-ok", BackupPutOk(rid=15, version=1), {"t": "ok", "rid": 15, "version": 1}),
+    (
+        "backup-ok",
+        BackupOk(rid=16, user=USER, version=2, blob=b"\x01sealed", updated=TS),
+        {"t": "ok", "rid": 16, "user": USER, "version": 2, "blob": b"\x01sealed",
+         "updated": TS},
+    ),
     (
         "keys.low",
         KeysLow(prekeys=9, pq_prekeys=10),
@@ -675,6 +710,10 @@ def test_missing_required_key_is_bad_frame_with_rid(
         "keys.count": {"rid"},
         "devices.list": {"rid"},
         "devices.remove": {"rid", "device"},
+        "backup.put": {"rid", "version", "blob", "access_key"},
+        "backup.get": {"rid"},
+        "backup.delete": {"rid", "version"},
+        "backup.recover": {"rid", "access_key", "signature"},
     }[raw["t"]]
     for key in required:
         broken = {k: v for k, v in raw.items() if k != key}
@@ -1113,3 +1152,26 @@ def test_json_output_is_ascii_safe_text() -> None:
     assert isinstance(data, str)
     assert orjson.loads(data)["message"] == "naïve ✓"
     assert set(to_json_value(bytes(range(256)))) <= set(string.ascii_letters + string.digits + "-_")
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=FORMAT_IDS)
+def test_backup_blob_limit_is_configurable(fmt: WireFormat) -> None:
+    """A blob above the configured backup limit is `too_large`; the body limit does not
+    apply to it, nor the backup limit to message bodies."""
+    limits = Limits(max_body_bytes=10, max_backup_bytes=100)
+
+    def put(size: int) -> bytes | str:
+        raw = {"t": "backup.put", "rid": 1, "version": 0, "blob": bytes(size), "access_key": ED_KEY}
+        return pack(raw, fmt)
+
+    frame = decode_client_frame(put(100), fmt, limits)
+    assert isinstance(frame, BackupPut) and len(frame.blob) == 100
+    with pytest.raises(FrameTooLarge) as exc:
+        decode_client_frame(put(101), fmt, limits)
+    assert exc.value.code is ErrorCode.TOO_LARGE and exc.value.rid == 1
+    with pytest.raises(FrameError):
+        decode_client_frame(put(0), fmt, limits)
+    short_key = {"t": "backup.put", "rid": 2, "version": 0, "blob": b"x", "access_key": b"k"}
+    with pytest.raises(FrameError) as bad:
+        decode_client_frame(pack(short_key, fmt), fmt, limits)
+    assert bad.value.code is ErrorCode.BAD_FRAME

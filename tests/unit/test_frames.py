@@ -30,6 +30,12 @@ from protocol.frames import (
     Answer,
     Auth,
     AuthOk,
+    BackupDelete,
+    BackupGet,
+    BackupOk,
+    BackupPut,
+    BackupPutOk,
+    BackupRecover,
     Bundle,
     Challenge,
     Deliver,
@@ -148,6 +154,10 @@ def test_client_frame_names() -> None:
         "keys.count",
         "devices.list",
         "devices.remove",
+        "backup.put",
+        "backup.get",
+        "backup.delete",
+        "backup.recover",
     }
     for name, cls in CLIENT_FRAMES.items():
         assert name == cls.T
@@ -179,6 +189,10 @@ def test_answer_types() -> None:
         KeysCount: KeysCountOk,
         DevicesList: DevicesListOk,
         DevicesRemove: EmptyOk,
+        BackupPut: BackupPutOk,
+        BackupGet: BackupOk,
+        BackupDelete: EmptyOk,
+        BackupRecover: BackupOk,
     }
     assert Ack.T not in {cls.T for cls in ANSWER_TYPES}  # an ack has no answer
 
