@@ -187,7 +187,7 @@ async def build_services(settings: Settings, clock: Clock) -> tuple[Services, st
         metrics=metrics,
         clock=clock,
         limits=Limits(
-            max_body_bytes=settings.max_body_bytes, max_backup_bytes=settings.max_backup_bytes
+            max_body_bytes=settings.max_body_bytes, max_backup_bytes=settings.backup_limit
         ),
         cluster=cluster,
         messages=messages,

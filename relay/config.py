@@ -206,12 +206,13 @@ class Settings:
                 setting="max_body_bytes",
                 related=("max_frame_bytes",),
             )
-        if self.max_backup_bytes >= self.max_frame_bytes:
-            raise ConfigError(
-                "max_backup_bytes must be smaller than max_frame_bytes",
-                setting="max_backup_bytes",
-                related=("max_frame_bytes",),
-            )
+
+    @property
+    def backup_limit(self) -> int:
+        """The largest key backup blob taken: max_backup_bytes, and no more than a message
+        body may be (so lowering the frame and body limits never leaves a backup limit that
+        a frame cannot carry, and an existing configuration keeps starting)."""
+        return min(self.max_backup_bytes, self.max_body_bytes)
 
     def _check_words(self) -> None:
         """The settings that are words: host, token, log level and format, node id."""
@@ -478,7 +479,8 @@ SETTING_HELP: dict[str, str] = {
     f"restarted when one dies; 1..{MAX_WORKERS} or {WORKERS_AUTO} (one a core); more than 1 "
     "needs the production store",
     "presence_ttl": "seconds a device's presence entry lives unless its node refreshes it",
-    "max_backup_bytes": "largest key backup blob (backup.put); larger ones are too_large",
+    "max_backup_bytes": "largest key backup blob (backup.put), and never above max_body_bytes; "
+    "larger ones are too_large",
     "rate_backup_reads": "key backup reads (backup.get and backup.recover) a day per user "
     "(equal burst)",
     "log_level": "log level: " + ", ".join(LOG_LEVELS),

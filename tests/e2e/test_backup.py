@@ -147,6 +147,17 @@ async def test_size_limit_is_configurable(relay_factory):
     await device.close()
 
 
+async def test_a_lower_body_limit_bounds_the_backup_too(relay_factory):
+    """A relay configured with small frames (and so small bodies) keeps starting with the
+    default backup limit; its blobs are then bounded by the body limit, with `too_large`."""
+    relay = relay_factory(max_frame_bytes=8192, max_body_bytes=4096)
+    device = await new_user(relay.url)
+    access = access_pair()
+    error_of(await put(device, 0, os.urandom(4097), access), "too_large")
+    assert (await put(device, 0, os.urandom(4096), access))["version"] == 1
+    await device.close()
+
+
 @pytest.mark.parametrize("proto", PROTOS)
 async def test_recover_then_link_on_the_same_challenge(relay, proto):
     first = await new_user(relay.url, proto=proto)

@@ -259,17 +259,6 @@ BAD_SETTINGS = [
         id="frame-limit-below-body-limit",
     ),
     pytest.param(
-        ["--max-frame-bytes", "300000", "--max-backup-bytes", "300000"],
-        {},
-        None,
-        [
-            "max_backup_bytes must be smaller than max_frame_bytes",
-            "(max_backup_bytes from flag --max-backup-bytes,"
-            " max_frame_bytes from flag --max-frame-bytes)",
-        ],
-        id="frame-limit-below-backup-limit",
-    ),
-    pytest.param(
         [],
         {"RELAY_RATE_BACKUP_READS": "0"},
         None,
