@@ -81,6 +81,8 @@ POSITIVE_SETTINGS = (
     "max_handshakes_per_address",
     "rate_prekeys_per_target",
     "max_stored_messages",
+    "max_multi_users",
+    "max_multi_devices",
     "purge_interval",
     "audit_retention",
     "data_key_rotation",
@@ -140,6 +142,8 @@ class Settings:
     max_registrations_per_address: int = 20
     rate_prekeys_per_target: int = 50
     max_stored_messages: int = 10_000
+    max_multi_users: int = 100
+    max_multi_devices: int = 1000
     purge_interval: float = 60.0
     audit_retention: float = 90 * DAY
     at_rest_encryption: bool = True
@@ -452,6 +456,9 @@ SETTING_HELP: dict[str, str] = {
     "(equal burst); further bundles come without one",
     "max_stored_messages": "stored messages per recipient device; a send that would store more "
     "is refused with too_large",
+    "max_multi_users": "recipient users of one send.multi frame; more is too_large",
+    "max_multi_devices": "device entries of one send.multi frame, all users together; more is "
+    "too_large",
     "purge_interval": "seconds between purges of expired messages and old key events",
     "audit_retention": "seconds a key event (registrations, links, removals, key uploads and "
     "claims) is kept in the audit trail",

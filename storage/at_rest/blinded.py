@@ -421,19 +421,7 @@ def _named(record: DeviceRecord, user: str) -> DeviceRecord:
 
 
 def _to(e: Envelope, recipient_user: str) -> Envelope:
-    return Envelope(
-        e.id,
-        recipient_user,
-        e.recipient_device,
-        e.sender_user,
-        e.sender_device,
-        e.ts,
-        e.server_ts,
-        e.type,
-        e.body,
-        e.nonce,
-        e.expires_ms,
-    )
+    return dataclasses.replace(e, recipient_user=recipient_user)
 
 
 if TYPE_CHECKING:

@@ -126,7 +126,7 @@ class RingSealer:
                 user,
                 _LEN.pack(len(envelope.nonce)),
                 envelope.nonce,
-                envelope.body,
+                envelope.delivered_body,
             )
         )
         nonce = self._nonces.next()

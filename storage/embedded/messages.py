@@ -257,7 +257,7 @@ def _row(e: Envelope, sealer: EnvelopeSealer) -> dict[str, Any]:
         "ts": e.ts if clear else None,
         "server_ts": e.server_ts,
         "type": e.type if clear else None,
-        "body": e.body if clear else None,
+        "body": e.delivered_body if clear else None,
         "nonce": e.nonce if clear else None,
         "expires_ms": e.expires_ms,
         "key_id": CLEAR_KEY_ID if clear else key_id,

@@ -485,7 +485,7 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer) -> _InsertRow:
             e.ts,
             e.server_ts,
             e.type,
-            e.body,
+            e.delivered_body,
             e.nonce,
             e.expires_ms,
             None,
