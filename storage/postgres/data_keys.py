@@ -120,7 +120,8 @@ class PostgresDataKeyTable:
     async def usage(self) -> dict[int, int]:
         async with self._db.connection("data_key_usage") as conn:
             rows = await conn.fetch(
-                "SELECT key_id, count(*) AS n FROM messages"
+                "SELECT key_id, count(*) AS n FROM (SELECT key_id FROM messages"
+                " UNION ALL SELECT key_id FROM shared_payloads) AS sealed"
                 " WHERE key_id IS NOT NULL GROUP BY key_id"
             )
         return {int(r["key_id"]): int(r["n"]) for r in rows}
@@ -137,7 +138,8 @@ class PostgresDataKeyTable:
                 return []
             # One scan for every candidate (there is no index on key_id).
             used = await conn.fetch(
-                "SELECT DISTINCT key_id FROM messages WHERE key_id = ANY($1::int[])",
+                "SELECT key_id FROM messages WHERE key_id = ANY($1::int[])"
+                " UNION SELECT key_id FROM shared_payloads WHERE key_id = ANY($1::int[])",
                 [int(r["id"]) for r in candidates],
             )
             in_use = {int(r["key_id"]) for r in used}

@@ -23,6 +23,12 @@ sealer before queueing it, so a sealed row carries its data key's id and the sea
 its sender, time, type, body and nonce NULL (migration 0005); `ClearSealer`, the default,
 writes the clear columns as before. `fetch` and `pending_origins` open sealed rows and skip
 a row that does not open (the sealer reports it): never delivered half-read.
+
+Shared payloads (`send.multi`, migration 0007): an envelope naming one stores its header in
+its row, and the payload goes once into shared_payloads (sealed apart), in the same
+transaction, before the rows naming it; `fetch` joins it back. Triggers count the rows
+naming a payload and delete it with the last; a payload whose rows all went elsewhere
+(stored already, device removed) is deleted before the commit.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from storage.errors import QueueFull, StorageError, Unavailable
 from storage.postgres.database import Connection, Database, Row, is_connection_failure
 from storage.postgres.origins import OriginLookups
 from storage.postgres.read_replica import LagTolerantReads
-from storage.records import Envelope, OpenedFields, PendingOrigin, StoredEnvelope
+from storage.records import Envelope, OpenedFields, PendingOrigin, SharedPayload, StoredEnvelope
 
 MAX_BATCH_ROWS: Final = 2000  # envelopes + acked ids in one transaction
 PURGE_CHUNK: Final = 5000  # expired rows per statement, so a big purge holds few locks
@@ -49,7 +55,25 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, recipient_user, recipient_device, sender_user, sender_device,"
-    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed"
+    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed, payload_id"
+)
+# A fetched row: the message's columns, then those of the shared payload it names, if any.
+_FETCHED = (
+    ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
+    + ", p.body AS payload_body, p.key_id AS payload_key_id, p.sealed AS payload_sealed"
+    + ", p.payload_id IS NOT NULL AS payload_found"
+)
+
+# A payload before the rows naming it. One stored already (another store call of the same
+# frame, or its retry) is kept: ON CONFLICT waits for a transaction deleting it, and inserts
+# it again if that one committed.
+_INSERT_PAYLOAD = """
+INSERT INTO shared_payloads (payload_id, body, key_id, sealed, expires_ms)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (payload_id) DO NOTHING
+"""
+_DROP_UNUSED_PAYLOADS = (
+    "DELETE FROM shared_payloads WHERE payload_id = ANY($1::bytea[]) AND refs <= 0"
 )
 
 # Concurrency argument of the insert:
@@ -64,23 +88,23 @@ _COLUMNS = (
 # * A (device, id) already stored is kept as is (a retried store is a no-op), also when
 #   two nodes store it at once: the unique index makes the second wait for the first and
 #   then do nothing. Only that uniqueness conflict is ignored.
-# * The cap ($14, NULL: none) reads the device's count of stored rows, which triggers keep
+# * The cap ($15, NULL: none) reads the device's count of stored rows, which triggers keep
 #   in queue_counts (migration 0003): one index lookup, whatever the queue's length. The
 #   batch holds the device's advisory lock (_LOCK_DEVICES), so no other batch changes that
 #   count until we commit, and each statement of the executemany sees the count as the
 #   statements before it left it.
 _INSERT = f"""
 INSERT INTO messages ({_COLUMNS})
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
     FOR KEY SHARE
 ) AND (
-    $14::bigint IS NULL
+    $15::bigint IS NULL
     OR COALESCE((
         SELECT stored FROM queue_counts WHERE recipient_user = $2 AND recipient_device = $3
-    ), 0) < $14
+    ), 0) < $15
 )
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 RETURNING recipient_user, recipient_device, id
@@ -121,7 +145,8 @@ def _purge_chunk(table: str) -> str:
 
 _Device = tuple[str, int]
 # id, recipient user and device, the clear fields (sender user and device, ts, server ts,
-# type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed.
+# type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed,
+# the shared payload's id.
 _InsertRow = tuple[
     bytes,
     str,
@@ -136,7 +161,10 @@ _InsertRow = tuple[
     int,
     int | None,
     bytes | None,
+    bytes | None,
 ]
+# payload id, body (None when sealed), key id (None: clear), sealed, expiry.
+_PayloadRow = tuple[bytes, bytes | None, int | None, bytes | None, int]
 _RowKey = tuple[str, int, bytes]  # (recipient user, device, id)
 
 
@@ -146,6 +174,7 @@ class _Op:
 
     future: asyncio.Future[None]
     inserts: list[_InsertRow] = field(default_factory=list)
+    payloads: list[_PayloadRow] = field(default_factory=list)
     ack: tuple[str, int, list[bytes]] | None = None
     max_per_device: int | None = None  # stores: the cap of stored envelopes per device
 
@@ -202,7 +231,11 @@ class PostgresMessageQueue:
         if not envelopes:
             return
         inserts = [_insert_row(e, self._sealer) for e in envelopes]
-        await self._submit(_Op(self._new_future(), inserts=inserts, max_per_device=max_per_device))
+        payloads = _payload_rows(envelopes, self._sealer)
+        op = _Op(
+            self._new_future(), inserts=inserts, payloads=payloads, max_per_device=max_per_device
+        )
+        await self._submit(op)
 
     async def ack(self, user: str, device: int, ids: Sequence[bytes]) -> None:
         if not ids:
@@ -216,9 +249,10 @@ class PostgresMessageQueue:
         await self._writes_before((user, device))
         async with self._db.connection("fetch_messages") as conn:
             rows = await conn.fetch(
-                f"SELECT seq, {_COLUMNS} FROM messages"
-                " WHERE recipient_user = $1 AND recipient_device = $2 AND seq > $3"
-                " AND expires_ms > $4 ORDER BY seq LIMIT $5",
+                f"SELECT m.seq, {_FETCHED}"
+                " FROM messages m LEFT JOIN shared_payloads p ON p.payload_id = m.payload_id"
+                " WHERE m.recipient_user = $1 AND m.recipient_device = $2 AND m.seq > $3"
+                " AND m.expires_ms > $4 ORDER BY m.seq LIMIT $5",
                 user,
                 device,
                 after_seq,
@@ -268,6 +302,13 @@ class PostgresMessageQueue:
                 total += deleted
                 if deleted < PURGE_CHUNK:
                     break
+        # The shared payloads expired with their messages (one expiry per frame); those the
+        # triggers did not delete yet (a message row purged before them) go here.
+        while True:
+            async with self._db.connection("purge_expired_payloads") as conn:
+                status = await conn.execute(_purge_chunk("shared_payloads"), now_ms, PURGE_CHUNK)
+            if int(status.rsplit(" ", 1)[-1]) < PURGE_CHUNK:
+                break
         return total
 
     async def stored_count(self) -> int:
@@ -424,8 +465,13 @@ async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> Non
     if not is_store:
         await conn.executemany(_ACK, [op.ack for op in run if op.ack is not None])
         return
+    payloads = [payload for op in run for payload in op.payloads]
+    if payloads:
+        await conn.executemany(_INSERT_PAYLOAD, payloads)
     rows = [(*row, op.max_per_device) for op in run for row in op.inserts]
     inserted = await conn.fetchmany(_INSERT, rows)
+    if payloads:
+        await conn.execute(_DROP_UNUSED_PAYLOADS, [payload[0] for payload in payloads])
     if len(inserted) == len(rows):
         return  # the common case: every row went in
     over = await _refused_by_cap(conn, rows, inserted)
@@ -485,11 +531,12 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer) -> _InsertRow:
             e.ts,
             e.server_ts,
             e.type,
-            e.delivered_body,
+            e.body,
             e.nonce,
             e.expires_ms,
             None,
             None,
+            None if e.payload is None else e.payload.id,
         )
     return (
         e.id,
@@ -505,12 +552,32 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer) -> _InsertRow:
         e.expires_ms,
         key_id,
         sealed,
+        None if e.payload is None else e.payload.id,
     )
+
+
+def _payload_rows(envelopes: Sequence[Envelope], sealer: EnvelopeSealer) -> list[_PayloadRow]:
+    """One row per shared payload named by these envelopes, sealed like them."""
+    rows: dict[bytes, _PayloadRow] = {}
+    for e in envelopes:
+        if e.payload is None or e.payload.id in rows:
+            continue
+        key_id, sealed = sealer.seal_payload(e.payload)
+        if sealed is None:
+            rows[e.payload.id] = (e.payload.id, e.payload.body, None, None, e.expires_ms)
+        else:
+            rows[e.payload.id] = (e.payload.id, None, key_id, sealed, e.expires_ms)
+    return list(rows.values())
 
 
 async def _opened(rows: list[Row], sealer: EnvelopeSealer) -> list[StoredEnvelope]:
     """The rows as envelopes, sealed ones opened; a row that does not open is left out."""
-    key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
+    key_ids = {
+        int(row[column])
+        for row in rows
+        for column in ("key_id", "payload_key_id")
+        if row[column] is not None
+    }
     if key_ids:
         await sealer.load(key_ids)
     found = []
@@ -541,6 +608,11 @@ def _stored(row: Row, sealer: EnvelopeSealer) -> StoredEnvelope | None:
         if opened is None:
             return None
         fields = opened
+    payload = None
+    if row["payload_id"] is not None:
+        payload = _payload(row, sealer)
+        if payload is None:
+            return None
     return StoredEnvelope(
         seq=int(row["seq"]),
         envelope=Envelope(
@@ -555,5 +627,21 @@ def _stored(row: Row, sealer: EnvelopeSealer) -> StoredEnvelope | None:
             body=fields.body,
             nonce=fields.nonce,
             expires_ms=int(row["expires_ms"]),
+            payload=payload,
         ),
     )
+
+
+def _payload(row: Row, sealer: EnvelopeSealer) -> SharedPayload | None:
+    """The shared payload a fetched row names, opened if sealed; None when it does not open
+    or is gone (the row is then skipped, never delivered with half its body)."""
+    payload_id = bytes(row["payload_id"])
+    if not row["payload_found"]:
+        log.error("stored message %s names a shared payload that is gone", row["id"].hex())
+        return None
+    if row["payload_key_id"] is None:
+        return SharedPayload(id=payload_id, body=bytes(row["payload_body"]))
+    opened = sealer.open_payload(
+        payload_id, int(row["payload_key_id"]), bytes(row["payload_sealed"])
+    )
+    return None if opened is None else SharedPayload(id=payload_id, body=opened)

@@ -492,7 +492,11 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     assert production.database_url is not None
     url = production.database_url
 
-    assert await migrate(url, to=4) == ["down 0006_partitioned_messages", "down 0005_at_rest"]
+    assert await migrate(url, to=4) == [
+        "down 0007_shared_payloads",
+        "down 0006_partitioned_messages",
+        "down 0005_at_rest",
+    ]
     assert await migrate(empty_database, to=4)
     assert await _schema_shape(url) == await _schema_shape(empty_database)
     conn = await asyncpg.connect(url)
@@ -503,7 +507,11 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     finally:
         await conn.close()
 
-    assert await migrate(url) == ["up 0005_at_rest", "up 0006_partitioned_messages"]
+    assert await migrate(url) == [
+        "up 0005_at_rest",
+        "up 0006_partitioned_messages",
+        "up 0007_shared_payloads",
+    ]
     assert (await check(url))[0]
     again = await open_production(production)
     got = await again.messages.fetch(user, 1, after_seq=0, limit=10, now_ms=START_MS)
@@ -519,6 +527,8 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     await again.messages.store([envelope(user, 2)])
     with pytest.raises(Unavailable, match="sealed"):
         await migrate(url, to=4)
+    # The steps above 5 went down before the refusal (each is its own transaction).
+    assert await migrate(url) == ["up 0006_partitioned_messages", "up 0007_shared_payloads"]
     got = await again.messages.fetch(user, 2, after_seq=0, limit=10, now_ms=START_MS)
     assert len(got) == 1 and sealed.undecryptable == []
 

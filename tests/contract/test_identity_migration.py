@@ -227,6 +227,7 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
+        "up 0007_shared_payloads",
     ]
 
     prefix = f"relaytest:{secrets.token_hex(8)}:"

@@ -96,6 +96,7 @@ async def test_postgres_migration_counts_stored_rows(production: Backend) -> Non
     await store.messages.store([envelope(user, 1) for _ in range(4)])
     assert production.database_url is not None
     assert await migrate(production.database_url, to=2) == [
+        "down 0007_shared_payloads",
         "down 0006_partitioned_messages",
         "down 0005_at_rest",
         "down 0004_key_event_kinds",
@@ -106,6 +107,7 @@ async def test_postgres_migration_counts_stored_rows(production: Backend) -> Non
         "up 0004_key_event_kinds",
         "up 0005_at_rest",
         "up 0006_partitioned_messages",
+        "up 0007_shared_payloads",
     ]
     fresh = await production.open()  # new connections: statements prepared anew
     await fresh.messages.store([envelope(user, 1)], max_per_device=5)

@@ -24,7 +24,12 @@ PARTITIONS = 16
 async def _rows(url: str) -> list[tuple[object, ...]]:
     conn = await asyncpg.connect(url)
     try:
-        return [tuple(r) for r in await conn.fetch("SELECT * FROM messages ORDER BY seq")]
+        # The columns of versions 5 and 6 (7 adds payload_id, which these rows leave NULL).
+        rows = await conn.fetch(
+            "SELECT seq, recipient_user, recipient_device, id, sender_user, sender_device, ts,"
+            " server_ts, type, body, nonce, expires_ms, key_id, sealed FROM messages ORDER BY seq"
+        )
+        return [tuple(r) for r in rows]
     finally:
         await conn.close()
 
@@ -76,18 +81,24 @@ async def test_migration_6_up_down_up_keeps_rows_and_restores_version_5(
     assert len(before) == 12 * 3 + 2
     assert await _partitions_used(url) > 1
 
-    assert await migrate(url, to=5) == ["down 0006_partitioned_messages"]
+    assert await migrate(url, to=5) == [
+        "down 0007_shared_payloads",
+        "down 0006_partitioned_messages",
+    ]
     assert await migrate(empty_database, to=5)
     assert await _schema_shape(url) == await _schema_shape(empty_database)
     assert await _rows(url) == before
     await _counts_match_rows(url)
 
-    assert await migrate(url) == ["up 0006_partitioned_messages"]
+    assert await migrate(url) == ["up 0006_partitioned_messages", "up 0007_shared_payloads"]
     assert (await check(url))[0]
     assert await _rows(url) == before
     assert await _partitions_used(url) > 1
     await _counts_match_rows(url)
-    assert await migrate(empty_database) == ["up 0006_partitioned_messages"]
+    assert await migrate(empty_database) == [
+        "up 0006_partitioned_messages",
+        "up 0007_shared_payloads",
+    ]
     assert await _schema_shape(url) == await _schema_shape(empty_database)
 
     again = await open_production(production)
