@@ -17,6 +17,7 @@ from protocol.client.errors import (
     TlsSetupError,
     WrongPassphrase,
 )
+from protocol.client.group import GroupReceipt
 from protocol.client.messages import (
     Backoff,
     ClientOptions,
@@ -40,6 +41,7 @@ __all__ = [
     "ClientStopped",
     "ConnectionChange",
     "ConnectionLost",
+    "GroupReceipt",
     "IdentityChange",
     "IncomingMessage",
     "KdfLimits",
