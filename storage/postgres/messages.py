@@ -26,9 +26,10 @@ a row that does not open (the sealer reports it): never delivered half-read.
 
 Shared payloads (`send.multi`, migration 0007): an envelope naming one stores its header in
 its row, and the payload goes once into shared_payloads (sealed apart), in the same
-transaction, before the rows naming it; `fetch` joins it back. Triggers count the rows
-naming a payload and delete it with the last; a payload whose rows all went elsewhere
-(stored already, device removed) is deleted before the commit.
+transaction, before the rows naming it; `fetch` joins it back. A trigger deletes a payload
+with the last message naming it; a payload whose rows all went elsewhere (stored already,
+device removed) is deleted before the commit, and one left behind by a race goes with the
+purge once expired.
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ from typing import Final
 
 from storage.at_rest.sealing import ClearSealer, EnvelopeSealer
 from storage.errors import QueueFull, StorageError, Unavailable
-from storage.postgres.database import Connection, Database, Row, is_connection_failure
+from storage.postgres.database import (
+    Connection,
+    Database,
+    ForeignKeyViolation,
+    Row,
+    is_connection_failure,
+)
 from storage.postgres.origins import OriginLookups
 from storage.postgres.read_replica import LagTolerantReads
 from storage.records import Envelope, OpenedFields, PendingOrigin, SharedPayload, StoredEnvelope
@@ -72,9 +79,22 @@ INSERT INTO shared_payloads (payload_id, body, key_id, sealed, expires_ms)
 VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (payload_id) DO NOTHING
 """
-_DROP_UNUSED_PAYLOADS = (
-    "DELETE FROM shared_payloads WHERE payload_id = ANY($1::bytea[]) AND refs <= 0"
-)
+# A payload no message names (its rows all went elsewhere): deleted before the commit, in a
+# savepoint whose foreign-key failure (another transaction just stored a row naming it) is
+# ignored. See migration 0007 for the concurrency argument.
+_DROP_UNUSED_PAYLOADS = """
+DELETE FROM shared_payloads p
+WHERE p.payload_id = ANY($1::bytea[])
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.payload_id = p.payload_id)
+"""
+# Expired payloads that no message names any more (those the trigger could not delete).
+_PURGE_PAYLOADS = """
+DELETE FROM shared_payloads WHERE ctid = ANY(ARRAY(
+    SELECT p.ctid FROM shared_payloads p
+    WHERE p.expires_ms <= $1
+      AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.payload_id = p.payload_id)
+    LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
 
 # Concurrency argument of the insert:
 # * Only for an active device: FOR KEY SHARE on its row conflicts with the FOR UPDATE lock
@@ -303,10 +323,14 @@ class PostgresMessageQueue:
                 if deleted < PURGE_CHUNK:
                     break
         # The shared payloads expired with their messages (one expiry per frame); those the
-        # triggers did not delete yet (a message row purged before them) go here.
+        # trigger left behind go here.
         while True:
-            async with self._db.connection("purge_expired_payloads") as conn:
-                status = await conn.execute(_purge_chunk("shared_payloads"), now_ms, PURGE_CHUNK)
+            try:
+                async with self._db.connection("purge_expired_payloads") as conn:
+                    status = await conn.execute(_PURGE_PAYLOADS, now_ms, PURGE_CHUNK)
+            except Unavailable as exc:  # a message stored meanwhile names one: next purge
+                log.warning("purging expired shared payloads stopped: %s", exc)
+                break
             if int(status.rsplit(" ", 1)[-1]) < PURGE_CHUNK:
                 break
         return total
@@ -470,14 +494,16 @@ async def _apply_run(conn: Connection, run: list[_Op], *, is_store: bool) -> Non
         await conn.executemany(_INSERT_PAYLOAD, payloads)
     rows = [(*row, op.max_per_device) for op in run for row in op.inserts]
     inserted = await conn.fetchmany(_INSERT, rows)
-    if payloads:
-        await conn.execute(_DROP_UNUSED_PAYLOADS, [payload[0] for payload in payloads])
-    if len(inserted) == len(rows):
-        return  # the common case: every row went in
-    over = await _refused_by_cap(conn, rows, inserted)
-    if over:
-        refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
-        raise _OverCap(refused, {(key[0], key[1]) for key in over})
+    if len(inserted) != len(rows):  # the common case: every row went in
+        over = await _refused_by_cap(conn, rows, inserted)
+        if over:
+            refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
+            raise _OverCap(refused, {(key[0], key[1]) for key in over})
+        if payloads:
+            with contextlib.suppress(ForeignKeyViolation):
+                async with conn.transaction():
+                    ids = [payload[0] for payload in payloads]
+                    await conn.execute(_DROP_UNUSED_PAYLOADS, ids)
 
 
 class _Probe(Exception):

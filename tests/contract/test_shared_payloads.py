@@ -25,12 +25,14 @@ from .support import DAY_MS, START_MS, Backend, envelope, make_user
 
 
 async def payload_rows(backend: Backend, store: Store) -> list[tuple[bytes, bool, int]]:
-    """Every stored payload as (id, sealed?, reference count), read from the tables."""
+    """Every stored payload as (id, sealed?, messages naming it), read from the tables."""
     if isinstance(store, EmbeddedStore):
         conn = sqlite3.connect(store._db.path, isolation_level=None)
         try:
             rows = conn.execute(
-                "SELECT payload_id, key_id <> 0, refs FROM shared_payloads ORDER BY 1"
+                "SELECT p.payload_id, p.key_id <> 0,"
+                " (SELECT COUNT(*) FROM messages m WHERE m.payload_id = p.payload_id)"
+                " FROM shared_payloads p ORDER BY 1"
             ).fetchall()
         finally:
             conn.close()
@@ -39,7 +41,9 @@ async def payload_rows(backend: Backend, store: Store) -> list[tuple[bytes, bool
     pg = await asyncpg.connect(backend.database_url)
     try:
         found = await pg.fetch(
-            "SELECT payload_id, key_id IS NOT NULL AS sealed, refs FROM shared_payloads ORDER BY 1"
+            "SELECT p.payload_id, p.key_id IS NOT NULL AS sealed,"
+            " (SELECT count(*) FROM messages m WHERE m.payload_id = p.payload_id) AS refs"
+            " FROM shared_payloads p ORDER BY 1"
         )
     finally:
         await pg.close()

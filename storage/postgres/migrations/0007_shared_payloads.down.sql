@@ -6,9 +6,7 @@
 -- encryption at rest down past this version only once its group messages are delivered.
 
 DROP TRIGGER messages_payload_out ON messages;
-DROP TRIGGER messages_payload_in ON messages;
-DROP FUNCTION shared_payload_removed();
-DROP FUNCTION shared_payload_added();
+DROP FUNCTION shared_payload_released();
 
 UPDATE messages m SET body = m.body || p.body
 FROM shared_payloads p
@@ -18,5 +16,6 @@ DELETE FROM messages m
 USING shared_payloads p
 WHERE m.payload_id = p.payload_id AND (m.key_id IS NOT NULL OR p.key_id IS NOT NULL);
 
+DROP INDEX messages_by_payload;
 ALTER TABLE messages DROP COLUMN payload_id;
 DROP TABLE shared_payloads;
