@@ -308,8 +308,15 @@ def _pairs(envelopes: Iterable[Envelope]) -> list[tuple[str, int]]:
 
 
 def _full_queue_message(devices: list[tuple[str, int]], cap: int) -> str:
-    named = ", ".join(f"{user} device {device}" for user, device in devices)
-    return f"{named} holds {cap} stored messages"
+    """Names each full device by user: `too_large`'s message, the sender's to act on."""
+    by_user: dict[str, list[int]] = {}
+    for user, device in devices:
+        by_user.setdefault(user, []).append(device)
+    named = "; ".join(
+        f"user {user} device {', '.join(str(d) for d in sorted(numbers))}"
+        for user, numbers in by_user.items()
+    )
+    return f"a recipient device holds {cap} stored messages: {named}"
 
 
 def fingerprint(frame: SendMulti) -> int:

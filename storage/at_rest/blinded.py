@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 from storage.at_rest.keyring import KeyRing, SealError
 from storage.at_rest.sealing import EnvelopeSealer
 from storage.at_rest.vault import DataKeyVault
-from storage.errors import Unavailable
+from storage.errors import QueueFull, Unavailable
 from storage.interfaces import (
     ClearData,
     DataKeyTable,
@@ -264,8 +264,16 @@ class BlindedMessages:
         self, envelopes: Sequence[Envelope], *, max_per_device: int | None = None
     ) -> None:
         blind = (self._keys.ring_now or await self._keys.ring()).blind_user
-        blinded = [_to(e, blind(e.recipient_user)) for e in envelopes]
-        await self._inner.store(blinded, max_per_device=max_per_device)
+        real = {}
+        blinded = []
+        for e in envelopes:
+            hashed = blind(e.recipient_user)
+            real[hashed] = e.recipient_user
+            blinded.append(_to(e, hashed))
+        try:
+            await self._inner.store(blinded, max_per_device=max_per_device)
+        except QueueFull as exc:  # the full devices named by their real users again
+            raise QueueFull([(real.get(u, u), d) for u, d in exc.devices]) from exc
 
     async def fetch(
         self, user: str, device: int, *, after_seq: int, limit: int, now_ms: int

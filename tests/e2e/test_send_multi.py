@@ -380,3 +380,87 @@ async def test_conflict_with_a_pending_id_from_another_sender(nodes: list[RelayP
     got = await device.drain()
     assert [(f["id"], f["from"]) for f in got] == [(message_id, other.user)]
     await asyncio.gather(sender.close(), other.close(), device.close())
+
+
+@pytest.mark.asyncio
+async def test_a_copy_sent_while_the_first_is_in_flight_gets_its_answer(
+    nodes: list[RelayProcess],
+) -> None:
+    """The members do not ack: the first frame waits out the ack timeout, the copy waits
+    for its outcome, and each device has the message once."""
+    sender = Device(nodes[0].url)
+    await sender.register()
+    member = await _member([n.url for n in nodes], 0)
+    frame = _frame([{"user": member.user, "devices": [_entry(d, b"h") for d in member.devices]}])
+    first, copy = await asyncio.gather(
+        sender.request(dict(frame, rid=sender.next_rid()), timeout=30),
+        sender.request(dict(frame, rid=sender.next_rid()), timeout=30),
+    )
+    assert first["t"] == copy["t"] == "ok", (first, copy)
+    assert first["users"] == copy["users"]
+    (result,) = first["users"]
+    assert sorted(result["delivered"] + result["stored"]) == [d.device for d in member.devices]
+    for d in member.devices:
+        got = await d.next_push("deliver", pred=lambda f: f["id"] == frame["id"])
+        assert got["body"] == b"h"
+        await d.ack(frame["id"])
+        await d.no_push("deliver", timeout=QUIET_S, pred=lambda f: f["id"] == frame["id"])
+    await asyncio.gather(sender.close(), *(d.close() for d in member.devices))
+
+
+@pytest.mark.asyncio
+async def test_an_online_frame_reaches_connected_devices_only(nodes: list[RelayProcess]) -> None:
+    sender = Device(nodes[0].url)
+    await sender.register()
+    member = await _member([n.url for n in nodes], 0)
+    away = member.devices[-1]
+    await away.close()
+    for d in member.devices[:-1]:
+        d.auto_ack = True
+    frame = _frame(
+        [{"user": member.user, "devices": [_entry(d, b"typing") for d in member.devices]}],
+        online=True,
+    )
+    answer = await sender.request(frame, timeout=30)
+    assert answer["t"] == "ok", answer
+    assert answer["users"] == [
+        {
+            "user": member.user,
+            "delivered": sorted(d.device for d in member.devices[:-1]),
+            "stored": [],
+        }
+    ]
+    for d in member.devices[:-1]:
+        got = await d.next_push("deliver", pred=lambda f: f["id"] == frame["id"])
+        assert got["online"] is True
+    await away.reconnect()
+    assert await away.drain() == []  # never stored
+    await asyncio.gather(sender.close(), *(d.close() for d in member.devices))
+
+
+@pytest.mark.asyncio
+async def test_a_full_queue_refuses_the_whole_frame(relay_factory: Any) -> None:
+    relay = relay_factory(max_stored_messages=1, max_registrations_per_address=0)
+    sender = Device(relay.url)
+    await sender.register()
+    full, roomy = await _member([relay.url, relay.url], 0), await _member([relay.url] * 2, 1)
+    for d in (*full.devices, *roomy.devices):
+        await d.close()
+    filler = await sender.send_message(full.user, [d.device for d in full.devices])
+    assert filler["t"] == "ok"
+    to = [{"user": m.user, "devices": [_entry(d, b"h") for d in m.devices]} for m in (roomy, full)]
+    frame = _frame(to, payload=b"shared")
+    answer = await sender.request(frame, timeout=30)
+    error_of(answer, "too_large")
+    assert full.user in answer["message"]
+    # Nothing of it was stored for the device with room; the nonce is free again.
+    first = roomy.devices[0]
+    await first.reconnect()
+    assert await first.drain() == []
+    await first.close()
+    frame["to"] = to[:1]
+    assert (await sender.request(frame, timeout=30))["t"] == "ok"
+    await first.reconnect()
+    got = await first.drain()
+    assert [f["body"] for f in got] == [b"h" + b"shared"]
+    await asyncio.gather(sender.close(), first.close())
