@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from protocol.frames import MAX_MULTI_DEVICES, MAX_MULTI_USERS
 from relay.listen_address import BadListenAddress, ListenAddress, parse_listen_address
 
 DAY = 86400.0
@@ -200,6 +201,16 @@ class Settings:
             )
         if self.prekey_low_water < 0:
             raise ConfigError("prekey_low_water must be 0 or more", setting="prekey_low_water")
+        if self.max_multi_users > MAX_MULTI_USERS:
+            raise ConfigError(
+                f"max_multi_users cannot exceed {MAX_MULTI_USERS} (the wire's ceiling)",
+                setting="max_multi_users",
+            )
+        if self.max_multi_devices > MAX_MULTI_DEVICES:
+            raise ConfigError(
+                f"max_multi_devices cannot exceed {MAX_MULTI_DEVICES} (the wire's ceiling)",
+                setting="max_multi_devices",
+            )
         if self.max_body_bytes >= self.max_frame_bytes:
             raise ConfigError(
                 "max_body_bytes must be smaller than max_frame_bytes",

@@ -103,3 +103,16 @@ def test_scope_is_per_sending_device_and_never_a_user() -> None:
     assert (scope.sender_user, scope.sender_device) == (A, 2)
     assert scope.recipient_user not in (A, B) and A in scope.recipient_user
     assert multi_scope(A, 3) != scope
+
+
+def test_the_configured_limits_stay_under_the_wire_ceilings() -> None:
+    from relay.config import ConfigError, Settings
+
+    assert (Settings().max_multi_users, Settings().max_multi_devices) == (100, 1000)
+    Settings(max_multi_users=1000, max_multi_devices=10_000)
+    with pytest.raises(ConfigError, match="max_multi_users"):
+        Settings(max_multi_users=1001)
+    with pytest.raises(ConfigError, match="max_multi_devices"):
+        Settings(max_multi_devices=10_001)
+    with pytest.raises(ConfigError, match="max_multi_users"):
+        Settings(max_multi_users=0)
