@@ -152,7 +152,7 @@ async def test_group_of_100_users_with_offline_devices_and_a_retried_frame(
 
     async def acking(device: Device) -> None:
         got = await device.next_push("deliver", pred=lambda f: f["id"] == frame["id"])
-        assert got["body"] == headers[(device.user, device.device)] + payload  # type: ignore[index]
+        assert got["body"] == headers[(device.user, device.device)] + payload
         assert got["from"] == sender.user and got["from_device"] == sender.device
         assert got["nonce"] == frame["nonce"] and got["ts"] == frame["ts"]
         await device.ack(frame["id"])
@@ -188,7 +188,7 @@ async def test_group_of_100_users_with_offline_devices_and_a_retried_frame(
         got = await device.drain()
         mine = [f for f in got if f["id"] == frame["id"]]
         assert len(mine) == 1, mine
-        assert mine[0]["body"] == headers[(device.user, device.device)] + payload  # type: ignore[index]
+        assert mine[0]["body"] == headers[(device.user, device.device)] + payload
 
     returning = [d for m in group for d in m.devices if (m.user, d.device) in offline]
     for start in range(0, len(returning), 25):
