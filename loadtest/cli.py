@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from loadtest import environment, html, report
+from loadtest import environment, html, multi, report
 from loadtest.baseline import ForwarderProcess
 from loadtest.compare import compare, format_rows
 from loadtest.figures import Latency, RunResult
@@ -25,7 +26,8 @@ from loadtest.probe import MetricsProbe, PidProbe, Probe
 from loadtest.report import Report
 from loadtest.runner import RunFailed, run_workload
 from loadtest.workload import Pairing, Scenario, Workload
-from protocol.client import TlsSetupError, context_for
+from protocol.client import ClientError, TlsSetupError, context_for
+from protocol.codec import WireFormat
 from protocol.version import version_line
 
 DEFAULT_URL = "ws://127.0.0.1:8765/v1/ws"
@@ -71,6 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--size", type=_bounded(int, 1, MAX_BODY), default=1024, help="body bytes")
     g.add_argument("--pairing", choices=[p.value for p in Pairing], default="pairs")
     g.add_argument("--group", type=_bounded(int, 1, 1000), default=10, help="fanout group size")
+    g.add_argument(
+        "--multi",
+        action="store_true",
+        help="fanout: one group message as a send per member and as one send.multi frame "
+        "(shared payload, and a body per device), side by side (loadtest/multi.py)",
+    )
+    g.add_argument(
+        "--member-devices",
+        type=_bounded(int, 1, 6),
+        default=3,
+        help="fanout --multi: devices of each member user (%(default)s)",
+    )
     g.add_argument(
         "--queue", type=_bounded(int, 1, 100_000), default=100, help="offline-drain: per device"
     )
@@ -280,6 +294,36 @@ def _clean(run: RunResult) -> bool:
     )
 
 
+def _multi(args: argparse.Namespace, w: Workload, tls: Any, console: Console) -> int:
+    """`fanout --multi`: the forms of one group message side by side (loadtest/multi.py)."""
+    if w.scenario is not Scenario.FANOUT:
+        raise SystemExit("--multi goes with the fanout scenario")
+    mw = multi.MultiWorkload(
+        url=w.url,
+        group=w.group,
+        member_devices=args.member_devices,
+        rate=w.rate,
+        duration=w.duration,
+        size=w.size,
+        fmt=WireFormat.JSON if args.json else WireFormat.MSGPACK,
+        ssl=tls,
+    )
+    try:
+        result = asyncio.run(multi.run_multi(mw))
+    except (RuntimeError, OSError, TimeoutError, ClientError) as exc:
+        console.print(f"[red]relay-loadtest: {exc!r}[/red]")
+        return 2
+    table = Table(title=f"relay-loadtest fanout --multi: {w.group} users x {args.member_devices}")
+    table.add_column("figure")
+    for form in multi.FORMS:
+        table.add_column(form, justify="right")
+    for name, cells in multi.as_rows(result):
+        table.add_row(name, *cells)
+    console.print(table)
+    console.print(f"wrote {multi.write(result, args.out)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -297,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     except TlsSetupError as exc:
         console.print(f"[red]relay-loadtest: {exc}[/red]")
         return 2
+    if args.multi:
+        return _multi(args, w, tls, console)
     runs: dict[str, RunResult] = {}
     try:
         runs["relay"] = _run_target(w, MetricsProbe(w.url, tls), "relay", args)

@@ -13,6 +13,7 @@ exception text never does.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class ErrorCode(enum.StrEnum):
@@ -83,6 +84,8 @@ class Refused(RelayError):
         extra: tuple[int, ...] | None = None,
         stale: tuple[int, ...] | None = None,
         version: int | None = None,
+        unknown_users: tuple[str, ...] | None = None,
+        users: tuple[UserDevices, ...] | None = None,
     ) -> None:
         super().__init__(message, rid=rid)
         self.code = code
@@ -91,3 +94,15 @@ class Refused(RelayError):
         self.extra = extra
         self.stale = stale
         self.version = version
+        self.unknown_users = unknown_users
+        self.users = users
+
+
+@dataclass(frozen=True, slots=True)
+class UserDevices:
+    """One user's device-set problem, for a `send.multi` refusal's `users` detail."""
+
+    user: str
+    missing: tuple[int, ...]
+    extra: tuple[int, ...]
+    stale: tuple[int, ...]

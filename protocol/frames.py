@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from protocol.errors import ErrorCode, FrameError
+from protocol.errors import ErrorCode, FrameError, FrameTooLarge
 from protocol.fields import I64_MAX, I64_MIN, Bin, Choice, Flag, Int, Many, Nested, Text
 from protocol.fields import optional as opt
 from protocol.fields import wire as req
@@ -25,6 +25,10 @@ MAX_PQ_KEY_BYTES = 2048
 MAX_KEYS_PER_UPLOAD = 100
 MAX_ACK_IDS = 1000
 MAX_DEVICE_ENTRIES = 127
+# send.multi: wire ceilings; the configured limits (relay settings) are checked below them.
+MAX_MULTI_USERS = 1000
+MAX_MULTI_DEVICES = 10_000
+MAX_MULTI_HEADER_BYTES = 4096
 MAX_TOKEN_CHARS = 256
 BACKUP_ACCESS_KEY_BYTES = 32
 
@@ -144,6 +148,72 @@ class Send:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MultiDevice:
+    """One device's part of a `send.multi`: its ciphertext, or its header before the shared
+    payload. The body limit is checked by the frame, which knows whether a payload is used."""
+
+    device: int = req(_U32)
+    type: int = req(Int(0, 255))
+    body: bytes = req(Bin(1))
+    registration_id: int | None = opt(_U32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MultiRecipient:
+    """One recipient user of a `send.multi` and the devices addressed there."""
+
+    user: str = req(_USER)
+    devices: tuple[MultiDevice, ...] = req(Many(Nested(MultiDevice), MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendMulti:
+    """A message to several users in one frame (docs/protocol.md, Multi-recipient send)."""
+
+    T: ClassVar[str] = "send.multi"
+    rid: int = req(_U32)
+    id: bytes = req(_ID)
+    ts: int = req(_TS)
+    nonce: bytes = req(Bin(MESSAGE_NONCE_BYTES, MESSAGE_NONCE_BYTES))
+    to: tuple[MultiRecipient, ...] = req(Many(Nested(MultiRecipient), MAX_MULTI_USERS))
+    payload: bytes | None = opt(Bin(1, body=True))
+    online: bool = opt(Flag(), default=False)
+
+    def check(self) -> None:
+        if not self.to:
+            raise FrameError("to names no user")
+        if len({r.user for r in self.to}) != len(self.to):
+            raise FrameError("to names a user twice")
+        for i, recipient in enumerate(self.to):
+            if len({d.device for d in recipient.devices}) != len(recipient.devices):
+                raise FrameError(f"to[{i}].devices names a device twice")
+        if self.device_count > MAX_MULTI_DEVICES:
+            raise FrameTooLarge(f"to has more than {MAX_MULTI_DEVICES} device entries")
+
+    @property
+    def device_count(self) -> int:
+        return sum(len(r.devices) for r in self.to)
+
+    def check_limits(self, *, max_users: int, max_devices: int, max_body_bytes: int) -> None:
+        """The configured limits, all `too_large`: users, device entries, each body (or
+        header plus the shared payload)."""
+        if len(self.to) > max_users:
+            raise FrameTooLarge(f"to has more than {max_users} users")
+        if self.device_count > max_devices:
+            raise FrameTooLarge(f"to has more than {max_devices} device entries")
+        shared = 0 if self.payload is None else len(self.payload)
+        for i, recipient in enumerate(self.to):
+            for j, message in enumerate(recipient.devices):
+                where = f"to[{i}].devices[{j}].body"
+                if self.payload is not None and len(message.body) > MAX_MULTI_HEADER_BYTES:
+                    raise FrameTooLarge(f"{where} is a header above {MAX_MULTI_HEADER_BYTES} bytes")
+                if len(message.body) + shared > max_body_bytes:
+                    raise FrameTooLarge(
+                        f"{where} is above the body limit of {max_body_bytes} bytes"
+                    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ack:
     T: ClassVar[str] = "ack"
     ids: tuple[bytes, ...] = req(Many(_ID, MAX_ACK_IDS))
@@ -229,6 +299,7 @@ Request = (
     Register
     | Auth
     | Send
+    | SendMulti
     | KeysUpload
     | KeysFetch
     | KeysCount
@@ -247,6 +318,7 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
         Register,
         Auth,
         Send,
+        SendMulti,
         Ack,
         KeysUpload,
         KeysFetch,
@@ -271,6 +343,16 @@ class Challenge:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UserDevicesProblem:
+    """One user's device-set problem in a `send.multi` refusal: what `send`'s error says."""
+
+    user: str = req(_USER)
+    missing: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+    extra: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+    stale: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Error:
     T: ClassVar[str] = "error"
     code: ErrorCode = req(Choice(ErrorCode))
@@ -281,6 +363,10 @@ class Error:
     extra: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
     stale: tuple[int, ...] | None = opt(Many(_U32, MAX_DEVICE_ENTRIES))
     version: int | None = opt(_U32)  # the key-backup extension: the current version
+    unknown_users: tuple[str, ...] | None = opt(Many(_USER, MAX_MULTI_USERS))
+    users: tuple[UserDevicesProblem, ...] | None = opt(
+        Many(Nested(UserDevicesProblem), MAX_MULTI_USERS)
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -302,6 +388,23 @@ class SendOk:
     id: bytes = req(_ID)
     delivered: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
     stored: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserOutcome:
+    """One recipient user's part of a `send.multi` answer."""
+
+    user: str = req(_USER)
+    delivered: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+    stored: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SendMultiOk:
+    T: ClassVar[str] = "ok"
+    rid: int = req(_U32)
+    id: bytes = req(_ID)
+    users: tuple[UserOutcome, ...] = req(Many(Nested(UserOutcome), MAX_MULTI_USERS))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -424,6 +527,7 @@ class KeysLow:
 Answer = (
     AuthOk
     | SendOk
+    | SendMultiOk
     | KeysUploadOk
     | KeysFetchOk
     | KeysCountOk
@@ -443,6 +547,7 @@ ANSWER_TYPES: dict[type[Request], type[Answer]] = {
     Register: AuthOk,
     Auth: AuthOk,
     Send: SendOk,
+    SendMulti: SendMultiOk,
     KeysUpload: KeysUploadOk,
     KeysFetch: KeysFetchOk,
     KeysCount: KeysCountOk,

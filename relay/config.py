@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from protocol.frames import MAX_MULTI_DEVICES, MAX_MULTI_USERS
 from relay.listen_address import BadListenAddress, ListenAddress, parse_listen_address
 
 DAY = 86400.0
@@ -81,6 +82,8 @@ POSITIVE_SETTINGS = (
     "max_handshakes_per_address",
     "rate_prekeys_per_target",
     "max_stored_messages",
+    "max_multi_users",
+    "max_multi_devices",
     "purge_interval",
     "audit_retention",
     "data_key_rotation",
@@ -142,6 +145,8 @@ class Settings:
     max_registrations_per_address: int = 20
     rate_prekeys_per_target: int = 50
     max_stored_messages: int = 10_000
+    max_multi_users: int = 100
+    max_multi_devices: int = 1000
     purge_interval: float = 60.0
     audit_retention: float = 90 * DAY
     at_rest_encryption: bool = True
@@ -200,6 +205,16 @@ class Settings:
             )
         if self.prekey_low_water < 0:
             raise ConfigError("prekey_low_water must be 0 or more", setting="prekey_low_water")
+        if self.max_multi_users > MAX_MULTI_USERS:
+            raise ConfigError(
+                f"max_multi_users cannot exceed {MAX_MULTI_USERS} (the wire's ceiling)",
+                setting="max_multi_users",
+            )
+        if self.max_multi_devices > MAX_MULTI_DEVICES:
+            raise ConfigError(
+                f"max_multi_devices cannot exceed {MAX_MULTI_DEVICES} (the wire's ceiling)",
+                setting="max_multi_devices",
+            )
         if self.max_body_bytes >= self.max_frame_bytes:
             raise ConfigError(
                 "max_body_bytes must be smaller than max_frame_bytes",
@@ -463,6 +478,9 @@ SETTING_HELP: dict[str, str] = {
     "(equal burst); further bundles come without one",
     "max_stored_messages": "stored messages per recipient device; a send that would store more "
     "is refused with too_large",
+    "max_multi_users": "recipient users of one send.multi frame; more is too_large",
+    "max_multi_devices": "device entries of one send.multi frame, all users together; more is "
+    "too_large",
     "purge_interval": "seconds between purges of expired messages and old key events",
     "audit_retention": "seconds a key event (registrations, links, removals, key uploads and "
     "claims) is kept in the audit trail",

@@ -47,12 +47,14 @@ from protocol.frames import (
     KeysUpload,
     Register,
     Send,
+    SendMulti,
 )
 from relay import backups, devices, handshake, prekeys
 from relay.buckets import TokenBucket
 from relay.connlog import ConnectionLog
 from relay.device_session import DeviceSession
 from relay.frame_deadline import FrameDeadline
+from relay.multi_sending import handle_send_multi
 from relay.outbound import Outbound
 from relay.prekeys import signed_prekey_age_s
 from relay.replies import error_frame
@@ -67,6 +69,7 @@ Handler = Callable[[Services, DeviceSession, Any], Awaitable[None]]
 
 HANDLERS: dict[type[Any], Handler] = {
     Send: handle_send,
+    SendMulti: handle_send_multi,
     KeysUpload: prekeys.upload,
     KeysFetch: prekeys.fetch,
     KeysCount: prekeys.count,
@@ -291,7 +294,7 @@ async def _frame_loop(
                 rid = frame.rid
                 if isinstance(frame, Register | Auth | BackupRecover):
                     raise Refused(ErrorCode.FORBIDDEN, "already authenticated")
-                if not isinstance(frame, Send):
+                if not isinstance(frame, Send | SendMulti):  # theirs in the spec's order
                     session.check_rate()
                 # Acks take effect before any later request: their batched deletes first.
                 await session.deletes_done()
@@ -309,9 +312,15 @@ async def _frame_loop(
                 if not deadline.expired():
                     raise
                 timed_out = StorageUnavailable("the store did not answer in time")
-                _refuse(svc, session, timed_out, rid, send=isinstance(frame, Send))
+                _refuse(svc, session, timed_out, rid, send=isinstance(frame, Send | SendMulti))
             except Exception as exc:  # every failure becomes a precise error frame
-                _refuse(svc, session, exc, rid, send=rid is not None and isinstance(frame, Send))
+                _refuse(
+                    svc,
+                    session,
+                    exc,
+                    rid,
+                    send=rid is not None and isinstance(frame, Send | SendMulti),
+                )
             finally:
                 deadline.finish()
             if session.out.closing:

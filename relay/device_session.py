@@ -62,7 +62,7 @@ def to_deliver(env: Envelope, *, online: bool = False) -> Deliver:
         ts=env.ts,
         server_ts=env.server_ts,
         type=env.type,
-        body=env.body,
+        body=env.delivered_body,
         nonce=env.nonce,
         online=online,
     )

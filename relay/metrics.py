@@ -49,6 +49,7 @@ BACKEND_BUCKETS = (
     2.5,
     5.0,
 )
+MULTI_DEVICE_BUCKETS = (1, 3, 10, 30, 100, 300, 1000, 3000)
 LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 RECENT_WINDOW_S = 60.0  # the /v1/stats percentiles cover the last minute of deliveries
@@ -186,6 +187,19 @@ class Metrics:
             " (requested), receipts made for the sender's devices when such a copy was"
             " acknowledged (created; pushed ones count in relay_frames_sent_total).",
             ["event"],
+            registry=r,
+        )
+        self.multi_sends = LabelledCounter(
+            "relay_multi_sends_total",
+            "send.multi frames accepted, by body form (shared: one payload and per-device "
+            "headers; per_device: a whole ciphertext per device).",
+            ["form"],
+            registry=r,
+        )
+        self.multi_send_devices = Histogram(
+            "relay_multi_send_devices",
+            "Devices addressed by one accepted send.multi frame.",
+            buckets=MULTI_DEVICE_BUCKETS,
             registry=r,
         )
         self.undecryptable = LabelledCounter(
@@ -327,6 +341,15 @@ class Metrics:
 
     def total(self, counter: Counter) -> float:
         return sum(self.totals(counter).values())
+
+    @staticmethod
+    def histogram_sum(histogram: Histogram) -> float:
+        """An unlabelled histogram's sum of observations."""
+        for family in histogram.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    return float(sample.value)
+        return 0.0
 
     @staticmethod
     def value(gauge: Gauge) -> float:

@@ -6,7 +6,7 @@ import logging
 import secrets
 
 from protocol.errors import ErrorCode, Refused, RelayError
-from protocol.frames import Error
+from protocol.frames import Error, UserDevicesProblem
 from storage.errors import Unavailable
 
 log = logging.getLogger("relay")
@@ -25,6 +25,13 @@ def error_frame(exc: BaseException, rid: int | None) -> Error:
             extra=exc.extra,
             stale=exc.stale,
             version=exc.version,
+            unknown_users=exc.unknown_users,
+            users=None
+            if exc.users is None
+            else tuple(
+                UserDevicesProblem(user=u.user, missing=u.missing, extra=u.extra, stale=u.stale)
+                for u in exc.users
+            ),
         )
     if isinstance(exc, RelayError):
         return Error(code=exc.code, message=exc.message, rid=rid)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from protocol.errors import ErrorCode, Refused
-from protocol.frames import Send, SendOk
+from protocol.frames import Send, SendMulti, SendOk
 from relay.delivery import SendOrigin
 from relay.delivery.outcome import Settled, settle, store_unpushed
 from relay.device_session import DeviceSession
@@ -38,6 +38,10 @@ log = logging.getLogger("relay.send")
 RECORD_RETRY_FIRST_S: Final = 0.05  # recording an outcome: retried after 50 ms, doubling
 RECORD_RETRY_CAP_S: Final = 0.5
 STORE_TIMEOUT_FACTOR = 10  # a group commit may carry many sends
+
+AnySend = Send | SendMulti  # the routing helpers serve `send` and `send.multi` alike
+# The message of a `too_large` refusal for full queues: (the full devices, the cap) -> text.
+FullQueueMessage = Callable[[list[tuple[str, int]], int], str]
 
 
 async def handle_send(svc: Services, session: DeviceSession, frame: Send) -> None:
@@ -253,7 +257,9 @@ async def _route(
         session.out.write(error)
         return
     stored = [e.recipient_device for e in (*routing.to_store, *late)]
-    outcome = SendOutcome(delivered=tuple(sorted(delivered)), stored=tuple(sorted(stored)))
+    outcome = SendOutcome(
+        delivered=tuple(sorted(e.recipient_device for e in delivered)), stored=tuple(sorted(stored))
+    )
     svc.metrics.envelopes.labels("delivered").inc(len(delivered))
     svc.metrics.envelopes.labels("stored").inc(len(stored))
     if frame.receipt:
@@ -270,7 +276,7 @@ async def _route(
 
 
 async def _record_outcome(
-    svc: Services, scope: ReplayScope, frame: Send, outcome: SendOutcome
+    svc: Services, scope: ReplayScope, frame: AnySend, outcome: SendOutcome
 ) -> bool:
     """Writes the outcome over the pending claim, tried again for up to two backend timeouts
     (a Redis failover, a lost connection), well within the claim's expiry."""
@@ -316,7 +322,7 @@ def _envelopes(svc: Services, session: DeviceSession, frame: Send) -> list[Envel
 
 def _push_here(
     svc: Services,
-    frame: Send,
+    frame: AnySend,
     origin: SendOrigin,
     envelopes: list[Envelope],
     routing: _Routing,
@@ -339,7 +345,7 @@ def _push_here(
 
 
 async def _push_elsewhere(
-    svc: Services, frame: Send, elsewhere: list[Envelope], routing: _Routing
+    svc: Services, frame: AnySend, elsewhere: list[Envelope], routing: _Routing
 ) -> None:
     """One presence lookup (one batch) for every device not connected to this node."""
     nodes = await svc.cluster.locate([(e.recipient_user, e.recipient_device) for e in elsewhere])
@@ -353,12 +359,16 @@ async def _push_elsewhere(
 
 
 async def _reach_outcome(
-    svc: Services, frame: Send, routing: _Routing
-) -> tuple[list[int], list[Envelope]]:
+    svc: Services, frame: AnySend, routing: _Routing, *, full: FullQueueMessage | None = None
+) -> tuple[list[Envelope], list[Envelope]]:
     """Store what must be stored, wait for the acks, store the late ones: the devices
-    delivered and the envelopes stored late. Raises StorageError when the store fails, Refused
+    envelopes delivered and those stored late. Raises StorageError when the store fails, Refused
     when it refuses (a full queue)."""
-    stored_now = asyncio.ensure_future(_store(svc, routing.to_store)) if routing.to_store else None
+    stored_now = (
+        asyncio.ensure_future(_store(svc, routing.to_store, full=full))
+        if routing.to_store
+        else None
+    )
     try:
         if routing.waiting:
             wait_started = svc.clock.monotonic()
@@ -369,7 +379,8 @@ async def _reach_outcome(
             # Bounded: a store that hangs instead of failing is given up (a copy that commits
             # later is kept once; the sender's retry finds it from the same origin).
             async with asyncio.timeout(svc.settings.backend_timeout * STORE_TIMEOUT_FACTOR):
-                await _store(svc, late)  # no await since _settle: a late ack's delete comes after
+                # No await since _settle: a late ack's delete comes after the insert.
+                await _store(svc, late, full=full)
                 if stored_now is not None:
                     await stored_now
     except TimeoutError:
@@ -380,19 +391,19 @@ async def _reach_outcome(
 
 
 def _settle(
-    svc: Services, frame: Send, waiting: list[_Waiting]
-) -> tuple[list[int], list[Envelope]]:
+    svc: Services, frame: AnySend, waiting: list[_Waiting]
+) -> tuple[list[Envelope], list[Envelope]]:
     """Each pushed delivery's outcome once the wait is over: delivered, dropped (online) or
     late (stored). Synchronous on purpose: its caller issues the store call for the late ones
     right after it, so an ack that arrives in between is applied after the insert (the store
     runs jobs in order)."""
-    delivered: list[int] = []
+    delivered: list[Envelope] = []
     late: list[Envelope] = []
     for w in waiting:
         settled = settle(acked=w.acked.done() and w.acked.result(), online=frame.online)
         w.settle(svc, stored=settled is Settled.LATE)
         if settled is Settled.DELIVERED:
-            delivered.append(w.env.recipient_device)
+            delivered.append(w.env)
         elif settled is Settled.DROPPED:
             svc.metrics.envelopes.labels("dropped_online").inc()
         else:
@@ -409,15 +420,20 @@ def _latency_observer(svc: Services, pushed_at: float) -> Callable[[asyncio.Futu
     return observe
 
 
-async def _store(svc: Services, envelopes: list[Envelope]) -> None:
+async def _store(
+    svc: Services, envelopes: list[Envelope], *, full: FullQueueMessage | None = None
+) -> None:
     """Durable, or refused as a whole: `too_large` when a device's queue is full (the last
-    check of a send, made by the store's own insert: no extra round trip)."""
+    check of a send, made by the store's own insert: no extra round trip); `full` words its
+    message."""
     if not envelopes:
         return
     cap = svc.settings.max_stored_messages
     try:
         await svc.store.messages.store(envelopes, max_per_device=cap)
     except QueueFull as exc:
+        if full is not None:
+            raise Refused(ErrorCode.TOO_LARGE, full(exc.devices, cap)) from exc
         devices = ", ".join(str(device) for _, device in exc.devices)
         raise Refused(
             ErrorCode.TOO_LARGE, f"device {devices} of the recipient holds {cap} stored messages"
@@ -429,7 +445,7 @@ async def _store(svc: Services, envelopes: list[Envelope]) -> None:
     svc.spawn(svc.cluster.announce_stored(envelopes))
 
 
-async def _give_up(svc: Services, scope: ReplayScope, frame: Send) -> None:
+async def _give_up(svc: Services, scope: ReplayScope, frame: AnySend) -> None:
     """Nothing was accepted: free the nonce so the sender can retry with it."""
     try:
         await svc.store.replay.release(scope, frame.nonce, frame.id)

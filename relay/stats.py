@@ -32,6 +32,16 @@ class MessageTotals:
 
 
 @dataclass(frozen=True, slots=True)
+class MultiSendTotals:
+    """`send.multi` frames accepted since start, those with a shared payload, and the
+    devices they addressed together."""
+
+    frames: int
+    shared: int
+    devices: int
+
+
+@dataclass(frozen=True, slots=True)
 class LatencyWindow:
     window_s: float
     count: int
@@ -67,6 +77,7 @@ class Stats:
     connections_opened: int
     handshakes: dict[str, int]
     messages: MessageTotals
+    multi_sends: MultiSendTotals
     errors: dict[str, int]
     closes: dict[str, int]
     delivery_latency: LatencyWindow
@@ -128,6 +139,7 @@ def collect(
             stored=envelopes.get("stored", 0),
             rejected=int(metrics.total(metrics.envelopes_rejected)),
         ),
+        multi_sends=_multi_sends(svc),
         errors=_ints(metrics.totals(metrics.rejections)),
         closes=_ints(metrics.totals(metrics.closes)),
         delivery_latency=LatencyWindow(
@@ -164,6 +176,16 @@ def _backups(svc: Services) -> dict[str, int]:
     totals = {op: int(counts.get((op, "ok"), 0)) for op in BACKUP_OPERATIONS}
     refused = sum(n for (_, outcome), n in counts.items() if outcome != "ok")
     return {"stored": int(metrics.value(metrics.key_backups)), **totals, "refused": int(refused)}
+
+
+def _multi_sends(svc: Services) -> MultiSendTotals:
+    metrics = svc.metrics
+    forms = metrics.totals(metrics.multi_sends)
+    return MultiSendTotals(
+        frames=int(sum(forms.values())),
+        shared=int(forms.get("shared", 0)),
+        devices=int(metrics.histogram_sum(metrics.multi_send_devices)),
+    )
 
 
 def _nodes(

@@ -270,12 +270,12 @@ class ClearData(Protocol):
         ...
 
     async def seal_clear_messages(self, sealer: EnvelopeSealer, *, limit: int) -> int:
-        """Seal up to `limit` stored messages still in the clear columns, in one
-        transaction; the number sealed (0: none left)."""
+        """Seal up to `limit` stored messages still in the clear columns, and up to `limit`
+        clear shared payloads, in one transaction; the number sealed (0: none left)."""
         ...
 
     async def clear_messages(self) -> int:
-        """Stored messages still in the clear columns."""
+        """Stored messages and shared payloads still in the clear columns."""
         ...
 
     async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:

@@ -76,8 +76,18 @@ class ClaimedKeys:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedPayload:
+    """The ciphertext one `send.multi` shares between its devices: each device's envelope
+    holds only its header and names this, and a store keeps it once."""
+
+    id: bytes  # 16 random bytes naming the stored copy
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
-    """One device's copy of a message, as stored and as delivered."""
+    """One device's copy of a message, as stored and as delivered. With `payload`, `body` is
+    the device's header and the delivered body is the header followed by the payload."""
 
     id: bytes
     recipient_user: str
@@ -91,10 +101,15 @@ class Envelope:
     nonce: bytes
     expires_ms: int
     receipt: bool = False  # the sender asked for a receipt when this stored copy is acked
+    payload: SharedPayload | None = None
 
     @property
     def is_receipt(self) -> bool:
         return self.type == RECEIPT_TYPE
+
+    @property
+    def delivered_body(self) -> bytes:
+        return self.body if self.payload is None else self.body + self.payload.body
 
 
 def receipt_envelope(

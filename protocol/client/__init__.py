@@ -20,6 +20,7 @@ from protocol.client.errors import (
     TlsSetupError,
     WrongPassphrase,
 )
+from protocol.client.group import GroupReceipt
 from protocol.client.messages import (
     Backoff,
     ClientOptions,
@@ -47,6 +48,7 @@ __all__ = [
     "ConnectionChange",
     "ConnectionLost",
     "DeliveryReceipt",
+    "GroupReceipt",
     "IdentityChange",
     "IncomingMessage",
     "KdfLimits",

@@ -29,7 +29,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from ssl import SSLContext
 
@@ -46,6 +46,7 @@ from protocol.client.errors import (
     SendFailed,
     TlsSetupError,
 )
+from protocol.client.group import GroupReceipt, GroupSender
 from protocol.client.inbound import Inbound, MessageHandler
 from protocol.client.key_backup import KeyBackup
 from protocol.client.messages import (
@@ -151,6 +152,7 @@ class Client:
             ssl=ssl,
         )
         self._sender = OutboxSender(state, self.peers, options, self._sleep)
+        self._group = GroupSender(state, self.peers, options, self._sleep)
         self._keeper = KeyKeeper(state, self.peers, options)
         self.backup = KeyBackup(self)
         self._inbound = Inbound(
@@ -442,6 +444,32 @@ class Client:
             raise main
         assert main.id == message_id
         return main
+
+    async def send_group(
+        self, members: Sequence[str], plaintext: bytes, *, shared: bool = True
+    ) -> GroupReceipt:
+        """Send one message to every device of `members` in one `send.multi` frame and wait
+        for the relay's `ok` (docs/client.md, Group messages).
+
+        `shared=True` seals the plaintext once as the frame's shared payload, each device
+        getting its key through its session (the relay stores the payload once);
+        `shared=False` encrypts the whole plaintext for each device. Include this user's id
+        in `members` to reach its other devices. Device-list changes are fixed and the frame
+        sent again, a lost connection retried with the same id and nonce (delivered once);
+        raises :class:`SendFailed` when the relay refuses it for good. Unlike `send`, the
+        message is not kept in the persisted outbox: a client closed before the answer sends
+        it again.
+        """
+        self._check_running()
+        if len(plaintext) > self.options.max_plaintext_bytes:
+            raise ValueError(f"a message is at most {self.options.max_plaintext_bytes} bytes")
+        message = self._group.new_message(members, plaintext, shared=shared)
+        while True:
+            conn = await self._wait_connection()
+            try:
+                return await self._group.deliver(conn, message)
+            except ConnectionLost:
+                await self._stop_or(conn.wait_closed())
 
     def _enqueue(
         self, to: str, kind: Kind, body: bytes, sent_to: str | None, *, receipt: bool = False

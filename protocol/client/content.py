@@ -1,7 +1,8 @@
 """What the client encrypts: the application's bytes with a small header.
 
     version  u8   1
-    kind     u8   1 = a message to the recipient, 2 = a copy for the sender's own other devices
+    kind     u8   1 = a message to the recipient, 2 = a copy for the sender's own other devices,
+                  3 = the key of a group message's shared payload (protocol.client.group)
     seq      u64  big-endian; counts the messages from one device to one device, from 1
     to       16   only for kind 2: the UUID of the user the original went to
     body     the application's plaintext (may be empty)
@@ -31,6 +32,7 @@ class ContentError(ValueError):
 class Kind(enum.IntEnum):
     MESSAGE = 1
     SENT_COPY = 2
+    GROUP_KEY = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from protocol.client.content import ContentError, Kind
+from protocol.client.group import GROUP_TYPE, open_group_body, split_group_body
 from protocol.client.messages import ClientOptions, ClientStats, IncomingMessage
 from protocol.client.peers import Decrypted, Peers
 from protocol.client.state import ClientState, HeldMessage, seen_key
@@ -76,9 +77,7 @@ class Inbound:
             ):
                 return  # decrypted already, waiting for an earlier message
             try:
-                decrypted = self.peers.decrypt(
-                    frame.from_user, frame.from_device, frame.type, frame.body
-                )
+                decrypted, body = self._decrypt(frame)
                 account = self.state.account
                 if decrypted.content.kind is Kind.SENT_COPY and (
                     account is None or frame.from_user != account.user
@@ -107,8 +106,11 @@ class Inbound:
                 seq=decrypted.content.seq,
                 ts=frame.ts,
                 server_ts=frame.server_ts,
-                kind=decrypted.content.kind,
-                body=decrypted.content.body,
+                # A group message's content carried its key; what is handed on is the message.
+                kind=Kind.MESSAGE
+                if decrypted.content.kind is Kind.GROUP_KEY
+                else decrypted.content.kind,
+                body=body,
                 sent_to=decrypted.content.sent_to,
                 held_at_ms=_now_ms(),
             )
@@ -122,6 +124,22 @@ class Inbound:
                 return
             if await self._hand_over(held, decrypted):
                 await self._release_successors(frame.from_user, frame.from_device)
+
+    def _decrypt(self, frame: Deliver) -> tuple[Decrypted, bytes]:
+        """The decryption and the plaintext: a group message's header opens through the
+        session, and the key it carries opens the shared payload (protocol.client.group)."""
+        if frame.type != GROUP_TYPE:
+            decrypted = self.peers.decrypt(
+                frame.from_user, frame.from_device, frame.type, frame.body
+            )
+            if decrypted.content.kind is Kind.GROUP_KEY:
+                raise ContentError("a group message's key without its payload")
+            return decrypted, decrypted.content.body
+        ratchet_type, ciphertext, payload = split_group_body(frame.body)
+        decrypted = self.peers.decrypt(frame.from_user, frame.from_device, ratchet_type, ciphertext)
+        if decrypted.content.kind is not Kind.GROUP_KEY:
+            raise ContentError("a group message whose header holds no key")
+        return decrypted, open_group_body(decrypted.content.body, payload)
 
     async def _hand_over(self, message: HeldMessage, decrypted: Decrypted | None) -> bool:
         """Run the handler; on success persist and ack. False when the handler raised."""

@@ -22,7 +22,7 @@ from storage.at_rest.backup_sealing import open_backup, seal_backup
 from storage.at_rest.keyring import KeyRing, SealError
 from storage.at_rest.sealing import EnvelopeSealer
 from storage.at_rest.vault import DataKeyVault
-from storage.errors import Unavailable
+from storage.errors import QueueFull, Unavailable
 from storage.interfaces import (
     BackupStore,
     ClearData,
@@ -381,7 +381,11 @@ class BlindedMessages:
         if stored_as is not None:
             raise ValueError("the blinded view names the stored recipients itself")
         blind = (self._keys.ring_now or await self._keys.ring()).blind_user
-        await self._inner.store(envelopes, max_per_device=max_per_device, stored_as=blind)
+        try:
+            await self._inner.store(envelopes, max_per_device=max_per_device, stored_as=blind)
+        except QueueFull as exc:  # the full devices named by their real users again
+            real = {blind(e.recipient_user): e.recipient_user for e in envelopes}
+            raise QueueFull([(real.get(u, u), d) for u, d in exc.devices]) from exc
 
     async def fetch(
         self,

@@ -1,7 +1,9 @@
 """A stored envelope's sender user and device, timestamp, type, nonce and body, sealed
 together with a data key (XChaCha20-Poly1305). The associated data binds the recipient user
 and device, the message id and the key id, so a sealed value copied to another row (another
-recipient, another id) or relabelled with another key id does not open.
+recipient, another id) or relabelled with another key id does not open. The shared payload
+of a `send.multi` frame, stored once for all its devices, is sealed alone, its associated
+data binding its payload id and the key id.
 
 The columns the queries need stay clear: recipient (a blinded user id, see keyring), id,
 seq, server time and expiry. A row of a store without encryption at rest has key id 0 and
@@ -22,7 +24,7 @@ from typing import Final, Protocol
 
 from storage.at_rest.keyring import KeyRing
 from storage.at_rest.xchacha import NONCE_BYTES, XChaCha20Poly1305
-from storage.records import Envelope, OpenedFields
+from storage.records import Envelope, OpenedFields, SharedPayload
 
 __all__ = [
     "CLEAR_KEY_ID",
@@ -37,6 +39,7 @@ __all__ = [
 CLEAR_KEY_ID: Final = 0  # the row's fields are in the clear columns
 _NONCE_BYTES: Final = NONCE_BYTES
 _CONTEXT: Final = b"relay-envelope-v1\x00"
+_PAYLOAD_CONTEXT: Final = b"relay-payload-v1\x00"
 _HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
 _LEN = struct.Struct(">H")
 CLEAR_RECEIPT_TAG: Final = b"\x01"  # no encryption at rest: the request in the clear
@@ -79,6 +82,13 @@ class EnvelopeSealer(Protocol):
         skipped, never delivered half-read."""
         ...
 
+    def seal_payload(self, payload: SharedPayload) -> SealedColumns: ...
+
+    def open_payload(self, payload_id: bytes, key_id: int, sealed: bytes) -> bytes | None:
+        """The payload's body, or None (logged and counted) when it does not open: the
+        envelopes naming it are then skipped like a row that does not open."""
+        ...
+
     async def load(self, key_ids: Iterable[int]) -> None:
         """Make sure these data keys are at hand (a row sealed by another node with a key
         made since this node last looked). Unknown ids stay unknown; never raises."""
@@ -119,6 +129,13 @@ class ClearSealer:
         sealed: bytes,
     ) -> OpenedFields | None:
         log.error("stored message sealed with data key %d, but encryption at rest is off", key_id)
+        return None
+
+    def seal_payload(self, payload: SharedPayload) -> SealedColumns:
+        return CLEAR_KEY_ID, None
+
+    def open_payload(self, payload_id: bytes, key_id: int, sealed: bytes) -> bytes | None:
+        log.error("shared payload sealed with data key %d, but encryption at rest is off", key_id)
         return None
 
     async def load(self, key_ids: Iterable[int]) -> None:
@@ -165,7 +182,7 @@ class RingSealer:
                 user,
                 _LEN.pack(len(envelope.nonce)),
                 envelope.nonce,
-                envelope.body,
+                envelope.body,  # a shared payload is sealed apart (seal_payload)
             )
         )
         nonce = self._nonces.next()
@@ -205,6 +222,25 @@ class RingSealer:
             self._undecryptable("does_not_open", key_id, message_id)
             return None
 
+    def seal_payload(self, payload: SharedPayload) -> SealedColumns:
+        key_id = self._ring.active_id
+        nonce = self._nonces.next()
+        aad = _payload_associated(payload.id, key_id)
+        sealed = self._aead.encrypt(self._ring.active_key, nonce, payload.body, aad)
+        return key_id, nonce + sealed
+
+    def open_payload(self, payload_id: bytes, key_id: int, sealed: bytes) -> bytes | None:
+        key = self._ring.data_key(key_id)
+        if key is None:
+            self._undecryptable("unknown_key", key_id, payload_id)
+            return None
+        aad = _payload_associated(payload_id, key_id)
+        try:
+            return bytes(self._aead.decrypt(key, sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad))
+        except (ValueError, TypeError):
+            self._undecryptable("does_not_open", key_id, payload_id)
+            return None
+
     async def load(self, key_ids: Iterable[int]) -> None:
         missing = set(key_ids) - self._ring.known_ids()
         missing.discard(CLEAR_KEY_ID)
@@ -232,6 +268,10 @@ def _associated(user: str, device: int, message_id: bytes, key_id: int) -> bytes
             message_id,
         )
     )
+
+
+def _payload_associated(payload_id: bytes, key_id: int) -> bytes:
+    return b"".join((_PAYLOAD_CONTEXT, struct.pack(">I", key_id), payload_id))
 
 
 def _fields(plain: bytes) -> OpenedFields:

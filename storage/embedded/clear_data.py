@@ -42,7 +42,7 @@ from storage.at_rest.sealing import (
 )
 from storage.embedded.database import SqliteDatabase
 from storage.errors import StorageError
-from storage.records import Envelope
+from storage.records import Envelope, SharedPayload
 
 __all__ = ["SqliteClearData"]
 
@@ -143,7 +143,24 @@ class SqliteClearData:
                 " receipt = ? WHERE seq = ?",
                 updates,
             )
-            return len(updates)
+            # The shared payloads of send.multi frames (migration 0006), sealed apart.
+            payloads = conn.execute(
+                "SELECT payload_id, body FROM shared_payloads WHERE key_id = ? LIMIT ?",
+                (CLEAR_KEY_ID, limit),
+            ).fetchall()
+            sealed_payloads = []
+            for payload_id, body in payloads:
+                key_id, sealed = sealer.seal_payload(
+                    SharedPayload(id=bytes(payload_id), body=bytes(body))
+                )
+                if sealed is not None:
+                    sealed_payloads.append((key_id, sealed, payload_id))
+            conn.executemany(
+                "UPDATE shared_payloads SET key_id = ?, sealed = ?, body = NULL"
+                " WHERE payload_id = ?",
+                sealed_payloads,
+            )
+            return len(updates) + len(sealed_payloads)
 
         sealed = await self._db.run(job)
         if sealed:
@@ -153,7 +170,9 @@ class SqliteClearData:
     async def clear_messages(self) -> int:
         def job(conn: sqlite3.Connection) -> int:
             (count,) = conn.execute(
-                "SELECT COUNT(*) FROM messages WHERE key_id = ?", (CLEAR_KEY_ID,)
+                "SELECT (SELECT COUNT(*) FROM messages WHERE key_id = ?)"
+                " + (SELECT COUNT(*) FROM shared_payloads WHERE key_id = ?)",
+                (CLEAR_KEY_ID, CLEAR_KEY_ID),
             ).fetchone()
             return int(count)
 

@@ -93,9 +93,11 @@ class SqliteDataKeyTable:
 
     async def usage(self) -> dict[int, int]:
         def job(conn: sqlite3.Connection) -> dict[int, int]:
+            # Messages and the shared payloads of send.multi frames (migration 0006).
             rows = conn.execute(
                 "SELECT key_id, COUNT(*) FROM (SELECT key_id FROM messages"
-                " UNION ALL SELECT key_id FROM backups WHERE blob IS NOT NULL)"
+                " UNION ALL SELECT key_id FROM backups WHERE blob IS NOT NULL"
+                " UNION ALL SELECT key_id FROM shared_payloads)"
                 " WHERE key_id <> ? GROUP BY key_id",
                 (CLEAR_KEY_ID,),
             ).fetchall()
@@ -127,8 +129,9 @@ class SqliteDataKeyTable:
                 int(key_id)
                 for (key_id,) in conn.execute(
                     f"SELECT DISTINCT key_id FROM messages WHERE key_id IN ({marks})"
-                    f" UNION SELECT key_id FROM backups WHERE key_id IN ({marks})",
-                    candidates + candidates,
+                    f" UNION SELECT key_id FROM backups WHERE key_id IN ({marks})"
+                    f" UNION SELECT key_id FROM shared_payloads WHERE key_id IN ({marks})",
+                    candidates * 3,
                 ).fetchall()
             }
             gone = [key_id for key_id in candidates if key_id not in used]

@@ -13,10 +13,17 @@ until then, which keeps every row in the clear columns). A sealed row keeps only
 queries need in the clear (recipient, id, seq, server time, expiry, key id); `fetch` and
 `pending_origins` open it on the event loop after the read, and leave out a row that does
 not open (the sealer logs and counts it), never delivering it half-read.
+
+Shared payloads (`send.multi`, migration 0006): an envelope naming one stores its header in
+its row and the payload once in shared_payloads (sealed apart), whatever the number of
+devices; `fetch` joins it back. Triggers count the rows naming a payload and delete it with
+the last; a store call whose rows all went elsewhere (stored already, device removed)
+deletes the payload row it made, in the same job.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -27,19 +34,48 @@ from storage.at_rest.sealing import CLEAR_KEY_ID, ClearSealer, EnvelopeSealer, r
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.reader import SqliteReader
 from storage.errors import QueueFull
-from storage.records import Envelope, PendingOrigin, StoredEnvelope, receipt_envelope
+from storage.records import (
+    Envelope,
+    PendingOrigin,
+    SharedPayload,
+    StoredEnvelope,
+    receipt_envelope,
+)
+
+log = logging.getLogger(__name__)
 
 ACK_CHUNK: Final = 500  # ids per DELETE: well under SQLite's bound-parameter limit
 PURGE_CHUNK: Final = 5000  # expired rows per job, so a big purge never stalls the writer
 
 _COLUMNS = (
     "id, recipient_user, recipient_device, sender_user, sender_device,"
-    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed"
+    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed, payload_id"
 )
 
 # Read back as written, a `sealed` value that is not a blob (a row changed behind the
 # store's back) as one, so that it fails to open, and is skipped, rather than failing the read.
-_SELECTED = _COLUMNS.replace(", sealed", ", CAST(sealed AS BLOB)")
+# Then the shared payload the row names, if any.
+_SELECTED = (
+    ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
+    .replace("m.sealed", "CAST(m.sealed AS BLOB)")
+    .replace("m.payload_id", "m.payload_id, p.body, p.key_id, CAST(p.sealed AS BLOB)")
+)
+_FROM_JOINED = "messages m LEFT JOIN shared_payloads p ON p.payload_id = m.payload_id"
+# What an ack's delete gives back: the row up to `sealed` (as fetched, without the shared
+# payload: a receipt needs the sender and the id only), then the receipt tag.
+_ACK_RETURNED = (
+    "seq, id, recipient_user, recipient_device, sender_user, sender_device, ts, server_ts,"
+    " type, body, nonce, expires_ms, key_id, CAST(sealed AS BLOB), receipt"
+)
+
+# A payload row before the rows naming it; one stored already (another store call of the
+# same frame) is kept as is, its count going on.
+_INSERT_PAYLOAD = """
+INSERT INTO shared_payloads (payload_id, body, key_id, sealed, expires_ms)
+VALUES (:payload_id, :body, :key_id, :sealed, :expires_ms)
+ON CONFLICT (payload_id) DO NOTHING
+"""
+_DROP_UNUSED_PAYLOAD = "DELETE FROM shared_payloads WHERE payload_id = ? AND refs <= 0"
 
 # The recipient must be an active device: removal deletes a device's messages, and a
 # store racing a removal (they are serialised jobs) must not leave any behind. A
@@ -50,7 +86,8 @@ _SELECTED = _COLUMNS.replace(", sealed", ", CAST(sealed AS BLOB)")
 _INSERT_TEMPLATE = """
 INSERT INTO messages ({columns}, receipt)
 SELECT :id, :recipient_user, :recipient_device, :sender_user, :sender_device,
-       :ts, :server_ts, :type, :body, :nonce, :expires_ms, :key_id, :sealed, :receipt
+       :ts, :server_ts, :type, :body, :nonce, :expires_ms, :key_id, :sealed, :payload_id,
+       :receipt
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user = :recipient_user AND device = :recipient_device AND removed_ms IS NULL
@@ -103,19 +140,22 @@ class SqliteMessageQueue:
             rows = [_row(e, sealer, e.recipient_user) for e in envelopes]
         else:
             rows = [_row(e, sealer, stored_as(e.recipient_user)) for e in envelopes]
+        payloads = _payload_rows(envelopes, sealer)
 
         def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(_INSERT_PAYLOAD, payloads)
             if max_per_device is None:
                 conn.executemany(_INSERT, rows)
-                return
-            left_out = [
-                row
-                for row in rows
-                if conn.execute(_INSERT_CAPPED, {**row, "cap": max_per_device}).rowcount == 0
-            ]
-            full = _over_cap(conn, left_out)
-            if full:
-                raise QueueFull(full)  # the job's savepoint undoes the rows that went in
+            else:
+                left_out = [
+                    row
+                    for row in rows
+                    if conn.execute(_INSERT_CAPPED, {**row, "cap": max_per_device}).rowcount == 0
+                ]
+                full = _over_cap(conn, left_out)
+                if full:
+                    raise QueueFull(full)  # the job's savepoint undoes the rows that went in
+            conn.executemany(_DROP_UNUSED_PAYLOAD, [(p["payload_id"],) for p in payloads])
 
         await self._db.run(job)
 
@@ -131,16 +171,21 @@ class SqliteMessageQueue:
     ) -> list[StoredEnvelope]:
         def job(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             rows = conn.execute(
-                f"SELECT seq, {_SELECTED} FROM messages"
-                " WHERE recipient_user = ? AND recipient_device = ? AND seq > ?"
-                " AND expires_ms > ? ORDER BY seq LIMIT ?",
+                f"SELECT m.seq, {_SELECTED} FROM {_FROM_JOINED}"
+                " WHERE m.recipient_user = ? AND m.recipient_device = ? AND m.seq > ?"
+                " AND m.expires_ms > ? ORDER BY m.seq LIMIT ?",
                 (user, device, after_seq, now_ms, limit),
             ).fetchall()
             return [tuple(row) for row in rows]
 
         rows = await self._db.run(job)
         sealer = self._sealer
-        sealed_ids = {int(row[_KEY_ID]) for row in rows if row[_KEY_ID] != CLEAR_KEY_ID}
+        sealed_ids = {
+            int(row[column])
+            for row in rows
+            for column in (_KEY_ID, _PAYLOAD_KEY_ID)
+            if row[column] is not None and row[column] != CLEAR_KEY_ID
+        }
         if sealed_ids:  # a data key made by another node since this one last looked
             await sealer.load(sealed_ids)
         name = user if named is None else named
@@ -177,14 +222,14 @@ class SqliteMessageQueue:
                 # (no copy over a network), and only those whose tag matches are opened.
                 gone = conn.execute(
                     "DELETE FROM messages WHERE recipient_user = ? AND recipient_device = ?"
-                    f" AND id IN ({marks}) RETURNING seq, {_SELECTED}, receipt",
+                    f" AND id IN ({marks}) RETURNING {_ACK_RETURNED}",
                     (user, device, *chunk),
                 ).fetchall()
                 for row in gone:
                     tag = row[_RECEIPT]
                     if tag is None or tag != tags.get(bytes(row[1])):
                         continue
-                    opened = _stored(tuple(row), sealer, user)
+                    opened = _stored(tuple(row[:_RECEIPT]), sealer, user)
                     if opened is not None:
                         receipts.extend(
                             _leave_receipts(conn, sealer, opened.envelope, acked_by, at)
@@ -259,13 +304,25 @@ class SqliteMessageQueue:
                 (now_ms, PURGE_CHUNK),
             ).rowcount
 
+        def payloads_job(conn: sqlite3.Connection) -> int:
+            # Their messages expired with them (one expiry per frame); what the triggers
+            # have not deleted yet goes here.
+            return conn.execute(
+                "DELETE FROM shared_payloads WHERE payload_id IN"
+                " (SELECT payload_id FROM shared_payloads WHERE expires_ms <= ? LIMIT ?)",
+                (now_ms, PURGE_CHUNK),
+            ).rowcount
+
         # Chunks as separate jobs: other connections' jobs run in between.
         total = 0
         while True:
             deleted = await self._db.run(job)
             total += deleted
             if deleted < PURGE_CHUNK:
-                return total
+                break
+        while await self._db.run(payloads_job) == PURGE_CHUNK:
+            pass
+        return total
 
     async def stored_count(self) -> int:
         def job(conn: sqlite3.Connection) -> int:
@@ -290,7 +347,9 @@ def _over_cap(conn: sqlite3.Connection, left_out: list[dict[str, Any]]) -> list[
 
 
 _KEY_ID: Final = 12  # the place of key_id in a fetched row (seq, then _COLUMNS)
-_RECEIPT: Final = 14  # and of the receipt tag, when selected after them
+_RECEIPT: Final = 14  # the receipt tag, in a row an ack's delete returns
+_PAYLOAD_ID: Final = 14  # in a fetched row, the shared payload's id, then its columns
+_PAYLOAD_KEY_ID: Final = 16  # the place of the shared payload's key_id (after payload_id, body)
 
 
 def _leave_receipts(
@@ -358,16 +417,53 @@ def _row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> dict[str, 
         "expires_ms": e.expires_ms,
         "key_id": CLEAR_KEY_ID if clear else key_id,
         "sealed": sealed,
+        "payload_id": None if e.payload is None else e.payload.id,
         "receipt": receipt_column(sealer, e, recipient_user),
     }
 
 
+def _payload_rows(envelopes: Sequence[Envelope], sealer: EnvelopeSealer) -> list[dict[str, Any]]:
+    """One row per shared payload named by these envelopes, sealed like them."""
+    rows: dict[bytes, dict[str, Any]] = {}
+    for e in envelopes:
+        if e.payload is None or e.payload.id in rows:
+            continue
+        key_id, sealed = sealer.seal_payload(e.payload)
+        rows[e.payload.id] = {
+            "payload_id": e.payload.id,
+            "body": e.payload.body if sealed is None else None,
+            "key_id": key_id,
+            "sealed": sealed,
+            "expires_ms": e.expires_ms,
+        }
+    return list(rows.values())
+
+
+def _payload(row: tuple[Any, ...], sealer: EnvelopeSealer) -> SharedPayload | None:
+    """The shared payload a fetched row names, opened if sealed; None when it does not open
+    or is gone (the row is then skipped, never delivered with half its body)."""
+    payload_id, body, key_id, sealed = row[14:18]
+    if key_id is None:
+        log.error("stored message %s names a shared payload that is gone", bytes(row[1]).hex())
+        return None
+    if key_id == CLEAR_KEY_ID:
+        return SharedPayload(id=bytes(payload_id), body=bytes(body))
+    opened = sealer.open_payload(bytes(payload_id), int(key_id), bytes(sealed))
+    return None if opened is None else SharedPayload(id=bytes(payload_id), body=opened)
+
+
 def _stored(row: tuple[Any, ...], sealer: EnvelopeSealer, named: str) -> StoredEnvelope | None:
     """The row as stored, opened if sealed, its recipient called `named` (the real id where
-    the row holds its keyed hash); None when it does not open (the sealer said so). SQLite
+    the row holds its keyed hash), with the shared payload it names (fetched rows: from
+    place 14 on); None when it, or its payload, does not open (the sealer said so). SQLite
     gives the columns their declared types (INTEGER, TEXT, BLOB), so no conversions."""
     seq, id_, r_user, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp = row[:12]
     key_id = row[12]
+    payload = None
+    if len(row) > _PAYLOAD_ID and row[_PAYLOAD_ID] is not None:
+        payload = _payload(row, sealer)
+        if payload is None:
+            return None
     if key_id != CLEAR_KEY_ID:
         opened = sealer.open(r_user, r_device, id_, key_id, row[13])
         if opened is None:
@@ -375,6 +471,18 @@ def _stored(row: tuple[Any, ...], sealer: EnvelopeSealer, named: str) -> StoredE
         s_user, s_device, ts, type_, nonce, body = opened
     # Positional: keywords cost a third more for an 11-field record made per envelope read.
     envelope = Envelope(
-        id_, named, r_device, s_user, s_device, ts, server_ts, type_, body, nonce, exp
+        id_,
+        named,
+        r_device,
+        s_user,
+        s_device,
+        ts,
+        server_ts,
+        type_,
+        body,
+        nonce,
+        exp,
+        False,
+        payload,
     )
     return StoredEnvelope(seq, envelope)

@@ -12,7 +12,7 @@ from typing import Final
 
 from storage.at_rest.sealing import CLEAR_RECEIPT_TAG, EnvelopeSealer, receipt_column
 from storage.postgres.database import Connection, Database
-from storage.records import Envelope
+from storage.records import Envelope, SharedPayload
 
 __all__ = ["PostgresClearData"]
 
@@ -129,9 +129,10 @@ class PostgresClearData:
                 updates.append((envelope.recipient_user, int(row["seq"]), key_id, sealed, receipt))
             if updates:
                 await conn.executemany(_SEAL_ROW, updates)
+            payloads = await _seal_clear_payloads(conn, sealer, limit)
         if updates:
             self._sealed_up_to = max(self._sealed_up_to, updates[-1][1])
-        return len(updates)
+        return len(updates) + payloads
 
     async def seal_clear_backups(self, seal: Callable[[str, bytes], tuple[int, bytes]]) -> int:
         async with self._db.transaction("seal_clear_backups") as conn:
@@ -151,9 +152,37 @@ class PostgresClearData:
 
     async def clear_messages(self) -> int:
         async with self._db.connection("clear_messages") as conn:
-            count = await conn.fetchval("SELECT count(*) FROM messages WHERE key_id IS NULL")
+            count = await conn.fetchval(
+                "SELECT (SELECT count(*) FROM messages WHERE key_id IS NULL)"
+                " + (SELECT count(*) FROM shared_payloads WHERE key_id IS NULL)"
+            )
         assert isinstance(count, int)
         return count
+
+
+async def _seal_clear_payloads(conn: Connection, sealer: EnvelopeSealer, limit: int) -> int:
+    """Up to `limit` clear shared payloads (send.multi, migration 0007) sealed in place.
+    SKIP LOCKED as for the messages: a payload locked now is being deleted (its last ack)."""
+    rows = await conn.fetch(
+        "SELECT payload_id, body FROM shared_payloads WHERE key_id IS NULL"
+        " LIMIT $1 FOR UPDATE SKIP LOCKED",
+        limit,
+    )
+    updates = []
+    for row in rows:
+        key_id, sealed = sealer.seal_payload(
+            SharedPayload(id=bytes(row["payload_id"]), body=bytes(row["body"]))
+        )
+        if sealed is None:
+            raise ValueError("the sealer leaves shared payloads in the clear")
+        updates.append((bytes(row["payload_id"]), key_id, sealed))
+    if updates:
+        await conn.executemany(
+            "UPDATE shared_payloads SET key_id = $2, sealed = $3, body = NULL"
+            " WHERE payload_id = $1",
+            updates,
+        )
+    return len(updates)
 
 
 async def _blind_ids(conn: Connection, blind_user: Callable[[str], str]) -> None:

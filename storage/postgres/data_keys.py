@@ -121,7 +121,8 @@ class PostgresDataKeyTable:
         async with self._db.connection("data_key_usage") as conn:
             rows = await conn.fetch(
                 "SELECT key_id, count(*) AS n FROM (SELECT key_id FROM messages"
-                " UNION ALL SELECT key_id FROM backups) AS sealed"
+                " UNION ALL SELECT key_id FROM backups"
+                " UNION ALL SELECT key_id FROM shared_payloads) AS sealed"
                 " WHERE key_id IS NOT NULL GROUP BY key_id"
             )
         return {int(r["key_id"]): int(r["n"]) for r in rows}
@@ -139,8 +140,9 @@ class PostgresDataKeyTable:
             # One scan for every candidate (there is no index on key_id). Backups reference
             # their key too (a foreign key, as messages do).
             used = await conn.fetch(
-                "SELECT DISTINCT key_id FROM messages WHERE key_id = ANY($1::int[])"
-                " UNION SELECT key_id FROM backups WHERE key_id = ANY($1::int[])",
+                "SELECT key_id FROM messages WHERE key_id = ANY($1::int[])"
+                " UNION SELECT key_id FROM backups WHERE key_id = ANY($1::int[])"
+                " UNION SELECT key_id FROM shared_payloads WHERE key_id = ANY($1::int[])",
                 [int(r["id"]) for r in candidates],
             )
             in_use = {int(r["key_id"]) for r in used}

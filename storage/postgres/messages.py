@@ -23,6 +23,13 @@ sealer before queueing it, so a sealed row carries its data key's id and the sea
 its sender, time, type, body and nonce NULL (migration 0005); `ClearSealer`, the default,
 writes the clear columns as before. `fetch` and `pending_origins` open sealed rows and skip
 a row that does not open (the sealer reports it): never delivered half-read.
+
+Shared payloads (`send.multi`, migration 0007): an envelope naming one stores its header in
+its row, and the payload goes once into shared_payloads (sealed apart), in the same
+transaction, before the rows naming it; `fetch` joins it back. A trigger deletes a payload
+with the last message naming it; a payload whose rows all went elsewhere (stored already,
+device removed) is deleted before the commit, and one left behind by a race goes with the
+purge once expired.
 """
 
 from __future__ import annotations
@@ -39,13 +46,20 @@ from typing import Final
 
 from storage.at_rest.sealing import ClearSealer, EnvelopeSealer, receipt_column
 from storage.errors import QueueFull, StorageError, Unavailable
-from storage.postgres.database import Connection, Database, Row, is_connection_failure
+from storage.postgres.database import (
+    Connection,
+    Database,
+    ForeignKeyViolation,
+    Row,
+    is_connection_failure,
+)
 from storage.postgres.origins import OriginLookups
 from storage.postgres.read_replica import LagTolerantReads
 from storage.records import (
     Envelope,
     OpenedFields,
     PendingOrigin,
+    SharedPayload,
     StoredEnvelope,
     receipt_envelope,
 )
@@ -57,8 +71,39 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "id, recipient_user, recipient_device, sender_user, sender_device,"
-    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed"
+    " ts, server_ts, type, body, nonce, expires_ms, key_id, sealed, payload_id"
 )
+# A fetched row: the message's columns, then those of the shared payload it names, if any.
+_FETCHED = (
+    ", ".join(f"m.{c.strip()}" for c in _COLUMNS.split(","))
+    + ", p.body AS payload_body, p.key_id AS payload_key_id, p.sealed AS payload_sealed"
+    + ", p.payload_id IS NOT NULL AS payload_found"
+)
+
+# A payload before the rows naming it. One stored already (another store call of the same
+# frame, or its retry) is kept: ON CONFLICT waits for a transaction deleting it, and inserts
+# it again if that one committed.
+_INSERT_PAYLOAD = """
+INSERT INTO shared_payloads (payload_id, body, key_id, sealed, expires_ms)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (payload_id) DO NOTHING
+"""
+# A payload no message names (its rows all went elsewhere): deleted before the commit, in a
+# savepoint whose foreign-key failure (another transaction just stored a row naming it) is
+# ignored. See migration 0007 for the concurrency argument.
+_DROP_UNUSED_PAYLOADS = """
+DELETE FROM shared_payloads p
+WHERE p.payload_id = ANY($1::bytea[])
+  AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.payload_id = p.payload_id)
+"""
+# Expired payloads that no message names any more (those the trigger could not delete).
+_PURGE_PAYLOADS = """
+DELETE FROM shared_payloads WHERE ctid = ANY(ARRAY(
+    SELECT p.ctid FROM shared_payloads p
+    WHERE p.expires_ms <= $1
+      AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.payload_id = p.payload_id)
+    LIMIT $2 FOR UPDATE SKIP LOCKED))
+"""
 
 # Concurrency argument of the insert:
 # * Only for an active device: FOR KEY SHARE on its row conflicts with the FOR UPDATE lock
@@ -72,23 +117,23 @@ _COLUMNS = (
 # * A (device, id) already stored is kept as is (a retried store is a no-op), also when
 #   two nodes store it at once: the unique index makes the second wait for the first and
 #   then do nothing. Only that uniqueness conflict is ignored.
-# * The cap ($15, NULL: none) reads the device's count of stored rows, which triggers keep
+# * The cap ($16, NULL: none) reads the device's count of stored rows, which triggers keep
 #   in queue_counts (migration 0003): one index lookup, whatever the queue's length. The
 #   batch holds the device's advisory lock (_LOCK_DEVICES), so no other batch changes that
 #   count until we commit, and each statement of the executemany sees the count as the
 #   statements before it left it.
 _INSERT = f"""
 INSERT INTO messages ({_COLUMNS}, receipt)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15
 WHERE EXISTS (
     SELECT 1 FROM devices
     WHERE user_id = $2 AND device = $3 AND removed_ms IS NULL
     FOR KEY SHARE
 ) AND (
-    $15::bigint IS NULL
+    $16::bigint IS NULL
     OR COALESCE((
         SELECT stored FROM queue_counts WHERE recipient_user = $2 AND recipient_device = $3
-    ), 0) < $15
+    ), 0) < $16
 )
 ON CONFLICT (recipient_user, recipient_device, id) DO NOTHING
 RETURNING recipient_user, recipient_device, id
@@ -110,11 +155,12 @@ FROM (
 # The delete of an ack hands back only the rows whose `receipt` column holds a tag the ack
 # computed for one of its ids (a copy asking for a receipt, storage.at_rest.sealing): the
 # common ack, of copies that asked for none, transfers nothing back.
-_ACK = f"""
+_ACK = """
 WITH gone AS (
     DELETE FROM messages
     WHERE recipient_user = $1 AND recipient_device = $2 AND id = ANY($3::bytea[])
-    RETURNING seq, {_COLUMNS}, receipt
+    RETURNING seq, id, recipient_user, recipient_device, sender_user, sender_device, ts,
+        server_ts, type, body, nonce, expires_ms, key_id, sealed, receipt
 )
 SELECT * FROM gone WHERE receipt = ANY($4::bytea[])
 """
@@ -142,7 +188,7 @@ def _purge_chunk(table: str) -> str:
 _Device = tuple[str, int]
 # id, recipient user and device, the clear fields (sender user and device, ts, server ts,
 # type, body, nonce; all but server ts None when sealed), expiry, key id (None: clear), sealed,
-# the receipt column (storage.at_rest.sealing.receipt_column).
+# the shared payload's id, the receipt column (storage.at_rest.sealing.receipt_column).
 _InsertRow = tuple[
     bytes,
     str,
@@ -158,7 +204,10 @@ _InsertRow = tuple[
     int | None,
     bytes | None,
     bytes | None,
+    bytes | None,
 ]
+# payload id, body (None when sealed), key id (None: clear), sealed, expiry.
+_PayloadRow = tuple[bytes, bytes | None, int | None, bytes | None, int]
 _RowKey = tuple[str, int, bytes]  # (recipient user, device, id)
 
 
@@ -168,6 +217,7 @@ class _Op:
 
     future: asyncio.Future[None]
     inserts: list[_InsertRow] = field(default_factory=list)
+    payloads: list[_PayloadRow] = field(default_factory=list)
     ack: tuple[str, int, list[bytes]] | None = None
     max_per_device: int | None = None  # stores: the cap of stored envelopes per device
     # acks: the receipt tags looked for, the time and name a receipt carries, and the
@@ -238,7 +288,11 @@ class PostgresMessageQueue:
             inserts = [_insert_row(e, sealer, e.recipient_user) for e in envelopes]
         else:
             inserts = [_insert_row(e, sealer, stored_as(e.recipient_user)) for e in envelopes]
-        await self._submit(_Op(self._new_future(), inserts=inserts, max_per_device=max_per_device))
+        payloads = _payload_rows(envelopes, sealer)
+        op = _Op(
+            self._new_future(), inserts=inserts, payloads=payloads, max_per_device=max_per_device
+        )
+        await self._submit(op)
 
     async def ack(
         self,
@@ -277,9 +331,10 @@ class PostgresMessageQueue:
         await self._writes_before((user, device))
         async with self._db.connection("fetch_messages") as conn:
             rows = await conn.fetch(
-                f"SELECT seq, {_COLUMNS} FROM messages"
-                " WHERE recipient_user = $1 AND recipient_device = $2 AND seq > $3"
-                " AND expires_ms > $4 ORDER BY seq LIMIT $5",
+                f"SELECT m.seq, {_FETCHED}"
+                " FROM messages m LEFT JOIN shared_payloads p ON p.payload_id = m.payload_id"
+                " WHERE m.recipient_user = $1 AND m.recipient_device = $2 AND m.seq > $3"
+                " AND m.expires_ms > $4 ORDER BY m.seq LIMIT $5",
                 user,
                 device,
                 after_seq,
@@ -329,6 +384,17 @@ class PostgresMessageQueue:
                 total += deleted
                 if deleted < PURGE_CHUNK:
                     break
+        # The shared payloads expired with their messages (one expiry per frame); those the
+        # trigger left behind go here.
+        while True:
+            try:
+                async with self._db.connection("purge_expired_payloads") as conn:
+                    status = await conn.execute(_PURGE_PAYLOADS, now_ms, PURGE_CHUNK)
+            except Unavailable as exc:  # a message stored meanwhile names one: next purge
+                log.warning("purging expired shared payloads stopped: %s", exc)
+                break
+            if int(status.rsplit(" ", 1)[-1]) < PURGE_CHUNK:
+                break
         return total
 
     async def stored_count(self) -> int:
@@ -489,14 +555,21 @@ async def _apply_run(
     if not is_store:
         await _apply_acks(conn, run, sealer)
         return
+    payloads = [payload for op in run for payload in op.payloads]
+    if payloads:
+        await conn.executemany(_INSERT_PAYLOAD, payloads)
     rows = [(*row, op.max_per_device) for op in run for row in op.inserts]
     inserted = await conn.fetchmany(_INSERT, rows)
-    if len(inserted) == len(rows):
-        return  # the common case: every row went in
-    over = await _refused_by_cap(conn, rows, inserted)
-    if over:
-        refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
-        raise _OverCap(refused, {(key[0], key[1]) for key in over})
+    if len(inserted) != len(rows):  # the common case: every row went in
+        over = await _refused_by_cap(conn, rows, inserted)
+        if over:
+            refused = [op for op in run if any((r[1], r[2], r[0]) in over for r in op.inserts)]
+            raise _OverCap(refused, {(key[0], key[1]) for key in over})
+        if payloads:
+            with contextlib.suppress(ForeignKeyViolation):
+                async with conn.transaction():
+                    ids = [payload[0] for payload in payloads]
+                    await conn.execute(_DROP_UNUSED_PAYLOADS, ids)
 
 
 async def _apply_acks(conn: Connection, run: list[_Op], sealer: EnvelopeSealer) -> None:
@@ -625,6 +698,7 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> _In
             e.expires_ms,
             None,
             None,
+            None if e.payload is None else e.payload.id,
             receipt_column(sealer, e, recipient_user),
         )
     return (
@@ -641,8 +715,23 @@ def _insert_row(e: Envelope, sealer: EnvelopeSealer, recipient_user: str) -> _In
         e.expires_ms,
         key_id,
         sealed,
+        None if e.payload is None else e.payload.id,
         receipt_column(sealer, e, recipient_user),
     )
+
+
+def _payload_rows(envelopes: Sequence[Envelope], sealer: EnvelopeSealer) -> list[_PayloadRow]:
+    """One row per shared payload named by these envelopes, sealed like them."""
+    rows: dict[bytes, _PayloadRow] = {}
+    for e in envelopes:
+        if e.payload is None or e.payload.id in rows:
+            continue
+        key_id, sealed = sealer.seal_payload(e.payload)
+        if sealed is None:
+            rows[e.payload.id] = (e.payload.id, e.payload.body, None, None, e.expires_ms)
+        else:
+            rows[e.payload.id] = (e.payload.id, None, key_id, sealed, e.expires_ms)
+    return list(rows.values())
 
 
 async def _opened(
@@ -650,8 +739,14 @@ async def _opened(
 ) -> list[StoredEnvelope]:
     """The rows as envelopes, sealed ones opened, the recipient called `named` (the real id
     where the rows hold its keyed hash; None: as each row names it); a row that does not
-    open is left out."""
-    key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
+    open is left out. Fetched rows carry the shared payload they name; the rows an ack
+    hands back do not (a receipt needs the sender and the id only)."""
+    key_ids = {
+        int(key_id)
+        for row in rows
+        for key_id in (row["key_id"], row.get("payload_key_id"))
+        if key_id is not None
+    }
     if key_ids:
         await sealer.load(key_ids)
     found = []
@@ -686,6 +781,11 @@ def _stored(row: Row, sealer: EnvelopeSealer, named: str | None) -> StoredEnvelo
         if opened is None:
             return None
         fields = opened
+    payload = None
+    if row.get("payload_id") is not None:  # a fetched row naming a shared payload
+        payload = _payload(row, sealer)
+        if payload is None:
+            return None
     sender_user, sender_device, ts, type_, nonce, body = fields
     # Positional: keywords cost a third more for an 11-field record made per envelope read.
     return StoredEnvelope(
@@ -702,5 +802,22 @@ def _stored(row: Row, sealer: EnvelopeSealer, named: str | None) -> StoredEnvelo
             body,
             nonce,
             int(row["expires_ms"]),
+            False,
+            payload,
         ),
     )
+
+
+def _payload(row: Row, sealer: EnvelopeSealer) -> SharedPayload | None:
+    """The shared payload a fetched row names, opened if sealed; None when it does not open
+    or is gone (the row is then skipped, never delivered with half its body)."""
+    payload_id = bytes(row["payload_id"])
+    if not row["payload_found"]:
+        log.error("stored message %s names a shared payload that is gone", row["id"].hex())
+        return None
+    if row["payload_key_id"] is None:
+        return SharedPayload(id=payload_id, body=bytes(row["payload_body"]))
+    opened = sealer.open_payload(
+        payload_id, int(row["payload_key_id"]), bytes(row["payload_sealed"])
+    )
+    return None if opened is None else SharedPayload(id=payload_id, body=opened)

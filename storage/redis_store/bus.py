@@ -116,7 +116,7 @@ def encode_message(message: BusMessage) -> bytes:
                 env.ts,
                 env.server_ts,
                 env.type,
-                env.body,
+                env.delivered_body,
                 env.nonce,
                 env.expires_ms,
                 online,

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 
 from e2e.commands import arun_relay
-from e2e.support import Device, new_user, offline_user
+from e2e.support import Device, new_user, now_ms, offline_user
 
 from .conftest import StartRelay
 from .scan import Finding, scan_database
@@ -149,3 +149,49 @@ async def test_a_store_run_without_encryption_is_converted_and_keeps_its_message
         await device.close()
         assert sorted(d["body"] for d in delivered) == sorted(m["body"] for m in sent)
         assert sorted(d["nonce"] for d in delivered) == sorted(m["nonce"] for m in sent)
+
+
+async def test_a_group_messages_shared_payload_is_sealed_and_comes_back_whole(
+    relay_factory: StartRelay,
+) -> None:
+    """`send.multi` with a shared payload for offline devices: the payload (stored once,
+    apart from the rows) shows in a clear store and not in a sealed one, and each device
+    gets its header followed by the payload."""
+    for encrypted in (False, True):
+        relay = relay_factory(at_rest_encryption=encrypted)
+        receivers = await offline_user(relay.url, devices=2)
+        sender = await new_user(relay.url)
+        payload, nonce = distinctive("shared payload"), secrets.token_bytes(24)
+        headers = {d.device: distinctive(f"header {d.device}") for d in receivers}
+        answer = await sender.request(
+            {
+                "t": "send.multi",
+                "id": secrets.token_bytes(16),
+                "ts": now_ms(),
+                "nonce": nonce,
+                "payload": payload,
+                "to": [
+                    {
+                        "user": receivers[0].user,
+                        "devices": [
+                            {"device": n, "type": 3, "body": h} for n, h in headers.items()
+                        ],
+                    }
+                ],
+            }
+        )
+        assert answer["t"] == "ok" and answer["users"][0]["stored"] == [1, 2], answer
+        await sender.close()
+        assert sender.user is not None
+        secrets_ = [payload, nonce, *headers.values(), *_user_forms(sender.user)]
+        findings, records = await scan_database(relay, secrets_)
+        if encrypted:
+            assert records > 0
+            assert findings == [], _shown(findings)
+        else:
+            assert {payload, nonce} <= {f.plaintext for f in findings}
+        for device in receivers:
+            await device.reconnect()
+            (delivered,) = await device.drain()
+            await device.close()
+            assert delivered["body"] == headers[device.device] + payload

@@ -493,6 +493,7 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     url = production.database_url
 
     assert await migrate(url, to=4) == [
+        "down 0009_shared_payloads",
         "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
@@ -513,6 +514,7 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     assert (await check(url))[0]
     again = await open_production(production)
@@ -529,6 +531,13 @@ async def test_migration_5_up_down_up_keeps_rows_and_restores_version_4(
     await again.messages.store([envelope(user, 2)])
     with pytest.raises(Unavailable, match="sealed"):
         await migrate(url, to=4)
+    # The steps above 5 went down before the refusal (each is its own transaction).
+    assert await migrate(url) == [
+        "up 0006_partitioned_messages",
+        "up 0007_receipts",
+        "up 0008_key_backups",
+        "up 0009_shared_payloads",
+    ]
     got = await again.messages.fetch(user, 2, after_seq=0, limit=10, now_ms=START_MS)
     assert len(got) == 1 and sealed.undecryptable == []
 

@@ -229,6 +229,7 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
 
     prefix = f"relaytest:{secrets.token_hex(8)}:"

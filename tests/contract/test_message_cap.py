@@ -96,6 +96,7 @@ async def test_postgres_migration_counts_stored_rows(production: Backend) -> Non
     await store.messages.store([envelope(user, 1) for _ in range(4)])
     assert production.database_url is not None
     assert await migrate(production.database_url, to=2) == [
+        "down 0009_shared_payloads",
         "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
@@ -110,6 +111,7 @@ async def test_postgres_migration_counts_stored_rows(production: Backend) -> Non
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     fresh = await production.open()  # new connections: statements prepared anew
     await fresh.messages.store([envelope(user, 1)], max_per_device=5)

@@ -85,6 +85,7 @@ async def test_migration_6_up_down_up_keeps_rows_and_restores_version_5(
     assert await _partitions_used(url) > 1
 
     assert await migrate(url, to=5) == [
+        "down 0009_shared_payloads",
         "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
@@ -98,6 +99,7 @@ async def test_migration_6_up_down_up_keeps_rows_and_restores_version_5(
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     assert (await check(url))[0]
     assert await _rows(url) == before
@@ -107,6 +109,7 @@ async def test_migration_6_up_down_up_keeps_rows_and_restores_version_5(
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     assert await _schema_shape(url) == await _schema_shape(empty_database)
 

@@ -35,7 +35,7 @@ async def open_production(backend: Backend) -> ProductionStore:
 
 
 async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
-    assert latest_version() == 8
+    assert latest_version() == 9
     ok, message = await check(empty_database)
     assert not ok and "schema version is 0" in message and "table users is missing" in message
 
@@ -48,6 +48,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     assert await migrate(empty_database) == []  # already there
     ok, message = await check(empty_database)
@@ -69,6 +70,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         await conn.close()
 
     assert await migrate(empty_database, to=0) == [
+        "down 0009_shared_payloads",
         "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
@@ -79,10 +81,10 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "down 0001_initial",
     ]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 0, the latest is 8" in message
+    assert not ok and "schema version is 0, the latest is 9" in message
     assert await migrate(empty_database, to=1) == ["up 0001_initial"]
     ok, message = await check(empty_database)
-    assert not ok and "schema version is 1, the latest is 8" in message
+    assert not ok and "schema version is 1, the latest is 9" in message
     assert await migrate(empty_database) == [
         "up 0002_canonical_identity_keys",
         "up 0003_queue_counts",
@@ -91,6 +93,7 @@ async def test_migrate_up_down_up_and_check(empty_database: str) -> None:
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     ok, _ = await check(empty_database)
     assert ok
@@ -118,6 +121,7 @@ async def test_concurrent_migrators_take_turns(empty_database: str) -> None:
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     assert sorted(results) == [[], [], [], everything]
     assert (await check(empty_database))[0]
@@ -327,6 +331,7 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
     assert await store.devices.remove_device(user, 2)
     assert production.database_url is not None
     assert await migrate(production.database_url, to=3) == [
+        "down 0009_shared_payloads",
         "down 0008_key_backups",
         "down 0007_receipts",
         "down 0006_partitioned_messages",
@@ -350,6 +355,7 @@ async def test_migration_4_down_deletes_the_kinds_it_added(production: Backend) 
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
     ]
     fresh = await open_production(production)  # new connections: statements prepared anew
     other = await make_user(fresh, devices=2)

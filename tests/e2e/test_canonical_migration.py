@@ -96,6 +96,7 @@ async def test_relay_migrate_keeps_the_older_device(machine, tmp_path, relays):
         "up 0006_partitioned_messages",
         "up 0007_receipts",
         "up 0008_key_backups",
+        "up 0009_shared_payloads",
         f"encrypted at rest: {len(users_of(rows))} users' ids hashed, 0 stored messages sealed",
     ], second
     check = await arun_relay(["migrate", "--check", "--database-url", url], env=env)

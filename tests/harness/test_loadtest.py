@@ -8,6 +8,7 @@ and that both report files are written with their plots.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -147,6 +148,44 @@ def test_steady_with_end_to_end_ciphertext(live_relay: RelayProcess, tmp_path: P
     report = load(out / "report.json")
     assert report.workload["e2e"] is True
     _assert_clean(report.runs["relay"], 120)
+
+
+def test_fanout_multi_measures_each_form_of_a_group_message(
+    live_relay: RelayProcess, tmp_path: Path
+) -> None:
+    """`fanout --multi`: every form sent, answered and delivered to every member device,
+    with the relay's CPU read around each block."""
+    out = tmp_path / "multi"
+    done = _loadtest(
+        "fanout",
+        "--multi",
+        "--url",
+        live_relay.url,
+        "--group",
+        "3",
+        "--member-devices",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--size",
+        "300",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((out / "multi.json").read_text(encoding="utf-8"))
+    forms = result["forms"]
+    assert set(forms) == {"sends", "multi-shared", "multi-per-device"}
+    for figures in forms.values():
+        assert figures["messages"] >= 5, forms
+        assert figures["relay_cpu_ms_per_message"] >= 0
+        assert figures["ok_ms_p50"] is not None and figures["delivered_ms_p50"] is not None
+    # One shared payload against one body per device: the shared frame is the smallest.
+    sizes = {form: figures["bytes_sent_per_message"] for form, figures in forms.items()}
+    assert sizes["multi-shared"] < sizes["multi-per-device"] <= sizes["sends"], sizes
+    assert "relay_cpu_ms_per_message" in done.stdout
 
 
 def _report(delivered: float, p99: float, lost: int, python: str) -> Report:

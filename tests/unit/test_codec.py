@@ -60,15 +60,21 @@ from protocol.frames import (
     KeysUpload,
     KeysUploadOk,
     Link,
+    MultiDevice,
+    MultiRecipient,
     PqPreKey,
     PreKey,
     QueueEmpty,
     Receipt,
     Register,
     Send,
+    SendMulti,
+    SendMultiOk,
     SendOk,
     ServerFrame,
     SignedPreKey,
+    UserDevicesProblem,
+    UserOutcome,
 )
 from protocol.signatures import KeyScheme
 
@@ -204,6 +210,30 @@ CLIENT_CASES: list[tuple[str, ClientFrame, dict[str, Any]]] = [
          "devices": [], "receipt": True},
     ),
     (
+        "send.multi",
+        SendMulti(rid=7, id=MSG_ID, ts=TS, nonce=NONCE, payload=b"shared", to=(
+            MultiRecipient(user=USER, devices=(
+                MultiDevice(device=1, type=3, body=b"h1"),
+                MultiDevice(device=2, type=3, body=b"h2", registration_id=9),
+            )),
+            MultiRecipient(user=OTHER, devices=()),
+        )),
+        {"t": "send.multi", "rid": 7, "id": MSG_ID, "ts": TS, "nonce": NONCE,
+         "payload": b"shared", "to": [
+             {"user": USER, "devices": [
+                 {"device": 1, "type": 3, "body": b"h1"},
+                 {"device": 2, "type": 3, "body": b"h2", "registration_id": 9}]},
+             {"user": OTHER, "devices": []}]},
+    ),
+    (
+        "send.multi-online-per-device",
+        SendMulti(rid=8, id=MSG_ID, ts=TS, nonce=NONCE, online=True, to=(
+            MultiRecipient(user=USER, devices=(MultiDevice(device=4, type=0, body=b"t"),)),
+        )),
+        {"t": "send.multi", "rid": 8, "id": MSG_ID, "ts": TS, "nonce": NONCE, "online": True,
+         "to": [{"user": USER, "devices": [{"device": 4, "type": 0, "body": b"t"}]}]},
+    ),
+    (
         "ack",
         Ack(ids=(MSG_ID, MSG_ID2)),
         {"t": "ack", "ids": [MSG_ID, MSG_ID2]},
@@ -336,6 +366,30 @@ SERVER_CASES: list[tuple[str, ServerFrame, dict[str, Any]]] = [
         {"t": "ok", "rid": 5, "id": MSG_ID, "delivered": [], "stored": []},
     ),
     (
+        "send.multi-ok",
+        SendMultiOk(rid=7, id=MSG_ID, users=(
+            UserOutcome(user=USER, delivered=(1,), stored=(2, 3)),
+            UserOutcome(user=OTHER, delivered=(), stored=()),
+        )),
+        {"t": "ok", "rid": 7, "id": MSG_ID, "users": [
+            {"user": USER, "delivered": [1], "stored": [2, 3]},
+            {"user": OTHER, "delivered": [], "stored": []}]},
+    ),
+    (
+        "error-multi-devices",
+        Error(code=ErrorCode.MISMATCHED_DEVICES, message="m", rid=7, users=(
+            UserDevicesProblem(user=USER, missing=(2,), extra=(), stale=(1,)),
+        )),
+        {"t": "error", "code": "mismatched_devices", "message": "m", "rid": 7, "users": [
+            {"user": USER, "missing": [2], "extra": [], "stale": [1]}]},
+    ),
+    (
+        "error-unknown-users",
+        Error(code=ErrorCode.UNKNOWN_USER, message="u", rid=7, unknown_users=(OTHER,)),
+        {"t": "error", "code": "unknown_user", "message": "u", "rid": 7,
+         "unknown_users": [OTHER]},
+    ),
+    (
         "keys.upload-ok",
         KeysUploadOk(rid=8, prekeys=100, pq_prekeys=50),
         {"t": "ok", "rid": 8, "prekeys": 100, "pq_prekeys": 50},
@@ -428,9 +482,16 @@ def test_cases_cover_every_frame_type() -> None:
     assert client_types == set(CLIENT_FRAMES.values())
     server_types = {type(frame) for _, frame, _ in SERVER_CASES}
     assert set(SERVER_PUSHES.values()) <= server_types
-    assert {AuthOk, SendOk, KeysUploadOk, KeysFetchOk, KeysCountOk, DevicesListOk, EmptyOk} <= (
-        server_types
-    )
+    assert {
+        AuthOk,
+        SendOk,
+        SendMultiOk,
+        KeysUploadOk,
+        KeysFetchOk,
+        KeysCountOk,
+        DevicesListOk,
+        EmptyOk,
+    } <= server_types
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=FORMAT_IDS)
@@ -704,6 +765,7 @@ def test_missing_required_key_is_bad_frame_with_rid(
         "register": {"rid", "identity_key", "key_scheme", "signature"},
         "auth": {"rid", "user", "device", "signature"},
         "send": {"rid", "id", "to", "ts", "nonce", "devices"},
+        "send.multi": {"rid", "id", "ts", "nonce", "to"},
         "ack": {"ids"},
         "keys.upload": {"rid"},
         "keys.fetch": {"rid", "user"},
