@@ -178,8 +178,12 @@ class SendMulti:
     to: tuple[MultiRecipient, ...] = req(Many(Nested(MultiRecipient), MAX_MULTI_USERS))
     payload: bytes | None = opt(Bin(1, body=True))
     online: bool = opt(Flag(), default=False)
+    # Delivery receipts (docs/protocol.md): absent when false, as on `send`.
+    receipt: bool = opt(Flag(), default=False)
 
     def check(self) -> None:
+        if self.receipt and self.online:
+            raise FrameError("an online message is never stored: it has no receipt")
         if not self.to:
             raise FrameError("to names no user")
         if len({r.user for r in self.to}) != len(self.to):

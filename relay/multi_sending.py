@@ -262,6 +262,8 @@ async def _route(
     stored = [*routing.to_store, *late]
     svc.metrics.envelopes.labels("delivered").inc(len(delivered))
     svc.metrics.envelopes.labels("stored").inc(len(stored))
+    if frame.receipt:
+        svc.metrics.receipts.labels("requested").inc(len(stored))
     outcome = encode_outcome(frame, _pairs(delivered), _pairs(stored))
     if not await _record_outcome(svc, scope, frame, outcome):
         error = error_frame(Unavailable("the send's outcome could not be recorded"), frame.rid)
@@ -296,6 +298,7 @@ def envelopes_of(svc: Services, session: DeviceSession, frame: SendMulti) -> lis
             body=message.body,
             nonce=frame.nonce,
             expires_ms=expires,
+            receipt=frame.receipt,
             payload=payload,
         )
         for recipient in frame.to

@@ -446,7 +446,12 @@ class Client:
         return main
 
     async def send_group(
-        self, members: Sequence[str], plaintext: bytes, *, shared: bool = True
+        self,
+        members: Sequence[str],
+        plaintext: bytes,
+        *,
+        shared: bool = True,
+        receipt: bool = False,
     ) -> GroupReceipt:
         """Send one message to every device of `members` in one `send.multi` frame and wait
         for the relay's `ok` (docs/client.md, Group messages).
@@ -458,12 +463,13 @@ class Client:
         sent again, a lost connection retried with the same id and nonce (delivered once);
         raises :class:`SendFailed` when the relay refuses it for good. Unlike `send`, the
         message is not kept in the persisted outbox: a client closed before the answer sends
-        it again.
+        it again. `receipt=True` asks for a delivery receipt of each copy the relay stores
+        (as on `send`: they arrive through `on_receipt` / `next_receipt`).
         """
         self._check_running()
         if len(plaintext) > self.options.max_plaintext_bytes:
             raise ValueError(f"a message is at most {self.options.max_plaintext_bytes} bytes")
-        message = self._group.new_message(members, plaintext, shared=shared)
+        message = self._group.new_message(members, plaintext, shared=shared, receipt=receipt)
         while True:
             conn = await self._wait_connection()
             try:

@@ -121,6 +121,7 @@ class _Message:
     plaintext: bytes
     key: bytes | None
     payload: bytes | None
+    receipt: bool = False  # delivery receipts for the copies the relay stores
     id: bytes = field(default_factory=lambda: uuid.uuid4().bytes)
     nonce: bytes = field(default_factory=lambda: secrets.token_bytes(24))
     prepared: dict[str, dict[int, MultiDevice]] = field(default_factory=dict)
@@ -141,14 +142,16 @@ class GroupSender:
         self.options = options
         self._sleep = sleep
 
-    def new_message(self, members: Sequence[str], plaintext: bytes, *, shared: bool) -> _Message:
+    def new_message(
+        self, members: Sequence[str], plaintext: bytes, *, shared: bool, receipt: bool = False
+    ) -> _Message:
         users = list(dict.fromkeys(str(uuid.UUID(m)) for m in members))
         if not users:
             raise ValueError("a group message needs at least one member")
         if shared:
             key, payload = seal_group_payload(plaintext)
-            return _Message(users, plaintext, key, payload)
-        return _Message(users, plaintext, None, None)
+            return _Message(users, plaintext, key, payload, receipt)
+        return _Message(users, plaintext, None, None, receipt)
 
     async def deliver(self, conn: WireConnection, message: _Message) -> GroupReceipt:
         """Send until `ok`; raises `SendFailed`, or `ConnectionLost` (the caller retries
@@ -164,6 +167,7 @@ class GroupSender:
                 ts=int(time.time() * 1000),
                 nonce=message.nonce,
                 payload=message.payload,
+                receipt=message.receipt,
                 to=tuple(
                     MultiRecipient(
                         user=user,

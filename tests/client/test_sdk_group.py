@@ -81,3 +81,26 @@ async def test_an_unknown_member_fails_the_message(relay: RelayProcess, tmp_path
                 alice.send_group(["00000000-0000-4000-8000-00000000dead"], b"x"), WAIT
             )
         assert refused.value.error.code == "unknown_user"
+
+
+async def test_a_group_message_with_receipts_brings_one_for_each_stored_copy(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    """`send_group(..., receipt=True)`: a member device that was offline acknowledges its
+    stored copy later, and the sender's application is handed that receipt."""
+    c_in = Inbox()
+    async with (
+        device(relay.url, tmp_path / "alice") as alice,
+        device(relay.url, tmp_path / "carol", c_in) as carol,
+    ):
+        await alice.register()
+        await carol.register()
+        carol_user = carol.user
+    async with device(relay.url, tmp_path / "alice") as alice:
+        sent = await alice.send_group([carol_user], distinctive("with a receipt"), receipt=True)
+        assert sent.stored[carol_user] == (1,)
+        async with device(relay.url, tmp_path / "carol", c_in):
+            (got,) = await c_in.wait_for(1)
+            assert got.id == sent.id
+            receipt = await asyncio.wait_for(alice.next_receipt(), WAIT)
+        assert (receipt.message_id, receipt.user, receipt.device) == (sent.id, carol_user, 1)

@@ -28,6 +28,7 @@ from .support import (
     new_id,
     new_nonce,
     now_ms,
+    offline_user,
     stop_relays,
 )
 
@@ -406,6 +407,56 @@ async def test_a_copy_sent_while_the_first_is_in_flight_gets_its_answer(
         await d.ack(frame["id"])
         await d.no_push("deliver", timeout=QUIET_S, pred=lambda f: f["id"] == frame["id"])
     await asyncio.gather(sender.close(), *(d.close() for d in member.devices))
+
+
+@pytest.mark.asyncio
+async def test_receipts_follow_the_stored_copies_of_a_group_message(
+    nodes: list[RelayProcess],
+) -> None:
+    """`receipt: true` on `send.multi` (docs/protocol.md, Delivery receipts): each device
+    the answer lists as `stored` brings the sender a receipt once it acknowledges its copy;
+    a device that acknowledged it live brings none; with `online` the flag is `bad_frame`."""
+    sender = Device(nodes[0].url)
+    await sender.register()
+    (away,) = await offline_user(nodes[-1].url)
+    live = Device(nodes[-1].url)
+    await live.register()
+    live.auto_ack = True
+    frame = _frame(
+        [
+            {
+                "user": away.user,
+                "devices": [_entry(away, b"to the one away", registration_id=False)],
+            },
+            {
+                "user": live.user,
+                "devices": [_entry(live, b"to the one here", registration_id=False)],
+            },
+        ],
+        receipt=True,
+    )
+    answer = await sender.request(frame, timeout=30)
+    assert answer["t"] == "ok", answer
+    assert answer["users"] == [
+        {"user": away.user, "delivered": [], "stored": [away.device]},
+        {"user": live.user, "delivered": [live.device], "stored": []},
+    ]
+    await away.reconnect()
+    (got,) = await away.drain(ack=True)
+    assert got["id"] == frame["id"] and got["body"] == b"to the one away"
+    receipt = await sender.next_push("receipt")
+    assert receipt["message_id"] == frame["id"]
+    assert (receipt["user"], receipt["device"]) == (away.user, away.device)
+    await sender.ack(receipt["id"])
+    await sender.no_push("receipt", timeout=QUIET_S)  # none for the live copy
+
+    typing = _frame(
+        [{"user": live.user, "devices": [_entry(live, b"typing", registration_id=False)]}],
+        online=True,
+        receipt=True,
+    )
+    error_of(await sender.request(typing, timeout=30), "bad_frame")
+    await asyncio.gather(sender.close(), away.close(), live.close())
 
 
 @pytest.mark.asyncio
