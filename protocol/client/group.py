@@ -37,17 +37,16 @@ from typing import Final
 import nacl.exceptions
 import nacl.secret
 
+from protocol.client.bundles import MAX_RATE_WAIT_S, RETRY_CODES, fetch_sessions
 from protocol.client.content import Kind
 from protocol.client.errors import RequestRefused, SendFailed
 from protocol.client.messages import ClientOptions
 from protocol.client.peers import Peers
 from protocol.client.state import ClientState
-from protocol.crypto.errors import CryptoError, DecryptError
+from protocol.crypto.errors import DecryptError
 from protocol.errors import ErrorCode
 from protocol.frames import (
     Error,
-    KeysFetch,
-    KeysFetchOk,
     MultiDevice,
     MultiRecipient,
     SendMulti,
@@ -69,8 +68,6 @@ log = logging.getLogger("relay.client")
 GROUP_TYPE: Final = 3  # the registry's "group message": header ‖ shared payload
 GROUP_KEY_BYTES: Final = nacl.secret.SecretBox.KEY_SIZE
 _HEAD = struct.Struct(">BH")
-_RETRY_CODES = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL})
-_MAX_RATE_WAIT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +185,8 @@ class GroupSender:
                     await self._fix(conn, message, exc.error.users or ())
                 elif code is ErrorCode.RATE_LIMITED:
                     wait_ms = exc.error.retry_after_ms or 1000
-                    await self._sleep(min(wait_ms / 1000, _MAX_RATE_WAIT_S))
-                elif code in _RETRY_CODES:
+                    await self._sleep(min(wait_ms / 1000, MAX_RATE_WAIT_S))
+                elif code in RETRY_CODES:
                     await self._sleep(self.options.backoff.delay(attempt))
                     attempt += 1
                 else:
@@ -251,29 +248,12 @@ class GroupSender:
                 await self._fetch(conn, problem.user, device)
 
     async def _fetch(self, conn: WireConnection, user: str, device: int | None) -> None:
-        """Fetch bundles (one device, or all) and start sessions; waits out `rate_limited`."""
-        own_user, own_device = self._own()
-        for _ in range(self.options.send_rounds):
-            try:
-                answer = await conn.request(
-                    KeysFetch(rid=conn.next_rid(), user=user, device=device), KeysFetchOk
-                )
-            except RequestRefused as exc:
-                if exc.code is ErrorCode.RATE_LIMITED:
-                    wait_ms = exc.error.retry_after_ms or 1000
-                    await self._sleep(min(wait_ms / 1000, _MAX_RATE_WAIT_S))
-                    continue
-                if exc.code in _RETRY_CODES:
-                    await self._sleep(self.options.backoff.delay(0))
-                    continue
-                if exc.code is ErrorCode.UNKNOWN_DEVICE:
-                    return
-                raise SendFailed(exc.error) from None
-            for bundle in answer.devices:
-                if user == own_user and bundle.device == own_device:
-                    continue
-                try:
-                    self.peers.add_bundle(user, bundle)
-                except CryptoError as exc:
-                    log.warning("not using the bundle of %s/%s: %s", user, bundle.device, exc)
-            return
+        await fetch_sessions(
+            conn,
+            user,
+            device,
+            own=self._own(),
+            peers=self.peers,
+            options=self.options,
+            sleep=self._sleep,
+        )

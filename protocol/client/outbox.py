@@ -15,21 +15,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from protocol.client.bundles import MAX_RATE_WAIT_S, RETRY_CODES, fetch_sessions
 from protocol.client.errors import RequestRefused, SendFailed
 from protocol.client.messages import ClientOptions, SendReceipt
 from protocol.client.peers import Peers
 from protocol.client.state import ClientState, OutboxEntry
-from protocol.crypto.errors import CryptoError
 from protocol.errors import ErrorCode
-from protocol.frames import DeviceMessage, Error, KeysFetch, KeysFetchOk, Send, SendOk
+from protocol.frames import DeviceMessage, Error, Send, SendOk
 from protocol.wire import WireConnection
 
 __all__ = ["OutboxSender"]
 
 log = logging.getLogger("relay.client")
-
-_RETRY_CODES = frozenset({ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL})
-_MAX_RATE_WAIT_S = 60.0
 
 
 def _now_ms() -> int:
@@ -100,8 +97,8 @@ class OutboxSender:
                     await self._fix_devices(conn, entry, stale, ())
                 elif code is ErrorCode.RATE_LIMITED:
                     wait_ms = exc.error.retry_after_ms or 1000
-                    await self._sleep(min(wait_ms / 1000, _MAX_RATE_WAIT_S))
-                elif code in _RETRY_CODES:
+                    await self._sleep(min(wait_ms / 1000, MAX_RATE_WAIT_S))
+                elif code in RETRY_CODES:
                     await self._sleep(self.options.backoff.delay(attempt))
                     attempt += 1
                 else:
@@ -146,29 +143,12 @@ class OutboxSender:
         self.state.save_outbox()
 
     async def _fetch(self, conn: WireConnection, user: str, device: int | None) -> None:
-        """Fetch bundles (one device, or all) and start sessions; waits out `rate_limited`."""
-        own_user, own_device = self._own()
-        for _ in range(self.options.send_rounds):
-            try:
-                answer = await conn.request(
-                    KeysFetch(rid=conn.next_rid(), user=user, device=device), KeysFetchOk
-                )
-            except RequestRefused as exc:
-                if exc.code is ErrorCode.RATE_LIMITED:
-                    wait_ms = exc.error.retry_after_ms or 1000
-                    await self._sleep(min(wait_ms / 1000, _MAX_RATE_WAIT_S))
-                    continue
-                if exc.code in _RETRY_CODES:
-                    await self._sleep(self.options.backoff.delay(0))
-                    continue
-                if exc.code is ErrorCode.UNKNOWN_DEVICE:
-                    return
-                raise SendFailed(exc.error) from None
-            for bundle in answer.devices:
-                if user == own_user and bundle.device == own_device:
-                    continue
-                try:
-                    self.peers.add_bundle(user, bundle)
-                except CryptoError as exc:
-                    log.warning("not using the bundle of %s/%s: %s", user, bundle.device, exc)
-            return
+        await fetch_sessions(
+            conn,
+            user,
+            device,
+            own=self._own(),
+            peers=self.peers,
+            options=self.options,
+            sleep=self._sleep,
+        )
