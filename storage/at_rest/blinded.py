@@ -15,8 +15,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from storage.at_rest.backup_sealing import open_backup, seal_backup
 from storage.at_rest.keyring import KeyRing, SealError
@@ -64,6 +64,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 UNREADABLE: Final = "(unreadable)"  # a sealed requester that does not open with the index key
 AT_REST_KEYS: Final = "at_rest_keys"  # the readiness entry while the keys are not loaded
 
@@ -98,6 +100,9 @@ class KeyAccess:
     ) -> None:
         self._opener = opener
         self._vault = vault
+        # The ring when the vault is open, else None: a plain attribute, read on every store
+        # call of the hot path (a vault keeps its ring object for its whole life).
+        self.ring_now: KeyRing | None = None if vault is None else vault.ring
         self._monotonic = monotonic
         self._lock = asyncio.Lock()
         self._tried_at: float | None = None
@@ -113,17 +118,17 @@ class KeyAccess:
         """Why the keys are not at hand; None once they are."""
         return None if self._vault is not None else self._problem
 
-    @property
-    def ring_now(self) -> KeyRing | None:
-        """The ring when the vault is open (the hot path: no coroutine); else None."""
-        vault = self._vault
-        return None if vault is None else vault.ring
-
     async def ring(self) -> KeyRing:
         vault = self._vault
         if vault is not None:
             return vault.ring
         return (await self.open()).ring
+
+    async def after_opening(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()` once the vault is open (opening it now if need be; raises Unavailable
+        when it cannot be): the slow path of the calls that translate without awaiting."""
+        await self.ring()
+        return await call()
 
     async def open(self) -> DataKeyVault:
         async with self._lock:
@@ -137,6 +142,7 @@ class KeyAccess:
             self._tried_at = now
             try:
                 self._vault = await self._opener()
+                self.ring_now = self._vault.ring
             except Unavailable as exc:
                 self._problem = f"the keys of encryption at rest are not loaded: {exc}"
                 raise
@@ -199,7 +205,8 @@ class BlindedDirectory:
         return None if record is None else _named(record, user)
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:
-        records = await self._inner.list_devices(await self._blind(user))
+        ring = self._keys.ring_now or await self._keys.ring()
+        records = await self._inner.list_devices(ring.blind_user(user))
         if records is None:
             return None
         renamed = self._renamed
@@ -387,7 +394,10 @@ class BlindedMessages:
             real = {blind(e.recipient_user): e.recipient_user for e in envelopes}
             raise QueueFull([(real.get(u, u), d) for u, d in exc.devices]) from exc
 
-    async def fetch(
+    # The calls of the hot paths translate and hand the backend's coroutine back, without a
+    # coroutine of their own in between (until the vault is open: KeyAccess.after_opening).
+
+    def fetch(
         self,
         user: str,
         device: int,
@@ -396,9 +406,16 @@ class BlindedMessages:
         limit: int,
         now_ms: int,
         named: str | None = None,
-    ) -> list[StoredEnvelope]:
-        return await self._inner.fetch(
-            await self._blind(user),
+    ) -> Coroutine[Any, Any, list[StoredEnvelope]]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(
+                lambda: self.fetch(
+                    user, device, after_seq=after_seq, limit=limit, now_ms=now_ms, named=named
+                )
+            )
+        return self._inner.fetch(
+            ring.blind_user(user),
             device,
             after_seq=after_seq,
             limit=limit,
@@ -406,7 +423,7 @@ class BlindedMessages:
             named=user if named is None else named,
         )
 
-    async def ack(
+    def ack(
         self,
         user: str,
         device: int,
@@ -414,19 +431,27 @@ class BlindedMessages:
         *,
         now_ms: int | None = None,
         named: str | None = None,
-    ) -> list[Envelope]:
+    ) -> Coroutine[Any, Any, list[Envelope]]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(
+                lambda: self.ack(user, device, ids, now_ms=now_ms, named=named)
+            )
         # The receipts come back addressed to the sender's real id: it is sealed in the row.
-        return await self._inner.ack(
-            await self._blind(user), device, ids, now_ms=now_ms, named=named or user
+        return self._inner.ack(
+            ring.blind_user(user), device, ids, now_ms=now_ms, named=named or user
         )
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
         return await self._inner.queue_state(await self._blind(user), device, now_ms=now_ms)
 
-    async def pending_origins(
+    def pending_origins(
         self, user: str, devices: Sequence[int], message_id: bytes
-    ) -> list[PendingOrigin]:
-        return await self._inner.pending_origins(await self._blind(user), devices, message_id)
+    ) -> Coroutine[Any, Any, list[PendingOrigin]]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(lambda: self.pending_origins(user, devices, message_id))
+        return self._inner.pending_origins(ring.blind_user(user), devices, message_id)
 
     async def purge_expired(self, now_ms: int) -> int:
         return await self._inner.purge_expired(now_ms)
@@ -449,8 +474,9 @@ class BlindedReplay:
         self._scopes: dict[ReplayScope, ReplayScope] = {}
         self._nonces: dict[bytes, bytes] = {}
 
-    async def _blinded(self, scope: ReplayScope, nonce: bytes) -> tuple[ReplayScope, bytes]:
-        ring = self._keys.ring_now or await self._keys.ring()
+    def _blinded(
+        self, ring: KeyRing, scope: ReplayScope, nonce: bytes
+    ) -> tuple[ReplayScope, bytes]:
         if ring is not self._ring:
             self._ring = ring
             self._scopes.clear()
@@ -472,16 +498,26 @@ class BlindedReplay:
             self._nonces[nonce] = hashed
         return blinded, hashed
 
-    async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
-        return await self._inner.lookup(*await self._blinded(scope, nonce))
+    # Hot path: each call hands the backend's coroutine back (see BlindedMessages.fetch).
 
-    async def claim(
+    def lookup(self, scope: ReplayScope, nonce: bytes) -> Coroutine[Any, Any, ReplayRecord | None]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(lambda: self.lookup(scope, nonce))
+        return self._inner.lookup(*self._blinded(ring, scope, nonce))
+
+    def claim(
         self, scope: ReplayScope, nonce: bytes, message_id: bytes, *, pending_ttl_s: float
-    ) -> ReplayRecord | None:
-        blinded, hashed = await self._blinded(scope, nonce)
-        return await self._inner.claim(blinded, hashed, message_id, pending_ttl_s=pending_ttl_s)
+    ) -> Coroutine[Any, Any, ReplayRecord | None]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(
+                lambda: self.claim(scope, nonce, message_id, pending_ttl_s=pending_ttl_s)
+            )
+        blinded, hashed = self._blinded(ring, scope, nonce)
+        return self._inner.claim(blinded, hashed, message_id, pending_ttl_s=pending_ttl_s)
 
-    async def complete(
+    def complete(
         self,
         scope: ReplayScope,
         nonce: bytes,
@@ -489,19 +525,34 @@ class BlindedReplay:
         outcome: SendOutcome,
         *,
         window_s: float,
-    ) -> None:
-        blinded, hashed = await self._blinded(scope, nonce)
-        await self._inner.complete(blinded, hashed, message_id, outcome, window_s=window_s)
+    ) -> Coroutine[Any, Any, None]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(
+                lambda: self.complete(scope, nonce, message_id, outcome, window_s=window_s)
+            )
+        blinded, hashed = self._blinded(ring, scope, nonce)
+        return self._inner.complete(blinded, hashed, message_id, outcome, window_s=window_s)
 
-    async def release(self, scope: ReplayScope, nonce: bytes, message_id: bytes) -> None:
-        blinded, hashed = await self._blinded(scope, nonce)
-        await self._inner.release(blinded, hashed, message_id)
+    def release(
+        self, scope: ReplayScope, nonce: bytes, message_id: bytes
+    ) -> Coroutine[Any, Any, None]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(lambda: self.release(scope, nonce, message_id))
+        blinded, hashed = self._blinded(ring, scope, nonce)
+        return self._inner.release(blinded, hashed, message_id)
 
-    async def wait_outcome(
+    def wait_outcome(
         self, scope: ReplayScope, nonce: bytes, *, timeout_s: float
-    ) -> ReplayRecord | None:
-        blinded, hashed = await self._blinded(scope, nonce)
-        return await self._inner.wait_outcome(blinded, hashed, timeout_s=timeout_s)
+    ) -> Coroutine[Any, Any, ReplayRecord | None]:
+        ring = self._keys.ring_now
+        if ring is None:
+            return self._keys.after_opening(
+                lambda: self.wait_outcome(scope, nonce, timeout_s=timeout_s)
+            )
+        blinded, hashed = self._blinded(ring, scope, nonce)
+        return self._inner.wait_outcome(blinded, hashed, timeout_s=timeout_s)
 
 
 class BlindedStore:
@@ -512,12 +563,14 @@ class BlindedStore:
     def __init__(self, inner: AtRestCapable, keys: KeyAccess) -> None:
         self._inner = inner
         self._keys = keys
-        self._devices = BlindedDirectory(inner.devices, keys)
-        self._key_store = BlindedKeys(inner.keys, keys)
-        self._audit = BlindedAudit(inner.audit, keys)
-        self._messages = BlindedMessages(inner.messages, keys)
-        self._replay = BlindedReplay(inner.replay, keys)
-        self._backups = BlindedBackups(inner.backups, keys)
+        # Plain attributes, not properties: `messages` and `replay` are read several times
+        # per send.
+        self.devices: Final = BlindedDirectory(inner.devices, keys)
+        self.keys: Final = BlindedKeys(inner.keys, keys)
+        self.audit: Final = BlindedAudit(inner.audit, keys)
+        self.messages: Final = BlindedMessages(inner.messages, keys)
+        self.replay: Final = BlindedReplay(inner.replay, keys)
+        self.backups: Final = BlindedBackups(inner.backups, keys)
 
     @property
     def inner(self) -> AtRestCapable:
@@ -531,30 +584,6 @@ class BlindedStore:
     def vault(self) -> DataKeyVault | None:
         """None until the vault could be opened (see KeyAccess)."""
         return self._keys.vault
-
-    @property
-    def devices(self) -> BlindedDirectory:
-        return self._devices
-
-    @property
-    def keys(self) -> BlindedKeys:
-        return self._key_store
-
-    @property
-    def messages(self) -> BlindedMessages:
-        return self._messages
-
-    @property
-    def audit(self) -> BlindedAudit:
-        return self._audit
-
-    @property
-    def backups(self) -> BlindedBackups:
-        return self._backups
-
-    @property
-    def replay(self) -> BlindedReplay:
-        return self._replay
 
     @property
     def rate_limiter(self) -> RateLimiter:

@@ -22,6 +22,8 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
 
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
 from storage.at_rest.keyring import KeyRing
 from storage.at_rest.xchacha import NONCE_BYTES, XChaCha20Poly1305
 from storage.records import Envelope, OpenedFields, SharedPayload
@@ -40,6 +42,7 @@ CLEAR_KEY_ID: Final = 0  # the row's fields are in the clear columns
 _NONCE_BYTES: Final = NONCE_BYTES
 _CONTEXT: Final = b"relay-envelope-v1\x00"
 _PAYLOAD_CONTEXT: Final = b"relay-payload-v1\x00"
+_ZEROS: Final = bytes(4)  # the first 4 bytes of the inner ChaCha20-Poly1305 nonce
 _HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
 _LEN = struct.Struct(">H")
 CLEAR_RECEIPT_TAG: Final = b"\x01"  # no encryption at rest: the request in the clear
@@ -150,11 +153,15 @@ class NonceSequence:
     the stored path.)"""
 
     def __init__(self) -> None:
-        self._prefix = os.urandom(16)
+        self.prefix: Final = os.urandom(16)
         self._counter = itertools.count()
 
+    def next_counter(self) -> bytes:
+        """The next nonce's last 8 bytes (the nonce is `prefix` + these)."""
+        return next(self._counter).to_bytes(8, "big")
+
     def next(self) -> bytes:
-        return self._prefix + next(self._counter).to_bytes(8, "big")
+        return self.prefix + self.next_counter()
 
 
 class RingSealer:
@@ -172,9 +179,20 @@ class RingSealer:
         self._on_undecryptable = on_undecryptable
         self._nonces = NonceSequence()
         self._aead = XChaCha20Poly1305()
+        # (active key id, the cipher of its subkey for this sealer's nonce prefix): one
+        # ChaCha20-Poly1305 call per row, no lookup; made again when the active key changes.
+        self._active: tuple[int, ChaCha20Poly1305] | None = None
+
+    def _active_cipher(self) -> tuple[int, ChaCha20Poly1305]:
+        key_id = self._ring.active_id
+        active = self._active
+        if active is None or active[0] != key_id:
+            cipher = self._aead.subkey_cipher(self._ring.active_key, self._nonces.prefix)
+            active = self._active = (key_id, cipher)
+        return active
 
     def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
-        key_id = self._ring.active_id
+        key_id, cipher = self._active_cipher()
         user = envelope.sender_user.encode()
         plain = b"".join(
             (
@@ -185,10 +203,10 @@ class RingSealer:
                 envelope.body,  # a shared payload is sealed apart (seal_payload)
             )
         )
-        nonce = self._nonces.next()
+        counter = self._nonces.next_counter()
         aad = _associated(recipient_user, envelope.recipient_device, envelope.id, key_id)
-        sealed = self._aead.encrypt(self._ring.active_key, nonce, plain, aad)
-        return key_id, nonce + sealed
+        sealed = cipher.encrypt(_ZEROS + counter, plain, aad)  # see xchacha.subkey_cipher
+        return key_id, self._nonces.prefix + counter + sealed
 
     def receipt_tag(
         self, recipient_user: str, recipient_device: int, message_id: bytes, *, wanted: bool

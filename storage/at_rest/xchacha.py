@@ -59,6 +59,13 @@ class XChaCha20Poly1305:
         except InvalidTag:
             raise ValueError("does not open") from None
 
+    def subkey_cipher(self, key: bytes, prefix: bytes) -> ChaCha20Poly1305:
+        """The ChaCha20-Poly1305 of the nonces starting with `prefix` (16 bytes): sealing
+        with it under the 12-byte nonce 0x00000000 || nonce[16:24] is `encrypt` with the
+        24-byte nonce prefix || nonce[16:24]. For a caller that seals many values under one
+        prefix (sealing.RingSealer)."""
+        return self._cipher(key, prefix)
+
     def _cipher(self, key: bytes, nonce: bytes) -> ChaCha20Poly1305:
         slot = (key, nonce[:16])
         cipher = self._subkeys.get(slot)
