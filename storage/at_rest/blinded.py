@@ -463,16 +463,23 @@ class BlindedMessages:
 class BlindedReplay:
     """Scopes and nonces as the replay records keep them. A send asks twice (its claim, then
     its outcome), and a sender keeps sending to the same users: both hashes are kept for a
-    while (per ring: the index key is the ring's), so each is computed once."""
+    while (per ring: the index key is the ring's), so each is computed once.
 
-    LIMIT: Final = 65_536
+    A nonce is asked for again within one send (claim, then outcome, milliseconds apart), so
+    its hash is kept in two small generations: the last NONCES nonces at least, a few hundred
+    kilobytes, instead of a table that would hold every nonce of the last minute."""
+
+    SCOPES: Final = 65_536
+    NONCES: Final = 4096
 
     def __init__(self, inner: ReplayGuard, keys: KeyAccess) -> None:
         self._inner = inner
         self._keys = keys
         self._ring: KeyRing | None = None
-        self._scopes: dict[ReplayScope, ReplayScope] = {}
+        # Keyed by the scope's fields: a tuple hashes in C, the dataclass in Python.
+        self._scopes: dict[tuple[str, int, str], ReplayScope] = {}
         self._nonces: dict[bytes, bytes] = {}
+        self._older_nonces: dict[bytes, bytes] = {}
 
     def _blinded(
         self, ring: KeyRing, scope: ReplayScope, nonce: bytes
@@ -480,22 +487,26 @@ class BlindedReplay:
         if ring is not self._ring:
             self._ring = ring
             self._scopes.clear()
-            self._nonces.clear()
-        blinded = self._scopes.get(scope)
+            self._nonces = {}
+            self._older_nonces = {}
+        fields = (scope.sender_user, scope.sender_device, scope.recipient_user)
+        blinded = self._scopes.get(fields)
         if blinded is None:
             blind = ring.blind_user
             blinded = ReplayScope(
                 blind(scope.sender_user), scope.sender_device, blind(scope.recipient_user)
             )
-            if len(self._scopes) >= self.LIMIT:
+            if len(self._scopes) >= self.SCOPES:
                 self._scopes.clear()
-            self._scopes[scope] = blinded
-        hashed = self._nonces.get(nonce)
+            self._scopes[fields] = blinded
+        nonces = self._nonces
+        hashed = nonces.get(nonce)
         if hashed is None:
-            hashed = ring.blind_nonce(nonce)
-            if len(self._nonces) >= self.LIMIT:
-                self._nonces.clear()
-            self._nonces[nonce] = hashed
+            hashed = self._older_nonces.get(nonce) or ring.blind_nonce(nonce)
+            if len(nonces) >= self.NONCES:
+                self._older_nonces = nonces
+                nonces = self._nonces = {}
+            nonces[nonce] = hashed
         return blinded, hashed
 
     # Hot path: each call hands the backend's coroutine back (see BlindedMessages.fetch).

@@ -39,6 +39,7 @@ class KeyRing:
             raise ValueError(f"active data key {active_id} is not among the keys")
         self._index_key = index_key
         self._keyed: dict[bytes, hashlib.blake2b] = {}
+        self._nonce_keyed = self.keyed(b"nonce")
         self._data_keys = dict(data_keys)
         self._active_id = active_id
         self.blind_user = lru_cache(maxsize=_BLIND_CACHE)(self._blind_user)
@@ -79,17 +80,26 @@ class KeyRing:
         """A keyed hash of `value` (BLAKE2b keyed with the index key, personalised with
         `label`, 16 bytes): equal values give equal hashes, so lookups work, and nothing about
         the value shows. (Keyed BLAKE2b is a PRF, and a third of HMAC-SHA-256's cost here.)"""
-        keyed = self._keyed.get(label)
-        if keyed is None:  # the key schedule once per label, then a copy per value
-            keyed = hashlib.blake2b(key=self._index_key, person=label, digest_size=_BLIND_BYTES)
-            self._keyed[label] = keyed
-        hashed = keyed.copy()
+        hashed = self.keyed(label).copy()
         hashed.update(value)
         return hashed.digest()
 
+    def keyed(self, label: bytes) -> hashlib.blake2b:
+        """The keyed hash of `label` with nothing absorbed yet, to be copied, never updated:
+        `blind(label, v)` is a copy of it that absorbs v. A caller that hashes many values
+        with a common start keeps a copy that has absorbed the start (sealing.RingSealer's
+        receipt tags). The key schedule is made once per label."""
+        keyed = self._keyed.get(label)
+        if keyed is None:
+            keyed = hashlib.blake2b(key=self._index_key, person=label, digest_size=_BLIND_BYTES)
+            self._keyed[label] = keyed
+        return keyed
+
     def blind_nonce(self, nonce: bytes) -> bytes:
-        """A replay nonce as the replay records keep it."""
-        return self.blind(b"nonce", nonce)
+        """A replay nonce as the replay records keep it (`blind(b"nonce", nonce)`)."""
+        hashed = self._nonce_keyed.copy()
+        hashed.update(nonce)
+        return hashed.digest()
 
     def seal_text(self, text: str) -> str:
         """`text` sealed under the index key (random nonce), as printable text: for the few

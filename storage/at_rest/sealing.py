@@ -15,6 +15,7 @@ Sealed layout: 24-byte nonce + ciphertext of
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -42,6 +43,7 @@ CLEAR_KEY_ID: Final = 0  # the row's fields are in the clear columns
 _NONCE_BYTES: Final = NONCE_BYTES
 _CONTEXT: Final = b"relay-envelope-v1\x00"
 _PAYLOAD_CONTEXT: Final = b"relay-payload-v1\x00"
+_PER_DEVICE_LIMIT: Final = 65_536  # devices whose row constants a sealer keeps
 _ZEROS: Final = bytes(4)  # the first 4 bytes of the inner ChaCha20-Poly1305 nonce
 _HEAD = struct.Struct(">HqIH")  # sender_device, ts, type, len(sender_user)
 _LEN = struct.Struct(">H")
@@ -182,6 +184,11 @@ class RingSealer:
         # (active key id, the cipher of its subkey for this sealer's nonce prefix): one
         # ChaCha20-Poly1305 call per row, no lookup; made again when the active key changes.
         self._active: tuple[int, ChaCha20Poly1305] | None = None
+        # What stays the same from row to row of one device's queue, made once per device:
+        # the associated data up to the message id, and the receipt tags' hashes with the
+        # recipient absorbed (see receipt_tag). Bounded by starting over when full.
+        self._heads: dict[tuple[str, int, int], bytes] = {}
+        self._tags: dict[tuple[str, int, bool], hashlib.blake2b] = {}
 
     def _active_cipher(self) -> tuple[int, ChaCha20Poly1305]:
         key_id = self._ring.active_id
@@ -204,7 +211,7 @@ class RingSealer:
             )
         )
         counter = self._nonces.next_counter()
-        aad = _associated(recipient_user, envelope.recipient_device, envelope.id, key_id)
+        aad = self._associated(recipient_user, envelope.recipient_device, key_id) + envelope.id
         sealed = cipher.encrypt(_ZEROS + counter, plain, aad)  # see xchacha.subkey_cipher
         return key_id, self._nonces.prefix + counter + sealed
 
@@ -214,8 +221,20 @@ class RingSealer:
         """Every row has a tag, keyed by the index key and bound to its recipient and id: a
         copied database cannot tell which copies asked for a receipt (no row's tag repeats),
         and an ack, which knows the ids it removes, computes the tags it looks for."""
-        where = recipient_user.encode() + recipient_device.to_bytes(4, "big") + message_id
-        return self._ring.blind(_RECEIPT_WANTED if wanted else _RECEIPT_NOT_WANTED, where)
+        # blind(label, recipient_user || recipient_device (4 bytes) || message_id), from a
+        # copy of the hash that has absorbed the recipient.
+        place = (recipient_user, recipient_device, wanted)
+        absorbed = self._tags.get(place)
+        if absorbed is None:
+            label = _RECEIPT_WANTED if wanted else _RECEIPT_NOT_WANTED
+            absorbed = self._ring.keyed(label).copy()
+            absorbed.update(recipient_user.encode() + recipient_device.to_bytes(4, "big"))
+            if len(self._tags) >= _PER_DEVICE_LIMIT:
+                self._tags.clear()
+            self._tags[place] = absorbed
+        hashed = absorbed.copy()
+        hashed.update(message_id)
+        return hashed.digest()
 
     def store_name(self, user: str) -> str:
         return self._ring.blind_user(user)
@@ -232,7 +251,7 @@ class RingSealer:
         if key is None:
             self._undecryptable("unknown_key", key_id, message_id)
             return None
-        aad = _associated(recipient_user, recipient_device, message_id, key_id)
+        aad = self._associated(recipient_user, recipient_device, key_id) + message_id
         try:
             plain = self._aead.decrypt(key, sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], aad)
             return _fields(plain)
@@ -264,6 +283,17 @@ class RingSealer:
         missing.discard(CLEAR_KEY_ID)
         if missing and self._load_keys is not None:
             await self._load_keys(missing)
+
+    def _associated(self, user: str, device: int, key_id: int) -> bytes:
+        """A row's associated data up to its message id (which follows it)."""
+        place = (user, device, key_id)
+        head = self._heads.get(place)
+        if head is None:
+            head = _associated(user, device, b"", key_id)
+            if len(self._heads) >= _PER_DEVICE_LIMIT:
+                self._heads.clear()
+            self._heads[place] = head
+        return head
 
     def _undecryptable(self, reason: str, key_id: int, message_id: bytes) -> None:
         log.error(
