@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -213,43 +213,67 @@ async def one_run(
     *,
     online_path: bool = True,
 ) -> Paths:
-    senders = [await register(url) for _ in range(pairs)]
-    receivers = [await register(url) for _ in range(pairs)]
-    for ws, _, _ in receivers:
-        await ws.recv()  # queue_empty
+    """The three paths against one relay."""
+    (paths,) = await runs_together(
+        [(url, relay_pid)], pairs, messages, size, online_path=online_path
+    )
+    return paths
+
+
+async def runs_together(
+    relays: Sequence[tuple[str, int | None]],
+    pairs: int,
+    messages: int,
+    size: int,
+    *,
+    online_path: bool = True,
+) -> list[Paths]:
+    """The three paths against each relay (URL, process id), the relays side by side: each
+    path starts on all of them at once, so they share the machine's load of the moment, and
+    each one's rate and CPU per message is its own."""
+    senders, receivers = [], []
+    for url, _ in relays:
+        senders.append([await register(url) for _ in range(pairs)])
+        receivers.append([await register(url) for _ in range(pairs)])
+        for ws, _, _ in receivers[-1]:
+            await ws.recv()  # queue_empty
     total = pairs * messages
-    online = Phase(0.0, None)
+
+    async def together(work: Callable[[int], list[Awaitable[None]]]) -> list[Phase]:
+        return list(
+            await asyncio.gather(
+                *(timed(total, pid, *work(i)) for i, (_, pid) in enumerate(relays))
+            )
+        )
+
+    def sending(i: int) -> list[Awaitable[None]]:
+        return [
+            sender(s[0], r[1], messages, size, 32)
+            for s, r in zip(senders[i], receivers[i], strict=True)
+        ]
+
+    online = [Phase(0.0, None)] * len(relays)
     if online_path:
-        online = await timed(
-            total,
-            relay_pid,
-            *(
-                sender(s[0], r[1], messages, size, 32)
-                for s, r in zip(senders, receivers, strict=True)
-            ),
-            *(receiver(r[0], messages) for r in receivers),
+        online = await together(
+            lambda i: [*sending(i), *(receiver(r[0], messages) for r in receivers[i])]
         )
     # Stored path: receivers offline.
-    offline_ids = []
-    for ws, user, key in receivers:
-        offline_ids.append((user, key))
+    for ws, _, _ in (r for group in receivers for r in group):
         await ws.close()
-    stored = await timed(
-        total,
-        relay_pid,
-        *(sender(s[0], r[1], messages, size, 32) for s, r in zip(senders, receivers, strict=True)),
-    )
+    stored = await together(sending)
 
     # Drain: reconnect and read everything.
-    async def drain(user: str, key: IdentityKeyPair) -> None:
+    async def drain(url: str, user: str, key: IdentityKeyPair) -> None:
         ws = await login(url, user, key)
         await receiver(ws, messages)
         await ws.close()
 
-    drained = await timed(total, relay_pid, *(drain(u, k) for u, k in offline_ids))
-    for ws, _, _ in senders:
+    drained = await together(
+        lambda i: [drain(relays[i][0], user, key) for _, user, key in receivers[i]]
+    )
+    for ws, _, _ in (s for group in senders for s in group):
         await ws.close()
-    return Paths(online, stored, drained)
+    return [Paths(*paths) for paths in zip(online, stored, drained, strict=True)]
 
 
 @contextlib.contextmanager
@@ -332,14 +356,25 @@ def main() -> None:
         help="encryption at rest of the relay's store; `both` measures a relay with it and "
         "one without in each run (alternating which goes first) and prints on/off ratios",
     )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="with --at-rest both: run the two relays at the same time (each path starts on "
+        "both at once), instead of one after the other",
+    )
     args = parser.parse_args()
+    if args.side_by_side and args.at_rest != "both":
+        parser.error("--side-by-side compares two relays: use it with --at-rest both")
     tree = None if args.tree is None else args.tree.resolve()
     modes = ["off", "on"] if args.at_rest == "both" else [args.at_rest]
     results: dict[str, list[Paths]] = {mode: [] for mode in modes}
     for run in range(args.runs):
-        for mode in modes if run % 2 == 0 else modes[::-1]:
-            with tempfile.TemporaryDirectory() as tmp, production_env(args) as env:
-                paths, commits = _measure(args, Path(tmp), {**env, **_at_rest_env(mode)}, tree)
+        ordered = modes if run % 2 == 0 else modes[::-1]
+        for mode, paths, commits in (
+            _measure_side_by_side(args, ordered, tree)
+            if args.side_by_side
+            else _measure_one_by_one(args, ordered, tree)
+        ):
             results[mode].append(paths)
             print(
                 f"run {run + 1} (at rest {mode}): online {paths.online}  stored {paths.stored}  "
@@ -391,25 +426,59 @@ def _at_rest_env(mode: str) -> dict[str, str]:
     return {"RELAY_AT_REST_ENCRYPTION": "false"} if mode == "off" else {}
 
 
-def _measure(
-    args: argparse.Namespace, data_dir: Path, env: dict[str, str], tree: Path | None
-) -> tuple[Paths, str]:
-    proc, url = start_relay(data_dir / "data", env, tree=tree)
-    try:
-        paths = asyncio.run(
-            one_run(
-                url,
-                args.pairs,
-                args.messages,
-                args.size,
-                proc.pid,
-                online_path=not args.no_online,
-            )
-        )
-        return paths, group_commit_figure(url)
-    finally:
+def _measure_one_by_one(
+    args: argparse.Namespace, modes: list[str], tree: Path | None
+) -> Iterator[tuple[str, Paths, str]]:
+    """Each mode's relay on a fresh store, measured alone, in turn."""
+    for mode in modes:
+        with contextlib.ExitStack() as stack:
+            yield mode, *_measure(args, [_started(args, stack, mode, tree)])[0]
+
+
+def _measure_side_by_side(
+    args: argparse.Namespace, modes: list[str], tree: Path | None
+) -> list[tuple[str, Paths, str]]:
+    """Every mode's relay on a fresh store, all measured at the same time."""
+    with contextlib.ExitStack() as stack:
+        relays = [_started(args, stack, mode, tree) for mode in modes]
+        return [
+            (mode, paths, commits)
+            for mode, (paths, commits) in zip(modes, _measure(args, relays), strict=True)
+        ]
+
+
+def _started(
+    args: argparse.Namespace, stack: contextlib.ExitStack, mode: str, tree: Path | None
+) -> tuple[subprocess.Popen[str], str]:
+    """A relay in this at-rest mode on a fresh store, stopped (and its store dropped) when
+    `stack` closes."""
+    data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+    env = stack.enter_context(production_env(args))
+    proc, url = start_relay(data_dir / "data", {**env, **_at_rest_env(mode)}, tree=tree)
+
+    def stop() -> None:
         proc.terminate()
         proc.wait(timeout=30)
+
+    stack.callback(stop)
+    return proc, url
+
+
+def _measure(
+    args: argparse.Namespace, relays: list[tuple[subprocess.Popen[str], str]]
+) -> list[tuple[Paths, str]]:
+    found = asyncio.run(
+        runs_together(
+            [(url, proc.pid) for proc, url in relays],
+            args.pairs,
+            args.messages,
+            args.size,
+            online_path=not args.no_online,
+        )
+    )
+    return [
+        (paths, group_commit_figure(url)) for paths, (_, url) in zip(found, relays, strict=True)
+    ]
 
 
 def _medians(results: list[Paths]) -> dict[str, Phase]:
