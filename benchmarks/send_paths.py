@@ -357,65 +357,96 @@ def main() -> None:
         "one without in each run (alternating which goes first) and prints on/off ratios",
     )
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="also run a relay from this source tree in each run (alternating which goes "
+        "first) and print ratios of the relay under test (--tree, or this checkout) to it",
+    )
+    parser.add_argument(
         "--side-by-side",
         action="store_true",
-        help="with --at-rest both: run the two relays at the same time (each path starts on "
-        "both at once), instead of one after the other",
+        help="with --at-rest both or --baseline-tree: run the two relays at the same time "
+        "(each path starts on both at once), instead of one after the other",
     )
     args = parser.parse_args()
-    if args.side_by_side and args.at_rest != "both":
-        parser.error("--side-by-side compares two relays: use it with --at-rest both")
-    tree = None if args.tree is None else args.tree.resolve()
-    modes = ["off", "on"] if args.at_rest == "both" else [args.at_rest]
-    results: dict[str, list[Paths]] = {mode: [] for mode in modes}
+    variants = _variants(args)
+    if args.side_by_side and len(variants) != 2:
+        parser.error("--side-by-side compares two relays: use --at-rest both or --baseline-tree")
+    if args.baseline_tree is not None and args.at_rest == "both":
+        parser.error("compare either two at-rest modes or two trees, not both at once")
+    results: dict[str, list[Paths]] = {v.label: [] for v in variants}
     for run in range(args.runs):
-        ordered = modes if run % 2 == 0 else modes[::-1]
-        for mode, paths, commits in (
-            _measure_side_by_side(args, ordered, tree)
+        ordered = variants if run % 2 == 0 else variants[::-1]
+        measured = (
+            _measure_side_by_side(args, ordered)
             if args.side_by_side
-            else _measure_one_by_one(args, ordered, tree)
-        ):
-            results[mode].append(paths)
+            else _measure_one_by_one(args, ordered)
+        )
+        for variant, paths, commits in measured:
+            results[variant.label].append(paths)
             print(
-                f"run {run + 1} (at rest {mode}): online {paths.online}  stored {paths.stored}  "
-                f"drain {paths.drain}{commits}",
+                f"run {run + 1} ({variant.label}): online {paths.online}  "
+                f"stored {paths.stored}  drain {paths.drain}{commits}",
                 flush=True,
             )
-    medians = {mode: _medians(found) for mode, found in results.items()}
-    for mode, med in medians.items():
+    medians = {label: _medians(found) for label, found in results.items()}
+    for label, med in medians.items():
         online, stored = med["online"].rate, med["stored"].rate
         ratio = f"  stored/online {stored / online:.2f}" if online else ""
         print(
-            f"median of {args.runs} (at rest {mode}): online {med['online']}  "
+            f"median of {args.runs} ({label}): online {med['online']}  "
             f"stored {med['stored']}  drain {med['drain']}{ratio}"
         )
-    if args.at_rest == "both":
-        on, off = medians["on"], medians["off"]
+    if len(variants) == 2:
+        base, measured_label = variants[0].label, variants[1].label
+        mine, theirs = medians[measured_label], medians[base]
         shown = []
         for name in ("online", "stored", "drain"):
-            if off[name].rate:
-                shown.append(f"{name} rate {on[name].rate / off[name].rate:.3f}")
-            on_cpu, off_cpu = on[name].cpu_us, off[name].cpu_us
-            if on_cpu and off_cpu:
-                shown.append(f"{name} CPU/msg {on_cpu / off_cpu:.3f}")
-        print("encryption at rest on / off: " + ", ".join(shown))
-        print("the same, median of the per-run ratios: " + ", ".join(_paired(results)))
+            if theirs[name].rate:
+                shown.append(f"{name} rate {mine[name].rate / theirs[name].rate:.3f}")
+            mine_cpu, their_cpu = mine[name].cpu_us, theirs[name].cpu_us
+            if mine_cpu and their_cpu:
+                shown.append(f"{name} CPU/msg {mine_cpu / their_cpu:.3f}")
+        print(f"{measured_label} / {base}: " + ", ".join(shown))
+        pairs = list(zip(results[measured_label], results[base], strict=True))
+        print("the same, median of the per-run ratios: " + ", ".join(_paired(pairs)))
 
 
-def _paired(results: dict[str, list[Paths]]) -> list[str]:
-    """On/off ratios of each run (the two relays of a run measured one after the other),
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One relay of a run: its label in the output, at-rest mode and source tree."""
+
+    label: str
+    at_rest: str
+    tree: Path | None
+
+
+def _variants(args: argparse.Namespace) -> list[Variant]:
+    """The relays of each run; with two, the second is divided by the first."""
+    tree = None if args.tree is None else args.tree.resolve()
+    if args.baseline_tree is not None:
+        mode = "on" if args.at_rest == "both" else args.at_rest
+        return [
+            Variant("baseline tree", mode, args.baseline_tree.resolve()),
+            Variant("tree under test", mode, tree),
+        ]
+    modes = ["off", "on"] if args.at_rest == "both" else [args.at_rest]
+    return [Variant(f"at rest {mode}", mode, tree) for mode in modes]
+
+
+def _paired(pairs: list[tuple[Paths, Paths]]) -> list[str]:
+    """The ratio of each run's two relays (measured one after the other, or side by side),
     then their median: steadier than the ratio of medians when the load of a shared machine
     moves between runs."""
     shown = []
     for name in ("online", "stored", "drain"):
-        pairs = [
-            (getattr(on, name), getattr(off, name))
-            for on, off in zip(results["on"], results["off"], strict=True)
-        ]
-        rates = [on.rate / off.rate for on, off in pairs if off.rate]
+        phases = [(getattr(mine, name), getattr(theirs, name)) for mine, theirs in pairs]
+        rates = [mine.rate / theirs.rate for mine, theirs in phases if theirs.rate]
         if rates:
             shown.append(f"{name} rate {statistics.median(rates):.3f}")
-        cpus = [on.cpu_us / off.cpu_us for on, off in pairs if on.cpu_us and off.cpu_us]
+        cpus = [
+            mine.cpu_us / theirs.cpu_us for mine, theirs in phases if mine.cpu_us and theirs.cpu_us
+        ]
         if cpus:
             shown.append(f"{name} CPU/msg {statistics.median(cpus):.3f}")
     return shown
@@ -427,34 +458,36 @@ def _at_rest_env(mode: str) -> dict[str, str]:
 
 
 def _measure_one_by_one(
-    args: argparse.Namespace, modes: list[str], tree: Path | None
-) -> Iterator[tuple[str, Paths, str]]:
-    """Each mode's relay on a fresh store, measured alone, in turn."""
-    for mode in modes:
+    args: argparse.Namespace, variants: list[Variant]
+) -> Iterator[tuple[Variant, Paths, str]]:
+    """Each relay on a fresh store, measured alone, in turn."""
+    for variant in variants:
         with contextlib.ExitStack() as stack:
-            yield mode, *_measure(args, [_started(args, stack, mode, tree)])[0]
+            yield variant, *_measure(args, [_started(args, stack, variant)])[0]
 
 
 def _measure_side_by_side(
-    args: argparse.Namespace, modes: list[str], tree: Path | None
-) -> list[tuple[str, Paths, str]]:
-    """Every mode's relay on a fresh store, all measured at the same time."""
+    args: argparse.Namespace, variants: list[Variant]
+) -> list[tuple[Variant, Paths, str]]:
+    """Every relay on a fresh store, all measured at the same time."""
     with contextlib.ExitStack() as stack:
-        relays = [_started(args, stack, mode, tree) for mode in modes]
+        relays = [_started(args, stack, variant) for variant in variants]
         return [
-            (mode, paths, commits)
-            for mode, (paths, commits) in zip(modes, _measure(args, relays), strict=True)
+            (variant, paths, commits)
+            for variant, (paths, commits) in zip(variants, _measure(args, relays), strict=True)
         ]
 
 
 def _started(
-    args: argparse.Namespace, stack: contextlib.ExitStack, mode: str, tree: Path | None
+    args: argparse.Namespace, stack: contextlib.ExitStack, variant: Variant
 ) -> tuple[subprocess.Popen[str], str]:
-    """A relay in this at-rest mode on a fresh store, stopped (and its store dropped) when
-    `stack` closes."""
+    """A relay of this variant on a fresh store, stopped (and its store dropped) when `stack`
+    closes."""
     data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
     env = stack.enter_context(production_env(args))
-    proc, url = start_relay(data_dir / "data", {**env, **_at_rest_env(mode)}, tree=tree)
+    proc, url = start_relay(
+        data_dir / "data", {**env, **_at_rest_env(variant.at_rest)}, tree=variant.tree
+    )
 
     def stop() -> None:
         proc.terminate()

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Protocol, TypeVar
 
 from storage.at_rest.backup_sealing import open_backup, seal_backup
 from storage.at_rest.keyring import KeyRing, SealError
@@ -65,6 +65,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 UNREADABLE: Final = "(unreadable)"  # a sealed requester that does not open with the index key
 AT_REST_KEYS: Final = "at_rest_keys"  # the readiness entry while the keys are not loaded
@@ -124,11 +125,15 @@ class KeyAccess:
             return vault.ring
         return (await self.open()).ring
 
-    async def after_opening(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call()` once the vault is open (opening it now if need be; raises Unavailable
-        when it cannot be): the slow path of the calls that translate without awaiting."""
+    async def after_opening(
+        self, call: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """`call(*args, **kwargs)` once the vault is open (opening it now if need be; raises
+        Unavailable when it cannot be): the slow path of the calls that translate without
+        awaiting. (Arguments, not a closure: a closure in those calls would make cells of
+        their parameters on every call, the hot path's included.)"""
         await self.ring()
-        return await call()
+        return await call(*args, **kwargs)
 
     async def open(self) -> DataKeyVault:
         async with self._lock:
@@ -410,9 +415,13 @@ class BlindedMessages:
         ring = self._keys.ring_now
         if ring is None:
             return self._keys.after_opening(
-                lambda: self.fetch(
-                    user, device, after_seq=after_seq, limit=limit, now_ms=now_ms, named=named
-                )
+                self.fetch,
+                user,
+                device,
+                after_seq=after_seq,
+                limit=limit,
+                now_ms=now_ms,
+                named=named,
             )
         return self._inner.fetch(
             ring.blind_user(user),
@@ -434,9 +443,7 @@ class BlindedMessages:
     ) -> Coroutine[Any, Any, list[Envelope]]:
         ring = self._keys.ring_now
         if ring is None:
-            return self._keys.after_opening(
-                lambda: self.ack(user, device, ids, now_ms=now_ms, named=named)
-            )
+            return self._keys.after_opening(self.ack, user, device, ids, now_ms=now_ms, named=named)
         # The receipts come back addressed to the sender's real id: it is sealed in the row.
         return self._inner.ack(
             ring.blind_user(user), device, ids, now_ms=now_ms, named=named or user
@@ -450,7 +457,7 @@ class BlindedMessages:
     ) -> Coroutine[Any, Any, list[PendingOrigin]]:
         ring = self._keys.ring_now
         if ring is None:
-            return self._keys.after_opening(lambda: self.pending_origins(user, devices, message_id))
+            return self._keys.after_opening(self.pending_origins, user, devices, message_id)
         return self._inner.pending_origins(ring.blind_user(user), devices, message_id)
 
     async def purge_expired(self, now_ms: int) -> int:
@@ -514,7 +521,7 @@ class BlindedReplay:
     def lookup(self, scope: ReplayScope, nonce: bytes) -> Coroutine[Any, Any, ReplayRecord | None]:
         ring = self._keys.ring_now
         if ring is None:
-            return self._keys.after_opening(lambda: self.lookup(scope, nonce))
+            return self._keys.after_opening(self.lookup, scope, nonce)
         return self._inner.lookup(*self._blinded(ring, scope, nonce))
 
     def claim(
@@ -523,7 +530,7 @@ class BlindedReplay:
         ring = self._keys.ring_now
         if ring is None:
             return self._keys.after_opening(
-                lambda: self.claim(scope, nonce, message_id, pending_ttl_s=pending_ttl_s)
+                self.claim, scope, nonce, message_id, pending_ttl_s=pending_ttl_s
             )
         blinded, hashed = self._blinded(ring, scope, nonce)
         return self._inner.claim(blinded, hashed, message_id, pending_ttl_s=pending_ttl_s)
@@ -540,7 +547,7 @@ class BlindedReplay:
         ring = self._keys.ring_now
         if ring is None:
             return self._keys.after_opening(
-                lambda: self.complete(scope, nonce, message_id, outcome, window_s=window_s)
+                self.complete, scope, nonce, message_id, outcome, window_s=window_s
             )
         blinded, hashed = self._blinded(ring, scope, nonce)
         return self._inner.complete(blinded, hashed, message_id, outcome, window_s=window_s)
@@ -550,7 +557,7 @@ class BlindedReplay:
     ) -> Coroutine[Any, Any, None]:
         ring = self._keys.ring_now
         if ring is None:
-            return self._keys.after_opening(lambda: self.release(scope, nonce, message_id))
+            return self._keys.after_opening(self.release, scope, nonce, message_id)
         blinded, hashed = self._blinded(ring, scope, nonce)
         return self._inner.release(blinded, hashed, message_id)
 
@@ -559,9 +566,7 @@ class BlindedReplay:
     ) -> Coroutine[Any, Any, ReplayRecord | None]:
         ring = self._keys.ring_now
         if ring is None:
-            return self._keys.after_opening(
-                lambda: self.wait_outcome(scope, nonce, timeout_s=timeout_s)
-            )
+            return self._keys.after_opening(self.wait_outcome, scope, nonce, timeout_s=timeout_s)
         blinded, hashed = self._blinded(ring, scope, nonce)
         return self._inner.wait_outcome(blinded, hashed, timeout_s=timeout_s)
 
