@@ -15,6 +15,7 @@ from protocol.fields import Limits
 from relay.admin_listener import AdminListener
 from relay.clock import Clock, SystemClock
 from relay.cluster import open_cluster
+from relay.collector import settle_after_start
 from relay.config import ConfigError, Settings
 from relay.history import History, HistorySampler, read_metrics
 from relay.http import OperationsEndpoints
@@ -153,6 +154,7 @@ async def run(
     if isinstance(store, BlindedStore):
         blinded = store
         on_hangup.append(lambda: svc.spawn(_reload_master_key(svc, blinded)))
+    settle_after_start()
     await _serve_until_signal(svc, server, history, admin, as_worker=as_worker)
     return 0
 
