@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from protocol.signatures import KeyScheme, identity_key_x25519
+from storage.at_rest.master_key import LocalKeyFile
+from storage.at_rest.sealing import RingSealer
+from storage.at_rest.vault import DataKeyVault
 from storage.embedded import EmbeddedStore
 from storage.interfaces import Store
 from storage.postgres.migrate import migrate
@@ -118,6 +122,23 @@ def envelope(
         nonce=os.urandom(24) if nonce is None else nonce,
         expires_ms=expires_ms,
     )
+
+
+async def seal_from_now(
+    store: Store, backend: Backend, *, on_undecryptable: Callable[[str], None] | None = None
+) -> tuple[DataKeyVault, RingSealer]:
+    """A vault over `store`'s own key table (a fresh master key), and the sealer its rows
+    are sealed with from now on (for a BlindedStore to see the store as the relay does)."""
+    assert isinstance(store, EmbeddedStore | ProductionStore)
+    vault = await DataKeyVault.open(
+        store.data_keys,
+        LocalKeyFile(os.urandom(32)),
+        rotation_ms=7 * DAY_MS,
+        now_ms=backend.clock.now_ms,
+    )
+    sealer = RingSealer(vault.ring, load_keys=vault.load, on_undecryptable=on_undecryptable)
+    store.use_sealer(sealer)
+    return vault, sealer
 
 
 class Backend:

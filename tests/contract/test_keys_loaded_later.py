@@ -11,15 +11,11 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from storage.at_rest.blinded import BlindedStore, KeyAccess
-from storage.at_rest.master_key import LocalKeyFile
-from storage.at_rest.sealing import RingSealer
 from storage.at_rest.vault import DataKeyVault
-from storage.embedded import EmbeddedStore
 from storage.errors import Unavailable
-from storage.production import ProductionStore
 from storage.records import ReplayScope, SendOutcome
 
-from .support import DAY_MS, START_MS, Backend, envelope, make_user
+from .support import START_MS, Backend, envelope, make_user, seal_from_now
 
 NONCE = b"\x07" * 24
 MESSAGE_ID = b"\x01" * 16
@@ -53,14 +49,7 @@ async def _open(backend: Backend) -> tuple[BlindedStore, _Opener]:
     """A store whose vault is open, holding one stored message and one completed send; and
     an opener of the same vault for the views made later."""
     inner = await backend.open()
-    assert isinstance(inner, EmbeddedStore | ProductionStore)
-    vault = await DataKeyVault.open(
-        inner.data_keys,
-        LocalKeyFile(os.urandom(32)),
-        rotation_ms=7 * DAY_MS,
-        now_ms=backend.clock.now_ms,
-    )
-    inner.use_sealer(RingSealer(vault.ring, load_keys=vault.load))
+    vault, _ = await seal_from_now(inner, backend)
     opener = _Opener(vault)
     return BlindedStore(inner, KeyAccess(opener, vault)), opener
 

@@ -13,7 +13,6 @@ import os
 import pytest
 
 from storage.at_rest.blinded import BlindedStore, KeyAccess
-from storage.at_rest.master_key import LocalKeyFile
 from storage.at_rest.sealing import RingSealer
 from storage.at_rest.vault import DataKeyVault
 from storage.embedded import EmbeddedStore
@@ -21,21 +20,14 @@ from storage.interfaces import Store
 from storage.production import ProductionStore
 from storage.records import RECEIPT_TYPE, Envelope
 
-from .support import DAY_MS, START_MS, Backend, envelope, make_user
+from .support import START_MS, Backend, envelope, make_user, seal_from_now
 
 ACK_MS = START_MS + 60_000
 
 
 async def sealed_view(inner: Store, backend: Backend) -> BlindedStore:
     """`inner` encrypted at rest from now on, seen as the relay sees it."""
-    assert isinstance(inner, EmbeddedStore | ProductionStore)
-    vault = await DataKeyVault.open(
-        inner.data_keys,
-        LocalKeyFile(os.urandom(32)),
-        rotation_ms=7 * DAY_MS,
-        now_ms=backend.clock.now_ms,
-    )
-    inner.use_sealer(RingSealer(vault.ring, load_keys=vault.load))
+    vault, _ = await seal_from_now(inner, backend)
 
     async def opener() -> DataKeyVault:
         return vault

@@ -12,16 +12,14 @@ import sqlite3
 import asyncpg
 import pytest
 
-from storage.at_rest.master_key import LocalKeyFile
 from storage.at_rest.sealing import RingSealer
-from storage.at_rest.vault import DataKeyVault
 from storage.embedded import EmbeddedStore
 from storage.errors import QueueFull
 from storage.interfaces import Store
 from storage.production import ProductionStore
 from storage.records import Envelope, SharedPayload
 
-from .support import DAY_MS, START_MS, Backend, envelope, make_user
+from .support import DAY_MS, START_MS, Backend, envelope, make_user, seal_from_now
 
 
 async def payload_rows(backend: Backend, store: Store) -> list[tuple[bytes, bool, int]]:
@@ -163,16 +161,8 @@ async def test_removal_and_purge_take_the_payload(backend: Backend, store: Store
 
 async def _sealed(store: Store, backend: Backend) -> tuple[RingSealer, list[str]]:
     """A vault over the store's key table and a RingSealer installed; its failures."""
-    assert isinstance(store, EmbeddedStore | ProductionStore)
-    vault = await DataKeyVault.open(
-        store.data_keys,
-        LocalKeyFile(os.urandom(32)),
-        rotation_ms=7 * DAY_MS,
-        now_ms=backend.clock.now_ms,
-    )
     failures: list[str] = []
-    sealer = RingSealer(vault.ring, load_keys=vault.load, on_undecryptable=failures.append)
-    store.use_sealer(sealer)
+    _, sealer = await seal_from_now(store, backend, on_undecryptable=failures.append)
     return sealer, failures
 
 
