@@ -1,16 +1,20 @@
 """The outbound side of one WebSocket: an ordered queue of encoded frames and a writer task.
 
 Frames are queued without waiting, so a handler never blocks on a slow
-reader. The writer task lives only while frames wait: an idle connection holds
-none (a connection is idle nearly all of its life, and a task with its
-coroutine costs about a kilobyte). The stored-message pump waits for room in the buffer; a live
-delivery that finds it full, or a buffer that stays full for the
-slow-reader timeout, means the client stopped reading: it is closed with
-1013 and its messages stay stored. A close is queued like a frame, so an error
-frame always reaches the client before the close that follows it. The writer
-takes every frame queued since its last write (up to BATCH_BYTES) and writes
-them together: each stays its own WebSocket message, but a drain of stored
-messages costs one socket write per batch instead of one per delivery.
+reader. What is queued in one turn of the event loop is written at the end of
+that turn, by a callback, in one socket write (each frame stays its own
+WebSocket message): while the socket takes more, no task is involved. Only when
+it does not (flow control paused it) or for a close does a writer task take
+over, which waits as `send` would; it lives only while frames wait, so an idle
+connection holds none (a connection is idle nearly all of its life, and a task
+with its coroutine costs about a kilobyte). The stored-message pump waits for
+room in the buffer; a live delivery that finds it full, or a buffer that stays
+full for the slow-reader timeout, means the client stopped reading: it is
+closed with 1013 and its messages stay stored. A close is queued like a frame,
+so an error frame always reaches the client before the close that follows it.
+A write takes every frame queued since the last one (up to BATCH_BYTES): a
+drain of stored messages costs one socket write per batch instead of one per
+delivery.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from protocol.codec import WireFormat, encode
 from protocol.errors import CloseCode
@@ -65,6 +70,7 @@ class Outbound:
         self.closing = False
         self.close_code: CloseCode | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._flush_scheduled = False
 
     def write(self, frame: ServerFrame | ClientFrame) -> None:
         if self.closing:
@@ -73,7 +79,7 @@ class Outbound:
         self._queue.append(data)
         self._queued_bytes += len(data)
         self._metrics.frames_out.labels(frame.T).inc()
-        self._start_writer()
+        self._schedule_flush()
         if self._queued_bytes >= self._limit:
             self._room.clear()
             if self._watchdog is None or self._watchdog.done():
@@ -120,6 +126,8 @@ class Outbound:
     async def finished(self) -> None:
         """Return once every frame queued so far (a close included) is written, or the
         connection is gone."""
+        if self._queue:
+            self._start_writer()  # frames waiting for a flush not run yet
         while self._writer is not None:
             await asyncio.shield(self._writer)
 
@@ -128,6 +136,36 @@ class Outbound:
         self._queue.clear()
         if self._writer is not None:
             self._writer.cancel()
+
+    def _schedule_flush(self) -> None:
+        """Write what is queued at the end of this turn of the event loop: every frame
+        queued in the same turn goes out in one socket write."""
+        if self._writer is None and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """The common case without a task: the connection is open and its socket takes
+        more (not paused by flow control), so the frames go to the transport now. Else,
+        or for a close, the writer task takes over and waits as `send` would."""
+        self._flush_scheduled = False
+        if self._writer is not None or not self._queue:
+            return
+        ws = self._ws
+        if (
+            isinstance(self._queue[0], _Close)
+            or ws.protocol.state is not State.OPEN
+            or ws.paused
+            or ws.transport.is_closing()
+        ):
+            self._start_writer()
+            return
+        batch = self._take_batch()
+        self._encode(batch)
+        ws.transport.writelines(ws.protocol.data_to_send())
+        self._written(batch)
+        if self._queue:  # a close, or more than one batch
+            self._start_writer()
 
     def _start_writer(self) -> None:
         if self._writer is None:
@@ -148,15 +186,27 @@ class Outbound:
                     await self._ws.send(batch[0])
                 else:
                     await self._send_together(batch)
-                # Counted until written: a frame stuck behind a full socket still fills
-                # the buffer.
-                self._queued_bytes -= sum(len(frame) for frame in batch)
-                if self._queued_bytes < self._limit:
-                    self._room.set()
+                self._written(batch)
         except ConnectionClosed:
             return
         finally:
             self._writer = None
+
+    def _written(self, batch: list[bytes | str]) -> None:
+        # Counted until written: a frame stuck behind a full socket still fills the buffer.
+        self._queued_bytes -= sum(len(frame) for frame in batch)
+        if self._queued_bytes < self._limit:
+            self._room.set()
+
+    def _encode(self, frames: list[bytes | str]) -> None:
+        """Each frame its own WebSocket message, encoded by the connection's Sans-I/O
+        protocol into its outgoing bytes."""
+        protocol = self._ws.protocol
+        for frame in frames:
+            if isinstance(frame, str):
+                protocol.send_text(frame.encode())
+            else:
+                protocol.send_binary(frame)
 
     def _take_batch(self) -> list[bytes | str]:
         """The frames queued up to the next close, at most BATCH_BYTES of them (at least one)."""
@@ -181,9 +231,5 @@ class Outbound:
         """
         ws = self._ws
         async with ws.send_context():
-            for frame in frames:
-                if isinstance(frame, str):
-                    ws.protocol.send_text(frame.encode())
-                else:
-                    ws.protocol.send_binary(frame)
+            self._encode(frames)
             ws.transport.writelines(ws.protocol.data_to_send())
