@@ -8,7 +8,12 @@ offline, then drained), against a relay started here on a fresh data directory.
 Prints messages per second for each path with the relay's CPU per message (its user + system
 time over the path, from /proc), the median over the runs, the ratio stored/online, and
 (production mode) the average number of envelopes per group commit. `--tree DIR` runs the
-relay from another source tree (e.g. `git archive REV | tar -x -C DIR`), for A/B runs.
+relay from another source tree (e.g. `git archive REV | tar -x -C DIR`).
+
+Two relays per run, and their ratios: `--at-rest both` (with and without encryption at
+rest) or `--baseline-tree DIR` (this tree against another). They are measured one after
+the other, alternating which goes first, or with `--side-by-side` at the same time (each
+path starts on both at once), which is the steadier comparison on a shared machine.
 A benchmark, not a test: figures vary with the machine's load.
 """
 
