@@ -15,7 +15,6 @@ devices: the record keeps no user id, and a copy whose recipients differ is told
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from relay.sending import (
     _reach_outcome,
     _record_outcome,
     _Routing,
+    claim_and_read,
 )
 from relay.services import Services
 from storage.errors import StorageError, Unavailable
@@ -91,36 +91,15 @@ async def _claim_and_read(
     svc: Services, scope: ReplayScope, frame: SendMulti
 ) -> tuple[ReplayRecord | None, list[list[DeviceRecord] | None], list[list[PendingOrigin]]]:
     """The claim, every recipient's devices and the stored origins of this id, issued in one
-    turn (the store batches them); a read that fails after the claim gives the nonce back."""
-    claim = asyncio.ensure_future(
-        svc.store.replay.claim(
-            scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
-        )
-    )
-    reads = asyncio.gather(*(svc.store.devices.list_devices(r.user) for r in frame.to))
-    origin_reads = asyncio.gather(
-        *(
-            svc.store.messages.pending_origins(r.user, [d.device for d in r.devices], frame.id)
-            for r in frame.to
-            if r.devices and not frame.online  # an online frame is never stored
-        )
-    )
-    try:
-        held, listed, origins = await asyncio.gather(
-            claim, reads, origin_reads, return_exceptions=True
-        )
-    except asyncio.CancelledError:
-        taken = claim.done() and not claim.cancelled() and claim.exception() is None
-        if taken and claim.result() is None:
-            svc.spawn(_give_up(svc, scope, frame))
-        raise
-    if isinstance(held, BaseException):
-        raise held
-    if isinstance(listed, BaseException) or isinstance(origins, BaseException):
-        if held is None:
-            await _give_up(svc, scope, frame)
-        raise next(r for r in (listed, origins) if isinstance(r, BaseException))
-    return held, listed, [list(found) for found in origins]
+    turn (the store batches them; sending.claim_and_read)."""
+    lists = [svc.store.devices.list_devices(r.user) for r in frame.to]
+    origin_reads = [
+        svc.store.messages.pending_origins(r.user, [d.device for d in r.devices], frame.id)
+        for r in frame.to
+        if r.devices and not frame.online  # an online frame is never stored
+    ]
+    held, results = await claim_and_read(svc, scope, frame, *lists, *origin_reads)
+    return held, results[: len(lists)], results[len(lists) :]
 
 
 def _answer_from_record(

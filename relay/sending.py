@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from protocol.errors import ErrorCode, Refused
 from protocol.frames import Send, SendMulti, SendOk
@@ -68,24 +68,31 @@ async def _claim_and_read(
     svc: Services, scope: ReplayScope, frame: Send
 ) -> tuple[ReplayRecord | None, list[DeviceRecord] | None, list[PendingOrigin]]:
     """The claim's answer (None: taken now), the recipient's devices and the stored origins of
-    this id, issued together. A read that fails after the claim took the nonce gives it back,
-    so the sender's retry finds it free."""
+    this id, issued together (claim_and_read)."""
+    listed = svc.store.devices.list_devices(frame.to)
+    if frame.online:  # an online message is never stored, so it has no stored origins
+        held, (devices,) = await claim_and_read(svc, scope, frame, listed)
+        return held, devices, []
+    targets = [m.device for m in frame.devices]
+    stored = svc.store.messages.pending_origins(frame.to, targets, frame.id)
+    held, (devices, origins) = await claim_and_read(svc, scope, frame, listed, stored)
+    return held, devices, origins
+
+
+async def claim_and_read(
+    svc: Services, scope: ReplayScope, frame: AnySend, *reads: Awaitable[Any]
+) -> tuple[ReplayRecord | None, list[Any]]:
+    """Claim the frame's nonce and await `reads` with it, issued in the same turn (the store
+    batches them): the claim's answer (None: taken now) and the reads' results, in order.
+    A read that fails after the claim took the nonce gives it back, so the sender's retry
+    finds it free; the first failed read's exception is raised."""
     claim = asyncio.ensure_future(
         svc.store.replay.claim(
             scope, frame.nonce, frame.id, pending_ttl_s=svc.settings.replay_pending_ttl
         )
     )
-    listed = svc.store.devices.list_devices(frame.to)
-    origins: list[PendingOrigin] | BaseException = []
     try:
-        if frame.online:  # an online message is never stored, so it has no stored origins
-            held, devices = await asyncio.gather(claim, listed, return_exceptions=True)
-        else:
-            targets = [m.device for m in frame.devices]
-            stored = svc.store.messages.pending_origins(frame.to, targets, frame.id)
-            held, devices, origins = await asyncio.gather(
-                claim, listed, stored, return_exceptions=True
-            )
+        held, *results = await asyncio.gather(claim, *reads, return_exceptions=True)
     except asyncio.CancelledError:
         # The frame's deadline cut the reads short after the claim took the nonce: give it
         # back (in the background: this task is being cancelled), so the retry of the
@@ -96,11 +103,12 @@ async def _claim_and_read(
         raise
     if isinstance(held, BaseException):
         raise held
-    if isinstance(devices, BaseException) or isinstance(origins, BaseException):
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
         if held is None:
             await _give_up(svc, scope, frame)
-        raise next(r for r in (devices, origins) if isinstance(r, BaseException))
-    return held, devices, origins
+        raise failed
+    return held, results
 
 
 def _answer_from_record(
