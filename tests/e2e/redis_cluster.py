@@ -24,13 +24,21 @@ import redis
 NODE_TIMEOUT_MS = 1000
 START_TIMEOUT_S = 30.0
 BUS_PORT_OFFSET = 10_000  # each node also listens on port + 10000 (the cluster bus)
+# Both a node's port and its bus port stay below the kernel's ephemeral range (32768 and up
+# by default), so an outgoing connection or a `bind(0)` elsewhere cannot take one of them
+# between the check here and redis-server's own bind.
+CLUSTER_PORTS = range(20_000, 22_768)
+SPAWN_ATTEMPTS = 5
 
 
-def free_cluster_port() -> int:
-    """A port P with P and P + 10000 both free (so P <= 55535)."""
+def free_cluster_port(taken: frozenset[int] = frozenset()) -> int:
+    """A port P with P and P + 10000 both free and neither in `taken`."""
     for _ in range(200):
-        port = random.randint(20_000, 55_000)
-        if _bindable(port) and _bindable(port + BUS_PORT_OFFSET):
+        port = random.choice(CLUSTER_PORTS)
+        bus = port + BUS_PORT_OFFSET
+        if port in taken or bus in taken:
+            continue
+        if _bindable(port) and _bindable(bus):
             return port
     raise RuntimeError("no free port pair for a redis cluster node")
 
@@ -73,9 +81,7 @@ class RedisClusterServers:
     def start(self) -> RedisClusterServers:
         try:
             for _ in range(self.masters * (1 + self.replicas_per_master)):
-                self.nodes.append(self._spawn(free_cluster_port()))
-            for node in self.nodes:
-                _wait(lambda n=node: _pings(n), f"redis node {node.port} answers")
+                self.nodes.append(self._spawn_answering())
             subprocess.run(
                 [
                     "redis-cli",
@@ -95,6 +101,22 @@ class RedisClusterServers:
             self.destroy()
             raise
         return self
+
+    def _spawn_answering(self) -> ClusterNode:
+        """A node that answers PING. A port checked free can still be taken before
+        redis-server binds it (the server then exits): such a node is started again on
+        another port, a bounded number of times."""
+        for attempt in range(1, SPAWN_ATTEMPTS + 1):
+            taken = frozenset(p for n in self.nodes for p in (n.port, n.port + BUS_PORT_OFFSET))
+            node = self._spawn(free_cluster_port(taken))
+            try:
+                _wait(lambda n=node: _pings(n), f"redis node {node.port} answers")
+            except NodeExited:
+                if attempt == SPAWN_ATTEMPTS:
+                    raise
+                continue
+            return node
+        raise AssertionError("unreachable")
 
     def _spawn(self, port: int) -> ClusterNode:
         proc = subprocess.Popen(
@@ -225,9 +247,13 @@ class RedisClusterServers:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class NodeExited(RuntimeError):
+    """A redis-server process ended while it was expected to serve."""
+
+
 def _pings(node: ClusterNode) -> bool:
     if not node.alive():
-        raise RuntimeError(f"redis-server on {node.port} exited with {node.proc.returncode}")
+        raise NodeExited(f"redis-server on {node.port} exited with {node.proc.returncode}")
     try:
         with node.client() as c:
             return bool(c.ping())
