@@ -167,7 +167,11 @@ class NonceSequence:
 
 
 class RingSealer:
-    """Seals with the ring's active data key; opens with whichever key a row names."""
+    """Seals with the ring's active data key; opens with whichever key a row names.
+
+    Used from the event loop and from the embedded store's writer thread (an ack's job seals
+    the receipts it leaves): its caches are dicts and counters changed by single operations
+    under the GIL, and a key is read with its id (_active_key)."""
 
     def __init__(
         self,
@@ -191,12 +195,24 @@ class RingSealer:
         self._tags: dict[tuple[str, int, bool], hashlib.blake2b] = {}
 
     def _active_cipher(self) -> tuple[int, ChaCha20Poly1305]:
-        key_id = self._ring.active_id
+        # The key and its id are read together (_active_key): the embedded store seals the
+        # receipts an ack leaves in its job, on the writer thread, while the event loop may
+        # activate another key, and a row must never name one key and be sealed with another.
         active = self._active
-        if active is None or active[0] != key_id:
-            cipher = self._aead.subkey_cipher(self._ring.active_key, self._nonces.prefix)
-            active = self._active = (key_id, cipher)
+        if active is None or active[0] != self._ring.active_id:
+            key_id, key = self._active_key()
+            active = self._active = (key_id, self._aead.subkey_cipher(key, self._nonces.prefix))
         return active
+
+    def _active_key(self) -> tuple[int, bytes]:
+        """The active key and its id, read together."""
+        ring = self._ring
+        key_id = ring.active_id
+        key = ring.data_key(key_id)
+        if key is None:  # retired and forgotten in between: the one active now
+            key_id = ring.active_id
+            key = ring.active_key
+        return key_id, key
 
     def seal(self, envelope: Envelope, recipient_user: str) -> SealedColumns:
         key_id, cipher = self._active_cipher()
@@ -260,10 +276,10 @@ class RingSealer:
             return None
 
     def seal_payload(self, payload: SharedPayload) -> SealedColumns:
-        key_id = self._ring.active_id
+        key_id, key = self._active_key()
         nonce = self._nonces.next()
         aad = _payload_associated(payload.id, key_id)
-        sealed = self._aead.encrypt(self._ring.active_key, nonce, payload.body, aad)
+        sealed = self._aead.encrypt(key, nonce, payload.body, aad)
         return key_id, nonce + sealed
 
     def open_payload(self, payload_id: bytes, key_id: int, sealed: bytes) -> bytes | None:

@@ -8,6 +8,8 @@ import hashlib
 import os
 import stat
 import struct
+import sys
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from storage.at_rest.master_key import (
 )
 from storage.at_rest.sealing import RingSealer
 from storage.at_rest.xchacha import XChaCha20Poly1305, hchacha20
-from storage.records import Envelope
+from storage.records import Envelope, SharedPayload
 
 KEY = bytes(range(32))
 USER = "6f1c2a9e-8d3b-4c5a-9e7f-1a2b3c4d5e6f"
@@ -272,6 +274,43 @@ def test_sealing_follows_the_active_key() -> None:
     key_id, sealed = sealer.seal(_envelope(), "b:recipient")
     assert key_id == 5 and sealed is not None
     assert sealer.open("b:recipient", 2, b"\x01" * 16, 5, sealed) is not None
+
+
+def test_rows_sealed_on_another_thread_while_the_active_key_changes_open_with_the_key_named() -> (
+    None
+):
+    """The embedded store seals an ack's receipts on its writer thread while the event loop
+    may activate another key: every row must be sealed with the key whose id it records."""
+    ring = _ring(1)
+    ring.install(2, os.urandom(32), active=False)
+    sealer = RingSealer(ring)
+    sealed_rows: list[tuple[bytes, int, bytes | None]] = []
+    sealed_payloads: list[tuple[bytes, int, bytes | None]] = []
+
+    def seal_rows() -> None:
+        for n in range(3000):
+            message_id = n.to_bytes(16, "big")
+            sealed_rows.append((message_id, *sealer.seal(_envelope(id=message_id), "b:recipient")))
+            payload = SharedPayload(id=message_id, body=b"shared body")
+            sealed_payloads.append((message_id, *sealer.seal_payload(payload)))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as the interpreter allows
+    try:
+        sealing = threading.Thread(target=seal_rows)
+        sealing.start()
+        while sealing.is_alive():
+            ring.activate(2 if ring.active_id == 1 else 1)
+        sealing.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(sealed_rows) == len(sealed_payloads) == 3000
+    for message_id, key_id, sealed in sealed_rows:
+        assert sealed is not None
+        assert sealer.open("b:recipient", 2, message_id, key_id, sealed) is not None
+    for payload_id, key_id, sealed in sealed_payloads:
+        assert sealed is not None
+        assert sealer.open_payload(payload_id, key_id, sealed) == b"shared body"
 
 
 def test_hchacha20_matches_the_published_test_vector() -> None:
