@@ -161,8 +161,7 @@ class Outbound:
             self._start_writer()
             return
         batch = self._take_batch()
-        self._encode(batch)
-        ws.transport.writelines(ws.protocol.data_to_send())
+        self._write(batch)
         self._written(batch)
         if self._queue:  # a close, or more than one batch
             self._start_writer()
@@ -198,15 +197,16 @@ class Outbound:
         if self._queued_bytes < self._limit:
             self._room.set()
 
-    def _encode(self, frames: list[bytes | str]) -> None:
+    def _write(self, frames: list[bytes | str]) -> None:
         """Each frame its own WebSocket message, encoded by the connection's Sans-I/O
-        protocol into its outgoing bytes."""
-        protocol = self._ws.protocol
+        protocol, and all of them handed to the transport in one `writelines`."""
+        ws = self._ws
         for frame in frames:
             if isinstance(frame, str):
-                protocol.send_text(frame.encode())
+                ws.protocol.send_text(frame.encode())
             else:
-                protocol.send_binary(frame)
+                ws.protocol.send_binary(frame)
+        ws.transport.writelines(ws.protocol.data_to_send())
 
     def _take_batch(self) -> list[bytes | str]:
         """The frames queued up to the next close, at most BATCH_BYTES of them (at least one)."""
@@ -229,7 +229,5 @@ class Outbound:
         protocol encodes each frame, and the bytes go to the transport in one `writelines`
         (one system call) where `send` would write and drain once per frame.
         """
-        ws = self._ws
-        async with ws.send_context():
-            self._encode(frames)
-            ws.transport.writelines(ws.protocol.data_to_send())
+        async with self._ws.send_context():
+            self._write(frames)
