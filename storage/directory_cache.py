@@ -65,6 +65,11 @@ class CachedDeviceDirectory:
         self.hits = 0  # reads answered from a copy
         self.misses = 0  # reads that went to PostgreSQL
 
+    @property
+    def stored(self) -> PostgresDeviceDirectory:
+        """The directory in PostgreSQL under the copies."""
+        return self._stored
+
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         return await self._stored.create_user(user, device)
 
@@ -100,6 +105,10 @@ class CachedDeviceDirectory:
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
         await self._stored.touch(user, device, now_ms)
+
+    async def close(self) -> None:
+        """Write the queued `touch` updates, then stop."""
+        await self._stored.close()
 
     async def _read(self, user: str, version: bytes) -> _Copy | None:
         devices = await self._stored.list_devices_settled(user)

@@ -181,6 +181,7 @@ class ProductionStore:
             return
         self._closed = True
         try:
+            await self._devices.close()  # before the replay guard: a touch bumps a version
             await self._messages.close()
             await self._replay.close()
             await self._rate_limiter.close()

@@ -21,6 +21,7 @@ from storage.errors import (
 )
 from storage.postgres.audit import record_event
 from storage.postgres.database import Connection, Database, Row, UniqueViolation
+from storage.postgres.last_seen import LastSeenWrites
 from storage.records import MAX_DEVICE_NUMBER, DeviceRecord, NewDevice
 
 _DEVICE_COLUMNS = (
@@ -40,6 +41,16 @@ class PostgresDeviceDirectory:
         self._db = db
         self._now_ms = now_ms  # dates removals and audit events, which are kept for the record
         self._changed = changed
+        self._last_seen = LastSeenWrites(db)
+
+    @property
+    def last_seen(self) -> LastSeenWrites:
+        """The batched `touch` updates (their statement counts)."""
+        return self._last_seen
+
+    async def close(self) -> None:
+        """Write the queued `touch` updates, then stop."""
+        await self._last_seen.close()
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         async with self._db.transaction("create_user") as conn:
@@ -162,15 +173,8 @@ class PostgresDeviceDirectory:
             return True
 
     async def touch(self, user: str, device: int, now_ms: int) -> None:
-        async with self._db.connection("touch_device") as conn:
-            # GREATEST: two connections of one device may report out of order; never go back.
-            await conn.execute(
-                "UPDATE devices SET last_seen_ms = GREATEST(last_seen_ms, $3)"
-                " WHERE user_id = $1 AND device = $2 AND removed_ms IS NULL",
-                user,
-                device,
-                now_ms,
-            )
+        # Batched with the other touches of this event-loop turn (last_seen.LastSeenWrites).
+        await self._last_seen.touch(user, device, now_ms)
         if self._changed is not None:
             await self._changed(user)  # after the commit: last_seen is in what reads see
 

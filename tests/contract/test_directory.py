@@ -245,6 +245,29 @@ async def test_touch_records_last_seen(store: Store) -> None:
     assert untouched.last_seen_ms == START_MS
 
 
+async def test_touches_in_one_turn_each_move_their_device_and_never_back(store: Store) -> None:
+    """Touches made together (a reconnect storm's handshakes and closes) each land on their
+    own device; an older time never moves last_seen back; a removed device keeps its own."""
+    users = [await make_user(store, devices=2) for _ in range(20)]
+    assert await store.devices.remove_device(users[0], 2)
+    removed = await store.devices.get_device(users[0], 2)
+    touches = [
+        store.devices.touch(user, device, START_MS + 10_000 + 1_000 * i + device)
+        for i, user in enumerate(users)
+        for device in (1, 2)
+    ]
+    touches += [store.devices.touch(user, 1, START_MS + 5) for user in users]  # older
+    await asyncio.gather(*touches)
+    for i, user in enumerate(users):
+        first = await store.devices.get_device(user, 1)
+        assert first is not None and first.last_seen_ms == START_MS + 10_000 + 1_000 * i + 1
+        second = await store.devices.get_device(user, 2)
+        if i == 0:
+            assert second == removed
+        else:
+            assert second is not None and second.last_seen_ms == START_MS + 10_000 + 1_000 * i + 2
+
+
 async def test_devices_survive_reopen(backend: Backend, store: Store) -> None:
     user = await make_user(store, devices=2)
     assert await store.devices.remove_device(user, 2)

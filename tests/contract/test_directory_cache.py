@@ -58,6 +58,71 @@ async def test_a_device_added_or_touched_on_another_node_is_seen_at_once(
     assert devices is not None and devices[1].last_seen_ms == START_MS + 5_000
 
 
+async def test_touches_of_one_turn_share_one_statement(production: Backend) -> None:
+    a, _ = await two_nodes(production)
+    users = [await make_user(a) for _ in range(30)]
+    stored = a.devices.stored
+    before = stored.last_seen.statements
+    await asyncio.gather(*(a.devices.touch(u, 1, START_MS + 9_000) for u in users))
+    assert stored.last_seen.statements - before == 1
+    for user in users:
+        device = await a.devices.get_device(user, 1)
+        assert device is not None and device.last_seen_ms == START_MS + 9_000
+
+
+async def test_a_touch_statement_locks_its_rows_in_key_order(production: Backend) -> None:
+    """Touches of one turn lock their rows in key order, whatever order they were made in:
+    two nodes touching the same devices in different orders then wait for each other
+    instead of deadlocking (PostgreSQL would abort one, and a handshake would fail).
+
+    A row in the middle is held by another transaction: the statement waits there holding
+    the rows before it in key order and none after it."""
+    a, _ = await two_nodes(production)
+    made = [await make_user(a) for _ in range(9)]
+    assert production.database_url is not None
+    holder = await asyncpg.connect(production.database_url)
+    probe = await asyncpg.connect(production.database_url)
+    try:
+        in_key_order = [
+            str(r["user_id"])
+            for r in await probe.fetch(
+                "SELECT user_id FROM devices WHERE user_id = ANY($1::text[]) ORDER BY user_id",
+                made,
+            )
+        ]
+        held = in_key_order[4]
+        holding = holder.transaction()
+        await holding.start()
+        await holder.execute(
+            "SELECT 1 FROM devices WHERE user_id = $1 AND device = 1 FOR UPDATE", held
+        )
+        touching = asyncio.gather(
+            *(a.devices.touch(u, 1, START_MS + 9_000) for u in reversed(in_key_order))
+        )
+        await _until_a_statement_waits_for_a_lock(probe)
+        locked = []
+        for user in in_key_order:
+            try:
+                async with probe.transaction():
+                    await probe.execute(
+                        "SELECT 1 FROM devices WHERE user_id = $1 AND device = 1"
+                        " FOR NO KEY UPDATE NOWAIT",
+                        user,
+                    )
+                locked.append(False)
+            except asyncpg.LockNotAvailableError:
+                locked.append(True)
+        assert locked == [True] * 5 + [False] * 4
+        await holding.rollback()
+        await asyncio.wait_for(touching, WAIT_S)
+        for user in made:
+            device = await a.devices.get_device(user, 1)
+            assert device is not None and device.last_seen_ms == START_MS + 9_000
+    finally:
+        await holder.close()
+        await probe.close()
+
+
 async def test_a_read_waits_for_a_change_in_progress(production: Backend) -> None:
     """A change bumps the version before it commits; a read that sees the new version must
     not cache the rows as they were before that commit."""
