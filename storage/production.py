@@ -183,6 +183,7 @@ class ProductionStore:
         try:
             await self._devices.close()  # before the replay guard: a touch bumps a version
             await self._messages.close()
+            await self._keys.close()
             await self._replay.close()
             await self._rate_limiter.close()
         finally:

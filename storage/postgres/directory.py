@@ -21,6 +21,7 @@ from storage.errors import (
 )
 from storage.postgres.audit import record_event
 from storage.postgres.database import Connection, Database, Row, UniqueViolation
+from storage.postgres.device_reads import DEVICE_KEYS, DeviceReads
 from storage.postgres.last_seen import LastSeenWrites
 from storage.records import MAX_DEVICE_NUMBER, DeviceRecord, NewDevice
 
@@ -28,6 +29,10 @@ _DEVICE_COLUMNS = (
     "user_id, device, identity_key, key_scheme, registration_id, created_ms, last_seen_ms"
 )
 _IDENTITY_CONSTRAINT = "devices_identity_x25519_key"
+_GET_DEVICES = (
+    f"SELECT q.n, {_DEVICE_COLUMNS} FROM {DEVICE_KEYS}"
+    " JOIN devices dv ON dv.user_id = q.u AND dv.device = q.d AND dv.removed_ms IS NULL"
+)
 
 
 class PostgresDeviceDirectory:
@@ -42,15 +47,22 @@ class PostgresDeviceDirectory:
         self._now_ms = now_ms  # dates removals and audit events, which are kept for the record
         self._changed = changed
         self._last_seen = LastSeenWrites(db)
+        self._get_device = DeviceReads(db, _GET_DEVICES, "get_device")
 
     @property
     def last_seen(self) -> LastSeenWrites:
         """The batched `touch` updates (their statement counts)."""
         return self._last_seen
 
+    @property
+    def device_reads(self) -> DeviceReads:
+        """The batched `get_device` reads (their statement counts)."""
+        return self._get_device
+
     async def close(self) -> None:
-        """Write the queued `touch` updates, then stop."""
+        """Write the queued `touch` updates and answer the queued reads, then stop."""
         await self._last_seen.close()
+        await self._get_device.close()
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         async with self._db.transaction("create_user") as conn:
@@ -95,13 +107,8 @@ class PostgresDeviceDirectory:
             return record
 
     async def get_device(self, user: str, device: int) -> DeviceRecord | None:
-        async with self._db.connection("get_device") as conn:
-            row = await conn.fetchrow(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices"
-                " WHERE user_id = $1 AND device = $2 AND removed_ms IS NULL",
-                user,
-                device,
-            )
+        # Batched with the other reads of this event-loop turn (device_reads.DeviceReads).
+        row = await self._get_device.read(user, device)
         return None if row is None else _record(row)
 
     async def list_devices(self, user: str) -> list[DeviceRecord] | None:

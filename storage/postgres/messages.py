@@ -53,6 +53,7 @@ from storage.postgres.database import (
     Row,
     is_connection_failure,
 )
+from storage.postgres.device_reads import DEVICE_KEYS, DeviceReads
 from storage.postgres.origins import OriginLookups
 from storage.postgres.read_replica import LagTolerantReads
 from storage.records import (
@@ -171,6 +172,14 @@ _ACTIVE_DEVICES = (
 )
 
 # The partitions of messages (schema version 6), as quoted names; none: a plain table.
+# A device without rows is still answered (LEFT JOIN): 0 messages, highest seq 0.
+_QUEUE_STATES = f"""
+SELECT q.n, count(m.seq) FILTER (WHERE m.expires_ms > q.at) AS live,
+       COALESCE(max(m.seq), 0) AS highest
+FROM {DEVICE_KEYS}
+LEFT JOIN messages m ON m.recipient_user = q.u AND m.recipient_device = q.d
+GROUP BY q.n
+"""
 _PARTITIONS = (
     "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
     " WHERE inhparent = 'messages'::regclass ORDER BY 1"
@@ -258,10 +267,16 @@ class PostgresMessageQueue:
         self._last_write: dict[_Device, asyncio.Future[None]] = {}
         self._sealer: EnvelopeSealer = ClearSealer()
         self._origins = OriginLookups(db, self._sealer)
+        self._queue_states = DeviceReads(db, _QUEUE_STATES, "queue_state")
         # Group commit figures: envelopes_committed / batches_committed is the mean group.
         self.batches_committed = 0
         self.envelopes_committed = 0
         self.acks_committed = 0
+
+    @property
+    def queue_state_reads(self) -> DeviceReads:
+        """The batched `queue_state` reads (their statement counts)."""
+        return self._queue_states
 
     @property
     def origins(self) -> OriginLookups:
@@ -345,17 +360,10 @@ class PostgresMessageQueue:
 
     async def queue_state(self, user: str, device: int, *, now_ms: int) -> tuple[int, int]:
         await self._writes_before((user, device))
-        async with self._db.connection("queue_state") as conn:
-            row = await conn.fetchrow(
-                "SELECT count(*) FILTER (WHERE expires_ms > $3) AS n,"
-                " COALESCE(max(seq), 0) AS highest"
-                " FROM messages WHERE recipient_user = $1 AND recipient_device = $2",
-                user,
-                device,
-                now_ms,
-            )
+        # Batched with the other reads of this event-loop turn (device_reads.DeviceReads).
+        row = await self._queue_states.read(user, device, now_ms)
         assert row is not None
-        return int(row["n"]), int(row["highest"])
+        return int(row["live"]), int(row["highest"])
 
     async def pending_origins(
         self, user: str, devices: Sequence[int], message_id: bytes
@@ -411,6 +419,7 @@ class PostgresMessageQueue:
         if self._writer is not None:
             await asyncio.shield(self._writer)
         await self._origins.close()
+        await self._queue_states.close()
 
     # The writer.
 

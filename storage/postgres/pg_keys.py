@@ -22,6 +22,7 @@ from storage.key_rules import (
 )
 from storage.postgres.audit import AT_FROM_MS, record_event
 from storage.postgres.database import Connection, Database, Row
+from storage.postgres.device_reads import DEVICE_KEYS, DeviceReads
 from storage.records import ClaimedKeys, KeyCounts, KeyUpload, OneTimeKey, Requester, SignedKey
 
 _EC: Final = "one_time_prekeys"
@@ -108,11 +109,11 @@ LEFT JOIN prekey_counts c ON c.user_id = $1 AND c.device = $2
 LEFT JOIN pq_last_resort_keys lr ON lr.user_id = $1 AND lr.device = $2
 """
 
-_COUNTS = """
-SELECT c.prekeys, c.pq_prekeys, s.uploaded_ms
-FROM (SELECT 1) AS one
-LEFT JOIN prekey_counts c ON c.user_id = $1 AND c.device = $2
-LEFT JOIN signed_prekeys s ON s.user_id = $1 AND s.device = $2
+_COUNTS = f"""
+SELECT q.n, c.prekeys, c.pq_prekeys, s.uploaded_ms
+FROM {DEVICE_KEYS}
+LEFT JOIN prekey_counts c ON c.user_id = q.u AND c.device = q.d
+LEFT JOIN signed_prekeys s ON s.user_id = q.u AND s.device = q.d
 """
 
 
@@ -120,6 +121,16 @@ class PostgresKeyStore:
     def __init__(self, db: Database, *, now_ms: Callable[[], int]) -> None:
         self._db = db
         self._now_ms = now_ms  # dates the audit events
+        self._counts = DeviceReads(db, _COUNTS, "key_counts")
+
+    @property
+    def count_reads(self) -> DeviceReads:
+        """The batched `counts` reads (their statement counts)."""
+        return self._counts
+
+    async def close(self) -> None:
+        """Answer the queued reads, then stop."""
+        await self._counts.close()
 
     async def upload(
         self, user: str, device: int, upload: KeyUpload, *, now_ms: int, max_stored: int
@@ -193,8 +204,8 @@ class PostgresKeyStore:
         )
 
     async def counts(self, user: str, device: int) -> KeyCounts:
-        async with self._db.connection("key_counts") as conn:
-            row = await conn.fetchrow(_COUNTS, user, device)
+        # Batched with the other reads of this event-loop turn (device_reads.DeviceReads).
+        row = await self._counts.read(user, device)
         assert row is not None
         return KeyCounts(
             prekeys=int(row["prekeys"] or 0),
