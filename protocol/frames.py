@@ -8,13 +8,13 @@ span fields (scheme-dependent key sizes, a device named twice).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from protocol.errors import ErrorCode, FrameError, FrameTooLarge
 from protocol.fields import I64_MAX, I64_MIN, Bin, Choice, Flag, Int, Many, Nested, Text
 from protocol.fields import optional as opt
 from protocol.fields import wire as req
+from protocol.records import record
 from protocol.signatures import IDENTITY_KEY_LENGTH, KeyScheme
 
 MESSAGE_ID_BYTES = 16
@@ -48,7 +48,7 @@ def check_ec_public_key(key: bytes, path: str) -> None:
 # --- keys -------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PreKey:
     id: int = req(_U32)
     key: bytes = req(Bin(32, 33))
@@ -57,7 +57,7 @@ class PreKey:
         check_ec_public_key(self.key, "key")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SignedPreKey:
     id: int = req(_U32)
     key: bytes = req(Bin(32, 33))
@@ -67,7 +67,7 @@ class SignedPreKey:
         check_ec_public_key(self.key, "key")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class PqPreKey:
     """A post-quantum (KEM) pre-key: opaque bytes, signed by the identity key."""
 
@@ -79,13 +79,13 @@ class PqPreKey:
 # --- client to server --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Link:
     device: int = req(_U32)
     signature: bytes = req(_SIG)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Register:
     T: ClassVar[str] = "register"
     rid: int = req(_U32)
@@ -106,7 +106,7 @@ class Register:
             raise FrameError("user and link go together")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Auth:
     T: ClassVar[str] = "auth"
     rid: int = req(_U32)
@@ -115,7 +115,7 @@ class Auth:
     signature: bytes = req(_SIG)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeviceMessage:
     """One recipient device's copy of a message: its own ciphertext."""
 
@@ -125,7 +125,7 @@ class DeviceMessage:
     registration_id: int | None = opt(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Send:
     T: ClassVar[str] = "send"
     rid: int = req(_U32)
@@ -147,7 +147,7 @@ class Send:
             raise FrameError("an online message is never stored: it has no receipt")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class MultiDevice:
     """One device's part of a `send.multi`: its ciphertext, or its header before the shared
     payload. The body limit is checked by the frame, which knows whether a payload is used."""
@@ -158,7 +158,7 @@ class MultiDevice:
     registration_id: int | None = opt(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class MultiRecipient:
     """One recipient user of a `send.multi` and the devices addressed there."""
 
@@ -166,7 +166,7 @@ class MultiRecipient:
     devices: tuple[MultiDevice, ...] = req(Many(Nested(MultiDevice), MAX_DEVICE_ENTRIES))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SendMulti:
     """A message to several users in one frame (docs/protocol.md, Multi-recipient send)."""
 
@@ -217,13 +217,13 @@ class SendMulti:
                     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Ack:
     T: ClassVar[str] = "ack"
     ids: tuple[bytes, ...] = req(Many(_ID, MAX_ACK_IDS))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysUpload:
     T: ClassVar[str] = "keys.upload"
     rid: int = req(_U32)
@@ -233,7 +233,7 @@ class KeysUpload:
     pq_last_resort: PqPreKey | None = opt(Nested(PqPreKey))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysFetch:
     T: ClassVar[str] = "keys.fetch"
     rid: int = req(_U32)
@@ -241,19 +241,19 @@ class KeysFetch:
     device: int | None = opt(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysCount:
     T: ClassVar[str] = "keys.count"
     rid: int = req(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DevicesList:
     T: ClassVar[str] = "devices.list"
     rid: int = req(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DevicesRemove:
     T: ClassVar[str] = "devices.remove"
     rid: int = req(_U32)
@@ -265,7 +265,7 @@ class DevicesRemove:
 _ACCESS_KEY = Bin(BACKUP_ACCESS_KEY_BYTES, BACKUP_ACCESS_KEY_BYTES)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class BackupPut:
     """Replace the user's backup if `version` is still current (0: there is none)."""
 
@@ -276,20 +276,20 @@ class BackupPut:
     access_key: bytes = req(_ACCESS_KEY)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class BackupGet:
     T: ClassVar[str] = "backup.get"
     rid: int = req(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class BackupDelete:
     T: ClassVar[str] = "backup.delete"
     rid: int = req(_U32)
     version: int = req(Int(1))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class BackupRecover:
     """Before the handshake: the backup whose access key signed the challenge."""
 
@@ -339,14 +339,14 @@ CLIENT_FRAMES: dict[str, type[ClientFrame]] = {
 # --- server to client --------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Challenge:
     T: ClassVar[str] = "challenge"
     nonce: bytes = req(Bin(CHALLENGE_NONCE_BYTES, CHALLENGE_NONCE_BYTES))
     server_time: int = req(_TS)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class UserDevicesProblem:
     """One user's device-set problem in a `send.multi` refusal: what `send`'s error says."""
 
@@ -356,7 +356,7 @@ class UserDevicesProblem:
     stale: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Error:
     T: ClassVar[str] = "error"
     code: ErrorCode = req(Choice(ErrorCode))
@@ -373,7 +373,7 @@ class Error:
     )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AuthOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
@@ -385,7 +385,7 @@ class AuthOk:
     rotate_signed_prekey: bool = req(Flag())
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SendOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
@@ -394,7 +394,7 @@ class SendOk:
     stored: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class UserOutcome:
     """One recipient user's part of a `send.multi` answer."""
 
@@ -403,7 +403,7 @@ class UserOutcome:
     stored: tuple[int, ...] = req(Many(_U32, MAX_DEVICE_ENTRIES))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SendMultiOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
@@ -411,7 +411,7 @@ class SendMultiOk:
     users: tuple[UserOutcome, ...] = req(Many(Nested(UserOutcome), MAX_MULTI_USERS))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysUploadOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
@@ -419,7 +419,7 @@ class KeysUploadOk:
     pq_prekeys: int = req(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Bundle:
     """One device's pre-key bundle, as `keys.fetch` hands it out."""
 
@@ -432,7 +432,7 @@ class Bundle:
     pq_prekey: PqPreKey | None = opt(Nested(PqPreKey))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysFetchOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
@@ -440,7 +440,7 @@ class KeysFetchOk:
     devices: tuple[Bundle, ...] = req(Many(Nested(Bundle), MAX_DEVICE_ENTRIES))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysCountOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
@@ -449,7 +449,7 @@ class KeysCountOk:
     signed_prekey_age_s: int | None = opt(Int(0, I64_MAX))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeviceInfo:
     device: int = req(_U32)
     key_scheme: KeyScheme = req(Choice(KeyScheme))
@@ -457,27 +457,27 @@ class DeviceInfo:
     last_seen: int = req(_TS)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DevicesListOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
     devices: tuple[DeviceInfo, ...] = req(Many(Nested(DeviceInfo), MAX_DEVICE_ENTRIES))
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class EmptyOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class BackupPutOk:
     T: ClassVar[str] = "ok"
     rid: int = req(_U32)
     version: int = req(_U32)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class BackupOk:
     """The answer to `backup.get` and `backup.recover`."""
 
@@ -489,7 +489,7 @@ class BackupOk:
     updated: int = req(_TS)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Deliver:
     T: ClassVar[str] = "deliver"
     id: bytes = req(_ID)
@@ -503,7 +503,7 @@ class Deliver:
     online: bool = opt(Flag(), default=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Receipt:
     """A stored copy of a message sent with `receipt: true` was acknowledged by `device` of
     `user` at `server_ts`; acknowledged by `id`, like a delivery (docs/protocol.md)."""
@@ -516,12 +516,12 @@ class Receipt:
     server_ts: int = req(_TS)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class QueueEmpty:
     T: ClassVar[str] = "queue_empty"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class KeysLow:
     T: ClassVar[str] = "keys.low"
     prekeys: int = req(_U32)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, NamedTuple
+
+from protocol.records import record
 
 MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
 
@@ -13,7 +14,7 @@ MAX_DEVICE_NUMBER = 127  # libsignal's device id range is 1..127
 RECEIPT_TYPE: Final = 0x100
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewDevice:
     identity_key: bytes
     key_scheme: str
@@ -23,7 +24,7 @@ class NewDevice:
     created_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceRecord:
     user: str
     device: int
@@ -34,13 +35,13 @@ class DeviceRecord:
     last_seen_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class OneTimeKey:
     id: int
     key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SignedKey:
     """A signed pre-key, PQ one-time key or PQ last-resort key, byte for byte as uploaded."""
 
@@ -49,7 +50,7 @@ class SignedKey:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeyUpload:
     signed_prekey: SignedKey | None = None
     prekeys: tuple[OneTimeKey, ...] = ()
@@ -57,14 +58,14 @@ class KeyUpload:
     pq_last_resort: SignedKey | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeyCounts:
     prekeys: int
     pq_prekeys: int
     signed_prekey_uploaded_ms: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ClaimedKeys:
     """What one bundle fetch took from a device: the one-time keys are gone from the store."""
 
@@ -75,7 +76,7 @@ class ClaimedKeys:
     fell_below_low_water: bool  # a count just went from the low-water mark to below it
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SharedPayload:
     """The ciphertext one `send.multi` shares between its devices: each device's envelope
     holds only its header and names this, and a store keeps it once."""
@@ -84,7 +85,7 @@ class SharedPayload:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Envelope:
     """One device's copy of a message, as stored and as delivered. With `payload`, `body` is
     the device's header and the delivered body is the header followed by the payload."""
@@ -137,13 +138,13 @@ def receipt_envelope(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredEnvelope:
     seq: int  # order of storage for this device; drains go by it
     envelope: Envelope
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PendingOrigin:
     """Who sent a message that is pending (stored, unacknowledged) for a device."""
 
@@ -153,7 +154,7 @@ class PendingOrigin:
     nonce: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReplayScope:
     """A nonce is used once per (sender user, sender device, recipient user)."""
 
@@ -162,7 +163,7 @@ class ReplayScope:
     recipient_user: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SendOutcome:
     """The first answer to a send, kept for the replay window so a retry gets it again."""
 
@@ -170,7 +171,7 @@ class SendOutcome:
     stored: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ReplayRecord:
     """The nonce is taken by `message_id`; `outcome` is None while that send is in flight."""
 
@@ -178,13 +179,13 @@ class ReplayRecord:
     outcome: SendOutcome | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RateDecision:
     allowed: bool
     retry_after_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Requester:
     """The device that fetched a bundle: recorded with the one-time keys it was given."""
 
@@ -192,7 +193,7 @@ class Requester:
     device: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KeyEvent:
     """One row of the key-event audit trail (storage.audit_events names the kinds).
 
@@ -220,7 +221,7 @@ class OpenedFields(NamedTuple):
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WrappedKey:
     """A data key or the index key as the store keeps it: wrapped by the master key
     `master_key_id`. `state` is "active" (the data key new rows are sealed with; the index
@@ -235,7 +236,7 @@ class WrappedKey:
     wrapped: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewBackup:
     """A user's backup as it is to be stored. `blob` is opaque (sealed by the client with its
     recovery key); a store encrypted at rest seals it once more with a data key (`key_id`,
@@ -248,7 +249,7 @@ class NewBackup:
     owner: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Backup:
     """A user's current backup. `user` is its owner as the caller knows it."""
 
