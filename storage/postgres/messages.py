@@ -171,7 +171,6 @@ _ACTIVE_DEVICES = (
     " WHERE user_id = ANY($1::text[]) AND removed_ms IS NULL ORDER BY user_id, device"
 )
 
-# The partitions of messages (schema version 6), as quoted names; none: a plain table.
 # A device without rows is still answered (LEFT JOIN): 0 messages, highest seq 0.
 _QUEUE_STATES = f"""
 SELECT q.n, count(m.seq) FILTER (WHERE m.expires_ms > q.at) AS live,
@@ -180,6 +179,7 @@ FROM {DEVICE_KEYS}
 LEFT JOIN messages m ON m.recipient_user = q.u AND m.recipient_device = q.d
 GROUP BY q.n
 """
+# The partitions of messages (schema version 6), as quoted names; none: a plain table.
 _PARTITIONS = (
     "SELECT inhrelid::regclass::text AS name FROM pg_inherits"
     " WHERE inhparent = 'messages'::regclass ORDER BY 1"
