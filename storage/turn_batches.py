@@ -4,8 +4,10 @@ The first call wakes a worker task; by the time it runs, the calls of that turn 
 and they go out as one batch (one Redis script call, one SQL statement). One batch is on the
 wire at a time: calls made meanwhile form the next one, so calls reach the backend in the
 order they were made. Each call carries the future its caller awaits; the batch's sender
-settles them (`answer`, `fail`), and if the worker itself stops, every queued caller gets
-`Unavailable` rather than waiting for ever.
+settles them (`answer`, `fail`). A sender that raises `Unavailable` (the backend did not
+answer) fails the calls of its batch it has not settled, and the next batch goes out as
+usual; if the worker itself stops, every queued caller gets `Unavailable` rather than waiting
+for ever.
 """
 
 from __future__ import annotations
@@ -77,6 +79,9 @@ class TurnBatches(Generic[C]):
                 del self._pending[: self._max_batch]
                 try:
                     await self._send(batch)
+                except Unavailable as exc:  # this batch failed; the next may not
+                    for call in batch:
+                        fail(call.future, exc)
                 except BaseException as exc:  # cancelled: nobody may wait forever
                     stopped = Unavailable(f"{self._name} stopped: {exc!r}")
                     for call in [*batch, *self._pending]:

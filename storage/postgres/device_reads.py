@@ -13,9 +13,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Final
 
-from storage.errors import Unavailable
 from storage.postgres.database import Database, Row
-from storage.turn_batches import TurnBatches, answer, fail
+from storage.turn_batches import TurnBatches, answer
 
 __all__ = ["DEVICE_KEYS", "DeviceReads"]
 
@@ -67,19 +66,14 @@ class DeviceReads:
     async def _send(self, batch: list[_Read]) -> None:
         self.statements += 1
         self.reads += len(batch)
-        try:
-            async with self._db.connection(self._operation) as conn:
-                rows = await conn.fetch(
-                    self._statement,
-                    list(range(len(batch))),
-                    [call.user for call in batch],
-                    [call.device for call in batch],
-                    [call.at for call in batch],
-                )
-        except Unavailable as exc:
-            for call in batch:
-                fail(call.future, exc)
-            return
+        async with self._db.connection(self._operation) as conn:
+            rows = await conn.fetch(
+                self._statement,
+                list(range(len(batch))),
+                [call.user for call in batch],
+                [call.device for call in batch],
+                [call.at for call in batch],
+            )
         found: list[Row | None] = [None] * len(batch)
         for row in rows:
             found[int(row["n"])] = row

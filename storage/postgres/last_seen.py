@@ -15,9 +15,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Final
 
-from storage.errors import Unavailable
 from storage.postgres.database import Database
-from storage.turn_batches import TurnBatches, answer, fail
+from storage.turn_batches import TurnBatches, answer
 
 __all__ = ["LastSeenWrites"]
 
@@ -77,17 +76,12 @@ class LastSeenWrites:
     async def _send(self, batch: list[_Touch]) -> None:
         self.statements += 1
         self.touches += len(batch)
-        try:
-            async with self._db.connection("touch_device") as conn:
-                await conn.execute(
-                    _TOUCH,
-                    [call.user for call in batch],
-                    [call.device for call in batch],
-                    [call.now_ms for call in batch],
-                )
-        except Unavailable as exc:
-            for call in batch:
-                fail(call.future, exc)
-            return
+        async with self._db.connection("touch_device") as conn:
+            await conn.execute(
+                _TOUCH,
+                [call.user for call in batch],
+                [call.device for call in batch],
+                [call.now_ms for call in batch],
+            )
         for call in batch:
             answer(call.future, None)

@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from storage.at_rest.sealing import EnvelopeSealer
-from storage.errors import Unavailable
 from storage.postgres.database import Database, Row
 from storage.records import PendingOrigin
-from storage.turn_batches import TurnBatches, answer, fail
+from storage.turn_batches import TurnBatches, answer
 
 __all__ = ["OriginLookups"]
 
@@ -90,13 +89,8 @@ class OriginLookups:
                 ids.append(call.message_id)
         self.statements += 1
         self.lookups += len(batch)
-        try:
-            async with self._db.connection("pending_origins") as conn:
-                rows = await conn.fetch(_ORIGINS, numbers, users, devices, ids)
-        except Unavailable as exc:
-            for call in batch:
-                fail(call.future, exc)
-            return
+        async with self._db.connection("pending_origins") as conn:
+            rows = await conn.fetch(_ORIGINS, numbers, users, devices, ids)
         sealer = self._sealer
         key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
         if key_ids:
