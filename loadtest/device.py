@@ -110,6 +110,7 @@ class SimDevice:
             ping_interval=None,
             ssl=ssl,
             local_address=source,
+            proxy=None,  # straight to the relay under test, never through a proxy
         )
         self.ledger = ledger
         self.recorder = recorder

@@ -118,7 +118,9 @@ class _Member:
             self._on_deliver(push)
 
     async def register(self, w: MultiWorkload, *, user: str | None, link: Link | None) -> None:
-        options = WireOptions(fmt=w.fmt, ssl=w.ssl, ping_interval=None, max_frame_bytes=None)
+        options = WireOptions(
+            fmt=w.fmt, ssl=w.ssl, ping_interval=None, max_frame_bytes=None, proxy=None
+        )
         self.conn = await WireConnection.open(w.url, options, on_push=self._push)
         ok = await self.conn.register(
             self.identity, registration_id=self.registration_id, user=user, link=link

@@ -121,6 +121,22 @@ async def test_no_offer_speaks_msgpack(wire_relay: RelayProcess) -> None:
         await conn.close()
 
 
+async def test_the_environments_proxy_by_default_and_none_connects_directly(
+    wire_relay: RelayProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(OSError):
+        await WireConnection.open(wire_relay.url, WireOptions())
+    conn = await WireConnection.open(wire_relay.url, WireOptions(proxy=None))
+    try:
+        identity = IdentityKeyPair.generate(KeyScheme.ED25519)
+        assert (await conn.register(identity)).device == 1
+    finally:
+        await conn.close()
+
+
 async def test_answers_matched_by_rid_while_many_are_in_flight(
     wire_relay: RelayProcess, opened: list[WireConnection]
 ) -> None:

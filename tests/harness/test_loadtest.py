@@ -36,9 +36,21 @@ def live_relay(tmp_path: Path) -> Iterator[RelayProcess]:
     assert not problems, problems
 
 
+# A proxy that is not there, named the ways websockets and urllib read: the harness must
+# reach the relay under test directly, never through the environment's proxy.
+ABSENT_PROXY = "http://127.0.0.1:9"
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
 def _loadtest(*args: str) -> subprocess.CompletedProcess[str]:
-    """`relay-loadtest ARGS` from this checkout, with no RELAY_* setting of the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    """`relay-loadtest ARGS` from this checkout, with no RELAY_* setting of the caller's and
+    an absent proxy in the environment."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("RELAY_") and k.lower() not in (*PROXY_VARIABLES, "no_proxy")
+    }
+    env.update({name.upper(): ABSENT_PROXY for name in PROXY_VARIABLES})
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "loadtest", *args],
