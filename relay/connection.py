@@ -250,6 +250,10 @@ async def _finish_handshake(
     # with 4001 and waited for the same way (handshake.take_over).
     await handshake.take_over(svc, session)
     now = svc.clock.now_ms()
+    # Anything stored once the read has begun changes the epoch (the session is attached, so
+    # a local store or another node's notice reaches it): an empty queue then counts as
+    # the pump's first fetch only if the epoch has not moved (DeliveryWindow.opened).
+    epoch = session.stored_epoch
     queued, _ = await svc.store.messages.queue_state(session.user, session.device, now_ms=now)
     counts = await svc.store.keys.counts(session.user, session.device)
     age = signed_prekey_age_s(counts, now)
@@ -264,7 +268,7 @@ async def _finish_handshake(
             rotate_signed_prekey=age is None or age > svc.settings.signed_prekey_rotation,
         )
     )
-    session.opened()
+    session.opened(empty_at=epoch if queued == 0 else None)
     svc.metrics.handshakes.labels("ok").inc()
     svc.metrics.authenticated.inc()
     await svc.store.devices.touch(session.user, session.device, now)

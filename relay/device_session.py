@@ -116,9 +116,17 @@ class DeviceSession:
                 ErrorCode.RATE_LIMITED, "too many requests", retry_after_ms=retry_after_ms
             )
 
-    def opened(self) -> None:
-        """The handshake answer is written: deliveries may follow it."""
-        self._rules.opened()
+    @property
+    def stored_epoch(self) -> int:
+        """Taken before the handshake reads the queue (see `opened`)."""
+        return self._rules.stored_epoch
+
+    def opened(self, *, empty_at: int | None = None) -> None:
+        """The handshake answer is written: deliveries may follow it. `empty_at`: the
+        handshake's read found the queue empty, and `stored_epoch` was this before it; then
+        `queue_empty` follows at once (in the same write) and the pump needs no first fetch."""
+        if self._rules.opened(empty_at=empty_at):
+            self.out.write(QueueEmpty())
 
     def reading_finished(self) -> None:
         """Every frame this connection read has taken effect (a replacement waits for it)."""
@@ -225,7 +233,8 @@ class DeviceSession:
     def start_pump(self) -> None:
         """Push stored messages into free window slots from now until the session ends. The
         pump runs as a task only while it has work: an idle connection holds none."""
-        self._kick_pump()
+        if not self._rules.caught_up:
+            self._kick_pump()
 
     def stop_pump(self) -> None:
         if self._pump_task is not None:

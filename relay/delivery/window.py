@@ -21,6 +21,9 @@ slow reader. The rules that used to live in comments are properties of these tra
   slow-reader timeout, for the socket or for its ack, means the client stopped reading.
 * The pump needs no fetch while it has caught up with the store and nothing was stored
   since; `queue_empty` is due once per connection, the first time a fetch comes back short.
+* The handshake's read of the queue (the `queued` of `auth.ok`) counts as that first fetch
+  when it found nothing and nothing was stored since it began: `queue_empty` follows the
+  handshake answer at once and the pump starts caught up, with no fetch.
 """
 
 from __future__ import annotations
@@ -155,6 +158,17 @@ class DeliveryWindow:
         entry = self._inflight.get(message_id)
         return None if entry is None else entry.origin
 
+    @property
+    def stored_epoch(self) -> int:
+        """Counts `store_changed`: taken before a read of the queue, it tells whether
+        anything was stored for the device while the read ran."""
+        return self._stored_epoch
+
+    @property
+    def caught_up(self) -> bool:
+        """Nothing stored for the device is left to fetch: the pump has no work."""
+        return self._caught_up
+
     def oldest_pushed_at(self) -> float | None:
         """When the oldest delivery in flight was pushed; None when none is.
 
@@ -171,10 +185,19 @@ class DeliveryWindow:
 
     # --- events ---------------------------------------------------------------------
 
-    def opened(self) -> None:
-        """The handshake answer is written: deliveries may follow it."""
-        if self.phase is Phase.AWAITING_HANDSHAKE:
-            self.phase = Phase.OPEN
+    def opened(self, *, empty_at: int | None = None) -> bool:
+        """The handshake answer is written: deliveries may follow it. `empty_at`: the store
+        held nothing for the device when read, and this was `stored_epoch` before the read.
+        Returns whether `queue_empty` is due now: when nothing was stored since the read
+        began, the pump starts caught up, without a fetch."""
+        if self.phase is not Phase.AWAITING_HANDSHAKE:
+            return False
+        self.phase = Phase.OPEN
+        if empty_at is None or empty_at != self._stored_epoch:
+            return False
+        self._caught_up = True
+        self._queue_empty_due = False
+        return True
 
     def offer_live(
         self,

@@ -12,7 +12,10 @@ delete's commit. After every step:
 * an in-flight delivery is durable exactly when a stored copy exists;
 * the window never holds more than its size;
 and at every push: nothing acknowledged is pushed again, stored messages are pushed in the
-sender's order, and `queue_empty` comes at most once per connection.
+sender's order, and `queue_empty` comes at most once per connection, after every message
+stored when the handshake read the queue. The handshake's read takes time too: stores may
+come between it and the handshake's answer. While the pump has caught up and no fetch runs,
+nothing stored is left unpushed on an open connection.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class OneDevice(RuleBasedStateMachine):
         self.pushed_seqs: list[int] = []  # stored messages pushed on this connection
         self.queue_empties = 0
         self.fetching: tuple[Fetch, list[tuple[int, bytes]]] | None = None  # started, no result
+        # The handshake read the queue: the epoch taken before, and what the store held.
+        self.handshake_read: tuple[int, list[bytes]] | None = None
+        self.owed: set[bytes] = set()  # stored at the handshake's read: due before queue_empty
         self.deleting: list[bytes] = []  # acked; their delete has not committed yet
 
     # --- the store and the sender ---------------------------------------------------
@@ -86,13 +92,30 @@ class OneDevice(RuleBasedStateMachine):
     @precondition(lambda self: self.window is None)
     @rule()
     def connect(self) -> None:
+        """Attached: stores reach the window from now on; the handshake reads the queue."""
         self.window = DeliveryWindow(
             WINDOW, lambda: 0.0
         )  # ages: tests/unit/test_delivery_window.py
-        self.window.opened()
+        self.handshake_read = (self.window.stored_epoch, list(self.store))
+        self.owed = set(self.store)
         self.pushed_seqs = []
         self.queue_empties = 0
         self.unacked_here = set()
+
+    @precondition(lambda self: self.handshake_read is not None)
+    @rule()
+    def handshake_answered(self) -> None:
+        """`auth.ok` is written (the driver: relay.connection._finish_handshake)."""
+        assert self.window is not None and self.handshake_read is not None
+        epoch, queued = self.handshake_read
+        self.handshake_read = None
+        if self.window.opened(empty_at=epoch if not queued else None):
+            self._queue_empty()
+
+    def _queue_empty(self) -> None:
+        self.queue_empties += 1
+        assert self.queue_empties <= 1
+        assert not self.owed, "queue_empty before the messages stored at the handshake"
 
     @precondition(lambda self: self.window is not None)
     @rule()
@@ -104,6 +127,7 @@ class OneDevice(RuleBasedStateMachine):
                 self.waiting.discard(message_id)
                 self._store(message_id)
         self.window = None
+        self.handshake_read = None
         self.fetching = None
         self._commit_deletes()  # the store runs them before the next connection's fetch
 
@@ -117,6 +141,7 @@ class OneDevice(RuleBasedStateMachine):
             self.waiting.discard(message_id)
         self.deleting.extend(actions.delete)
         self.acknowledged.update(ids)  # the device has them: none may stay stored or pending
+        self.owed.difference_update(ids)
         self.unacked_here.difference_update(ids)
 
     def _commit_deletes(self) -> None:
@@ -148,13 +173,15 @@ class OneDevice(RuleBasedStateMachine):
         fetch, batch = self.fetching
         self.fetching = None
         for seq, message_id in batch:
-            if self.window.found(seq, message_id, ORIGIN, ()) is StoredFound.PUSH:
+            found = self.window.found(seq, message_id, ORIGIN, ())
+            if found is not StoredFound.NO_ROOM:
+                self.owed.discard(message_id)  # pushed now, or earlier, or acked
+            if found is StoredFound.PUSH:
                 self._pushed(message_id)
                 assert not self.pushed_seqs or seq > self.pushed_seqs[-1], "order broken"
                 self.pushed_seqs.append(seq)
         if self.window.fetch_done(fetch, len(batch)).queue_empty:
-            self.queue_empties += 1
-        assert self.queue_empties <= 1
+            self._queue_empty()
 
     # --- invariants -------------------------------------------------------------------
 
@@ -178,6 +205,15 @@ class OneDevice(RuleBasedStateMachine):
         for message_id in self.accepted:
             if self.window.is_in_flight(message_id):
                 assert self.window.is_durable(message_id) == (message_id in self.store)
+
+    @invariant()
+    def a_caught_up_pump_leaves_nothing_stored_behind(self) -> None:
+        if self.window is None or self.fetching is not None or not self.window.caught_up:
+            return
+        for message_id in self.store:
+            assert self.window.is_in_flight(message_id) or message_id in self.deleting, (
+                "stored, not pushed, and the pump thinks it has caught up"
+            )
 
     @invariant()
     def the_window_is_bounded(self) -> None:

@@ -121,6 +121,35 @@ def test_queue_empty_waits_until_the_stored_backlog_is_pushed() -> None:
     assert pump(window, store) == ([mid(3)], True)
 
 
+def test_an_empty_queue_read_at_the_handshake_is_the_first_fetch() -> None:
+    window = DeliveryWindow(4, FakeClock())
+    epoch = window.stored_epoch  # taken before the handshake reads the queue: empty
+    assert window.opened(empty_at=epoch)  # queue_empty is due with the handshake answer
+    assert window.caught_up
+    offer(window, 1)
+    assert not window.acked([mid(1)]).wake_pump  # no fetch for acks of live pushes
+    window.store_changed()  # stored later: the pump fetches it, and no second queue_empty
+    assert not window.caught_up
+    assert pump(window, [(1, mid(2))]) == ([mid(2)], False)
+
+
+def test_a_store_while_the_handshake_reads_the_queue_leaves_the_first_fetch_to_the_pump() -> None:
+    window = DeliveryWindow(4, FakeClock())
+    epoch = window.stored_epoch
+    window.store_changed()  # stored after the read began; the read may not have seen it
+    assert not window.opened(empty_at=epoch)
+    assert not window.caught_up
+    assert pump(window, [(1, mid(1))]) == ([mid(1)], True)
+
+
+def test_a_queue_read_that_found_messages_leaves_the_first_fetch_to_the_pump() -> None:
+    window = DeliveryWindow(4, FakeClock())
+    assert not window.opened(empty_at=None)
+    assert not window.caught_up
+    assert pump(window, [(1, mid(1))]) == ([mid(1)], True)
+    assert not window.opened(empty_at=window.stored_epoch)  # opened once only
+
+
 def test_a_caught_up_pump_is_not_woken_by_acks_of_live_pushes() -> None:
     window = open_window()
     assert pump(window, []) == ([], True)
