@@ -124,8 +124,9 @@ async def test_no_offer_speaks_msgpack(wire_relay: RelayProcess) -> None:
 async def test_the_environments_proxy_by_default_and_none_connects_directly(
     wire_relay: RelayProcess, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("no_proxy", "NO_PROXY"):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):  # either case
         monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(OSError):
         await WireConnection.open(wire_relay.url, WireOptions())
