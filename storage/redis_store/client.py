@@ -354,26 +354,28 @@ class ScriptBatcher:
         if len(by_slot) == 1:
             await self._send_one(batch, now)
             return
-        await asyncio.gather(*(self._send_one(calls, now) for calls in by_slot.values()))
+        await asyncio.gather(*(self._send_slot(calls, now) for calls in by_slot.values()))
+
+    async def _send_slot(self, calls: list[_Call], now: str) -> None:
+        """One slot's EVALSHA among several: its master failing fails its own calls only,
+        not those another slot's master answered (TurnBatches would fail the whole batch)."""
+        try:
+            await self._send_one(calls, now)
+        except Unavailable as exc:
+            for call in calls:
+                fail(call.future, exc)
 
     async def _send_one(self, batch: list[_Call], now: str) -> None:
+        """Raises Unavailable; TurnBatches (or `_send_slot`) then fails the calls."""
         args: list[Arg] = [now]
         for call in batch:
             args.extend(call.args)
         self.batches_sent += 1
         self.calls_sent += len(batch)
-        try:
-            replies = await self._client.evalsha(
-                self._script, [c.key for c in batch], args, replicated=self._replicated
-            )
-        except Unavailable as exc:
-            for call in batch:
-                fail(call.future, exc)
-            return
+        replies = await self._client.evalsha(
+            self._script, [c.key for c in batch], args, replicated=self._replicated
+        )
         if not isinstance(replies, list) or len(replies) != len(batch):
-            error = Unavailable(f"redis: unexpected script reply {replies!r:.100}")
-            for call in batch:
-                fail(call.future, error)
-            return
+            raise Unavailable(f"redis: unexpected script reply {replies!r:.100}")
         for call, reply in zip(batch, replies, strict=True):
             answer(call.future, reply)
