@@ -20,7 +20,7 @@ from storage.production import ProductionStore
 from storage.records import NewDevice
 
 from .identity_rows import V1Row, expected_x25519, scenario, with_bit_255
-from .support import REDIS_URL, START_MS, new_user
+from .support import REDIS_URL, START_MS, delete_redis_prefix, new_user
 
 # (device columns, key and message rows) as both schemas spell them, with `{user}` for the
 # user column's name.
@@ -240,6 +240,7 @@ async def test_postgres_migration_canonicalises_and_goes_back(empty_database: st
         await _assert_store_refuses_migrated_keys(store, rows)
     finally:
         await store.close()
+        await delete_redis_prefix(prefix)
 
 
 async def test_embedded_migration_canonicalises(tmp_path: Path) -> None:
