@@ -50,14 +50,19 @@ def select_format(offered: list[str]) -> WireFormat | None:
     return None
 
 
+# One packer for every frame instead of one per call (msgpack.packb makes a Packer, and its
+# buffer, each time). Safe to share between threads: a wire map holds only dicts, lists,
+# str, bytes, int and bool, which `pack` writes without running Python code, so it never
+# lets the GIL go in the middle of a frame; it resets its buffer after each one.
+_PACK = msgpack.Packer(use_bin_type=True).pack
+
+
 def encode(frame: ServerFrame | ClientFrame, fmt: WireFormat) -> bytes | str:
     """One frame as one WebSocket message: bytes for msgpack, str for JSON."""
-    body = encode_fields(frame, binary_as_text=not fmt.binary)
-    wire = {"t": frame.T, **body}
-    if fmt.binary:
-        packed: bytes = msgpack.packb(wire, use_bin_type=True)
+    if fmt is WireFormat.MSGPACK:
+        packed: bytes = _PACK(encode_fields(frame, False, {"t": frame.T}))
         return packed
-    return orjson.dumps(wire).decode("utf-8")
+    return orjson.dumps(encode_fields(frame, True, {"t": frame.T})).decode("utf-8")
 
 
 def load_map(data: bytes | str, fmt: WireFormat) -> Mapping[str, Any]:

@@ -14,7 +14,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from protocol.errors import FrameError, FrameTooLarge
 
@@ -40,6 +40,10 @@ class DecodeContext:
 
 class Spec:
     """The check and conversion for one field value."""
+
+    # Whether `encode` gives the value back unchanged when bytes stay bytes (msgpack): the
+    # encoder then skips the call (encode_fields).
+    binary_as_is: ClassVar[bool] = True
 
     def decode(self, value: Any, ctx: DecodeContext, path: str) -> Any:
         raise NotImplementedError
@@ -151,6 +155,8 @@ class Flag(Spec):
 class Choice(Spec):
     """One value of a string enum."""
 
+    binary_as_is: ClassVar[bool] = False
+
     enum_type: type[enum.StrEnum]
 
     def decode(self, value: Any, ctx: DecodeContext, path: str) -> enum.StrEnum:
@@ -170,6 +176,8 @@ class Choice(Spec):
 class Nested(Spec):
     """A map decoded into another frame-like dataclass."""
 
+    binary_as_is: ClassVar[bool] = False
+
     cls: type[Any]
 
     def decode(self, value: Any, ctx: DecodeContext, path: str) -> Any:
@@ -182,6 +190,8 @@ class Nested(Spec):
 @dataclass(frozen=True, slots=True)
 class Many(Spec):
     """A list of at most `max_len` items; a longer one is `too_large`."""
+
+    binary_as_is: ClassVar[bool] = False
 
     item: Spec
     max_len: int
@@ -225,6 +235,7 @@ class _FieldPlan:
     spec: Spec
     optional: bool
     default: Any
+    binary_as_is: bool  # spec.binary_as_is
 
 
 _PLANS: dict[type[Any], tuple[_FieldPlan, ...]] = {}
@@ -241,6 +252,7 @@ def field_plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
                 spec=f.metadata["spec"],
                 optional=bool(f.metadata.get("optional")),
                 default=f.default,
+                binary_as_is=f.metadata["spec"].binary_as_is,
             )
             for f in dataclasses.fields(cls)
             if "spec" in f.metadata
@@ -267,11 +279,17 @@ def decode_fields(cls: type[Any], value: Any, ctx: DecodeContext, path: str) -> 
     return obj
 
 
-def encode_fields(obj: Any, binary_as_text: bool) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def encode_fields(
+    obj: Any, binary_as_text: bool, into: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The wire map of `obj` (added to `into`, in field order, when given)."""
+    out: dict[str, Any] = {} if into is None else into
     for f in field_plan(type(obj)):
         value = getattr(obj, f.attr)
         if f.optional and value == f.default:
             continue
-        out[f.key] = f.spec.encode(value, binary_as_text)
+        if f.binary_as_is and not binary_as_text:
+            out[f.key] = value
+        else:
+            out[f.key] = f.spec.encode(value, binary_as_text)
     return out

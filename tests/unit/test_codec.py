@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import string
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +28,7 @@ from protocol.codec import (
     select_format,
 )
 from protocol.errors import ErrorCode, FrameError, FrameTooLarge, RelayError, UnknownFrameType
-from protocol.fields import I64_MAX, I64_MIN, U32_MAX, Limits
+from protocol.fields import I64_MAX, I64_MIN, U32_MAX, Limits, encode_fields
 from protocol.frames import (
     CLIENT_FRAMES,
     SERVER_PUSHES,
@@ -1206,6 +1207,48 @@ def test_send_round_trip_property(frame: Send, fmt: WireFormat) -> None:
 )
 def test_deliver_round_trip_property(frame: Deliver, fmt: WireFormat) -> None:
     assert decode_server(encode(frame, fmt), fmt) == frame
+
+
+@PROPERTY
+@given(send_frames())
+def test_msgpack_bytes_are_the_maps_in_field_order(frame: Send) -> None:
+    """The encoder's shortcuts (fields written as they are, one shared packer) give the same
+    bytes as packing the documented map: `t` first, then the fields in their order."""
+    expected = msgpack.packb({"t": frame.T, **encode_fields(frame, False)}, use_bin_type=True)
+    assert encode(frame, WireFormat.MSGPACK) == expected
+    assert list(unpack(expected, WireFormat.MSGPACK)) == ["t", *encode_fields(frame, False)]
+
+
+def test_frames_encoded_on_several_threads_at_once_are_whole() -> None:
+    """The shared packer never mixes two frames: encoding from several threads at once gives
+    each frame's own bytes."""
+    frames = [
+        Deliver(
+            id=bytes([n]) * 16,
+            from_user="0b7a2c3e-1111-4222-8333-444455556666",
+            from_device=n,
+            ts=n,
+            server_ts=n,
+            type=1,
+            body=bytes([n]) * (200 + 300 * n),
+            nonce=bytes([n]) * 24,
+        )
+        for n in range(4)
+    ]
+    expected = [encode(frame, WireFormat.MSGPACK) for frame in frames]
+    mismatches: list[int] = []
+
+    def encode_many(n: int) -> None:
+        for _ in range(3000):
+            if encode(frames[n], WireFormat.MSGPACK) != expected[n]:
+                mismatches.append(n)
+
+    threads = [threading.Thread(target=encode_many, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert mismatches == []
 
 
 def test_json_output_is_ascii_safe_text() -> None:
