@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
+
+import orjson
 
 from storage.embedded.database import SqliteDatabase
 from storage.embedded.reader import SqliteReader
@@ -95,8 +96,8 @@ class SqliteReplayGuard:
             scope.recipient_user,
             nonce,
             message_id,
-            json.dumps(list(outcome.delivered)),
-            json.dumps(list(outcome.stored)),
+            orjson.dumps(outcome.delivered).decode("ascii"),  # JSON arrays, "[1,2]"
+            orjson.dumps(outcome.stored).decode("ascii"),
             now_ms + round(window_s * 1000),
         )
         purge = self._monotonic() >= self._next_purge
@@ -190,8 +191,8 @@ class SqliteReplayGuard:
                 return None
             message_id, delivered, stored = row
             outcome = SendOutcome(
-                delivered=tuple(int(d) for d in json.loads(delivered)),
-                stored=tuple(int(d) for d in json.loads(stored)),
+                delivered=tuple(int(d) for d in orjson.loads(delivered)),
+                stored=tuple(int(d) for d in orjson.loads(stored)),
             )
             return ReplayRecord(message_id=bytes(message_id), outcome=outcome)
 
