@@ -12,9 +12,9 @@ import binascii
 import dataclasses
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from protocol.errors import FrameError, FrameTooLarge
 
@@ -201,7 +201,8 @@ class Many(Spec):
             raise FrameError(f"{path} must be a list")
         if len(value) > self.max_len:
             raise FrameTooLarge(f"{path} has more than {self.max_len} entries")
-        return tuple(self.item.decode(v, ctx, f"{path}[{i}]") for i, v in enumerate(value))
+        decode = self.item.decode
+        return tuple([decode(v, ctx, f"{path}[{i}]") for i, v in enumerate(value)])
 
     def encode(self, value: Any, binary_as_text: bool) -> Any:
         return [self.item.encode(v, binary_as_text) for v in value]
@@ -261,21 +262,36 @@ def field_plan(cls: type[Any]) -> tuple[_FieldPlan, ...]:
     return plan
 
 
+_Step = tuple[str, str, Callable[[Any, DecodeContext, str], Any], bool]
+_DECODERS: dict[type[Any], tuple[tuple[_Step, ...], Callable[[Any], None] | None]] = {}
+_ABSENT: Final = object()
+
+
+def _decoder(cls: type[Any]) -> tuple[tuple[_Step, ...], Callable[[Any], None] | None]:
+    """Per class, once: (wire key, attribute, the spec's decode, optional) of each field, and
+    the class's `check` if it has one."""
+    found = _DECODERS.get(cls)
+    if found is None:
+        steps = tuple((f.key, f.attr, f.spec.decode, f.optional) for f in field_plan(cls))
+        found = _DECODERS[cls] = (steps, getattr(cls, "check", None))
+    return found
+
+
 def decode_fields(cls: type[Any], value: Any, ctx: DecodeContext, path: str) -> Any:
     """Build `cls` from a wire map, checking every field; unknown keys are ignored."""
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise FrameError(f"{path or 'frame'} must be a map")
+    steps, check = _decoder(cls)
     kwargs: dict[str, Any] = {}
-    for f in field_plan(cls):
-        where = f"{path}.{f.key}" if path else f.key
-        if f.key in value:
-            kwargs[f.attr] = f.spec.decode(value[f.key], ctx, where)
-        elif not f.optional:
-            raise FrameError(f"{where} is missing")
+    for key, attr, decode, optional in steps:
+        raw = value.get(key, _ABSENT)
+        if raw is not _ABSENT:
+            kwargs[attr] = decode(raw, ctx, f"{path}.{key}" if path else key)
+        elif not optional:
+            raise FrameError(f"{path}.{key} is missing" if path else f"{key} is missing")
     obj = cls(**kwargs)
-    check = getattr(obj, "check", None)
     if check is not None:
-        check()
+        check(obj)
     return obj
 
 
