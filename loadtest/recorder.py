@@ -27,6 +27,23 @@ def record(h: HdrHistogram, seconds: float) -> None:
     h.record_value(min(HIGHEST_US, max(LOWEST_US, int(seconds * 1e6))))
 
 
+def record_in(histograms: tuple[HdrHistogram, ...], seconds: float) -> None:
+    """`record` in each of `histograms`, all made by new_histogram (so a value has the same
+    counts index in each): the index is computed once, not per histogram. What
+    `HdrHistogram.record_value` does for a value in range, which a clamped value always is.
+    A delivery is recorded in three histograms; this is most of the generator's own CPU per
+    delivery otherwise (6.2 µs against 1.1 µs)."""
+    value = min(HIGHEST_US, max(LOWEST_US, int(seconds * 1e6)))
+    index = histograms[0]._counts_index_for(value)
+    for h in histograms:
+        h.counts[index] += 1
+        h.total_count += 1
+        if value < h.min_value:
+            h.min_value = value
+        if value > h.max_value:
+            h.max_value = value
+
+
 @dataclass(slots=True)
 class IntervalCounts:
     """Counts per interval (index = interval number since t0)."""
@@ -99,13 +116,10 @@ class Recorder:
     def delivered(self, now: float, scheduled: float) -> None:
         i = self.index(now)
         self.series["delivered"].add(i)
-        latency = now - scheduled
-        record(self.histograms["delivery"], latency)
-        record(self.recent, latency)
         h = self.interval_delivery.get(i)
         if h is None:
             h = self.interval_delivery[i] = new_histogram()
-        record(h, latency)
+        record_in((self.histograms["delivery"], self.recent, h), now - scheduled)
 
     def restart(self, t0: float) -> None:
         """Forget what setup recorded; measure from `t0` on."""

@@ -123,6 +123,13 @@ def decode_client_frame(
     return frame
 
 
+# What a client accepts from the server: any body size (its own limits are the server's).
+_SERVER_CONTEXTS: dict[WireFormat, DecodeContext] = {
+    fmt: DecodeContext(limits=Limits(max_body_bytes=U32_MAX), binary_as_text=not fmt.binary)
+    for fmt in WireFormat
+}
+
+
 def decode_server_frame(
     data: bytes | str,
     fmt: WireFormat,
@@ -131,7 +138,7 @@ def decode_server_frame(
     """A server frame as a client sees it; `answer_type` says which `ok` a `rid` expects."""
     raw = load_map(data, fmt)
     kind = raw.get("t")
-    ctx = DecodeContext(limits=Limits(max_body_bytes=U32_MAX), binary_as_text=not fmt.binary)
+    ctx = _SERVER_CONTEXTS[fmt]
     if kind == "ok":
         rid = usable_rid(raw)
         cls = answer_type(rid) if rid is not None else None
