@@ -255,6 +255,8 @@ class Cluster:
             for key, node in zip(keys, nodes, strict=True)
             if node is not None and node != self.node_id
         ]
+        if not targets:  # the common case: held here, or by no node
+            return []
         sent = await asyncio.gather(
             *(
                 self._bus.publish(
