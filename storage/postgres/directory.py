@@ -21,6 +21,7 @@ from storage.errors import (
 )
 from storage.postgres.audit import record_event
 from storage.postgres.database import Connection, Database, Row, UniqueViolation
+from storage.postgres.device_lists import DeviceLists
 from storage.postgres.device_reads import DEVICE_KEYS, DeviceReads
 from storage.postgres.last_seen import LastSeenWrites
 from storage.records import MAX_DEVICE_NUMBER, DeviceRecord, NewDevice
@@ -48,6 +49,7 @@ class PostgresDeviceDirectory:
         self._changed = changed
         self._last_seen = LastSeenWrites(db)
         self._get_device = DeviceReads(db, _GET_DEVICES, "get_device")
+        self._settled_lists = DeviceLists(db, _DEVICE_COLUMNS)
 
     @property
     def last_seen(self) -> LastSeenWrites:
@@ -59,10 +61,16 @@ class PostgresDeviceDirectory:
         """The batched `get_device` reads (their statement counts)."""
         return self._get_device
 
+    @property
+    def settled_lists(self) -> DeviceLists:
+        """The batched `list_devices_settled` reads (their batch counts)."""
+        return self._settled_lists
+
     async def close(self) -> None:
         """Write the queued `touch` updates and answer the queued reads, then stop."""
         await self._last_seen.close()
         await self._get_device.close()
+        await self._settled_lists.close()
 
     async def create_user(self, user: str, device: NewDevice) -> DeviceRecord:
         async with self._db.transaction("create_user") as conn:
@@ -118,16 +126,10 @@ class PostgresDeviceDirectory:
     async def list_devices_settled(self, user: str) -> list[DeviceRecord] | None:
         """`list_devices` once every change to the user's devices in progress now has
         committed or rolled back: whatever finished its `changed` call before this one began
-        is in the answer."""
-        async with self._db.connection("list_devices") as conn:
-            # Concurrency: add_device and remove_device hold the user's row lock (FOR NO KEY
-            # UPDATE) from before their `changed` call until they end; FOR SHARE waits for
-            # them. Autocommit: the lock is released at once, and the next statement reads a
-            # new snapshot, which holds their commits.
-            known = await conn.fetchval("SELECT 1 FROM users WHERE user_id = $1 FOR SHARE", user)
-            if known is None:
-                return None
-            return await _list_devices(conn, user)
+        is in the answer. Batched with the other such reads of this event-loop turn
+        (device_lists.DeviceLists)."""
+        rows = await self._settled_lists.read(user)
+        return None if rows is None else [_record(row) for row in rows]
 
     async def remove_device(self, user: str, device: int) -> bool:
         now_ms = self._now_ms()

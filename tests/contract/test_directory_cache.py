@@ -200,6 +200,71 @@ async def test_concurrent_misses_share_one_postgresql_read(production: Backend) 
     assert (a.devices.hits, a.devices.misses) == (0, 20)
 
 
+async def test_misses_of_many_users_in_one_turn_share_one_batch(production: Backend) -> None:
+    """A burst of first reads (new users, a node started cold) costs one batch of two
+    statements, not a pool checkout per user, and each user gets its own list."""
+    a, b = await two_nodes(production)
+    users = [await make_user(b, devices=1 + n % 3) for n in range(30)]
+    assert await b.devices.remove_device(users[1], 2)
+    unknown = "not-yet-" + secrets.token_hex(4)
+    stored = a.devices.stored
+    before = stored.settled_lists.batches
+    production.observed.clear()
+    lists = await asyncio.gather(*(a.devices.list_devices(u) for u in [*users, unknown]))
+    # The misses wait for the users' versions first: one Redis answers them in one turn; a
+    # cluster answers each hash slot's apart, over a few turns, and the misses that come
+    # while a batch is on the wire go in the next one.
+    batches = stored.settled_lists.batches - before
+    if production.redis.cluster:
+        assert 1 <= batches <= len(users) // 2
+    else:
+        assert batches == 1
+    reads = [op for name, op, _ in production.observed if name == "postgresql"]
+    assert reads == ["list_devices"] * batches
+    assert lists[-1] is None
+    expected = [list(range(1, 2 + n % 3)) for n in range(30)]
+    expected[1] = [1]
+    assert [[d.device for d in found or ()] for found in lists[:-1]] == expected
+    assert all(d.user == u for u, found in zip(users, lists, strict=False) for d in found or ())
+
+
+async def test_a_batch_of_reads_waits_for_changes_in_user_order(production: Backend) -> None:
+    """The batch takes its users' row locks in user order: waiting for one change in
+    progress, it holds the users before it and none after it (two batches, or a batch and a
+    change, then wait for each other instead of deadlocking)."""
+    a, b = await two_nodes(production)
+    users = sorted([await make_user(b) for _ in range(9)])
+    held = users[4]
+    assert production.database_url is not None
+    holder = await asyncpg.connect(production.database_url)
+    probe = await asyncpg.connect(production.database_url)
+    try:
+        change = holder.transaction()
+        await change.start()
+        # What add_device and remove_device take first, held.
+        await holder.execute("SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE", held)
+        settled = a.devices.stored.list_devices_settled  # below the versions: one batch
+        reading = asyncio.gather(*(settled(u) for u in reversed(users)))
+        await _until_a_statement_waits_for_a_lock(probe)
+        locked = []
+        for user in users:
+            try:
+                async with probe.transaction():
+                    await probe.execute(
+                        "SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE NOWAIT", user
+                    )
+                locked.append(False)
+            except asyncpg.LockNotAvailableError:
+                locked.append(True)
+        assert locked == [True] * 5 + [False] * 4
+        await change.rollback()
+        lists = await asyncio.wait_for(reading, WAIT_S)
+        assert [[d.device for d in found or ()] for found in lists] == [[1]] * 9
+    finally:
+        await holder.close()
+        await probe.close()
+
+
 async def test_unknown_users_are_not_cached(production: Backend) -> None:
     a, b = await two_nodes(production)
     user = "not-yet-" + secrets.token_hex(4)
