@@ -6,7 +6,8 @@ each, queued behind the pool's connections.
 
 A read waits for every change to its user's devices in progress when the batch is sent
 (`add_device` and `remove_device` hold the user's row lock until they end) and sees it
-committed or rolled back, as `list_devices_settled` promises.
+committed or rolled back, as `list_devices_settled` promises. A change in progress holds up
+the whole batch, and the next one behind it: each change is one short transaction.
 """
 
 from __future__ import annotations
