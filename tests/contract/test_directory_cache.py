@@ -100,18 +100,11 @@ async def test_a_touch_statement_locks_its_rows_in_key_order(production: Backend
             *(a.devices.touch(u, 1, START_MS + 9_000) for u in reversed(in_key_order))
         )
         await _until_a_statement_waits_for_a_lock(probe)
-        locked = []
-        for user in in_key_order:
-            try:
-                async with probe.transaction():
-                    await probe.execute(
-                        "SELECT 1 FROM devices WHERE user_id = $1 AND device = 1"
-                        " FOR NO KEY UPDATE NOWAIT",
-                        user,
-                    )
-                locked.append(False)
-            except asyncpg.LockNotAvailableError:
-                locked.append(True)
+        locked = await _locked(
+            probe,
+            "SELECT 1 FROM devices WHERE user_id = $1 AND device = 1 FOR NO KEY UPDATE NOWAIT",
+            in_key_order,
+        )
         assert locked == [True] * 5 + [False] * 4
         await holding.rollback()
         await asyncio.wait_for(touching, WAIT_S)
@@ -246,16 +239,9 @@ async def test_a_batch_of_reads_waits_for_changes_in_user_order(production: Back
         settled = a.devices.stored.list_devices_settled  # below the versions: one batch
         reading = asyncio.gather(*(settled(u) for u in reversed(users)))
         await _until_a_statement_waits_for_a_lock(probe)
-        locked = []
-        for user in users:
-            try:
-                async with probe.transaction():
-                    await probe.execute(
-                        "SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE NOWAIT", user
-                    )
-                locked.append(False)
-            except asyncpg.LockNotAvailableError:
-                locked.append(True)
+        locked = await _locked(
+            probe, "SELECT 1 FROM users WHERE user_id = $1 FOR NO KEY UPDATE NOWAIT", users
+        )
         assert locked == [True] * 5 + [False] * 4
         await change.rollback()
         lists = await asyncio.wait_for(reading, WAIT_S)
@@ -294,6 +280,20 @@ async def test_with_redis_unreachable_lists_come_from_postgresql_and_changes_rol
         assert await listed(cut_off, user) == [1, 2]  # so the removal was rolled back
     finally:
         await cut_off.close()
+
+
+async def _locked(probe: asyncpg.Connection, nowait: str, users: list[str]) -> list[bool]:
+    """For each user, whether `nowait` (a `... NOWAIT` lock of that user's row) finds the row
+    locked by another transaction."""
+    locked = []
+    for user in users:
+        try:
+            async with probe.transaction():
+                await probe.execute(nowait, user)
+            locked.append(False)
+        except asyncpg.LockNotAvailableError:
+            locked.append(True)
+    return locked
 
 
 async def _until_a_statement_waits_for_a_lock(conn: asyncpg.Connection) -> None:
