@@ -139,14 +139,17 @@ async def flood_pings_until_dropped(
         await probe.abort()
         return relay.stderr_tail(10_000).count(PONGS_NOT_READ) > closes_before
 
-    await wait_until(logged, timeout=10, what="the 1013 close in the relay's log")
+    await wait_until(logged, timeout=30, what="the 1013 close in the relay's log")
 
 
 @pytest.mark.parametrize("state", STATES)
-async def test_pings_whose_pongs_are_never_read_close_1013(relay, state):
+async def test_pings_whose_pongs_are_never_read_close_1013(relay_factory, state):
     # A client that pings and never reads made the relay buffer every pong (62 MiB of pings
     # in 8 s, relay RSS +91 MiB, still open: benchmarks/ping_flood.py); now it is a slow
     # reader, dropped once the kernel's buffers are full and 64 KiB more are owed.
+    # On a loaded machine the flood can outlast the handshake deadline (a 1008 close, and no
+    # 1013 logged, seen in a CI run) or the keepalive's: neither is under test here.
+    relay = relay_factory(handshake_timeout=60, ping_interval=300, ping_timeout=300)
     ws, dev = await opened(relay.url, "msgpack", state)
     await flood_pings_until_dropped(relay, ws)
     if state == "session":  # the device is free again at once
