@@ -155,6 +155,7 @@ class EmbeddedStore:
         return {"sqlite": ok}
 
     async def close(self) -> None:
+        await self._replay.close()
         self._reader.close()
         await self._db.close()
 

@@ -17,12 +17,13 @@ this one say how each read copes with the rest.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from storage.errors import Unavailable
 
@@ -65,11 +66,44 @@ class SqliteReader:
             log.warning("sqlite read failed: %s", exc)
             raise _unavailable(exc) from exc
 
+    async def read_off_loop(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """`read` on a worker thread. A cancellation waits for the job to end, so that the
+        caller may close the reader. Raises Unavailable."""
+        return await _finished(asyncio.to_thread(self.read, job))
+
+    async def chunks(self, sql: str, *, size: int) -> AsyncIterator[list[tuple[Any, ...]]]:
+        """The rows of one query, `size` at a time, each chunk fetched on a worker thread:
+        one snapshot for the whole scan, and the event loop free between chunks. For a
+        reader of the scan's own: its read transaction lasts until the last chunk, and any
+        other read on it in between would see that snapshot. Raises Unavailable."""
+        if self._conn is None:
+            raise Unavailable("the embedded store is closed")
+        conn = self._conn
+        try:
+            cursor = await _finished(asyncio.to_thread(conn.execute, sql))
+            while rows := await _finished(asyncio.to_thread(cursor.fetchmany, size)):
+                yield rows
+        except sqlite3.Error as exc:
+            log.warning("sqlite scan failed: %s", exc)
+            raise _unavailable(exc) from exc
+
     def close(self) -> None:
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._conn = None
+
+
+async def _finished(call: Coroutine[Any, Any, T]) -> T:
+    """`call`'s result. A cancellation first waits for its thread to be done with the
+    connection, so that the caller may close it."""
+    running = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await running
+        raise
 
 
 def _unavailable(exc: sqlite3.Error) -> Unavailable:

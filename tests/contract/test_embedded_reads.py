@@ -4,7 +4,9 @@ Reads of the accept path (replay records, pending origins, device directory load
 the reader connection, on the event loop, and never wait for a commit. These tests hold the
 writer (a job waiting on an event) so that a write is queued but not committed, read
 meanwhile, then check that nobody is answered from the older state once the write was
-answered, and that the reads the relay orders after its own writes still see them.
+answered, and that the reads the relay orders after its own writes still see them. The
+replay records' filter (storage/embedded/replay_filter.py) is checked the same way: a
+claim it answers without reading must never miss a record.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ async def opened(tmp_path: Path) -> AsyncIterator[Opened]:
     try:
         yield Opened(db, reader, clock, directory, replay)
     finally:
+        await replay.close()
         reader.close()
         await db.close()
 
@@ -159,5 +162,87 @@ async def test_an_ack_not_awaited_is_applied_before_a_later_fetch(tmp_path: Path
             store.messages.fetch(user, 1, after_seq=0, limit=10, now_ms=0),
         )
         assert [f.envelope.id for f in fetched] == [e.id for e in stored[1:]]
+    finally:
+        await store.close()
+
+
+def insert_behind_the_guard(db: SqliteDatabase, s: ReplayScope, nonce: bytes) -> None:
+    """A replay record written on a connection of its own, which no filter hears of."""
+    conn = sqlite3.connect(db.path)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO replay (sender_user, sender_device, recipient_user, nonce,"
+                " message_id, delivered, stored, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    s.sender_user,
+                    s.sender_device,
+                    s.recipient_user,
+                    nonce,
+                    os.urandom(16),
+                    "[1]",
+                    "[]",
+                    2**62,
+                ),
+            )
+    finally:
+        conn.close()
+
+
+async def test_once_the_filter_is_built_a_fresh_nonce_is_not_read(opened: Opened) -> None:
+    """Records in the table when the filter is built, and completed after, are found; a
+    record the filter never heard of (written behind its back after the build) is not read:
+    the claim is answered from the filter alone."""
+    guard = opened.replay
+    s = ReplayScope(new_user(), 1, new_user())
+    before, after, written, unseen = (os.urandom(24) for _ in range(4))
+    first, second = os.urandom(16), os.urandom(16)
+    assert await guard.claim(s, before, first, pending_ttl_s=30) is None
+    await guard.complete(s, before, first, OUTCOME, window_s=3600)
+    insert_behind_the_guard(opened.db, s, written)
+    assert (await guard.lookup(s, written)) is not None  # no filter yet: every claim reads
+    await asyncio.wait_for(guard.build_filter(), LIMIT_S)
+    insert_behind_the_guard(opened.db, s, unseen)
+    assert await guard.claim(s, before, second, pending_ttl_s=30) == ReplayRecord(first, OUTCOME)
+    assert (await guard.lookup(s, written)) is not None  # found by the build's scan
+    assert await guard.claim(s, after, first, pending_ttl_s=30) is None
+    await guard.complete(s, after, first, OUTCOME, window_s=3600)
+    assert await guard.claim(s, after, second, pending_ttl_s=30) == ReplayRecord(first, OUTCOME)
+    assert await guard.lookup(s, unseen) is None
+
+
+async def test_a_completion_queued_before_the_build_is_in_the_filter(opened: Opened) -> None:
+    """The build waits for the inserts queued before it: its scan then sees them."""
+    guard = opened.replay
+    s = ReplayScope(new_user(), 2, new_user())
+    nonce, first, second = os.urandom(24), os.urandom(16), os.urandom(16)
+    assert await guard.claim(s, nonce, first, pending_ttl_s=30) is None
+    release, held = hold_writer(opened.db)
+    complete = asyncio.ensure_future(guard.complete(s, nonce, first, OUTCOME, window_s=3600))
+    build = asyncio.ensure_future(guard.build_filter())
+    await asyncio.sleep(0)  # both under way, behind the held writer
+    assert not build.done()
+    release.set()
+    assert await asyncio.wait_for(held, LIMIT_S)
+    await asyncio.wait_for(complete, LIMIT_S)
+    await asyncio.wait_for(build, LIMIT_S)
+    assert await guard.claim(s, nonce, second, pending_ttl_s=30) == ReplayRecord(first, OUTCOME)
+
+
+async def test_records_of_an_earlier_run_are_in_the_filter(tmp_path: Path) -> None:
+    """A restart builds the filter from the table: the window stays closed."""
+    s = ReplayScope(new_user(), 1, new_user())
+    nonce, first, second = os.urandom(24), os.urandom(16), os.urandom(16)
+    store = await EmbeddedStore.open(tmp_path / "data")
+    try:
+        assert await store.replay.claim(s, nonce, first, pending_ttl_s=30) is None
+        await store.replay.complete(s, nonce, first, OUTCOME, window_s=3600)
+    finally:
+        await store.close()
+    store = await EmbeddedStore.open(tmp_path / "data")
+    try:
+        await asyncio.wait_for(store.replay.build_filter(), LIMIT_S)
+        found = await store.replay.claim(s, nonce, second, pending_ttl_s=30)
+        assert found == ReplayRecord(first, OUTCOME)
     finally:
         await store.close()
