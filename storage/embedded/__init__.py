@@ -64,7 +64,7 @@ class EmbeddedStore:
         self._keys = SqliteKeyStore(db, now_ms=now_ms)
         self._audit = SqliteKeyAudit(db)
         self._backups = SqliteBackupStore(db)
-        self._messages = SqliteMessageQueue(db, reader)
+        self._messages = SqliteMessageQueue(db, reader, monotonic=monotonic)
         self._replay = SqliteReplayGuard(db, reader, now_ms=now_ms, monotonic=monotonic)
         self._rate_limiter = TokenBucketLimiter(clock=monotonic)
         self._data_keys = SqliteDataKeyTable(db)
@@ -156,6 +156,7 @@ class EmbeddedStore:
 
     async def close(self) -> None:
         await self._replay.close()
+        await self._messages.close()
         self._reader.close()
         await self._db.close()
 

@@ -148,6 +148,10 @@ class SqliteDatabase:
         future.set_exception(Unavailable("the embedded store is closed"))
         return future
 
+    def committed(self) -> asyncio.Future[None]:
+        """Ends once every job queued before it is committed (or failed)."""
+        return self.run(_nothing)
+
     async def checkpoint(self) -> bool:
         """Copy the WAL into the database file and truncate the WAL to nothing, so that
         neither file keeps a page as it was before the last commit (with secure_delete,
@@ -251,6 +255,10 @@ class SqliteDatabase:
             if item is not None:
                 error = Unavailable("the embedded store is closed")
                 _deliver(item.loop, [(item.future, item.settled, _Outcome(error=error))])
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """A job that only waits its turn."""
 
 
 def _run_alone(conn: sqlite3.Connection, item: _Submitted) -> None:

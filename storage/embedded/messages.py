@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from storage.at_rest.sealing import CLEAR_KEY_ID, ClearSealer, EnvelopeSealer, receipt_column
 from storage.embedded.database import SqliteDatabase
+from storage.embedded.key_filter import TableKeys
 from storage.embedded.reader import SqliteReader
 from storage.errors import QueueFull
 from storage.records import (
@@ -110,11 +111,26 @@ _ACTIVE = "SELECT 1 FROM devices WHERE user = ? AND device = ? AND removed_ms IS
 
 class SqliteMessageQueue:
     def __init__(
-        self, db: SqliteDatabase, reader: SqliteReader, *, sealer: EnvelopeSealer | None = None
+        self,
+        db: SqliteDatabase,
+        reader: SqliteReader,
+        *,
+        sealer: EnvelopeSealer | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._db = db
         self._reader = reader
         self._sealer: EnvelopeSealer = ClearSealer() if sealer is None else sealer
+        # The ids of the stored rows (messages and receipts), for `pending_origins`: each is
+        # added before the insert that writes it is queued (key_filter).
+        self._ids = TableKeys(
+            db.path,
+            db.committed,
+            table="messages",
+            key_columns="id",
+            key_of=_id_of,
+            monotonic=monotonic,
+        )
 
     @property
     def sealer(self) -> EnvelopeSealer:
@@ -141,6 +157,8 @@ class SqliteMessageQueue:
         else:
             rows = [_row(e, sealer, stored_as(e.recipient_user)) for e in envelopes]
         payloads = _payload_rows(envelopes, sealer)
+        for e in envelopes:
+            self._ids.add(e.id)
 
         def job(conn: sqlite3.Connection) -> None:
             conn.executemany(_INSERT_PAYLOAD, payloads)
@@ -212,6 +230,12 @@ class SqliteMessageQueue:
             message_id: sealer.receipt_tag(user, device, message_id, wanted=True)
             for message_id in unique
         }
+        # Drawn here, so that the ids the receipts may take are in the filter before the
+        # job is queued (one id per acked message, for all its sender's devices).
+        drawn = os.urandom(16 * len(unique))
+        receipt_ids = {m: drawn[16 * i : 16 * i + 16] for i, m in enumerate(unique)}
+        for receipt_id in receipt_ids.values():
+            self._ids.add(receipt_id)
 
         def job(conn: sqlite3.Connection) -> list[Envelope]:
             receipts: list[Envelope] = []
@@ -231,8 +255,9 @@ class SqliteMessageQueue:
                         continue
                     opened = _stored(tuple(row[:_RECEIPT]), sealer, user)
                     if opened is not None:
+                        receipt_id = receipt_ids[bytes(row[1])]
                         receipts.extend(
-                            _leave_receipts(conn, sealer, opened.envelope, acked_by, at)
+                            _leave_receipts(conn, sealer, opened.envelope, acked_by, at, receipt_id)
                         )
             return receipts
 
@@ -252,7 +277,7 @@ class SqliteMessageQueue:
     async def pending_origins(
         self, user: str, devices: Sequence[int], message_id: bytes
     ) -> list[PendingOrigin]:
-        if not devices:
+        if not devices or not self._ids.may_hold(message_id):
             return []
         wanted = sorted(set(devices))
 
@@ -324,6 +349,14 @@ class SqliteMessageQueue:
             pass
         return total
 
+    async def close(self) -> None:
+        """Stop a filter being built."""
+        await self._ids.close()
+
+    async def build_filter(self) -> None:
+        """Build the filter of the stored ids now (else at the first `pending_origins`)."""
+        await self._ids.build()
+
     async def stored_count(self) -> int:
         def job(conn: sqlite3.Connection) -> int:
             (count,) = conn.execute("SELECT COUNT(*) FROM messages").fetchone()
@@ -358,11 +391,11 @@ def _leave_receipts(
     acked: Envelope,
     acked_by: str,
     now_ms: int,
+    receipt_id: bytes,
 ) -> list[Envelope]:
     """The receipt of `acked` for every active device of its sender, inserted in the ack's
     transaction; returned addressed to the sender's id as the message names it."""
     to_user = sealer.store_name(acked.sender_user)
-    receipt_id = os.urandom(16)
     devices = conn.execute(
         "SELECT device FROM devices WHERE user = ? AND removed_ms IS NULL ORDER BY device",
         (to_user,),
@@ -486,3 +519,7 @@ def _stored(row: tuple[Any, ...], sealer: EnvelopeSealer, named: str) -> StoredE
         payload,
     )
     return StoredEnvelope(seq, envelope)
+
+
+def _id_of(row: tuple[Any, ...]) -> bytes:
+    return bytes(row[0])

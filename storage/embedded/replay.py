@@ -13,41 +13,31 @@ the drop of its pending entry: the entry goes in the completion's `settled` call
 the loop, after the commit; until then a claim finds the entry, from then on it reads the
 committed row.
 
-The claim of a nonce no record holds (nearly every send) does not read at all once the
-filter of the records' keys is built (replay_filter): `complete` adds a key to it before
-the record's insert is queued, so a committed record's key is always in it. The filter is
-built in the background at the first claim: it joins the filters `complete` adds to, waits
-until every insert queued before that is committed, then scans the table on a reader of
-its own. Until then, and whenever the table is too large to filter, claims read as before.
-It is built again once more keys were added than it was sized for (purged records' keys
-stay in it until then).
+The claim of a nonce no record holds (nearly every send) does not read once the filter of
+the records' keys is built (key_filter): `complete` adds a record's key before its insert
+is queued, so a committed record's key is always in it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
 from storage.embedded.database import SqliteDatabase
+from storage.embedded.key_filter import TableKeys
 from storage.embedded.reader import SqliteReader
-from storage.embedded.replay_filter import KeyFilter, ReplayKey, capacity_for
-from storage.errors import Unavailable
 from storage.records import ReplayRecord, ReplayScope, SendOutcome
 
 PURGE_INTERVAL_S: Final = 60.0  # expired completed rows, and expired pending claims
-SCAN_CHUNK: Final = 1024  # rows per chunk of the filter's scan: about 3 ms of the loop each
-BUILD_INTERVAL_S: Final = 600.0  # between two builds of the filter (or attempts)
-_KEYS: Final = "SELECT sender_user, sender_device, recipient_user, nonce FROM replay"
 
-log = logging.getLogger(__name__)
+ReplayKey = tuple[str, int, str, bytes]
+"""sender user, sender device, recipient user, nonce: the replay table's primary key."""
 
 _Key = tuple[ReplayScope, bytes]
 
@@ -75,10 +65,14 @@ class SqliteReplayGuard:
         self._pending: dict[_Key, _ClaimInFlight] = {}
         self._next_purge = monotonic()
         self._next_sweep = monotonic() + PURGE_INTERVAL_S
-        self._filter: KeyFilter | None = None  # None: not built (yet), every claim reads
-        self._filling: list[KeyFilter] = []  # being built: `complete` adds to them too
-        self._build: asyncio.Task[None] | None = None
-        self._next_build = monotonic()
+        self._keys = TableKeys(
+            db.path,
+            db.committed,
+            table="replay",
+            key_columns="sender_user, sender_device, recipient_user, nonce",
+            key_of=_replay_key,
+            monotonic=monotonic,
+        )
 
     async def lookup(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
         held = self._held((scope, nonce))
@@ -111,15 +105,8 @@ class SqliteReplayGuard:
         *,
         window_s: float,
     ) -> None:
-        # In the filters before the insert is queued (no await from here to `run`).
-        key: ReplayKey = (scope.sender_user, scope.sender_device, scope.recipient_user, nonce)
-        built = self._filter
-        if built is not None:
-            built.add(key)
-            if built.full:
-                self._start_build()
-        for filling in self._filling:
-            filling.add(key)
+        # In the filter before the insert is queued (no await from here to `run`).
+        self._keys.add((scope.sender_user, scope.sender_device, scope.recipient_user, nonce))
         now_ms = self._now_ms()
         row = (
             scope.sender_user,
@@ -178,74 +165,20 @@ class SqliteReplayGuard:
         one whose claim expired: its completion writes the record all the same."""
         for key, entry in list(self._pending.items()):
             self._drop(key, entry)
-        # So were the filters' keys: build them again from the blinded table.
-        self._filter = None
-        if self._build is not None:
-            self._build.cancel()
+        self._keys.reset()  # so were the filter's keys
 
     async def close(self) -> None:
         """Stop a filter being built."""
-        build = self._build
-        if build is not None:
-            build.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await build
+        await self._keys.close()
 
     async def build_filter(self) -> None:
-        """Build the filter of the records' keys and answer claims from it from now on
-        (see the module's docstring). Raises Unavailable; the filter in use, if any, stays."""
-        scan = SqliteReader.open(self._db.path)
-        try:
-            started = time.perf_counter()
-            (records,) = await scan.read_off_loop(
-                lambda conn: conn.execute("SELECT COUNT(*) FROM replay").fetchone()
-            )
-            capacity = capacity_for(records)
-            if capacity is None:
-                log.info("%d replay records: too many to filter, claims read them", records)
-                return
-            fresh = KeyFilter(capacity)
-            self._filling.append(fresh)
-            try:
-                # Every insert queued before `fresh` joined is committed before the scan.
-                await self._db.run(_nothing)
-                async for rows in scan.chunks(_KEYS, size=SCAN_CHUNK):
-                    for sender, device, recipient, nonce in rows:
-                        fresh.add((sender, device, recipient, nonce))
-            finally:
-                self._filling.remove(fresh)
-            self._filter = fresh
-            log.info(
-                "replay filter built: %d records, room for %d keys, in %.0f ms",
-                records,
-                capacity,
-                (time.perf_counter() - started) * 1000,
-            )
-        finally:
-            scan.close()
-
-    def _start_build(self) -> None:
-        if self._build is None and self._monotonic() >= self._next_build:
-            self._build = asyncio.get_running_loop().create_task(self._building())
-
-    async def _building(self) -> None:
-        try:
-            await self.build_filter()
-        except Unavailable as exc:
-            log.warning("replay filter not built, claims read the table: %s", exc)
-        finally:
-            self._build = None
-        # Not after a cancellation (drop_pending): the next claim starts again at once.
-        self._next_build = self._monotonic() + BUILD_INTERVAL_S
+        """Build the filter of the records' keys now (else at the first claim)."""
+        await self._keys.build()
 
     def _recorded(self, scope: ReplayScope, nonce: bytes) -> ReplayRecord | None:
         """The completed record, read unless the filter says there is none."""
-        built = self._filter
-        if built is None:
-            self._start_build()
-        elif not built.may_hold(
-            (scope.sender_user, scope.sender_device, scope.recipient_user, nonce)
-        ):
+        key = (scope.sender_user, scope.sender_device, scope.recipient_user, nonce)
+        if not self._keys.may_hold(key):
             return None
         return self._completed(scope, nonce)
 
@@ -300,5 +233,6 @@ class SqliteReplayGuard:
         return self._reader.read(job)
 
 
-def _nothing(conn: sqlite3.Connection) -> None:
-    """A job that only waits its turn: what was queued before it is committed when it ends."""
+def _replay_key(row: tuple[Any, ...]) -> ReplayKey:
+    sender, device, recipient, nonce = row
+    return (sender, device, recipient, nonce)

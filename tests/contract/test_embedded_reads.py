@@ -12,6 +12,7 @@ claim it answers without reading must never miss a record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sqlite3
 import threading
@@ -244,5 +245,49 @@ async def test_records_of_an_earlier_run_are_in_the_filter(tmp_path: Path) -> No
         await asyncio.wait_for(store.replay.build_filter(), LIMIT_S)
         found = await store.replay.claim(s, nonce, second, pending_ttl_s=30)
         assert found == ReplayRecord(first, OUTCOME)
+    finally:
+        await store.close()
+
+
+def store_behind_the_queue(path: Path, user: str, device: int, message_id: bytes) -> None:
+    """A stored row written on a connection of its own, which no filter hears of."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            conn.execute(
+                "INSERT INTO messages (recipient_user, recipient_device, id, sender_user,"
+                " sender_device, ts, server_ts, type, body, nonce, expires_ms)"
+                " VALUES (?, ?, ?, ?, 1, 1, 1, 2, x'00', ?, ?)",
+                (user, device, message_id, new_user(), os.urandom(24), 2**62),
+            )
+    finally:
+        conn.close()
+
+
+async def test_pending_origins_once_the_ids_are_filtered(tmp_path: Path) -> None:
+    """Ids stored before and after the filter is built, and the id of a receipt an ack
+    leaves, are found; an id the filter never heard of (written behind its back after the
+    build) is answered from the filter alone."""
+    store = await EmbeddedStore.open(tmp_path / "data")
+    path = tmp_path / "data" / DATABASE_FILE
+    try:
+        sender = await make_user(store)
+        recipient = await make_user(store, devices=2)
+        before = envelope(recipient, 1, sender_user=sender)
+        await store.messages.store([before])
+        await asyncio.wait_for(store.messages.build_filter(), LIMIT_S)
+        asked = dataclasses.replace(envelope(recipient, 2, sender_user=sender), receipt=True)
+        await store.messages.store([asked])
+        unseen = os.urandom(16)
+        store_behind_the_queue(path, recipient, 1, unseen)
+
+        found = await store.messages.pending_origins(recipient, [1, 2], before.id)
+        assert [(o.device, o.nonce) for o in found] == [(1, before.nonce)]
+        found = await store.messages.pending_origins(recipient, [1, 2], asked.id)
+        assert [(o.device, o.nonce) for o in found] == [(2, asked.nonce)]
+        (receipt,) = await store.messages.ack(recipient, 2, [asked.id])
+        found = await store.messages.pending_origins(sender, [1], receipt.id)
+        assert [(o.device, o.sender_user) for o in found] == [(1, recipient)]
+        assert await store.messages.pending_origins(recipient, [1], unseen) == []
     finally:
         await store.close()

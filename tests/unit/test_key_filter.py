@@ -1,4 +1,4 @@
-"""storage.embedded.replay_filter: a key added is always reported; others rarely are."""
+"""storage.embedded.key_filter: a key added is always reported; others rarely are."""
 
 from __future__ import annotations
 
@@ -8,13 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.embedded.replay_filter import (
-    MAX_CAPACITY,
-    MIN_CAPACITY,
-    KeyFilter,
-    ReplayKey,
-    capacity_for,
-)
+from storage.embedded.key_filter import MAX_CAPACITY, MIN_CAPACITY, KeyFilter, capacity_for
 
 keys = st.tuples(
     st.text(min_size=1, max_size=60),
@@ -25,7 +19,9 @@ keys = st.tuples(
 
 
 @given(st.lists(keys, max_size=300), st.integers(min_value=1, max_value=2_000))
-def test_every_key_added_may_be_held(added: list[ReplayKey], capacity: int) -> None:
+def test_every_key_added_may_be_held(
+    added: list[tuple[str, int, str, bytes]], capacity: int
+) -> None:
     f = KeyFilter(capacity)
     for key in added:
         f.add(key)
