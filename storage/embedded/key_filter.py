@@ -167,7 +167,7 @@ class TableKeys:
             (rows,) = await scan.read_off_loop(_counter(self._table))
             capacity = capacity_for(rows)
             if capacity is None:
-                log.info("%d rows in %s: too many to filter, lookups read", rows, self._table)
+                log.info("%s table: %d rows, too many to filter; lookups read", self._table, rows)
                 return
             fresh = KeyFilter(capacity)
             self._filling.append(fresh)
@@ -181,7 +181,7 @@ class TableKeys:
                 self._filling.remove(fresh)
             self._built = fresh
             log.info(
-                "%s keys filtered: %d rows, room for %d keys, built in %.0f ms",
+                "%s table filtered: %d rows, room for %d keys, built in %.0f ms",
                 self._table,
                 rows,
                 capacity,
@@ -198,7 +198,7 @@ class TableKeys:
         try:
             await self.build()
         except Unavailable as exc:
-            log.warning("%s keys not filtered, lookups read: %s", self._table, exc)
+            log.warning("%s table not filtered, lookups read: %s", self._table, exc)
         finally:
             self._build = None
         # Not after a cancellation (reset): the next lookup starts again at once.

@@ -195,6 +195,7 @@ async def test_expired_replay_rows_are_purged(db: SqliteDatabase) -> None:
     assert await guard.claim(scope, b"nonce", b"id", pending_ttl_s=30) is None
     await guard.complete(scope, b"nonce", b"id", outcome, window_s=60.0)
     assert await db.run(count) == 1
+    await guard.close()
     reader.close()
 
 
