@@ -5,8 +5,8 @@ the reader connection, on the event loop, and never wait for a commit. These tes
 writer (a job waiting on an event) so that a write is queued but not committed, read
 meanwhile, then check that nobody is answered from the older state once the write was
 answered, and that the reads the relay orders after its own writes still see them. The
-replay records' filter (storage/embedded/replay_filter.py) is checked the same way: a
-claim it answers without reading must never miss a record.
+filters of the replay records' keys and of the stored ids (storage/embedded/key_filter.py)
+are checked the same way: a lookup they answer without reading must never miss a row.
 """
 
 from __future__ import annotations
@@ -167,27 +167,33 @@ async def test_an_ack_not_awaited_is_applied_before_a_later_fetch(tmp_path: Path
         await store.close()
 
 
-def insert_behind_the_guard(db: SqliteDatabase, s: ReplayScope, nonce: bytes) -> None:
-    """A replay record written on a connection of its own, which no filter hears of."""
-    conn = sqlite3.connect(db.path)
+def write_behind_the_store(path: Path, sql: str, params: tuple[object, ...]) -> None:
+    """A row written on a connection of its own, which no filter hears of."""
+    conn = sqlite3.connect(path)
     try:
         with conn:
-            conn.execute(
-                "INSERT INTO replay (sender_user, sender_device, recipient_user, nonce,"
-                " message_id, delivered, stored, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    s.sender_user,
-                    s.sender_device,
-                    s.recipient_user,
-                    nonce,
-                    os.urandom(16),
-                    "[1]",
-                    "[]",
-                    2**62,
-                ),
-            )
+            conn.execute(sql, params)
     finally:
         conn.close()
+
+
+def insert_behind_the_guard(db: SqliteDatabase, s: ReplayScope, nonce: bytes) -> None:
+    """A replay record the guard's filter never hears of."""
+    write_behind_the_store(
+        db.path,
+        "INSERT INTO replay (sender_user, sender_device, recipient_user, nonce,"
+        " message_id, delivered, stored, expires_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            s.sender_user,
+            s.sender_device,
+            s.recipient_user,
+            nonce,
+            os.urandom(16),
+            "[1]",
+            "[]",
+            2**62,
+        ),
+    )
 
 
 async def test_once_the_filter_is_built_a_fresh_nonce_is_not_read(opened: Opened) -> None:
@@ -250,18 +256,14 @@ async def test_records_of_an_earlier_run_are_in_the_filter(tmp_path: Path) -> No
 
 
 def store_behind_the_queue(path: Path, user: str, device: int, message_id: bytes) -> None:
-    """A stored row written on a connection of its own, which no filter hears of."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            conn.execute(
-                "INSERT INTO messages (recipient_user, recipient_device, id, sender_user,"
-                " sender_device, ts, server_ts, type, body, nonce, expires_ms)"
-                " VALUES (?, ?, ?, ?, 1, 1, 1, 2, x'00', ?, ?)",
-                (user, device, message_id, new_user(), os.urandom(24), 2**62),
-            )
-    finally:
-        conn.close()
+    """A stored row the queue's filter never hears of."""
+    write_behind_the_store(
+        path,
+        "INSERT INTO messages (recipient_user, recipient_device, id, sender_user,"
+        " sender_device, ts, server_ts, type, body, nonce, expires_ms)"
+        " VALUES (?, ?, ?, ?, 1, 1, 1, 2, x'00', ?, ?)",
+        (user, device, message_id, new_user(), os.urandom(24), 2**62),
+    )
 
 
 async def test_pending_origins_once_the_ids_are_filtered(tmp_path: Path) -> None:

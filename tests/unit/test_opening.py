@@ -62,9 +62,7 @@ async def test_a_closed_connection_is_freed_by_its_reference_count() -> None:
     websockets' real server and client) is freed when it closes, not left in a reference
     cycle for the cyclic collector: the collector is off here, so only a reference count
     reaching zero can run the finalizer."""
-    budget = OpeningBudget(
-        total=10, per_address=10, exempt=lambda _: False, on_refused=lambda: None
-    )
+    opening = budget(10, 10, [])
     freed = asyncio.Event()
     handled = asyncio.Event()
 
@@ -81,7 +79,7 @@ async def test_a_closed_connection_is_freed_by_its_reference_count() -> None:
             0,
             select_subprotocol=choose_subprotocol,
             subprotocols=[Subprotocol(p.value) for p in SUBPROTOCOLS],
-            create_connection=connection_class(budget, 10.0, lambda: None),
+            create_connection=connection_class(opening, 10.0, lambda: None),
         ) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             async with connect(
@@ -91,6 +89,6 @@ async def test_a_closed_connection_is_freed_by_its_reference_count() -> None:
             async with asyncio.timeout(10):
                 await handled.wait()
                 await freed.wait()
-        assert budget.opening == 0
+        assert opening.opening == 0
     finally:
         gc.enable()
