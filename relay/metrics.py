@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -148,7 +148,10 @@ class DeliveryLatency:
 
 class Metrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        # The process, platform and GC collectors describe no names: with this, a scrape
+        # restricted to some names (`/metrics?name[]=...`, relay.http) runs them too and
+        # keeps their samples of those names.
+        self.registry = CollectorRegistry(support_collectors_without_names=True)
         process_collector.ProcessCollector(registry=self.registry)
         platform_collector.PlatformCollector(registry=self.registry)
         gc_collector.GCCollector(registry=self.registry)
@@ -314,8 +317,12 @@ class Metrics:
         self.loop_lag.observe(seconds)
         self.loop_lag_last.set(seconds)
 
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+    def exposition(self, names: Collection[str] | None = None) -> bytes:
+        """The text exposition; with `names`, only those series (and the collectors that
+        make them are the only ones run)."""
+        if names is None:
+            return generate_latest(self.registry)
+        return generate_latest(self.registry.restricted_registry(names))
 
     # Totals for /v1/stats, read from the metrics themselves (one source of truth).
 

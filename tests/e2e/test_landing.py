@@ -167,3 +167,27 @@ async def test_the_history_fills_every_second_and_answers_since(relay: RelayProc
         assert status == 400, query
         assert headers["content-type"] == "application/json"
         assert message in orjson.loads(body)["error"], body
+
+
+async def test_metrics_writes_only_the_names_asked_for(relay: RelayProcess) -> None:
+    everything = await relay.ahttp_get("/metrics")
+    assert everything[0] == 200
+    names = ("process_cpu_seconds_total", "relay_connections")
+    status, headers, body = await relay.ahttp_get(
+        "/metrics?" + "&".join(f"name[]={name}" for name in names)
+    )
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    series = [line.split(" ", 1)[0] for line in body.decode().splitlines() if line[:1] != "#"]
+    assert sorted(series) == sorted(names)
+    assert len(everything[2].splitlines()) > 10 * len(body.splitlines())
+
+    for query, message in (
+        ("?name[]=relay%20connections", "is not a metric name"),
+        ("?since=5", "unknown parameter 'since'"),
+        ("?name[]", "malformed query string"),
+    ):
+        status, headers, answer = await relay.ahttp_get("/metrics" + query)
+        assert status == 400, query
+        assert headers["content-type"].startswith("text/plain")
+        assert message in answer.decode(), answer

@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from protocol.version import package_version
-from relay.http import BadQuery, parse_since
+from relay.http import MAX_METRIC_NAMES, BadQuery, parse_metric_names, parse_since
 from relay.landing import LINKS, LandingFacts, render_landing, store_label
 
 
@@ -101,3 +101,33 @@ def test_since_is_read_from_the_query(query: str, since: int | None) -> None:
 def test_a_bad_since_is_refused_by_name(query: str, message: str) -> None:
     with pytest.raises(BadQuery, match=message):
         parse_since(query)
+
+
+@pytest.mark.parametrize(
+    ("query", "names"),
+    [
+        ("", None),
+        ("name[]=process_cpu_seconds_total", ["process_cpu_seconds_total"]),
+        ("name%5B%5D=a_b&name[]=c:d", ["a_b", "c:d"]),
+    ],
+)
+def test_metric_names_are_read_from_the_query(query: str, names: list[str] | None) -> None:
+    assert parse_metric_names(query) == names
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("name[]=", "is not a metric name"),
+        ("name[]=9lives", "is not a metric name"),
+        ("name[]=a%20b", "is not a metric name"),
+        ("name[]=" + "a" * 201, "is not a metric name"),
+        ("names=a", "unknown parameter 'names'"),
+        ("name[]", "malformed query string"),
+        ("&".join(["name[]=a"] * (MAX_METRIC_NAMES + 1)), f"more than {MAX_METRIC_NAMES} names"),
+        ("name[]=" + "a" * 2100, "longer than 2048 characters"),
+    ],
+)
+def test_a_bad_metrics_query_is_refused_by_name(query: str, message: str) -> None:
+    with pytest.raises(BadQuery, match=message):
+        parse_metric_names(query)
