@@ -6,7 +6,7 @@ chosen, and in the relay, where each call of a microsecond or two sits between s
 interpreter code, they cost more than they do in a loop of calls alone. Measured side by
 side on the reference machine (a Xeon with AVX-512; docs/benchmarks.md, "OpenSSL without
 its AVX-512 paths"): relay CPU per stored 1 KiB message 0.96 of what it was, per drained one
-0.93-0.94; at 16 KiB 0.95 and 1.03-1.04.
+0.93-0.98; at 16 KiB 0.95 and 1.03-1.04.
 
 How: OpenSSL reads the variable OPENSSL_ia32cap once, when the library is loaded, and clears
 the capability bits it names (`:~0x10000` is bit 16 of the second word, AVX512F; see
