@@ -105,22 +105,29 @@ class BadQuery(ValueError):
     """A query string the path does not accept; the message says what to send instead."""
 
 
-def parse_since(query: str) -> int | None:
-    """The `since` parameter of `/v1/history`: milliseconds since the epoch, or None."""
-    if len(query) > MAX_QUERY_CHARS:
-        raise BadQuery(f"query string longer than {MAX_QUERY_CHARS} characters")
+def _query_values(query: str, parameter: str, *, max_chars: int, usage: str) -> list[str]:
+    """The values of the one parameter a path accepts, in order; BadQuery for a query string
+    that is too long, malformed (`usage` says what to send) or names another parameter."""
+    if len(query) > max_chars:
+        raise BadQuery(f"query string longer than {max_chars} characters")
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
-        raise BadQuery("malformed query string; send ?since=MILLISECONDS") from None
-    unknown = sorted({name for name, _ in pairs} - {"since"})
+        raise BadQuery(f"malformed query string; send {usage}") from None
+    unknown = sorted({name for name, _ in pairs} - {parameter})
     if unknown:
-        raise BadQuery(f"unknown parameter {unknown[0]!r}; only 'since' is accepted")
-    if len(pairs) > 1:
+        raise BadQuery(f"unknown parameter {unknown[0]!r}; only {parameter!r} is accepted")
+    return [value for _, value in pairs]
+
+
+def parse_since(query: str) -> int | None:
+    """The `since` parameter of `/v1/history`: milliseconds since the epoch, or None."""
+    values = _query_values(query, "since", max_chars=MAX_QUERY_CHARS, usage="?since=MILLISECONDS")
+    if len(values) > 1:
         raise BadQuery("'since' given more than once")
-    if not pairs:
+    if not values:
         return None
-    value = pairs[0][1]
+    value = values[0]
     if not (value.isascii() and value.isdigit() and len(value) <= MAX_SINCE_DIGITS):
         raise BadQuery("'since' must be a whole number of milliseconds since the epoch")
     return int(value)
@@ -134,18 +141,14 @@ def parse_metric_names(query: str) -> list[str] | None:
     None: no parameter, every series."""
     if not query:
         return None
-    if len(query) > MAX_METRICS_QUERY_CHARS:
-        raise BadQuery(f"query string longer than {MAX_METRICS_QUERY_CHARS} characters")
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError:
-        raise BadQuery("malformed query string; send ?name[]=METRIC&name[]=METRIC") from None
-    unknown = sorted({name for name, _ in pairs} - {"name[]"})
-    if unknown:
-        raise BadQuery(f"unknown parameter {unknown[0]!r}; only 'name[]' is accepted")
-    if len(pairs) > MAX_METRIC_NAMES:
+    names = _query_values(
+        query,
+        "name[]",
+        max_chars=MAX_METRICS_QUERY_CHARS,
+        usage="?name[]=METRIC&name[]=METRIC",
+    )
+    if len(names) > MAX_METRIC_NAMES:
         raise BadQuery(f"more than {MAX_METRIC_NAMES} names")
-    names = [value for _, value in pairs]
     for name in names:
         if not _METRIC_NAME.fullmatch(name):
             raise BadQuery(f"{name[:64]!r} is not a metric name")
