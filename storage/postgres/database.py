@@ -36,6 +36,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_POOL_SIZE: Final = 10
+GENERIC_POOL_SIZE: Final = 1  # its statements are batched: one on the wire at a time
+# A statement that joins a list of keys (unnest of arrays) to the partitioned messages table
+# cannot be pruned to one partition when it is planned, so planning it covers all 16 (about
+# 1.4 ms). PostgreSQL plans a prepared statement anew for each execution while that plan
+# looks cheaper than its generic one, which it does for the short lists of a quiet node:
+# every lookup was planned again. The generic plan prunes while it runs (a nested loop, one
+# partition's unique index per key). Only for such statements: other statements' generic
+# plans can be much worse than their custom ones (queue_state's scans every partition).
+_GENERIC_PLANS: Final = {"plan_cache_mode": "force_generic_plan"}
 
 # Re-exported so the stores can catch what they interpret without importing asyncpg.
 UniqueViolation: type[Exception] = asyncpg.UniqueViolationError
@@ -97,17 +106,20 @@ class Connection:
 
 
 class Database:
-    """The pool. `open` connects lazily: a server down at startup is no error yet."""
+    """The pools (the main one, and the small one of generic plans). `open` connects lazily:
+    a server down at startup is no error yet."""
 
     def __init__(
         self,
         pool: Any,
+        generic_pool: Any,
         *,
         timeout_s: float,
         observe: BackendObserver | None = None,
         backend: str = "postgresql",
     ) -> None:
         self._pool = pool
+        self._generic_pool = generic_pool
         self.timeout_s = timeout_s
         self._observe = observe
         self._backend = backend  # the observer's name for this server ("postgresql_replica")
@@ -123,34 +135,31 @@ class Database:
         backend: str = "postgresql",
     ) -> Database:
         with translated():
-            pool = await asyncpg.create_pool(
-                dsn,
-                min_size=0,  # no connection at open: the pool connects on first use
-                max_size=max_size,
-                timeout=timeout_s,  # connect timeout
-                command_timeout=timeout_s * 5,  # a statement; group commits may be large
-                max_inactive_connection_lifetime=300.0,
-                reset=_keep_session,
-                # Explicit: a store() returns only once its commit is flushed to disk.
-                server_settings={"synchronous_commit": "on", "application_name": "relay"},
-            )
-        return cls(pool, timeout_s=timeout_s, observe=observe, backend=backend)
+            pool = await _pool(dsn, timeout_s, max_size, {})
+            generic_pool = await _pool(dsn, timeout_s, GENERIC_POOL_SIZE, _GENERIC_PLANS)
+        return cls(pool, generic_pool, timeout_s=timeout_s, observe=observe, backend=backend)
 
     @contextlib.asynccontextmanager
-    async def connection(self, operation: str = "query") -> AsyncIterator[Connection]:
+    async def connection(
+        self, operation: str = "query", *, generic_plans: bool = False
+    ) -> AsyncIterator[Connection]:
         """A pooled connection, errors translated. Released even when cancelled.
 
         `operation` names the call for the observer (a fixed name, never an identifier),
-        which hears how long it held the connection, the pool wait included."""
+        which hears how long it held the connection, the pool wait included.
+        `generic_plans`: from the pool of GENERIC_POOL_SIZE connections whose prepared
+        statements always run their generic plan (see _GENERIC_PLANS), for a statement that
+        joins a list of keys to the partitioned messages table."""
         started = time.perf_counter()
+        pool = self._generic_pool if generic_plans else self._pool
         try:
             with translated():
-                conn = await self._pool.acquire(timeout=self.timeout_s)
+                conn = await pool.acquire(timeout=self.timeout_s)
                 try:
                     yield Connection(conn)
                 finally:
                     # Shielded: a cancelled caller must not leak the connection.
-                    await asyncio.shield(self._pool.release(conn))
+                    await asyncio.shield(pool.release(conn))
         finally:
             if self._observe is not None:
                 self._observe(self._backend, operation, time.perf_counter() - started)
@@ -172,14 +181,30 @@ class Database:
     async def expire_connections(self) -> None:
         """Replace every pooled connection at its next use: after the schema changed, the
         statements each one has prepared may name tables that are gone."""
-        await self._pool.expire_connections()
+        for pool in (self._pool, self._generic_pool):
+            await pool.expire_connections()
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self.timeout_s * 5):
-                await self._pool.close()
-            return
-        self._pool.terminate()
+        for pool in (self._pool, self._generic_pool):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.timeout_s * 5):
+                    await pool.close()
+                continue
+            pool.terminate()
+
+
+async def _pool(dsn: str, timeout_s: float, max_size: int, settings: dict[str, str]) -> Any:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,  # no connection at open: the pool connects on first use
+        max_size=max_size,
+        timeout=timeout_s,  # connect timeout
+        command_timeout=timeout_s * 5,  # a statement; group commits may be large
+        max_inactive_connection_lifetime=300.0,
+        reset=_keep_session,
+        # Explicit: a store() returns only once its commit is flushed to disk.
+        server_settings={"synchronous_commit": "on", "application_name": "relay", **settings},
+    )
 
 
 async def _keep_session(conn: Any) -> None:

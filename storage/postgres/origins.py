@@ -89,7 +89,8 @@ class OriginLookups:
                 ids.append(call.message_id)
         self.statements += 1
         self.lookups += len(batch)
-        async with self._db.connection("pending_origins") as conn:
+        # Generic plans: planned once, not on every lookup (see database._GENERIC_PLANS).
+        async with self._db.connection("pending_origins", generic_plans=True) as conn:
             rows = await conn.fetch(_ORIGINS, numbers, users, devices, ids)
         sealer = self._sealer
         key_ids = {int(row["key_id"]) for row in rows if row["key_id"] is not None}
