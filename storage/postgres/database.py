@@ -36,14 +36,15 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_POOL_SIZE: Final = 10
-GENERIC_POOL_SIZE: Final = 1  # its statements are batched: one on the wire at a time
+GENERIC_POOL_SIZE: Final = 2  # one per batched statement: each has one on the wire at a time
 # A statement that joins a list of keys (unnest of arrays) to the partitioned messages table
 # cannot be pruned to one partition when it is planned, so planning it covers all 16 (about
 # 1.4 ms). PostgreSQL plans a prepared statement anew for each execution while that plan
 # looks cheaper than its generic one, which it does for the short lists of a quiet node:
-# every lookup was planned again. The generic plan prunes while it runs (a nested loop, one
-# partition's unique index per key). Only for such statements: other statements' generic
-# plans can be much worse than their custom ones (queue_state's scans every partition).
+# every lookup was planned again. The generic plan of such a statement, written so that it
+# reads each key by index (a nested loop: pending origins; a LATERAL subquery: queue state),
+# prunes while it runs. Only for such statements: a statement's generic plan can be much
+# worse than its custom one (a join and GROUP BY planned generic scanned every partition).
 _GENERIC_PLANS: Final = {"plan_cache_mode": "force_generic_plan"}
 
 # Re-exported so the stores can catch what they interpret without importing asyncpg.

@@ -38,10 +38,18 @@ class DeviceReads:
     """Batches one kind of per-device read; one statement on the wire at a time."""
 
     def __init__(
-        self, db: Database, statement: str, operation: str, *, max_reads: int = MAX_READS
+        self,
+        db: Database,
+        statement: str,
+        operation: str,
+        *,
+        max_reads: int = MAX_READS,
+        generic_plans: bool = False,
     ) -> None:
-        """`statement` selects from DEVICE_KEYS; `operation` names it for the observer."""
+        """`statement` selects from DEVICE_KEYS; `operation` names it for the observer;
+        `generic_plans`: run it on the connections of generic plans (Database.connection)."""
         self._db = db
+        self._generic_plans = generic_plans
         self._statement = statement
         self._operation = operation
         self._batches: TurnBatches[_Read] = TurnBatches(
@@ -66,7 +74,7 @@ class DeviceReads:
     async def _send(self, batch: list[_Read]) -> None:
         self.statements += 1
         self.reads += len(batch)
-        async with self._db.connection(self._operation) as conn:
+        async with self._db.connection(self._operation, generic_plans=self._generic_plans) as conn:
             rows = await conn.fetch(
                 self._statement,
                 list(range(len(batch))),

@@ -171,13 +171,19 @@ _ACTIVE_DEVICES = (
     " WHERE user_id = ANY($1::text[]) AND removed_ms IS NULL ORDER BY user_id, device"
 )
 
-# A device without rows is still answered (LEFT JOIN): 0 messages, highest seq 0.
+# A device without rows is still answered (an aggregate always has a row): 0 messages,
+# highest seq 0. LATERAL, so that every plan, the generic one it runs with included, reads
+# each device's rows by index, in its partition alone (a join and GROUP BY had a generic
+# plan that scanned every partition whole).
 _QUEUE_STATES = f"""
-SELECT q.n, count(m.seq) FILTER (WHERE m.expires_ms > q.at) AS live,
-       COALESCE(max(m.seq), 0) AS highest
+SELECT q.n, s.live, s.highest
 FROM {DEVICE_KEYS}
-LEFT JOIN messages m ON m.recipient_user = q.u AND m.recipient_device = q.d
-GROUP BY q.n
+CROSS JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE m.expires_ms > q.at) AS live,
+           COALESCE(max(m.seq), 0) AS highest
+    FROM messages m
+    WHERE m.recipient_user = q.u AND m.recipient_device = q.d
+) AS s
 """
 # The partitions of messages (schema version 6), as quoted names; none: a plain table.
 _PARTITIONS = (
@@ -267,7 +273,7 @@ class PostgresMessageQueue:
         self._last_write: dict[_Device, asyncio.Future[None]] = {}
         self._sealer: EnvelopeSealer = ClearSealer()
         self._origins = OriginLookups(db, self._sealer)
-        self._queue_states = DeviceReads(db, _QUEUE_STATES, "queue_state")
+        self._queue_states = DeviceReads(db, _QUEUE_STATES, "queue_state", generic_plans=True)
         # Group commit figures: envelopes_committed / batches_committed is the mean group.
         self.batches_committed = 0
         self.envelopes_committed = 0

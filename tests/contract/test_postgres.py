@@ -240,26 +240,31 @@ async def test_pending_origins_of_many_sends_share_one_statement(production: Bac
         assert [(o.device, o.sender_user, o.sender_device) for o in origins] == expected
 
 
-async def test_pending_origins_are_never_planned_again(production: Backend) -> None:
-    """The lookup joins a list of keys to the 16 partitions of messages: PostgreSQL would
-    plan it anew on every execution (custom plans, about 1.4 ms each; always the first five
-    of a prepared statement). It runs on the connection of generic plans only."""
+async def test_reads_joined_to_the_partitions_are_never_planned_again(production: Backend) -> None:
+    """The pending-origins lookup and the queue-state read join a list of keys to the 16
+    partitions of messages: PostgreSQL would plan them anew on every execution (custom plans,
+    about 1.4 ms each; always the first five of a prepared statement). They run on the
+    connections of generic plans only, and the main pool keeps PostgreSQL's own choice."""
     store = await open_production(production)
     user = await make_user(store, devices=2)
     stored = envelope(user, 2, sender_user="sender-0", sender_device=3)
     await store.messages.store([stored])
-    for _ in range(8):  # one after the other: eight statements
+    for _ in range(8):  # one after the other: eight statements of each
         origins = await store.messages.pending_origins(user, [1, 2], stored.id)
         assert [(o.device, o.sender_user) for o in origins] == [(2, "sender-0")]
+        assert (await store.messages.queue_state(user, 2, now_ms=START_MS))[0] == 1
+    # Used one at a time, the pool hands out the same connection again (as the test's own).
     async with store.database.connection("test", generic_plans=True) as conn:
         rows = await conn.fetch(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
-            " WHERE statement LIKE '%JOIN messages m ON m.recipient_user = q.u%'"
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%messages m%'"
             " AND statement NOT LIKE '%pg_prepared_statements%'"  # this query itself
         )
         mode = await conn.fetchval("SHOW plan_cache_mode")
     assert mode == "force_generic_plan"
-    assert [(r["generic_plans"], r["custom_plans"]) for r in rows] == [(8, 0)]
+    plans = {("unnest" in r["statement"], "LATERAL" in r["statement"]): r for r in rows}
+    assert sorted(plans) == [(True, False), (True, True)]
+    assert [(r["generic_plans"], r["custom_plans"]) for r in plans.values()] == [(8, 0)] * 2
     async with store.database.connection("test") as conn:  # the main pool is left as it was
         assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
 
