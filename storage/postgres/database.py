@@ -136,8 +136,8 @@ class Database:
         backend: str = "postgresql",
     ) -> Database:
         with translated():
-            pool = await _pool(dsn, timeout_s, max_size, {})
-            generic_pool = await _pool(dsn, timeout_s, GENERIC_POOL_SIZE, _GENERIC_PLANS)
+            pool = await _create_pool(dsn, timeout_s, max_size, {})
+            generic_pool = await _create_pool(dsn, timeout_s, GENERIC_POOL_SIZE, _GENERIC_PLANS)
         return cls(pool, generic_pool, timeout_s=timeout_s, observe=observe, backend=backend)
 
     @contextlib.asynccontextmanager
@@ -194,7 +194,8 @@ class Database:
             pool.terminate()
 
 
-async def _pool(dsn: str, timeout_s: float, max_size: int, settings: dict[str, str]) -> Any:
+async def _create_pool(dsn: str, timeout_s: float, max_size: int, settings: dict[str, str]) -> Any:
+    """An asyncpg pool as the relay uses it; `settings`: server settings of its own."""
     return await asyncpg.create_pool(
         dsn,
         min_size=0,  # no connection at open: the pool connects on first use
