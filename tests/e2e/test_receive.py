@@ -9,6 +9,8 @@ import re
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from relay.server import CLOSE_TIMEOUT_S
+
 from .support import (
     Device,
     link_device,
@@ -402,32 +404,39 @@ async def test_retention_expires_stored_messages(relay_factory):
     await a.close()
 
 
-async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
-    r = relay_factory(outbound_buffer_bytes=65536, ack_timeout=0.2)
+async def _stopped_reader(r) -> tuple[Device, Device, set[bytes]]:
+    """A sender, and a reader that stops reading while 64 messages of 200 KB come for it:
+    the TCP window fills, then the relay's buffer. With the ids of those messages."""
     a = await new_user(r.url)
     b = Device(r.url)
     # A reader that stops reading: tiny client-side queue, then no recv at all.
     b.connect_kwargs = {"max_queue": 1}
     await b.register()
     await b.next_push("queue_empty")
-    b.stop_reading()  # the TCP window fills, then the relay's buffer
+    b.stop_reading()
     body = b"\x00" * 200_000
     answers = []
     for _ in range(8):
         batch = await asyncio.gather(*(a.send_message(b, body=body) for _ in range(8)))
         assert all(x["t"] == "ok" for x in batch), batch
         answers += batch
-    ids = {x["id"] for x in answers}
     assert all(x["stored"] == [1] for x in answers), "nothing was acked"
+    return a, b, {x["id"] for x in answers}
 
-    # The server may give a stalled reader some grace before closing it. Without reading,
-    # the close cannot be seen on the socket itself; /metrics (Prometheus text) counts it.
-    async def closed_1013() -> bool:
-        _, _, body = await r.ahttp_get("/metrics")
-        return any(float(m.group(1)) >= 1 for m in CLOSE_1013_SAMPLE.finditer(body.decode()))
 
-    await wait_until(closed_1013, timeout=30, what="a 1013 close counted in /metrics")
-    # Read again: the buffered frames, then the close.
+async def _closed_1013(r) -> bool:
+    # Without reading, the close cannot be seen on the socket itself; /metrics (Prometheus
+    # text) counts it.
+    _, _, body = await r.ahttp_get("/metrics")
+    return any(float(m.group(1)) >= 1 for m in CLOSE_1013_SAMPLE.finditer(body.decode()))
+
+
+async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
+    r = relay_factory(outbound_buffer_bytes=65536, ack_timeout=0.2)
+    a, b, ids = await _stopped_reader(r)
+    # The server may give a stalled reader some grace before closing it.
+    await wait_until(lambda: _closed_1013(r), timeout=30, what="a 1013 close counted in /metrics")
+    # Read again (within the close timeout): the buffered frames, then the close.
     with contextlib.suppress(ConnectionClosed):
         async for _ in b.ws:
             pass
@@ -439,6 +448,29 @@ async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
     assert auth["queued"] == len(ids)
     await a.close()
     await b2.close()
+
+
+async def test_slow_reader_that_never_reads_again_is_dropped(relay_factory):
+    # Its close frame waits behind what it never took. The relay held such a connection for
+    # good (websockets drains before its close timeout starts); now the close timeout bounds
+    # the whole close, then the TCP connection is dropped.
+    r = relay_factory(outbound_buffer_bytes=65536, ack_timeout=0.2)
+    a, b, ids = await _stopped_reader(r)
+    await wait_until(lambda: _closed_1013(r), timeout=30, what="a 1013 close counted in /metrics")
+
+    async def dropped() -> bool:
+        _, _, body = await r.ahttp_get("/metrics")
+        return "\nrelay_connections 1.0\n" in body.decode()  # the sender's alone
+
+    await wait_until(dropped, timeout=CLOSE_TIMEOUT_S + 15, what="the reader's connection dropped")
+    # Its messages stay stored for its next connection.
+    b2 = Device(r.url, identity=b.identity, user=b.user, device=b.device)
+    b2.connect_kwargs = {}
+    auth = await b2.auth()
+    assert auth["queued"] == len(ids)
+    await a.close()
+    await b2.close()
+    await b.close()
 
 
 async def test_reading_client_with_large_backlog_is_not_disconnected(relay_factory):
