@@ -9,8 +9,10 @@ byte by byte (tests/e2e/rawws.py). docs/conformance.md has the results of both.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
+import time
 from typing import Any
 
 import pytest
@@ -117,6 +119,7 @@ async def test_unsolicited_pong_is_ignored(relay, state):
 
 PONGS_NOT_READ = 'code=1013 reason="slow reader: pongs not read" by=server'
 PING_FLOOD_BOUND = 64 * 1024 * 1024  # far above what the kernel's socket buffers absorb
+PING_FLOOD_TIMEOUT_S = 45  # a flood takes 0.15 s here, 3 s with the cores busy twice over
 
 
 async def flood_pings_until_dropped(
@@ -127,10 +130,19 @@ async def flood_pings_until_dropped(
     ws.writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     pings = frame_bytes(PING, b"p" * 125) * 1000
     sent = 0
-    with pytest.raises(ConnectionError):
-        while sent < PING_FLOOD_BOUND:
-            await ws.write(pings)
-            sent += len(pings)
+    started = time.monotonic()
+    try:
+        # Bounded, so that a relay that stops reading fails here with what it logged.
+        async with asyncio.timeout(PING_FLOOD_TIMEOUT_S):
+            with pytest.raises(ConnectionError):
+                while sent < PING_FLOOD_BOUND:
+                    await ws.write(pings)
+                    sent += len(pings)
+    except TimeoutError:
+        raise AssertionError(
+            f"{sent} bytes of pings in {time.monotonic() - started:.1f} s, then the relay read "
+            f"no more and did not drop the connection\n{relay.stderr_tail(40)}"
+        ) from None
 
     async def logged() -> bool:
         # A round trip (a new connection's challenge): the relay has run meanwhile.
