@@ -53,7 +53,7 @@ checks:
 	$(BIN)/ruff check $(SOURCES)
 	$(BIN)/ruff format --check $(SOURCES)
 	$(BIN)/mypy --strict
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 	$(BIN)/python -m tests.fuzz.run --seconds 10
 
 # Every fuzz target in turn for FUZZ_SECONDS each, from its committed corpus (tests/fuzz/).

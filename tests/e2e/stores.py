@@ -4,6 +4,7 @@ PostgreSQL database and Redis key prefix of their own (production mode), dropped
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import os
@@ -11,6 +12,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +66,36 @@ def empty_database() -> Iterator[str]:
         _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+_template: str | None = None
+_template_lock = threading.Lock()
+
+
+def _drop_at_exit(name: str) -> None:
+    # Without _admin's thread: no new thread may start while the interpreter exits.
+    asyncio.run(_admin_async(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _migrated_template() -> str:
+    """A database `relay migrate` brought to the current schema, once per test process: each
+    production store is a copy of it (CREATE DATABASE ... TEMPLATE, about 60 ms here, where
+    a migration in a process of its own takes about half a second). The migrations leave
+    nothing in it but their own ledger, so every copy is a store no relay has used."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            name = f"relay_e2e_template_{secrets.token_hex(6)}"
+            _admin(f'CREATE DATABASE "{name}"')
+            atexit.register(_drop_at_exit, name)
+            subprocess.run(
+                [sys.executable, "-m", "relay", "migrate", "--database-url", _database_url(name)],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            _template = name
+        return _template
+
+
 class StoreProvisioner:
     """Hands each relay the environment of its store and cleans every store up at the end.
 
@@ -83,15 +115,9 @@ class StoreProvisioner:
             return {}
         tag = secrets.token_hex(6)
         name = f"relay_e2e_{tag}"
-        _admin(f'CREATE DATABASE "{name}"')
+        _admin(f'CREATE DATABASE "{name}" TEMPLATE "{_migrated_template()}"')
         self._databases.append(name)
         url = _database_url(name)
-        subprocess.run(
-            [sys.executable, "-m", "relay", "migrate", "--database-url", url],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
         prefix = f"relaye2e:{tag}:"
         self._prefixes.append(prefix)
         if self.redis_cluster_url is not None:
