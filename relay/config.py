@@ -466,7 +466,8 @@ SETTING_HELP: dict[str, str] = {
     "slow_reader_timeout": "seconds a delivery may wait for its ack (or the outbound buffer stay "
     "full) before the connection is closed with 1013",
     "ping_interval": "seconds between the WebSocket pings the relay sends every connection",
-    "ping_timeout": "seconds a pong may take before the connection is closed with 1011",
+    "ping_timeout": "seconds a ping may take to go out and be answered before the connection is "
+    "closed with 1011",
     "max_connections_per_address": "concurrent connections per client address",
     "max_handshakes": "connections still in their handshake (accepted, not yet authenticated); "
     "more are reset at accept",

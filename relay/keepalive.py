@@ -7,7 +7,8 @@ task instead. Each tick it pings its share of the connections whose ping is due 
 interval after they joined or were last pinged), so every connection is pinged once per
 interval and a crowd's pings spread over it; a
 connection whose pong is more than `timeout` late is closed with 1011, as
-websockets does.
+websockets does; so is one whose ping could not even be written in that time (its peer
+reads nothing).
 """
 
 from __future__ import annotations
@@ -94,8 +95,18 @@ class Keepalive:
 
     async def _ping(self, ws: ServerConnection, now: float) -> None:
         try:
-            pong = await ws.ping()
+            # The timeout counts from now, the write included: websockets' `ping` waits for
+            # room in the write buffer without a bound, and a peer that reads nothing (with
+            # less queued for it than the slow-reader checks look for) never gives any. A
+            # ping that cannot be written in time is as late as a pong that never came.
+            async with asyncio.timeout(self._timeout):
+                pong = await ws.ping()
         except ConnectionClosed:
+            return
+        except TimeoutError:
+            if ws in self._members:
+                self._members.discard(ws)
+                await self._close(ws)
             return
         if ws in self._members:
             self._pongs[ws] = (now, asyncio.ensure_future(pong))

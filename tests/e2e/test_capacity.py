@@ -8,9 +8,10 @@ from pathlib import Path
 
 from websockets.frames import Frame, Opcode
 
-from .support import RelayProcess, new_user, stop_relays
+from .support import Device, RelayProcess, new_user, stop_relays, wait_until
 
 LOW_SOFT_LIMIT = 256
+KEEPALIVE_CLOSE = 'code=1011 reason="keepalive ping timeout" by=server'
 
 
 class LowFileLimitRelay(RelayProcess):
@@ -68,3 +69,45 @@ async def test_one_keepalive_closes_the_connection_whose_pongs_stop_and_keeps_th
     answer = await healthy.request_ok({"t": "keys.count"})
     assert answer["t"] == "ok"
     await healthy.close()
+
+
+async def test_the_keepalive_closes_a_connection_whose_ping_cannot_be_written(
+    relay_factory,
+) -> None:
+    # A reader that stops with less queued for it than the slow-reader checks look for (the
+    # deliveries' ack deadline far away, the outbound buffer far from full). Its pings wait
+    # behind what it does not read, and websockets' `ping` waits for room without a bound:
+    # the keepalive never saw a ping go out, so never a late pong, and held the connection.
+    relay = relay_factory(
+        ping_interval=0.5,
+        ping_timeout=1,
+        ack_timeout=0.2,
+        slow_reader_timeout=300,
+        outbound_buffer_bytes=512 * 1024 * 1024,
+    )
+    sender = await new_user(relay.url)
+    reader = Device(relay.url)
+    reader.connect_kwargs = {"max_queue": 1}
+    await reader.register()
+    await reader.next_push("queue_empty")
+    reader.stop_reading()
+    body = b"\x00" * 200_000
+    # 25 MB: far more than the kernel's socket buffers and the relay's write buffer hold.
+    answers = await asyncio.gather(*(sender.send_message(reader, body=body) for _ in range(128)))
+    assert all(answer["stored"] == [1] for answer in answers), "nothing was acked"
+
+    async def closed_by_the_keepalive() -> bool:
+        _, _, metrics = await relay.ahttp_get("/metrics")
+        return (
+            "\nrelay_connections 1.0\n" in metrics.decode()  # the sender's alone
+            and KEEPALIVE_CLOSE in relay.stderr_tail(10_000)
+        )
+
+    await wait_until(closed_by_the_keepalive, 30, what="the reader closed 1011 and dropped")
+    again = Device(relay.url, identity=reader.identity, user=reader.user, device=reader.device)
+    again.connect_kwargs = {}
+    assert (await again.auth())["queued"] == len(answers)  # every message stays stored
+    await again.close()
+    await sender.close()
+    assert reader.conn is not None
+    reader.conn.abort()  # dropped by the relay already: no closing handshake to wait for
