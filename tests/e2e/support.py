@@ -960,6 +960,28 @@ async def new_user(url: str, **kw: Any) -> Device:
     return dev
 
 
+async def stopped_reader(url: str) -> Device:
+    """A registered device that takes its `queue_empty` and then reads nothing more (a
+    client-side queue of one message, no recv at all): what the relay writes to it fills the
+    TCP window, then the relay's own buffers."""
+    reader = Device(url)
+    reader.connect_kwargs = {"max_queue": 1}
+    await reader.register()
+    await reader.next_push("queue_empty")
+    reader.stop_reading()
+    return reader
+
+
+async def queued_on_return(reader: Device) -> int:
+    """What the relay holds stored for `reader`'s device: `queued` of a new connection's
+    `auth.ok`."""
+    again = Device(reader.url, identity=reader.identity, user=reader.user, device=reader.device)
+    again.connect_kwargs = {}
+    queued = int((await again.auth())["queued"])
+    await again.close()
+    return queued
+
+
 async def link_device(first: Device, **kw: Any) -> Device:
     """A new device of ``first``'s user, linked by ``first``, connected."""
     dev = Device(first.url, **kw)

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from websockets.frames import Frame, Opcode
 
-from .support import Device, RelayProcess, new_user, stop_relays, wait_until
+from .support import (
+    RelayProcess,
+    new_user,
+    queued_on_return,
+    stop_relays,
+    stopped_reader,
+    wait_until,
+)
 
 LOW_SOFT_LIMIT = 256
 KEEPALIVE_CLOSE = 'code=1011 reason="keepalive ping timeout" by=server'
@@ -86,11 +93,7 @@ async def test_the_keepalive_closes_a_connection_whose_ping_cannot_be_written(
         outbound_buffer_bytes=512 * 1024 * 1024,
     )
     sender = await new_user(relay.url)
-    reader = Device(relay.url)
-    reader.connect_kwargs = {"max_queue": 1}
-    await reader.register()
-    await reader.next_push("queue_empty")
-    reader.stop_reading()
+    reader = await stopped_reader(relay.url)
     body = b"\x00" * 200_000
     # 25 MB: far more than the kernel's socket buffers and the relay's write buffer hold.
     answers = await asyncio.gather(*(sender.send_message(reader, body=body) for _ in range(128)))
@@ -104,10 +107,7 @@ async def test_the_keepalive_closes_a_connection_whose_ping_cannot_be_written(
         )
 
     await wait_until(closed_by_the_keepalive, 30, what="the reader closed 1011 and dropped")
-    again = Device(relay.url, identity=reader.identity, user=reader.user, device=reader.device)
-    again.connect_kwargs = {}
-    assert (await again.auth())["queued"] == len(answers)  # every message stays stored
-    await again.close()
+    assert await queued_on_return(reader) == len(answers)  # every message stays stored
     await sender.close()
     assert reader.conn is not None
     reader.conn.abort()  # dropped by the relay already: no closing handshake to wait for

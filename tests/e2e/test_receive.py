@@ -17,6 +17,8 @@ from .support import (
     new_user,
     now_ms,
     offline_user,
+    queued_on_return,
+    stopped_reader,
     wait_until,
 )
 
@@ -405,15 +407,10 @@ async def test_retention_expires_stored_messages(relay_factory):
 
 
 async def _stopped_reader(r) -> tuple[Device, Device, set[bytes]]:
-    """A sender, and a reader that stops reading while 64 messages of 200 KB come for it:
-    the TCP window fills, then the relay's buffer. With the ids of those messages."""
+    """A sender, and a reader that stops reading while 64 messages of 200 KB come for it.
+    With the ids of those messages."""
     a = await new_user(r.url)
-    b = Device(r.url)
-    # A reader that stops reading: tiny client-side queue, then no recv at all.
-    b.connect_kwargs = {"max_queue": 1}
-    await b.register()
-    await b.next_push("queue_empty")
-    b.stop_reading()
+    b = await stopped_reader(r.url)
     body = b"\x00" * 200_000
     answers = []
     for _ in range(8):
@@ -442,12 +439,8 @@ async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
             pass
     assert b.ws.close_code == 1013, (b.ws.close_code, b.ws.close_reason)
     # Nothing was lost: every message is stored (acked ones were none).
-    b2 = Device(r.url, identity=b.identity, user=b.user, device=b.device)
-    b2.connect_kwargs = {}
-    auth = await b2.auth()
-    assert auth["queued"] == len(ids)
+    assert await queued_on_return(b) == len(ids)
     await a.close()
-    await b2.close()
 
 
 async def test_slow_reader_that_never_reads_again_is_dropped(relay_factory):
@@ -463,13 +456,9 @@ async def test_slow_reader_that_never_reads_again_is_dropped(relay_factory):
         return "\nrelay_connections 1.0\n" in body.decode()  # the sender's alone
 
     await wait_until(dropped, timeout=CLOSE_TIMEOUT_S + 15, what="the reader's connection dropped")
-    # Its messages stay stored for its next connection.
-    b2 = Device(r.url, identity=b.identity, user=b.user, device=b.device)
-    b2.connect_kwargs = {}
-    auth = await b2.auth()
-    assert auth["queued"] == len(ids)
+    assert await queued_on_return(b) == len(ids)  # stored for its next connection
     await a.close()
-    await b2.close()
+    assert b.conn is not None
     b.conn.abort()  # dropped by the relay already: no closing handshake to wait for
 
 
