@@ -368,9 +368,18 @@ class WireConnection:
             transport.abort()
 
     async def close(self) -> None:
-        """Close with the closing handshake; returns once the reader has finished."""
+        """Close with the closing handshake, within the close timeout; returns once the reader
+        has finished.
+
+        websockets' own `close` first waits, without a bound, for room in the write buffer,
+        which a relay that reads nothing (stopped, or cut off by the network) never gives:
+        past the close timeout the socket is dropped instead."""
         with contextlib.suppress(Exception):
-            await self._ws.close()
+            try:
+                async with asyncio.timeout(self._ws.close_timeout):
+                    await self._ws.close()
+            except TimeoutError:
+                self.abort()
         await asyncio.wait({self._reader})  # never raises: the reader ends by itself
 
 

@@ -247,6 +247,31 @@ async def test_raw_bytes_reach_the_relay_as_sent(
     assert error.code is ErrorCode.BAD_FRAME and error.rid is None
 
 
+async def test_a_close_to_a_relay_that_reads_nothing_takes_the_close_timeout(
+    tmp_path: Path,
+) -> None:
+    # websockets' close waits for room in the write buffer before its own timeout starts,
+    # and a stopped relay never gives any: the close hung until the relay read again.
+    relay = RelayProcess(tmp_path / "relay", {})
+    relay.start()
+    try:
+        conn = await WireConnection.open(relay.url, WireOptions(close_timeout=1))
+        os.kill(relay.pid, signal.SIGSTOP)
+        try:
+            chunk = secrets.token_bytes(1024 * 1024)
+            with pytest.raises(TimeoutError):  # the kernel's buffers full, then websockets'
+                for _ in range(256):
+                    async with asyncio.timeout(2):
+                        await conn.send_raw(chunk)
+            async with asyncio.timeout(WAIT):
+                await conn.close()
+            assert conn.closed
+        finally:
+            os.kill(relay.pid, signal.SIGCONT)
+    finally:
+        assert not stop_relays([relay])
+
+
 async def test_a_relay_that_stops_answering_is_dropped(tmp_path: Path) -> None:
     relay = RelayProcess(tmp_path / "relay", {})
     relay.start()
