@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import os
 import secrets
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,8 +177,8 @@ class Backend:
             )
         if self.name in ("production", "production-cluster"):
             if self.database_url is None:
-                self.database_url = await create_database(self._database_name)
-                await migrate(self.database_url)
+                template = await asyncio.to_thread(migrated_template)
+                self.database_url = await create_database(self._database_name, template=template)
             return await ProductionStore.open(
                 database_url=self.database_url,
                 redis_url=self.redis.url,
@@ -206,13 +209,38 @@ def database_url(name: str) -> str:
     return f"{base}/{name}"
 
 
-async def create_database(name: str) -> str:
+async def create_database(name: str, *, template: str | None = None) -> str:
+    copy_of = "" if template is None else f' TEMPLATE "{template}"'
     conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"{copy_of}')
     finally:
         await conn.close()
     return database_url(name)
+
+
+_template: str | None = None
+_template_lock = threading.Lock()
+
+
+def _drop_at_exit(name: str) -> None:
+    asyncio.run(drop_database(name))
+
+
+def migrated_template() -> str:
+    """A database migrated to the current schema once per test process (in a thread of its
+    own, with its own event loop): each production backend's database is a copy of it, so
+    the migrations do not run again for every test. They leave nothing in it but their own
+    ledger, so every copy is a store nothing has used."""
+    global _template
+    with _template_lock:
+        if _template is None:
+            name = f"relay_test_template_{secrets.token_hex(8)}"
+            url = asyncio.run(create_database(name))
+            atexit.register(_drop_at_exit, name)
+            asyncio.run(migrate(url))
+            _template = name
+        return _template
 
 
 async def drop_database(name: str) -> None:
