@@ -12,9 +12,10 @@ connection is dropped at once (it would never read the close frame behind its po
 
 websockets' own `close` drains the write buffer before its close timeout starts, and that
 wait has no bound: a peer that does not read held a connection the relay had closed (1013,
-1008, 1011...) open for good, with its buffers and the handshake's budget. Here the close as
-a whole, that wait included, takes at most `close_timeout`; then the TCP connection is
-dropped, as websockets does when the peer never answers the close frame.
+1008...) open, with its buffers and the handshake's budget, until the keepalive's next ping
+happened to abort it. Here the close as a whole, that wait included, takes at most
+`close_timeout`; then the TCP connection is dropped, as websockets does when the peer never
+answers the close frame.
 """
 
 from __future__ import annotations
