@@ -444,9 +444,9 @@ async def test_slow_reader_closed_1013_and_messages_stay_stored(relay_factory):
 
 
 async def test_slow_reader_that_never_reads_again_is_dropped(relay_factory):
-    # Its close frame waits behind what it never took. The relay held such a connection for
-    # good (websockets drains before its close timeout starts); now the close timeout bounds
-    # the whole close, then the TCP connection is dropped.
+    # Its close frame waits behind what it never took. The relay held such a connection until
+    # the keepalive's next ping (websockets drains before its close timeout starts); now the
+    # close timeout bounds the whole close, then the TCP connection is dropped.
     r = relay_factory(outbound_buffer_bytes=65536, ack_timeout=0.2, slow_reader_timeout=1)
     a, b, ids = await _stopped_reader(r)
     await wait_until(lambda: _closed_1013(r), timeout=30, what="a 1013 close counted in /metrics")
