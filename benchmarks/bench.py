@@ -14,7 +14,10 @@ directory; production: a new PostgreSQL database and Redis prefix, dropped after
 - drain of `--drain-devices` devices x `--drain-queue` stored messages (`relay-loadtest
   offline-drain`);
 - handshakes per second: `relay-loadtest connect-storm` at each of `--connect-rates` until
-  the handshake p99 reaches 100 ms or a connection fails; the highest rate that passed.
+  the handshake p99 reaches 100 ms or a connection fails; the highest rate that passed. With
+  the first store the bare forwarder gets the same sweep (`--baseline`), and the server's and
+  the generator's CPU per handshake are read off the first rate's storm: whether a rate can
+  be shown on this machine at all (the generator and the server share its cores).
 
 Each figure is printed as it is measured; the table gives the medians over the runs (ratios:
 the median of the per-run ratios). A benchmark, not a test: figures vary with the machine.
@@ -36,9 +39,11 @@ from pathlib import Path
 import send_paths
 
 from loadtest import report
+from loadtest.figures import RunResult
 
 BIN = Path(sys.executable).parent
 STORES = ("embedded", "production")
+PARTS = ("online", "paths", "drain", "handshakes")
 ONLINE_P99_MS = 50.0
 HANDSHAKE_P99_MS = 100.0
 
@@ -51,21 +56,40 @@ class Row:
     label: str
     unit: str
     target: str
+    part: str  # of PARTS: the measurement it comes from
 
 
 ROWS = (
-    Row("online", "online 1:1 max, relay (p99 <= 50 ms)", "msg/s", ""),
-    Row("forwarder", "online 1:1 max, bare forwarder", "msg/s", ""),
-    Row("online_ratio", "relay / forwarder", "x", ">= 0.5"),
-    Row("half_p99", "delivery p99 at half the relay's max", "ms", "<= 10"),
-    Row("half_p99_forwarder", "forwarder delivery p99, same rate", "ms", ""),
-    Row("closed_online", "online path, 32 outstanding per sender", "msg/s", ""),
-    Row("closed_online_cpu", "relay CPU per message, online path", "µs", ""),
-    Row("closed_stored", "stored path (recipient offline)", "msg/s", ""),
-    Row("stored_ratio", "stored / online", "x", ">= 0.5"),
-    Row("drain", "drain", "msg/s", ">= 20,000"),
-    Row("handshakes", "handshakes/s with p99 < 100 ms", "/s", ">= 3,000"),
-    Row("handshake_p99", "handshake p99 at that rate", "ms", "< 100"),
+    Row("online", "online 1:1 max, relay (p99 <= 50 ms)", "msg/s", "", "online"),
+    Row("forwarder", "online 1:1 max, bare forwarder", "msg/s", "", "online"),
+    Row("online_ratio", "relay / forwarder", "x", ">= 0.5", "online"),
+    Row("half_p99", "delivery p99 at half the relay's max", "ms", "<= 10", "online"),
+    Row("half_p99_forwarder", "forwarder delivery p99, same rate", "ms", "", "online"),
+    Row("closed_online", "online path, 32 outstanding per sender", "msg/s", "", "paths"),
+    Row("closed_online_cpu", "relay CPU per message, online path", "µs", "", "paths"),
+    Row("closed_stored", "stored path (recipient offline)", "msg/s", "", "paths"),
+    Row("stored_ratio", "stored / online", "x", ">= 0.5", "paths"),
+    Row("drain", "drain", "msg/s", ">= 20,000", "drain"),
+    Row("handshakes", "handshakes/s with p99 < 100 ms", "/s", ">= 3,000", "handshakes"),
+    Row("handshake_p99", "handshake p99 at that rate", "ms", "< 100", "handshakes"),
+    Row(
+        "handshakes_forwarder",
+        "handshakes/s with p99 < 100 ms, bare forwarder",
+        "/s",
+        "",
+        "handshakes",
+    ),
+    Row("handshake_cpu", "relay CPU per handshake, first rate", "µs", "", "handshakes"),
+    Row(
+        "handshake_cpu_forwarder",
+        "bare forwarder CPU per handshake, same rate",
+        "µs",
+        "",
+        "handshakes",
+    ),
+    Row(
+        "handshake_cpu_generator", "generator CPU per handshake, same rate", "µs", "", "handshakes"
+    ),
 )
 
 
@@ -93,11 +117,17 @@ def _cell(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def table(figures: Figures, stores: Sequence[str], runs: int, drain_label: str) -> str:
-    """The medians as one Markdown table: a row per figure, a column per store."""
+def table(
+    figures: Figures,
+    stores: Sequence[str],
+    runs: int,
+    drain_label: str,
+    parts: Sequence[str] = PARTS,
+) -> str:
+    """The medians as one Markdown table: a row per figure of `parts`, a column per store."""
     head = [f"figure (median of {runs})", *stores, "must reach"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for row in ROWS:
+    for row in (r for r in ROWS if r.part in parts):
         label = f"{row.label}, {drain_label}" if row.key == "drain" else row.label
         cells = [_cell(figures.median(s, row.key), row.unit) for s in stores]
         lines.append("| " + " | ".join([label, *cells, row.target or "—"]) + " |")
@@ -169,58 +199,123 @@ def _max_rate(rep: report.Report | None, name: str) -> float | None:
     return None if search is None or not search.max_rate else search.max_rate
 
 
-def handshakes(url: str, args: argparse.Namespace) -> tuple[float | None, float | None]:
-    """The highest connect rate whose handshake p99 stayed under 100 ms; that p99."""
-    best: tuple[float | None, float | None] = (None, None)
-    for rate in args.connect_rates:
+@dataclass(slots=True)
+class Sweep:
+    """One server's connect-rate sweep: the highest rate that passed and its p99, and the CPU
+    per handshake (server and generator, µs) of the first rate's storm."""
+
+    rate: float | None = None
+    p99: float | None = None
+    cpu_us: float | None = None
+    generator_cpu_us: float | None = None
+    passing: bool = True
+
+    def record(self, rate: int, run: RunResult, *, first: bool) -> None:
+        p99 = run.latency_ms.handshake.p99
+        count = run.latency_ms.handshake.count
+        if first and count:
+            cpu = run.server.cpu_seconds
+            self.cpu_us = None if cpu is None else 1e6 * cpu / count
+            self.generator_cpu_us = 1e6 * run.generator.cpu_seconds / count
+        if p99 is None or p99 >= HANDSHAKE_P99_MS or run.connection_errors:
+            self.passing = False
+        elif self.passing:
+            self.rate, self.p99 = float(rate), p99
+
+
+def handshakes(url: str, args: argparse.Namespace, *, baseline: bool) -> dict[str, Sweep]:
+    """Each server's sweep ("relay", and "baseline" with `baseline`): up the connect rates
+    until every server has failed one (a server's highest rate is the last it passed)."""
+    sweeps = {name: Sweep() for name in (("relay", "baseline") if baseline else ("relay",))}
+    for i, rate in enumerate(args.connect_rates):
+        if not any(s.passing for s in sweeps.values()):
+            break
         rep = loadtest(
             "connect-storm",
             url,
             *("--devices", str(args.storm_devices), "--connect-rate", str(rate)),
             *("--hold", "0.5", "--grace", "3"),
+            *(("--baseline",) if sweeps.get("baseline", Sweep(passing=False)).passing else ()),
         )
         if rep is None:
             break
-        run = rep.runs["relay"]
-        p99 = run.latency_ms.handshake.p99
-        print(f"    connect-storm {rate}/s: handshake p99 {p99} ms, errors {run.connection_errors}")
-        if p99 is None or p99 >= HANDSHAKE_P99_MS or run.connection_errors:
-            break
-        best = (float(rate), p99)
-    return best
-
-
-def measure(store: str, args: argparse.Namespace, figures: Figures, forwarder: list[float]) -> None:
-    """Every figure of one store, on one fresh relay; a part that fails leaves its figure out."""
-    with relay(store, args) as target:
-        search = online_max(target.url, args, baseline=not forwarder)
-        relay_max = _max_rate(search, "relay")
-        if not forwarder:
-            forwarder.append(_max_rate(search, "baseline") or 0.0)
-        figures.add(store, "online", relay_max)
-        figures.add(store, "forwarder", forwarder[0] or None)
-        figures.add(store, "online_ratio", _ratio(relay_max, forwarder[0]))
-        print(f"  {store}: online max {relay_max} msg/s, forwarder {forwarder[0]}", flush=True)
-        if relay_max:
-            half_p99(store, target, relay_max, args, figures)
-        try:
-            paths = asyncio.run(
-                send_paths.one_run(target.url, args.pairs, args.messages, 1024, target.pid)
+        for name, run in rep.runs.items():
+            sweeps[name].record(rate, run, first=i == 0)
+            print(
+                f"    connect-storm {rate}/s ({name}): handshake p99 "
+                f"{run.latency_ms.handshake.p99} ms, errors {run.connection_errors}"
             )
-        except Exception as exc:  # a refused or lost send: no figure for this run
-            print(f"    send_paths failed: {exc!r}", flush=True)
-        else:
-            online, stored = paths.online.rate, paths.stored.rate
-            figures.add(store, "closed_online", online)
-            figures.add(store, "closed_online_cpu", paths.online.cpu_us)
-            figures.add(store, "closed_stored", stored)
-            figures.add(store, "stored_ratio", stored / online)
-            print(f"  {store}: online {paths.online}, stored {paths.stored}", flush=True)
-        drain(store, target, args, figures)
-        rate, p99 = handshakes(target.url, args)
-        figures.add(store, "handshakes", rate)
-        figures.add(store, "handshake_p99", p99)
-        print(f"  {store}: handshakes {rate}/s, p99 {p99} ms", flush=True)
+    return sweeps
+
+
+@dataclass(slots=True)
+class BareForwarder:
+    """The bare forwarder's figures of one run: measured beside the run's first store (the
+    `--baseline` of its searches) and shared by every store of the run."""
+
+    online_max: float | None = None
+    handshakes: Sweep | None = None
+    measured: bool = False
+
+
+def measure(store: str, args: argparse.Namespace, figures: Figures, bare: BareForwarder) -> None:
+    """Every figure of one store, on one fresh relay; a part that fails leaves its figure out."""
+    first = not bare.measured
+    bare.measured = True
+    with relay(store, args) as target:
+        if "online" in args.parts:
+            search = online_max(target.url, args, baseline=first)
+            relay_max = _max_rate(search, "relay")
+            if first:
+                bare.online_max = _max_rate(search, "baseline")
+            figures.add(store, "online", relay_max)
+            figures.add(store, "forwarder", bare.online_max)
+            figures.add(store, "online_ratio", _ratio(relay_max, bare.online_max))
+            print(
+                f"  {store}: online max {relay_max} msg/s, forwarder {bare.online_max}", flush=True
+            )
+            if relay_max:
+                half_p99(store, target, relay_max, args, figures)
+        if "paths" in args.parts:
+            paths(store, target, args, figures)
+        if "drain" in args.parts:
+            drain(store, target, args, figures)
+        if "handshakes" in args.parts:
+            sweeps = handshakes(target.url, args, baseline=first)
+            if first:
+                bare.handshakes = sweeps.get("baseline")
+            mine = sweeps["relay"]
+            figures.add(store, "handshakes", mine.rate)
+            figures.add(store, "handshake_p99", mine.p99)
+            figures.add(store, "handshake_cpu", mine.cpu_us)
+            fw = bare.handshakes
+            if fw is not None:
+                figures.add(store, "handshakes_forwarder", fw.rate)
+                figures.add(store, "handshake_cpu_forwarder", fw.cpu_us)
+                figures.add(store, "handshake_cpu_generator", fw.generator_cpu_us)
+            print(
+                f"  {store}: handshakes {mine.rate}/s, p99 {mine.p99} ms, "
+                f"{_cell(mine.cpu_us, 'µs')} CPU each"
+                + ("" if fw is None else f"; forwarder {fw.rate}/s, {_cell(fw.cpu_us, 'µs')} each"),
+                flush=True,
+            )
+
+
+def paths(store: str, target: Relay, args: argparse.Namespace, figures: Figures) -> None:
+    """The online and stored paths of send_paths.py, and the relay's CPU per message online."""
+    try:
+        measured = asyncio.run(
+            send_paths.one_run(target.url, args.pairs, args.messages, 1024, target.pid)
+        )
+    except Exception as exc:  # a refused or lost send: no figure for this run
+        print(f"    send_paths failed: {exc!r}", flush=True)
+        return
+    online, stored = measured.online.rate, measured.stored.rate
+    figures.add(store, "closed_online", online)
+    figures.add(store, "closed_online_cpu", measured.online.cpu_us)
+    figures.add(store, "closed_stored", stored)
+    figures.add(store, "stored_ratio", stored / online)
+    print(f"  {store}: online {measured.online}, stored {measured.stored}", flush=True)
 
 
 def half_p99(
@@ -269,6 +364,13 @@ def _rates(text: str) -> list[int]:
     return sorted(rates)
 
 
+def _parts(text: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or any(p not in PARTS for p in parts):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(PARTS)}")
+    return parts
+
+
 def _stores(text: str) -> list[str]:
     stores = [part.strip() for part in text.split(",") if part.strip()]
     if not stores or any(s not in STORES for s in stores):
@@ -280,6 +382,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1, help="runs per store; the table gives medians")
     p.add_argument("--stores", type=_stores, default=list(STORES))
+    p.add_argument(
+        "--parts",
+        type=_parts,
+        default=list(PARTS),
+        help="what to measure (online: the searches and the p99 at half the maximum; paths:"
+        " send_paths.py; drain; handshakes)",
+    )
     p.add_argument("--admin-dsn", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     p.add_argument("--start-rate", type=int, default=800, help="first step of the online search")
@@ -299,11 +408,11 @@ def main() -> None:
     drain_label = f"{args.drain_devices} devices x {args.drain_queue} stored"
     for run in range(args.runs):
         print(f"run {run + 1} of {args.runs}", flush=True)
-        forwarder: list[float] = []  # searched with the first store, shared by both
+        bare = BareForwarder()
         for store in args.stores:
-            measure(store, args, figures, forwarder)
+            measure(store, args, figures, bare)
         print()  # the medians so far: an interrupted series still leaves its figures
-        print(table(figures, args.stores, run + 1, drain_label), flush=True)
+        print(table(figures, args.stores, run + 1, drain_label, args.parts), flush=True)
 
 
 if __name__ == "__main__":

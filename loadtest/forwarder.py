@@ -33,6 +33,8 @@ from websockets.exceptions import ConnectionClosed
 
 SUBPROTOCOL = "relay.v1+msgpack"
 MAX_FRAME = 4 * 1024 * 1024
+LISTEN_BACKLOG = 4096  # the relay's (relay/server.py): a connection burst waits in the
+# kernel's accept queue instead of overflowing asyncio's default of 100 into SYN retries
 
 
 @dataclass(slots=True)
@@ -165,6 +167,7 @@ async def serve_forever(host: str, port: int) -> None:
         max_size=MAX_FRAME,
         compression=None,
         ping_interval=None,
+        backlog=LISTEN_BACKLOG,
     ) as server:
         bound = next(iter(server.sockets)).getsockname()[1]
         print(f"forwarder: serving on ws://{host}:{bound}/v1/ws", flush=True)
