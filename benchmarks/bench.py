@@ -113,7 +113,7 @@ def _cell(value: float | None, unit: str) -> str:
     if unit == "x":
         return f"{value:.2f}"
     if unit in ("ms", "µs"):
-        return f"{value:.1f} ms" if unit == "ms" else f"{value:.0f} µs"
+        return f"{value:.1f} ms" if unit == "ms" else f"{value:,.0f} µs"
     return f"{value:,.0f} {unit}"
 
 
@@ -230,12 +230,13 @@ def handshakes(url: str, args: argparse.Namespace, *, baseline: bool) -> dict[st
     for i, rate in enumerate(args.connect_rates):
         if not any(s.passing for s in sweeps.values()):
             break
+        forwarder_too = "baseline" in sweeps and sweeps["baseline"].passing
         rep = loadtest(
             "connect-storm",
             url,
             *("--devices", str(args.storm_devices), "--connect-rate", str(rate)),
             *("--hold", "0.5", "--grace", "3"),
-            *(("--baseline",) if sweeps.get("baseline", Sweep(passing=False)).passing else ()),
+            *(("--baseline",) if forwarder_too else ()),
         )
         if rep is None:
             break

@@ -110,4 +110,4 @@ def test_table_shows_the_rows_of_the_parts_measured(bench: ModuleType) -> None:
     assert "relay CPU per handshake, first rate" in labels
     assert "handshakes/s with p99 < 100 ms, bare forwarder" in labels
     assert not any(label.startswith(("online", "drain", "stored")) for label in labels)
-    assert "| relay CPU per handshake, first rate | 1000 µs | — |" in text
+    assert "| relay CPU per handshake, first rate | 1,000 µs | — |" in text
