@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -365,27 +365,25 @@ def _rates(text: str) -> list[int]:
     return sorted(rates)
 
 
-def _parts(text: str) -> list[str]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts or any(p not in PARTS for p in parts):
-        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(PARTS)}")
-    return parts
+def _names_of(allowed: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse type: a comma-separated list of names, each one of `allowed`."""
 
+    def names(text: str) -> list[str]:
+        given = [part.strip() for part in text.split(",") if part.strip()]
+        if not given or any(name not in allowed for name in given):
+            raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(allowed)}")
+        return given
 
-def _stores(text: str) -> list[str]:
-    stores = [part.strip() for part in text.split(",") if part.strip()]
-    if not stores or any(s not in STORES for s in stores):
-        raise argparse.ArgumentTypeError(f"a comma-separated list of {', '.join(STORES)}")
-    return stores
+    return names
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=1, help="runs per store; the table gives medians")
-    p.add_argument("--stores", type=_stores, default=list(STORES))
+    p.add_argument("--stores", type=_names_of(STORES), default=list(STORES))
     p.add_argument(
         "--parts",
-        type=_parts,
+        type=_names_of(PARTS),
         default=list(PARTS),
         help="what to measure (online: the searches and the p99 at half the maximum; paths:"
         " send_paths.py; drain; handshakes)",
